@@ -1,0 +1,548 @@
+//! The Llama-family decoder: Llama 3.x (rope scaling "llama3"), SmolLM2 (tied embeddings),
+//! Qwen2/Qwen2.5 (q/k/v bias) and Qwen3 (q/k RMSNorm). Weights are named as in Hugging Face
+//! checkpoints (`model.layers.N.self_attn.q_proj.weight`, ...).
+//!
+//! All ops come from `pal-nn`, so the same code runs inference and training: a weight that is a
+//! candle `Var` is trained, any other weight is frozen and gets no gradient.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use pal_nn::ops::{rms_norm, rope};
+use pal_nn::{attention, causal_mask, Linear};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::weights::Weights;
+
+/// Rope frequency scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1+ scaling: long wavelengths divided by `factor`, smooth in between.
+    Llama3 {
+        /// Frequency divisor for long wavelengths.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are fully scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// Context length the model was trained at before scaling.
+        original_max_position_embeddings: usize,
+    },
+    /// Positions divided by `factor`.
+    Linear {
+        /// Position divisor.
+        factor: f64,
+    },
+}
+
+/// The shape and options of a Llama-family model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Family name as in config.json (`llama`, `qwen2`, `qwen3`).
+    pub model_type: String,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual width `d`.
+    pub hidden_size: usize,
+    /// FFN width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// RoPE frequency scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Longest context the model was trained for (size of the RoPE table).
+    pub max_position_embeddings: usize,
+    /// Output projection shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have a bias (Qwen2).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+    pub qk_norm: bool,
+}
+
+/// config.json as written by transformers 4.x and 5.x (fields we read).
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+}
+
+impl LlamaConfig {
+    /// Reads `config.json` from a Hugging Face model folder.
+    pub fn from_hf_folder(folder: &Path) -> Result<Self> {
+        let path = folder.join("config.json");
+        if !path.exists() {
+            return Err(ModelError::NotFound(path));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        Self::from_hf_json(&text).map_err(|e| match e {
+            ModelError::Unsupported(m) => ModelError::format(&path, m),
+            other => other,
+        })
+    }
+
+    /// Parses the text of a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let raw: HfConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Unsupported(format!("invalid config.json: {e}")))?;
+        let model_type = raw.model_type.unwrap_or_else(|| "llama".into());
+        let (attention_bias, qk_norm) = match model_type.as_str() {
+            "llama" | "mistral" => (raw.attention_bias.unwrap_or(false), false),
+            "qwen2" => (true, false),
+            "qwen3" => (raw.attention_bias.unwrap_or(false), true),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "model_type '{other}' is not supported (llama, mistral, qwen2, qwen3 are)"
+                )))
+            }
+        };
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" {
+                return Err(ModelError::Unsupported(format!("hidden_act '{act}' (only silu)")));
+            }
+        }
+        // transformers 5 writes `rope_parameters` (with rope_theta inside), 4.x `rope_scaling`.
+        let rope = raw.rope_parameters.or(raw.rope_scaling);
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| rope.as_ref().and_then(|r| r.get("rope_theta")).and_then(|v| v.as_f64()))
+            .unwrap_or(10000.0);
+        let rope_scaling = match rope {
+            Some(r) => parse_rope_scaling(&r)?,
+            None => None,
+        };
+        Ok(Self {
+            model_type,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
+            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            attention_bias,
+            qk_norm,
+        })
+    }
+
+    /// Inverse RoPE frequencies (`head_dim / 2` of them), with scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64))
+            .collect();
+        match &self.rope_scaling {
+            None => base,
+            Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&freq| {
+                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        if wavelen < high_wavelen {
+                            freq
+                        } else if wavelen > low_wavelen {
+                            freq / factor
+                        } else {
+                            let smooth =
+                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * freq / factor + smooth * freq
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn parse_rope_scaling(value: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    let kind = value
+        .get("rope_type")
+        .or_else(|| value.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        value
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| ModelError::Unsupported(format!("rope scaling '{kind}' needs '{key}'")))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        })),
+        other => Err(ModelError::Unsupported(format!(
+            "rope scaling type '{other}' is not supported (default, linear, llama3 are)"
+        ))),
+    }
+}
+
+/// Precomputed RoPE cos/sin, `(positions, head_dim / 2)`.
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTable {
+    /// Tables for positions `0..len`.
+    pub fn new(config: &LlamaConfig, len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let inv_freq = config.rope_inv_freq();
+        let half = inv_freq.len();
+        let mut angles = Vec::with_capacity(len * half);
+        for p in 0..len {
+            angles.extend(inv_freq.iter().map(|f| p as f64 * f));
+        }
+        let angles = Tensor::from_vec(angles, (len, half), device)?;
+        Ok(Self { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+    }
+
+    /// Number of positions in the table.
+    pub fn len(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// cos and sin at `positions` (`(batch, rows)`, u32): each `(batch, rows, head_dim / 2)`.
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, n) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let half = self.cos.dims()[1];
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, n, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, n, half))?;
+        Ok((cos, sin))
+    }
+}
+
+/// One decoder layer's weights.
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    /// RMSNorm before attention.
+    pub input_layernorm: Tensor,
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Per-head query RMSNorm (Qwen3).
+    pub q_norm: Option<Tensor>,
+    /// Per-head key RMSNorm (Qwen3).
+    pub k_norm: Option<Tensor>,
+    /// RMSNorm before the FFN.
+    pub post_attention_layernorm: Tensor,
+    /// SwiGLU gate.
+    pub gate_proj: Linear,
+    /// SwiGLU up projection.
+    pub up_proj: Linear,
+    /// SwiGLU down projection.
+    pub down_proj: Linear,
+}
+
+/// Keys and values cached for one layer, `(batch, kv_heads, rows, head_dim)`.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    /// Cached keys.
+    pub k: Option<Tensor>,
+    /// Cached values.
+    pub v: Option<Tensor>,
+}
+
+/// The KV cache of a whole model, plus which cached rows are real (not padding) and the next
+/// position of each batch item.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    /// One entry per layer.
+    pub layers: Vec<LayerCache>,
+    /// `(batch, cached_rows)`, 1 for real rows and 0 for padding; `None` before the first step.
+    pub key_valid: Option<Tensor>,
+    /// Position the next real token of each batch item gets.
+    pub next_position: Vec<u32>,
+}
+
+impl KvCache {
+    /// An empty cache for `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![LayerCache::default(); num_layers], key_valid: None, next_position: vec![] }
+    }
+
+    /// Number of cached rows.
+    pub fn len(&self) -> usize {
+        self.key_valid.as_ref().map(|t| t.dims()[1]).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Llama-family decoder.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    /// Shape and options.
+    pub config: LlamaConfig,
+    /// `(vocab, d)` token embeddings.
+    pub embed_tokens: Tensor,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: Tensor,
+    /// Output projection (the embedding matrix when tied).
+    pub lm_head: Linear,
+    /// RoPE tables.
+    pub rope: RopeTable,
+}
+
+impl Llama {
+    /// Builds the model from weights named as in Hugging Face checkpoints.
+    pub fn load(config: LlamaConfig, weights: &Weights) -> Result<Self> {
+        let c = &config;
+        let (d, dh) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let weight = weights.get(&format!("{name}.weight"), &[out, inp])?;
+            let bias = if bias { Some(weights.get(&format!("{name}.bias"), &[out])?) } else { None };
+            Ok(Linear::new(weight, bias))
+        };
+        let embed_tokens = weights.get("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let qk_norm = |n: &str| -> Result<Option<Tensor>> {
+                if c.qk_norm {
+                    Ok(Some(weights.get(&format!("{p}.self_attn.{n}.weight"), &[dh])?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, d, c.attention_bias)?,
+                k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_dim, d, c.attention_bias)?,
+                v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_dim, d, c.attention_bias)?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"), d, q_dim, false)?,
+                q_norm: qk_norm("q_norm")?,
+                k_norm: qk_norm("k_norm")?,
+                post_attention_layernorm: weights
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
+                up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+            });
+        }
+        let norm = weights.get("model.norm.weight", &[d])?;
+        let lm_head = match weights.get_opt("lm_head.weight", &[c.vocab_size, d])? {
+            Some(w) if !c.tie_word_embeddings => Linear::new(w, None),
+            _ if c.tie_word_embeddings => Linear::new(embed_tokens.clone(), None),
+            _ => {
+                return Err(ModelError::MissingTensor {
+                    path: weights.path().to_path_buf(),
+                    name: "lm_head.weight".into(),
+                })
+            }
+        };
+        let rope_len = c.max_position_embeddings.max(4096);
+        let rope = RopeTable::new(c, rope_len, weights.dtype(), weights.device())?;
+        Ok(Self { config, embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings of `tokens` (`(batch, rows)`, u32) as `(batch, rows, d)`.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, n) = tokens.dims2()?;
+        let flat = tokens.flatten_all()?;
+        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, n, self.config.hidden_size))?)
+    }
+
+    /// Logits of final hidden states: `(.., d)` to `(.., vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?)
+    }
+
+    /// Logits for every row of `tokens` (`(batch, rows)`, u32). `valid` is `(batch, rows)` with 1
+    /// for real tokens and 0 for padding (left or right); `None` means all real.
+    pub fn forward(&self, tokens: &Tensor, valid: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.forward_embeds(&self.embed(tokens)?, valid, cache)?;
+        self.logits(&hidden)
+    }
+
+    /// Runs the decoder over input embeddings `(batch, rows, d)` and returns the final-normed hidden
+    /// states. New rows are appended to `cache`; positions continue from the cache, counting only
+    /// real rows, so left and right padding give each real token its unpadded position.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, n, _) = embeds.dims3()?;
+        let device = embeds.device();
+        let valid_rows: Vec<Vec<u32>> = match valid {
+            Some(v) => v.to_dtype(DType::U32)?.to_vec2::<u32>()?,
+            None => vec![vec![1; n]; b],
+        };
+        if valid_rows.len() != b || valid_rows.iter().any(|r| r.len() != n) {
+            return Err(ModelError::Unsupported(format!(
+                "valid mask must be ({b}, {n}), got {:?}",
+                valid.map(|v| v.dims().to_vec())
+            )));
+        }
+        if cache.next_position.is_empty() {
+            cache.next_position = vec![0; b];
+        }
+        if cache.next_position.len() != b {
+            return Err(ModelError::Unsupported(format!(
+                "cache holds a batch of {}, input has {b}",
+                cache.next_position.len()
+            )));
+        }
+        let mut positions = Vec::with_capacity(b * n);
+        for (row, next) in valid_rows.iter().zip(cache.next_position.iter_mut()) {
+            for &is_real in row {
+                positions.push(*next);
+                *next += is_real.min(1);
+            }
+        }
+        let max_pos = positions.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.rope.len() {
+            return Err(ModelError::Unsupported(format!(
+                "position {max_pos} exceeds the model's RoPE table ({} positions)",
+                self.rope.len()
+            )));
+        }
+        let positions = Tensor::from_vec(positions, (b, n), device)?;
+        let (cos, sin) = self.rope.at(&positions)?;
+
+        let new_valid = Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
+        let key_valid = match &cache.key_valid {
+            Some(old) => Tensor::cat(&[old, &new_valid], 1)?,
+            None => new_valid,
+        };
+        let any_padding = key_valid.min_all()?.to_scalar::<f32>()? < 0.5;
+        let mask = if n == 1 && !any_padding {
+            None
+        } else {
+            let keys = key_valid.dims()[1];
+            Some(causal_mask(n, keys, any_padding.then_some(&key_valid), self.dtype(), device)?)
+        };
+        cache.key_valid = Some(key_valid);
+
+        let mut x = embeds.clone();
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, &cos, &sin, mask.as_ref(), layer_cache)?;
+        }
+        Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// One decoder layer: pre-norm attention over `[cache ; new rows]`, then the SwiGLU FFN.
+    pub fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, n, _) = x.dims3()?;
+        let eps = c.rms_norm_eps;
+        let h = rms_norm(x, &layer.input_layernorm, eps)?;
+        let heads = |t: Tensor, count: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, n, count, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut q = heads(layer.q_proj.forward(&h)?, c.num_attention_heads)?;
+        let mut k = heads(layer.k_proj.forward(&h)?, c.num_key_value_heads)?;
+        let v = heads(layer.v_proj.forward(&h)?, c.num_key_value_heads)?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm(&q, qn, eps)?;
+            k = rms_norm(&k, kn, eps)?;
+        }
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (k, v) = match (&cache.k, &cache.v) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            _ => (k, v),
+        };
+        cache.k = Some(k.clone());
+        cache.v = Some(v.clone());
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let attn = attention(&q, &k, &v, mask, scale)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, n, c.num_attention_heads * c.head_dim))?;
+        let x = (x + layer.o_proj.forward(&attn)?)?;
+        let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+        let gate = layer.gate_proj.forward(&h)?.silu()?;
+        let ffn = layer.down_proj.forward(&(gate * layer.up_proj.forward(&h)?)?)?;
+        Ok((x + ffn)?)
+    }
+
+    /// Log-probabilities over the vocabulary for the last row of `logits` `(batch, rows, vocab)`.
+    pub fn last_row(logits: &Tensor) -> Result<Tensor> {
+        let n = logits.dim(1)?;
+        Ok(logits.narrow(1, n - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.contiguous()?)
+    }
+}

@@ -1,0 +1,93 @@
+//! The one attention function used by every model in pal (LLM self-attention, PLITS, LAL, PAL,
+//! encoders). Options are expressed through its inputs: keys may have more rows than queries (a KV
+//! cache, or LAL's audio prefix), heads may be grouped (GQA), and an additive mask says who sees whom.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::ops::softmax_last_dim;
+
+/// A large negative value for masked scores, finite so that fully masked rows stay finite.
+pub fn mask_value(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => -65504.0,
+        _ => -1e30,
+    }
+}
+
+/// Scaled dot-product attention with grouped key/value heads.
+///
+/// - `q`: `(batch, q_heads, q_rows, head_dim)`
+/// - `k`, `v`: `(batch, kv_heads, k_rows, head_dim)`; `q_heads` must be a multiple of `kv_heads`
+///   (query head `h` uses key/value head `h / (q_heads / kv_heads)`, as in Llama and Qwen).
+/// - `mask`: additive, broadcastable to `(batch, 1, q_rows, k_rows)` (see [`causal_mask`]).
+///
+/// Returns `(batch, q_heads, q_rows, head_dim)`. Grouped heads are handled by folding the query
+/// heads of a group into the row dimension, so keys and values are never copied per head.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, q_heads, q_rows, head_dim) = q.dims4()?;
+    let (_, kv_heads, k_rows, _) = k.dims4()?;
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        candle_core::bail!("attention: {q_heads} query heads not a multiple of {kv_heads} kv heads");
+    }
+    let group = q_heads / kv_heads;
+    let q = q.contiguous()?.reshape((b, kv_heads, group * q_rows, head_dim))?;
+    let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) => {
+            let scores = scores.reshape((b, kv_heads, group, q_rows, k_rows))?;
+            let mask = mask.to_dtype(scores.dtype())?.unsqueeze(1)?;
+            scores
+                .broadcast_add(&mask)?
+                .reshape((b, kv_heads, group * q_rows, k_rows))?
+        }
+        None => scores,
+    };
+    let probs = softmax_last_dim(&scores)?;
+    probs
+        .matmul(&v.contiguous()?)?
+        .reshape((b, q_heads, q_rows, head_dim))
+}
+
+/// Additive causal mask `(batch or 1, 1, q_rows, k_rows)` where the queries are the last `q_rows`
+/// of `k_rows` positions: query `i` sees key `j` iff `j <= k_rows - q_rows + i`. A key prefix (KV
+/// cache, LAL audio keys) is therefore visible to every query.
+///
+/// `key_valid`, if given, is `(batch, k_rows)` with 1 for real keys and 0 for padding; padded keys
+/// are hidden from every query.
+pub fn causal_mask(
+    q_rows: usize,
+    k_rows: usize,
+    key_valid: Option<&Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    if q_rows > k_rows {
+        candle_core::bail!("causal_mask: {q_rows} queries but only {k_rows} keys");
+    }
+    let offset = k_rows - q_rows;
+    let neg = mask_value(DType::F32) as f32;
+    let causal: Vec<f32> = (0..q_rows)
+        .flat_map(|i| (0..k_rows).map(move |j| if j <= offset + i { 0.0 } else { neg }))
+        .collect();
+    let mask = Tensor::from_vec(causal, (1, 1, q_rows, k_rows), device)?;
+    let mask = match key_valid {
+        Some(valid) => {
+            let (b, n) = valid.dims2()?;
+            if n != k_rows {
+                candle_core::bail!("causal_mask: key_valid has {n} columns, expected {k_rows}");
+            }
+            let hidden = ((1.0 - valid.to_dtype(DType::F32)?)? * neg as f64)?;
+            let hidden = hidden.reshape((b, 1, 1, k_rows))?;
+            // Clamp so that two masks added together stay at the mask value.
+            mask.broadcast_add(&hidden)?.clamp(neg, 0f32)?
+        }
+        None => mask,
+    };
+    mask.to_dtype(dtype)
+}
