@@ -58,11 +58,17 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     /// A [`ModelError::Format`] for `path`.
     pub fn format(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Self::Format { path: path.into(), message: message.to_string() }
+        Self::Format {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 
     /// A [`ModelError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`llama`]: the Llama-family decoder (Llama 3.x, SmolLM2, Qwen2/2.5, Qwen3).
 //! - [`load_llm`]: one call that loads a model and its tokenizer from a folder or a `.gguf` file.
 
+pub mod assets;
 pub mod error;
 pub mod gguf;
 pub mod llama;

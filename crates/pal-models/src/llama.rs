@@ -35,6 +35,11 @@ pub enum RopeScaling {
         /// Position divisor.
         factor: f64,
     },
+    /// One divisor per frequency (llama.cpp's `rope_freqs.weight`, how GGUF stores llama3 scaling).
+    Factors {
+        /// Divisor of each inverse frequency.
+        factors: Vec<f64>,
+    },
 }
 
 /// The shape and options of a Llama-family model.
@@ -124,14 +129,20 @@ impl LlamaConfig {
         };
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(ModelError::Unsupported(format!("hidden_act '{act}' (only silu)")));
+                return Err(ModelError::Unsupported(format!(
+                    "hidden_act '{act}' (only silu)"
+                )));
             }
         }
         // transformers 5 writes `rope_parameters` (with rope_theta inside), 4.x `rope_scaling`.
         let rope = raw.rope_parameters.or(raw.rope_scaling);
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope.as_ref().and_then(|r| r.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                rope.as_ref()
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10000.0);
         let rope_scaling = match rope {
             Some(r) => parse_rope_scaling(&r)?,
@@ -145,7 +156,9 @@ impl LlamaConfig {
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
-            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
             rope_scaling,
@@ -165,6 +178,9 @@ impl LlamaConfig {
         match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Factors { factors }) => {
+                base.iter().zip(factors).map(|(f, s)| f / s).collect()
+            }
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -182,8 +198,8 @@ impl LlamaConfig {
                         } else if wavelen > low_wavelen {
                             freq / factor
                         } else {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * freq / factor + smooth * freq
                         }
                     })
@@ -207,7 +223,9 @@ fn parse_rope_scaling(value: &serde_json::Value) -> Result<Option<RopeScaling>> 
     };
     match kind {
         "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
@@ -237,7 +255,10 @@ impl RopeTable {
             angles.extend(inv_freq.iter().map(|f| p as f64 * f));
         }
         let angles = Tensor::from_vec(angles, (len, half), device)?;
-        Ok(Self { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: angles.cos()?.to_dtype(dtype)?,
+            sin: angles.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// Number of positions in the table.
@@ -312,7 +333,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![LayerCache::default(); num_layers], key_valid: None, next_position: vec![] }
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            key_valid: None,
+            next_position: vec![],
+        }
     }
 
     /// Number of cached rows.
@@ -351,7 +376,11 @@ impl Llama {
         let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let weight = weights.get(&format!("{name}.weight"), &[out, inp])?;
-            let bias = if bias { Some(weights.get(&format!("{name}.bias"), &[out])?) } else { None };
+            let bias = if bias {
+                Some(weights.get(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
             Ok(Linear::new(weight, bias))
         };
         let embed_tokens = weights.get("model.embed_tokens.weight", &[c.vocab_size, d])?;
@@ -360,7 +389,9 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let qk_norm = |n: &str| -> Result<Option<Tensor>> {
                 if c.qk_norm {
-                    Ok(Some(weights.get(&format!("{p}.self_attn.{n}.weight"), &[dh])?))
+                    Ok(Some(
+                        weights.get(&format!("{p}.self_attn.{n}.weight"), &[dh])?,
+                    ))
                 } else {
                     Ok(None)
                 }
@@ -368,8 +399,18 @@ impl Llama {
             layers.push(DecoderLayer {
                 input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
                 q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, d, c.attention_bias)?,
-                k_proj: linear(&format!("{p}.self_attn.k_proj"), kv_dim, d, c.attention_bias)?,
-                v_proj: linear(&format!("{p}.self_attn.v_proj"), kv_dim, d, c.attention_bias)?,
+                k_proj: linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    kv_dim,
+                    d,
+                    c.attention_bias,
+                )?,
+                v_proj: linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    kv_dim,
+                    d,
+                    c.attention_bias,
+                )?,
                 o_proj: linear(&format!("{p}.self_attn.o_proj"), d, q_dim, false)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
@@ -393,7 +434,14 @@ impl Llama {
         };
         let rope_len = c.max_position_embeddings.max(4096);
         let rope = RopeTable::new(c, rope_len, weights.dtype(), weights.device())?;
-        Ok(Self { config, embed_tokens, layers, norm, lm_head, rope })
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
     }
 
     /// The dtype activations are computed in.
@@ -415,7 +463,10 @@ impl Llama {
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, n) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, n, self.config.hidden_size))?)
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, n, self.config.hidden_size))?)
     }
 
     /// Logits of final hidden states: `(.., d)` to `(.., vocab)`.
@@ -425,7 +476,12 @@ impl Llama {
 
     /// Logits for every row of `tokens` (`(batch, rows)`, u32). `valid` is `(batch, rows)` with 1
     /// for real tokens and 0 for padding (left or right); `None` means all real.
-    pub fn forward(&self, tokens: &Tensor, valid: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        valid: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let hidden = self.forward_embeds(&self.embed(tokens)?, valid, cache)?;
         self.logits(&hidden)
     }
@@ -477,7 +533,8 @@ impl Llama {
         let positions = Tensor::from_vec(positions, (b, n), device)?;
         let (cos, sin) = self.rope.at(&positions)?;
 
-        let new_valid = Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
+        let new_valid =
+            Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
         let key_valid = match &cache.key_valid {
             Some(old) => Tensor::cat(&[old, &new_valid], 1)?,
             None => new_valid,
@@ -487,7 +544,13 @@ impl Llama {
             None
         } else {
             let keys = key_valid.dims()[1];
-            Some(causal_mask(n, keys, any_padding.then_some(&key_valid), self.dtype(), device)?)
+            Some(causal_mask(
+                n,
+                keys,
+                any_padding.then_some(&key_valid),
+                self.dtype(),
+                device,
+            )?)
         };
         cache.key_valid = Some(key_valid);
 
@@ -513,7 +576,9 @@ impl Llama {
         let eps = c.rms_norm_eps;
         let h = rms_norm(x, &layer.input_layernorm, eps)?;
         let heads = |t: Tensor, count: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, n, count, c.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, n, count, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let mut q = heads(layer.q_proj.forward(&h)?, c.num_attention_heads)?;
         let mut k = heads(layer.k_proj.forward(&h)?, c.num_key_value_heads)?;
@@ -532,17 +597,25 @@ impl Llama {
         cache.v = Some(v.clone());
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let attn = attention(&q, &k, &v, mask, scale)?;
-        let attn = attn.transpose(1, 2)?.reshape((b, n, c.num_attention_heads * c.head_dim))?;
+        let attn = attn
+            .transpose(1, 2)?
+            .reshape((b, n, c.num_attention_heads * c.head_dim))?;
         let x = (x + layer.o_proj.forward(&attn)?)?;
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let gate = layer.gate_proj.forward(&h)?.silu()?;
-        let ffn = layer.down_proj.forward(&(gate * layer.up_proj.forward(&h)?)?)?;
+        let ffn = layer
+            .down_proj
+            .forward(&(gate * layer.up_proj.forward(&h)?)?)?;
         Ok((x + ffn)?)
     }
 
     /// Log-probabilities over the vocabulary for the last row of `logits` `(batch, rows, vocab)`.
     pub fn last_row(logits: &Tensor) -> Result<Tensor> {
         let n = logits.dim(1)?;
-        Ok(logits.narrow(1, n - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.contiguous()?)
+        Ok(logits
+            .narrow(1, n - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?)
     }
 }

@@ -69,14 +69,19 @@ impl Weights {
                 return Err(ModelError::NotFound(path.clone()));
             }
             // SAFETY: the file is mapped read-only; pal never writes to weight files it has open.
-            let st = unsafe { MmapedSafetensors::new(path) }
-                .map_err(|e| ModelError::format(path, format!("not a valid safetensors file: {e}")))?;
+            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
+                ModelError::format(path, format!("not a valid safetensors file: {e}"))
+            })?;
             for (name, _) in st.tensors() {
                 file_of.insert(name, i);
             }
             files.push((path.clone(), st));
         }
-        Ok(Self { source: Source::Safetensors { files, file_of }, dtype, device: device.clone() })
+        Ok(Self {
+            source: Source::Safetensors { files, file_of },
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// Wraps tensors that are already in memory; `path` names their origin in errors.
@@ -86,13 +91,23 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Self {
-        Self { source: Source::Memory { path: path.into(), tensors }, dtype, device: device.clone() }
+        Self {
+            source: Source::Memory {
+                path: path.into(),
+                tensors,
+            },
+            dtype,
+            device: device.clone(),
+        }
     }
 
     /// The file or folder the weights come from.
     pub fn path(&self) -> &Path {
         match &self.source {
-            Source::Safetensors { files, .. } => files.first().map(|f| f.0.as_path()).unwrap_or(Path::new("")),
+            Source::Safetensors { files, .. } => files
+                .first()
+                .map(|f| f.0.as_path())
+                .unwrap_or(Path::new("")),
             Source::Memory { path, .. } => path,
         }
     }
@@ -162,6 +177,9 @@ impl Weights {
     }
 
     fn missing(&self, name: &str) -> ModelError {
-        ModelError::MissingTensor { path: self.path().to_path_buf(), name: name.to_string() }
+        ModelError::MissingTensor {
+            path: self.path().to_path_buf(),
+            name: name.to_string(),
+        }
     }
 }

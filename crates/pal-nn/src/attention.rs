@@ -33,10 +33,14 @@ pub fn attention(
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let (_, kv_heads, k_rows, _) = k.dims4()?;
     if kv_heads == 0 || q_heads % kv_heads != 0 {
-        candle_core::bail!("attention: {q_heads} query heads not a multiple of {kv_heads} kv heads");
+        candle_core::bail!(
+            "attention: {q_heads} query heads not a multiple of {kv_heads} kv heads"
+        );
     }
     let group = q_heads / kv_heads;
-    let q = q.contiguous()?.reshape((b, kv_heads, group * q_rows, head_dim))?;
+    let q = q
+        .contiguous()?
+        .reshape((b, kv_heads, group * q_rows, head_dim))?;
     let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = match mask {
         Some(mask) => {

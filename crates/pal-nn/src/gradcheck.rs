@@ -35,9 +35,8 @@ where
     let loss = (&out * &weights)?.sum_all()?;
     let grads: GradStore = loss.backward()?;
 
-    let scalar = |xs: &[Tensor]| -> Result<f64> {
-        (f(xs)? * &weights)?.sum_all()?.to_scalar::<f64>()
-    };
+    let scalar =
+        |xs: &[Tensor]| -> Result<f64> { (f(xs)? * &weights)?.sum_all()?.to_scalar::<f64>() };
     let mut max_error = 0f64;
     let mut checked = 0;
     for (i, var) in vars.iter().enumerate() {

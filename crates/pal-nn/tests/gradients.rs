@@ -16,7 +16,11 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 fn assert_grads<F: Fn(&[Tensor]) -> Result<Tensor>>(name: &str, f: F, inputs: &[Tensor]) {
     let report = check_gradients(f, inputs, EPS, 64).unwrap();
     assert!(report.checked > 0);
-    assert!(report.max_error < TOL, "{name}: gradient error {} >= {TOL}", report.max_error);
+    assert!(
+        report.max_error < TOL,
+        "{name}: gradient error {} >= {TOL}",
+        report.max_error
+    );
 }
 
 #[test]
@@ -31,9 +35,17 @@ fn rms_norm_fused_matches_composite_formula() {
     let x = rand(&[4, 16], 3);
     let w = rand(&[16], 4);
     let fused = rms_norm(&x, &w, 1e-6).unwrap();
-    let r = (x.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-6).unwrap().sqrt().unwrap();
+    let r = (x.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-6)
+        .unwrap()
+        .sqrt()
+        .unwrap();
     let reference = x.broadcast_div(&r).unwrap().broadcast_mul(&w).unwrap();
-    let diff = (fused - reference).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (fused - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
 }
 
@@ -42,7 +54,11 @@ fn layer_norm_gradients_match_finite_differences() {
     let x = rand(&[3, 6], 5);
     let w = (rand(&[6], 6) + 1.0).unwrap();
     let b = rand(&[6], 7);
-    assert_grads("layer_norm", |xs| layer_norm(&xs[0], &xs[1], &xs[2], 1e-5), &[x, w, b]);
+    assert_grads(
+        "layer_norm",
+        |xs| layer_norm(&xs[0], &xs[1], &xs[2], 1e-5),
+        &[x, w, b],
+    );
 }
 
 #[test]
@@ -53,7 +69,11 @@ fn softmax_gradients_match_finite_differences() {
 
 #[test]
 fn softmax_of_fully_masked_row_is_finite() {
-    let x = Tensor::new(&[[f64::NEG_INFINITY, f64::NEG_INFINITY], [0.0, 0.0]], &Device::Cpu).unwrap();
+    let x = Tensor::new(
+        &[[f64::NEG_INFINITY, f64::NEG_INFINITY], [0.0, 0.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let y = softmax_last_dim(&x).unwrap().to_vec2::<f64>().unwrap();
     assert_eq!(y, vec![vec![0.0, 0.0], vec![0.5, 0.5]]);
 }
@@ -63,7 +83,7 @@ fn rope_gradients_match_finite_differences() {
     let x = rand(&[2, 2, 3, 8], 9);
     let angles = rand(&[3, 4], 10);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    assert_grads("rope", |xs| rope(&xs[0], &cos, &sin), &[x.clone()]);
+    assert_grads("rope", |xs| rope(&xs[0], &cos, &sin), std::slice::from_ref(&x));
     // Per-batch positions (padded batches).
     let angles = rand(&[2, 3, 4], 11);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
@@ -77,7 +97,12 @@ fn rope_matches_candle_reference() {
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
     let ours = rope(&x, &cos, &sin).unwrap();
     let reference = candle_nn::rotary_emb::rope_slow(&x, &cos, &sin).unwrap();
-    let diff = (ours - reference).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
 }
 
@@ -106,14 +131,26 @@ fn attention_gradients_match_finite_differences() {
     let q = rand(&[2, 4, 3, 4], 19);
     let k = rand(&[2, 2, 5, 4], 20);
     let v = rand(&[2, 2, 5, 4], 21);
-    let valid = Tensor::new(&[[1f64, 1., 1., 1., 1.], [1., 1., 1., 1., 0.]], &Device::Cpu).unwrap();
+    let valid = Tensor::new(
+        &[[1f64, 1., 1., 1., 1.], [1., 1., 1., 1., 0.]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let mask = causal_mask(3, 5, Some(&valid), DType::F64, &Device::Cpu).unwrap();
-    assert_grads("attention", |xs| attention(&xs[0], &xs[1], &xs[2], Some(&mask), 0.5), &[q, k, v]);
+    assert_grads(
+        "attention",
+        |xs| attention(&xs[0], &xs[1], &xs[2], Some(&mask), 0.5),
+        &[q, k, v],
+    );
 }
 
 /// Total number of gradient elements held by a gradient store.
 fn held_elements(grads: &candle_core::backprop::GradStore) -> usize {
-    grads.get_ids().filter_map(|id| grads.get_id(*id)).map(|g| g.elem_count()).sum()
+    grads
+        .get_ids()
+        .filter_map(|id| grads.get_id(*id))
+        .map(|g| g.elem_count())
+        .sum()
 }
 
 #[test]
@@ -125,12 +162,18 @@ fn frozen_weight_gets_no_gradient_and_no_gradient_memory() {
     // candle's matmul computes and stores a weight-sized gradient even for a constant weight.
     let y = x.matmul(&w.t().unwrap()).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
-    assert!(held_elements(&grads) >= weight_elems, "candle trap no longer reproduces");
+    assert!(
+        held_elements(&grads) >= weight_elems,
+        "candle trap no longer reproduces"
+    );
 
     // Ours: the input gradient only, identical to candle's.
     let y_frozen = Linear::new(w.clone(), None).forward(&x).unwrap();
     let frozen_grads = y_frozen.sum_all().unwrap().backward().unwrap();
-    assert!(frozen_grads.get(&w).is_none(), "frozen weight received a gradient");
+    assert!(
+        frozen_grads.get(&w).is_none(),
+        "frozen weight received a gradient"
+    );
     let gx = frozen_grads.get(&x).unwrap();
     let gx_ref = grads.get(&x).unwrap();
     let diff = (gx - gx_ref).unwrap().abs().unwrap().max_all().unwrap();
@@ -138,14 +181,19 @@ fn frozen_weight_gets_no_gradient_and_no_gradient_memory() {
     // Nothing weight-sized anywhere in the store: x's gradient and the output's, nothing more.
     let held = held_elements(&frozen_grads);
     assert!(held < weight_elems, "gradient store holds {held} elements");
-    assert!(held <= 4 * 64 + 4 * 256 + 1, "gradient store holds {held} elements");
+    assert!(
+        held <= 4 * 64 + 4 * 256 + 1,
+        "gradient store holds {held} elements"
+    );
 }
 
 #[test]
 fn trainable_linear_gets_weight_gradient() {
     let x = rand(&[4, 8], 24);
     let w = Var::from_tensor(&rand(&[3, 8], 25)).unwrap();
-    let y = Linear::new(w.as_tensor().clone(), None).forward(&x).unwrap();
+    let y = Linear::new(w.as_tensor().clone(), None)
+        .forward(&x)
+        .unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     let gw = grads.get(w.as_tensor()).expect("weight gradient");
     assert_eq!(gw.dims(), &[3, 8]);

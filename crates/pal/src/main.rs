@@ -1,1 +1,38 @@
-fn main() {}
+//! `pal`: the command-line front end. Each subcommand is a thin layer over the library crates.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Build, train, evaluate and serve audio-language models.
+#[derive(Parser)]
+#[command(name = "pal", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the base models (SmolLM2-135M-Instruct, Whisper tiny.en) into the cache.
+    Fetch(commands::fetch::FetchArgs),
+    /// Chat with an LLM: answer one prompt, or talk interactively when no prompt is given.
+    Chat(commands::chat::ChatArgs),
+    /// Benchmarks; results are written to files.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Fetch(args) => commands::fetch::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
+    }
+}

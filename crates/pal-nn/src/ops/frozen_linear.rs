@@ -11,14 +11,20 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = weight.dims2()?;
     let dims = x.dims().to_vec();
     if dims.last() != Some(&in_dim) {
-        candle_core::bail!("frozen_linear: input {:?} does not fit weight {:?}", dims, weight.dims());
+        candle_core::bail!(
+            "frozen_linear: input {:?} does not fit weight {:?}",
+            dims,
+            weight.dims()
+        );
     }
     if !x.track_op() {
         return x.broadcast_matmul(&weight.t()?);
     }
     let rows = x.elem_count() / in_dim;
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let y = x2.apply_op1(FrozenMatmul { weight: weight.contiguous()? })?;
+    let y = x2.apply_op1(FrozenMatmul {
+        weight: weight.contiguous()?,
+    })?;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank >= 1") = out_dim;
     y.reshape(out_dims)

@@ -72,7 +72,11 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let dim = l1.dims().last().copied().unwrap_or(0);
         if l2.dims() != [dim] {
-            candle_core::bail!("rms_norm: weight {:?} does not match input {:?}", l2.dims(), l1.dims());
+            candle_core::bail!(
+                "rms_norm: weight {:?} does not match input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
         }
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(self.forward(
@@ -97,7 +101,9 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // y_j = w_j x_j r with r = (mean(x^2) + eps)^-1/2 and dr/dx_j = -r^3 x_j / d, so
         // dx_j = (g w)_j r - x_j r^3 mean(g w x),  dw_j = sum over rows of g_j x_j r.
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
         let gw = grad.broadcast_mul(weight)?;
         let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
         let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(dot * r.powf(3.0)?)?)?)?;

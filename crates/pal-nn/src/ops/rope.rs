@@ -18,7 +18,11 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             _ => false,
         };
         if !ok {
-            candle_core::bail!("rope: cos/sin {:?} do not fit input {:?}", cs.dims(), x.dims());
+            candle_core::bail!(
+                "rope: cos/sin {:?} do not fit input {:?}",
+                cs.dims(),
+                x.dims()
+            );
         }
     }
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
@@ -34,7 +38,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     let (cos, sin) = match cos.rank() {
-        2 => (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?),
+        2 => (
+            cos.unsqueeze(0)?.unsqueeze(0)?,
+            sin.unsqueeze(0)?.unsqueeze(0)?,
+        ),
         _ => (cos.unsqueeze(1)?, sin.unsqueeze(1)?),
     };
     let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -46,7 +53,13 @@ fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 struct Rope;
 
-fn rope_cpu<T: WithDType>(x: &[T], dims: &[usize], cos: &[T], sin: &[T], per_batch: bool) -> Vec<T> {
+fn rope_cpu<T: WithDType>(
+    x: &[T],
+    dims: &[usize],
+    cos: &[T],
+    sin: &[T],
+    per_batch: bool,
+) -> Vec<T> {
     let (b, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
     let half = d / 2;
     let mut out = vec![T::zero(); x.len()];

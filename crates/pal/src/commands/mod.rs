@@ -1,0 +1,33 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod chat;
+pub mod fetch;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use pal_models::{assets, Llama, Tokenizer};
+
+/// The LLM given with `--llm`, or the fetched SmolLM2-135M-Instruct.
+pub fn resolve_llm(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p),
+        None => {
+            let default = assets::SMOLLM2_135M.main_file();
+            anyhow::ensure!(
+                default.exists(),
+                "no --llm given and {} is not fetched yet: run `pal fetch` first",
+                default.display()
+            );
+            Ok(default)
+        }
+    }
+}
+
+/// Loads an LLM (folder or .gguf) in f32 on the CPU.
+pub fn load_llm(path: &std::path::Path) -> anyhow::Result<(Llama, Tokenizer)> {
+    pal_models::load_llm(path, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading the LLM from {}", path.display()))
+}
