@@ -7,11 +7,16 @@
 //! - [`load_llm`]: one call that loads a model and its tokenizer from a folder or a `.gguf` file.
 
 pub mod assets;
+pub mod ast;
+pub mod ct2;
+pub mod encoder;
 pub mod error;
 pub mod gguf;
+pub mod layers;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;
+pub mod whisper;
 
 pub use error::{ModelError, Result};
 pub use llama::{KvCache, Llama, LlamaConfig};

@@ -83,7 +83,11 @@ fn rope_gradients_match_finite_differences() {
     let x = rand(&[2, 2, 3, 8], 9);
     let angles = rand(&[3, 4], 10);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    assert_grads("rope", |xs| rope(&xs[0], &cos, &sin), std::slice::from_ref(&x));
+    assert_grads(
+        "rope",
+        |xs| rope(&xs[0], &cos, &sin),
+        std::slice::from_ref(&x),
+    );
     // Per-batch positions (padded batches).
     let angles = rand(&[2, 3, 4], 11);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());

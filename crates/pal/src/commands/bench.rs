@@ -86,7 +86,7 @@ fn bench_llm(args: LlmBenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let result = json!({
-        "model": path.display().to_string(),
+        "model": path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
@@ -134,7 +134,7 @@ fn write_llm_report(prefix: &Path, result: &serde_json::Value) -> anyhow::Result
     let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64());
     let mut md = format!(
         "# LLM benchmark\n\nModel `{}`, batch 1, prompt {} tokens, decode {} tokens, median of {} runs, {} threads.\n\n| | prefill tokens/s | decode tokens/s |\n|---|---|---|\n",
-        result["model"].as_str().unwrap_or("").rsplit('/').next().unwrap_or(""),
+        result["model"].as_str().unwrap_or(""),
         result["prompt_tokens"], result["decode_tokens"], result["repeats"], result["threads"]
     );
     for name in ["pal", "transformers"] {

@@ -1,0 +1,414 @@
+//! Whisper (encoder and decoder), loaded from Hugging Face folders or CTranslate2 `model.bin`
+//! folders (see [`crate::ct2`]). Weights are named as in Hugging Face checkpoints
+//! (`model.encoder.layers.N.self_attn.q_proj.weight`, ...).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use pal_nn::causal_mask;
+use serde::Deserialize;
+
+use crate::encoder::LayerSelection;
+use crate::error::{ModelError, Result};
+use crate::layers::{load_linear, GeluFfn, LayerNorm, MultiHeadAttention};
+use crate::weights::Weights;
+
+/// Whisper's shape.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct WhisperConfig {
+    /// Mel bins of the input (80, or 128 for large-v3).
+    pub num_mel_bins: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Encoder heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Decoder heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder FFN width.
+    pub encoder_ffn_dim: usize,
+    /// Decoder FFN width.
+    pub decoder_ffn_dim: usize,
+    /// Encoder positions (1500 = 30 s).
+    pub max_source_positions: usize,
+    /// Decoder positions (448).
+    pub max_target_positions: usize,
+    /// Vocabulary size (51864 for English-only models, 51865+ multilingual).
+    pub vocab_size: usize,
+}
+
+impl WhisperConfig {
+    /// Reads `config.json` of a Hugging Face Whisper folder.
+    pub fn from_hf_folder(folder: &Path) -> Result<Self> {
+        let path = folder.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(&path, format!("not a Whisper config: {e}")))
+    }
+}
+
+/// One encoder layer (pre-norm self-attention and FFN).
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    /// Norm before attention.
+    pub self_attn_layer_norm: LayerNorm,
+    /// Self-attention.
+    pub self_attn: MultiHeadAttention,
+    /// Norm before the FFN.
+    pub final_layer_norm: LayerNorm,
+    /// FFN.
+    pub ffn: GeluFfn,
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.self_attn_layer_norm.forward(x)?, None)?;
+        let x = (x + h)?;
+        let h = self.ffn.forward(&self.final_layer_norm.forward(&x)?)?;
+        Ok((x + h)?)
+    }
+}
+
+/// The Whisper audio encoder: two convolutions (the second with stride 2), positions, layers.
+#[derive(Clone, Debug)]
+pub struct WhisperEncoder {
+    /// `(d, mels, 3)` and `(d)`.
+    pub conv1: (Tensor, Tensor),
+    /// `(d, d, 3)` and `(d)`, stride 2.
+    pub conv2: (Tensor, Tensor),
+    /// `(max_source_positions, d)`.
+    pub embed_positions: Tensor,
+    /// Transformer layers.
+    pub layers: Vec<EncoderLayer>,
+    /// Final norm.
+    pub layer_norm: LayerNorm,
+}
+
+fn load_mha(weights: &Weights, prefix: &str, d: usize, heads: usize) -> Result<MultiHeadAttention> {
+    Ok(MultiHeadAttention {
+        q: load_linear(weights, &format!("{prefix}.q_proj"), d, d, true)?,
+        k: load_linear(weights, &format!("{prefix}.k_proj"), d, d, false)?,
+        v: load_linear(weights, &format!("{prefix}.v_proj"), d, d, true)?,
+        o: load_linear(weights, &format!("{prefix}.out_proj"), d, d, true)?,
+        heads,
+    })
+}
+
+fn load_ffn(weights: &Weights, prefix: &str, d: usize, ffn: usize) -> Result<GeluFfn> {
+    Ok(GeluFfn {
+        fc1: load_linear(weights, &format!("{prefix}.fc1"), ffn, d, true)?,
+        fc2: load_linear(weights, &format!("{prefix}.fc2"), d, ffn, true)?,
+    })
+}
+
+const LN_EPS: f64 = 1e-5;
+
+impl WhisperEncoder {
+    /// Loads the encoder weights (`model.encoder.*`).
+    pub fn load(c: &WhisperConfig, weights: &Weights) -> Result<Self> {
+        let d = c.d_model;
+        let p = "model.encoder";
+        let conv = |name: &str, inp: usize| -> Result<(Tensor, Tensor)> {
+            Ok((
+                weights.get(&format!("{p}.{name}.weight"), &[d, inp, 3])?,
+                weights.get(&format!("{p}.{name}.bias"), &[d])?,
+            ))
+        };
+        let layers = (0..c.encoder_layers)
+            .map(|i| {
+                let l = format!("{p}.layers.{i}");
+                Ok(EncoderLayer {
+                    self_attn_layer_norm: LayerNorm::load(
+                        weights,
+                        &format!("{l}.self_attn_layer_norm"),
+                        d,
+                        LN_EPS,
+                    )?,
+                    self_attn: load_mha(
+                        weights,
+                        &format!("{l}.self_attn"),
+                        d,
+                        c.encoder_attention_heads,
+                    )?,
+                    final_layer_norm: LayerNorm::load(
+                        weights,
+                        &format!("{l}.final_layer_norm"),
+                        d,
+                        LN_EPS,
+                    )?,
+                    ffn: load_ffn(weights, &l, d, c.encoder_ffn_dim)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            conv1: conv("conv1", c.num_mel_bins)?,
+            conv2: conv("conv2", d)?,
+            embed_positions: weights.get(
+                &format!("{p}.embed_positions.weight"),
+                &[c.max_source_positions, d],
+            )?,
+            layers,
+            layer_norm: LayerNorm::load(weights, &format!("{p}.layer_norm"), d, LN_EPS)?,
+        })
+    }
+
+    /// Most mel frames one pass accepts (3000 = 30 s).
+    pub fn max_frames(&self) -> usize {
+        self.embed_positions.dims()[0] * 2
+    }
+
+    /// Encodes log-mel features `(batch, mels, frames)` into `(batch, frames / 2, d)`, returning the
+    /// hidden state chosen by `layer`. Any even number of frames up to [`Self::max_frames`] works: a
+    /// short clip need not be padded to 30 s (positions are sliced).
+    pub fn forward(&self, mel: &Tensor, layer: LayerSelection) -> Result<Tensor> {
+        let (_, _, frames) = mel.dims3()?;
+        if frames > self.max_frames() || frames < 2 {
+            return Err(ModelError::Unsupported(format!(
+                "Whisper encoder takes 2..={} mel frames, got {frames}",
+                self.max_frames()
+            )));
+        }
+        let x = mel
+            .conv1d(&self.conv1.0, 1, 1, 1, 1)?
+            .broadcast_add(&self.conv1.1.reshape((1, (), 1))?)?
+            .gelu_erf()?;
+        let x = x
+            .conv1d(&self.conv2.0, 1, 2, 1, 1)?
+            .broadcast_add(&self.conv2.1.reshape((1, (), 1))?)?
+            .gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let tokens = x.dims()[1];
+        let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, tokens)?)?;
+        let total = self.layers.len();
+        layer.validate(total)?;
+        let mut states = vec![];
+        if layer.wants(0, total) {
+            states.push(x.clone());
+        }
+        for (i, l) in self
+            .layers
+            .iter()
+            .enumerate()
+            .take(layer.layers_needed(total))
+        {
+            x = l.forward(&x)?;
+            let index = i + 1;
+            if index == total {
+                x = self.layer_norm.forward(&x)?;
+            }
+            if layer.wants(index, total) {
+                states.push(x.clone());
+            }
+        }
+        layer.combine(states)
+    }
+}
+
+/// One decoder layer: causal self-attention, cross-attention over the audio, FFN.
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    /// Norm before self-attention.
+    pub self_attn_layer_norm: LayerNorm,
+    /// Causal self-attention.
+    pub self_attn: MultiHeadAttention,
+    /// Norm before cross-attention.
+    pub encoder_attn_layer_norm: LayerNorm,
+    /// Cross-attention over the encoder output.
+    pub encoder_attn: MultiHeadAttention,
+    /// Norm before the FFN.
+    pub final_layer_norm: LayerNorm,
+    /// FFN.
+    pub ffn: GeluFfn,
+}
+
+/// Cached keys/values of the decoder: self-attention grows per step, cross-attention is fixed.
+#[derive(Clone, Debug, Default)]
+pub struct DecoderCache {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+/// The Whisper text decoder.
+#[derive(Clone, Debug)]
+pub struct WhisperDecoder {
+    /// `(vocab, d)`, also the output projection.
+    pub embed_tokens: Tensor,
+    /// `(max_target_positions, d)`.
+    pub embed_positions: Tensor,
+    /// Layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub layer_norm: LayerNorm,
+}
+
+impl WhisperDecoder {
+    /// Loads the decoder weights (`model.decoder.*`).
+    pub fn load(c: &WhisperConfig, weights: &Weights) -> Result<Self> {
+        let d = c.d_model;
+        let p = "model.decoder";
+        let layers = (0..c.decoder_layers)
+            .map(|i| {
+                let l = format!("{p}.layers.{i}");
+                let heads = c.decoder_attention_heads;
+                Ok(DecoderLayer {
+                    self_attn_layer_norm: LayerNorm::load(
+                        weights,
+                        &format!("{l}.self_attn_layer_norm"),
+                        d,
+                        LN_EPS,
+                    )?,
+                    self_attn: load_mha(weights, &format!("{l}.self_attn"), d, heads)?,
+                    encoder_attn_layer_norm: LayerNorm::load(
+                        weights,
+                        &format!("{l}.encoder_attn_layer_norm"),
+                        d,
+                        LN_EPS,
+                    )?,
+                    encoder_attn: load_mha(weights, &format!("{l}.encoder_attn"), d, heads)?,
+                    final_layer_norm: LayerNorm::load(
+                        weights,
+                        &format!("{l}.final_layer_norm"),
+                        d,
+                        LN_EPS,
+                    )?,
+                    ffn: load_ffn(weights, &l, d, c.decoder_ffn_dim)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embed_tokens: weights.get(&format!("{p}.embed_tokens.weight"), &[c.vocab_size, d])?,
+            embed_positions: weights.get(
+                &format!("{p}.embed_positions.weight"),
+                &[c.max_target_positions, d],
+            )?,
+            layers,
+            layer_norm: LayerNorm::load(weights, &format!("{p}.layer_norm"), d, LN_EPS)?,
+        })
+    }
+
+    /// An empty cache.
+    pub fn new_cache(&self) -> DecoderCache {
+        DecoderCache {
+            self_kv: vec![None; self.layers.len()],
+            cross_kv: vec![None; self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Most tokens (prompt + output) the decoder takes.
+    pub fn max_tokens(&self) -> usize {
+        self.embed_positions.dims()[0]
+    }
+
+    /// Logits `(batch, n, vocab)` for `tokens` `(batch, n)` continuing `cache`, attending to
+    /// `audio` (`(batch, frames, d)`, the encoder output; its keys/values are cached on first use).
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        audio: &Tensor,
+        cache: &mut DecoderCache,
+    ) -> Result<Tensor> {
+        let (b, n) = tokens.dims2()?;
+        if cache.len + n > self.max_tokens() {
+            return Err(ModelError::Unsupported(format!(
+                "Whisper decoder takes at most {} tokens",
+                self.max_tokens()
+            )));
+        }
+        let d = self.embed_tokens.dims()[1];
+        let emb = self
+            .embed_tokens
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, n, d))?;
+        let mut x = emb.broadcast_add(&self.embed_positions.narrow(0, cache.len, n)?)?;
+        let keys = cache.len + n;
+        let mask = if n > 1 {
+            Some(causal_mask(n, keys, None, x.dtype(), x.device())?)
+        } else {
+            None
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.self_attn_layer_norm.forward(&x)?;
+            let (k, v) = layer.self_attn.keys_values(&h)?;
+            let (k, v) = match &cache.self_kv[i] {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            let attn = layer.self_attn.attend(&h, &k, &v, mask.as_ref())?;
+            cache.self_kv[i] = Some((k, v));
+            x = (x + attn)?;
+            let h = layer.encoder_attn_layer_norm.forward(&x)?;
+            if cache.cross_kv[i].is_none() {
+                cache.cross_kv[i] = Some(layer.encoder_attn.keys_values(audio)?);
+            }
+            let (ck, cv) = cache.cross_kv[i].as_ref().expect("set above");
+            x = (&x + layer.encoder_attn.attend(&h, ck, cv, None)?)?;
+            x = (&x + layer.ffn.forward(&layer.final_layer_norm.forward(&x)?)?)?;
+        }
+        cache.len += n;
+        let x = self.layer_norm.forward(&x)?;
+        Ok(x.broadcast_matmul(&self.embed_tokens.t()?)?)
+    }
+}
+
+/// A Whisper model: the encoder, and the decoder when loaded for transcription.
+#[derive(Clone, Debug)]
+pub struct Whisper {
+    /// Shape.
+    pub config: WhisperConfig,
+    /// Audio encoder.
+    pub encoder: WhisperEncoder,
+    /// Text decoder (absent when only the encoder was loaded).
+    pub decoder: Option<WhisperDecoder>,
+}
+
+impl Whisper {
+    /// Builds the model from Hugging Face-named weights; `with_decoder` loads the decoder too.
+    pub fn load(config: WhisperConfig, weights: &Weights, with_decoder: bool) -> Result<Self> {
+        let encoder = WhisperEncoder::load(&config, weights)?;
+        let decoder = if with_decoder {
+            Some(WhisperDecoder::load(&config, weights)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            encoder,
+            decoder,
+        })
+    }
+
+    /// Loads a Hugging Face Whisper folder (config.json + safetensors) or a CTranslate2 folder
+    /// (model.bin), in `dtype` on `device`.
+    pub fn from_folder(
+        folder: &Path,
+        with_decoder: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if !folder.is_dir() {
+            return Err(ModelError::NotFound(folder.to_path_buf()));
+        }
+        if folder.join("model.bin").exists() && !folder.join("model.safetensors").exists() {
+            let (config, weights) =
+                crate::ct2::load_whisper(&folder.join("model.bin"), dtype, device)?;
+            return Self::load(config, &weights, with_decoder);
+        }
+        let config = WhisperConfig::from_hf_folder(folder)?;
+        let weights = Weights::from_hf_folder(folder, dtype, device)?;
+        Self::load(config, &weights, with_decoder)
+    }
+
+    /// The decoder, or an error saying the model was loaded without it.
+    pub fn decoder(&self) -> Result<&WhisperDecoder> {
+        self.decoder.as_ref().ok_or_else(|| {
+            ModelError::Unsupported("this Whisper model was loaded without its decoder".into())
+        })
+    }
+}
