@@ -50,7 +50,7 @@ pub enum AudioErrorKind {
     #[error("corrupt audio: {0}")]
     Corrupt(String),
     /// Fewer samples than the header declares.
-    #[error("truncated: the header declares {declared} frames, the file holds {found}")]
+    #[error("truncated or damaged: the header declares {declared} frames, only {found} could be decoded")]
     Truncated {
         /// Frames the header declares.
         declared: u64,

@@ -6,8 +6,8 @@ use rubato::{
 
 use crate::{AudioError, AudioErrorKind, Result};
 
-/// `samples` at `from` Hz converted to `to` Hz; the output has `round(len * to / from)` samples and
-/// no delay (the resampler's latency is removed).
+/// `samples` at `from` Hz converted to `to` Hz; the output has `round(len * to / from)` samples,
+/// aligned with the input to within one output sample (rubato's sinc resampler starts centred).
 pub fn resample(samples: &[f32], from: u32, to: u32, origin: &str) -> Result<Vec<f32>> {
     if from == to {
         return Ok(samples.to_vec());
@@ -25,8 +25,7 @@ pub fn resample(samples: &[f32], from: u32, to: u32, origin: &str) -> Result<Vec
     let mut resampler =
         SincFixedIn::<f32>::new(ratio, 1.0, params, chunk, 1).map_err(|e| fail(e.to_string()))?;
     let expected = (samples.len() as f64 * ratio).round() as usize;
-    let delay = resampler.output_delay();
-    let mut out: Vec<f32> = Vec::with_capacity(expected + delay + chunk);
+    let mut out: Vec<f32> = Vec::with_capacity(expected + chunk);
     let mut pos = 0;
     while pos + chunk <= samples.len() {
         let block = resampler
@@ -35,13 +34,13 @@ pub fn resample(samples: &[f32], from: u32, to: u32, origin: &str) -> Result<Vec
         out.extend_from_slice(&block[0]);
         pos += chunk;
     }
-    // The rest, then zeros until the delayed tail is out.
+    // The rest, then zeros until the tail is out.
     let rest = &samples[pos..];
     let block = resampler
         .process_partial(Some(&[rest]), None)
         .map_err(|e| fail(e.to_string()))?;
     out.extend_from_slice(&block[0]);
-    while out.len() < expected + delay {
+    while out.len() < expected {
         let block = resampler
             .process_partial::<&[f32]>(None, None)
             .map_err(|e| fail(e.to_string()))?;
@@ -50,8 +49,6 @@ pub fn resample(samples: &[f32], from: u32, to: u32, origin: &str) -> Result<Vec
         }
         out.extend_from_slice(&block[0]);
     }
-    let end = (delay + expected).min(out.len());
-    let mut result = out[delay.min(end)..end].to_vec();
-    result.resize(expected, 0.0);
-    Ok(result)
+    out.resize(expected, 0.0);
+    Ok(out)
 }

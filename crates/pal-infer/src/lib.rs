@@ -4,10 +4,12 @@
 pub mod chat_template;
 pub mod generate;
 pub mod sampling;
+pub mod transcribe;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use generate::{generate, FinishReason, Generation, GenerationParams};
 pub use sampling::Sampler;
+pub use transcribe::transcribe;
 
 /// Errors of generation and template rendering.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Building blocks shared by the encoder models (Whisper, AST): LayerNorm with bias, multi-head
 //! attention with separate q/k/v/o projections, and a two-layer GELU FFN. All go through `pal-nn`.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use pal_nn::ops::layer_norm;
 use pal_nn::{attention, Linear};
 
@@ -122,15 +122,4 @@ impl GeluFfn {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)?)
     }
-}
-
-/// Mean over the given hidden states (used for "mean of a layer range" encoder outputs).
-pub fn mean_of(states: &[Tensor]) -> Result<Tensor> {
-    let stacked = Tensor::stack(states, 0)?;
-    Ok(stacked.mean(0)?)
-}
-
-/// Last-dimension width of a tensor.
-pub fn width(t: &Tensor) -> Result<usize> {
-    Ok(t.dim(D::Minus1)?)
 }

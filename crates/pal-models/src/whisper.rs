@@ -412,3 +412,108 @@ impl Whisper {
         })
     }
 }
+
+/// What greedy Whisper decoding needs from the tokenizer and generation config.
+#[derive(Clone)]
+pub struct WhisperTokenizer {
+    /// The text tokenizer (byte-level BPE).
+    pub inner: tokenizers::Tokenizer,
+    /// `<|endoftext|>`.
+    pub eot: u32,
+    /// `<|startoftranscript|>`.
+    pub sot: u32,
+    /// `<|notimestamps|>`.
+    pub no_timestamps: u32,
+    /// Language and task tokens for multilingual models (`<|en|>`, `<|transcribe|>`).
+    pub language_task: Vec<u32>,
+    /// Tokens never generated.
+    pub suppress: Vec<u32>,
+    /// Tokens not generated first.
+    pub suppress_begin: Vec<u32>,
+}
+
+impl WhisperTokenizer {
+    /// Loads `tokenizer.json` and the suppression lists of a Hugging Face folder
+    /// (`generation_config.json`) or a CTranslate2 folder (`config.json`). `language` applies to
+    /// multilingual models only (vocabulary of 51865 or more).
+    pub fn from_folder(folder: &Path, config: &WhisperConfig, language: &str) -> Result<Self> {
+        let path = folder.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::NotFound(path));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::format(&path, format!("not a valid tokenizer.json: {e}")))?;
+        let id = |t: &str| -> Result<u32> {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| ModelError::format(&path, format!("token {t} is missing")))
+        };
+        let eot = id("<|endoftext|>")?;
+        let sot = id("<|startoftranscript|>")?;
+        let no_timestamps = id("<|notimestamps|>")?;
+        // English-only models have no language tokens in their prompt.
+        let language_task = if config.vocab_size >= 51865 {
+            vec![id(&format!("<|{language}|>"))?, id("<|transcribe|>")?]
+        } else {
+            vec![]
+        };
+        let read_ids = |file: &str, keys: &[&str]| -> Result<Vec<Vec<u32>>> {
+            let p = folder.join(file);
+            if !p.exists() {
+                return Ok(vec![vec![]; keys.len()]);
+            }
+            let text = std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::format(&p, e))?;
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    json.get(*k)
+                        .and_then(|v| v.as_array())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_u64())
+                                .map(|x| x as u32)
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect())
+        };
+        let (suppress, suppress_begin) = if folder.join("generation_config.json").exists() {
+            let mut v = read_ids(
+                "generation_config.json",
+                &["suppress_tokens", "begin_suppress_tokens"],
+            )?;
+            (std::mem::take(&mut v[0]), std::mem::take(&mut v[1]))
+        } else {
+            let mut v = read_ids("config.json", &["suppress_ids", "suppress_ids_begin"])?;
+            (std::mem::take(&mut v[0]), std::mem::take(&mut v[1]))
+        };
+        Ok(Self {
+            inner,
+            eot,
+            sot,
+            no_timestamps,
+            language_task,
+            suppress,
+            suppress_begin,
+        })
+    }
+
+    /// The decoder prompt for transcription without timestamps.
+    pub fn prompt(&self) -> Vec<u32> {
+        let mut p = vec![self.sot];
+        p.extend(&self.language_task);
+        p.push(self.no_timestamps);
+        p
+    }
+
+    /// Text of generated tokens (special tokens dropped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let text_ids: Vec<u32> = ids.iter().copied().filter(|&t| t < self.eot).collect();
+        self.inner.decode(&text_ids, true).map_err(|e| {
+            ModelError::Unsupported(format!("Whisper tokenizer failed to decode: {e}"))
+        })
+    }
+}

@@ -18,6 +18,8 @@ enum Command {
     Fetch(commands::fetch::FetchArgs),
     /// Chat with an LLM: answer one prompt, or talk interactively when no prompt is given.
     Chat(commands::chat::ChatArgs),
+    /// Transcribe audio files with Whisper (greedy, no timestamps).
+    Transcribe(commands::transcribe::TranscribeArgs),
     /// Benchmarks; results are written to files.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Chat(args) => commands::chat::run(args),
+        Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     }
 }

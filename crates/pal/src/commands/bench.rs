@@ -14,6 +14,25 @@ use serde_json::json;
 pub enum BenchCommand {
     /// Prefill and decode tokens/s of an LLM on the CPU (batch 1, greedy).
     Llm(LlmBenchArgs),
+    /// Feature extraction and encoder throughput, in seconds of audio per second.
+    Audio(AudioBenchArgs),
+}
+
+/// Arguments of `pal bench audio`.
+#[derive(Args)]
+pub struct AudioBenchArgs {
+    /// Whisper folder (default: the fetched Whisper tiny.en).
+    #[arg(long)]
+    whisper: Option<PathBuf>,
+    /// Clip length in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Output prefix: writes PREFIX.json and PREFIX.md.
+    #[arg(long, default_value = "docs/bench/audio")]
+    out: PathBuf,
 }
 
 /// Arguments of `pal bench llm`.
@@ -44,6 +63,7 @@ pub struct LlmBenchArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Llm(args) => bench_llm(args),
+        BenchCommand::Audio(args) => bench_audio(args),
     }
 }
 
@@ -158,5 +178,107 @@ fn write_llm_report(prefix: &Path, result: &serde_json::Value) -> anyhow::Result
         ));
     }
     std::fs::write(prefix.with_extension("md"), md)?;
+    Ok(())
+}
+
+/// Median seconds of `f` over `repeats` runs.
+fn time_median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn bench_audio(args: AudioBenchArgs) -> anyhow::Result<()> {
+    use pal_audio::{KaldiFbank, WhisperMel, WindowType};
+    use pal_models::encoder::{AudioEncoder, WhisperAudioEncoder};
+    use pal_models::whisper::Whisper;
+
+    let n = (args.seconds * 16000.0) as usize;
+    // A deterministic, speech-like test signal (two glides and noise).
+    let samples: Vec<f32> = (0..n)
+        .map(|i| {
+            let t = i as f32 / 16000.0;
+            0.3 * (2.0 * std::f32::consts::PI * (180.0 + 40.0 * t) * t).sin()
+                + 0.1 * (2.0 * std::f32::consts::PI * 1200.0 * t).sin()
+                + 0.02 * ((i as f32 * 12.9898).sin() * 43758.547).fract()
+        })
+        .collect();
+    let folder = match &args.whisper {
+        Some(p) => p.clone(),
+        None => pal_models::assets::WHISPER_TINY_EN.dir(),
+    };
+    let whisper = Whisper::from_folder(
+        &folder,
+        false,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .with_context(|| format!("loading Whisper from {}", folder.display()))?;
+    let mel = WhisperMel::new(whisper.config.num_mel_bins);
+    let fbank = KaldiFbank::new(128, 16000, WindowType::Hanning);
+    let mut encoder = WhisperAudioEncoder::new(
+        whisper.encoder.clone(),
+        whisper.config.num_mel_bins,
+        "bench".into(),
+    );
+    let mut rows: Vec<(String, f64)> = vec![];
+    let secs = args.seconds;
+    rows.push((
+        "whisper log-mel (real length)".into(),
+        secs / time_median(args.repeats, || {
+            mel.compute(&samples, false);
+            Ok(())
+        })?,
+    ));
+    rows.push((
+        "kaldi fbank 128".into(),
+        secs / time_median(args.repeats, || {
+            fbank.compute(&samples);
+            Ok(())
+        })?,
+    ));
+    encoder.real_length = true;
+    rows.push((
+        "whisper encoder, real length (features included)".into(),
+        secs / time_median(args.repeats, || {
+            encoder.encode(&samples)?;
+            Ok(())
+        })?,
+    ));
+    encoder.real_length = false;
+    rows.push((
+        "whisper encoder, padded to 30 s (features included)".into(),
+        secs / time_median(args.repeats, || {
+            encoder.encode(&samples)?;
+            Ok(())
+        })?,
+    ));
+    let result = json!({
+        "clip_seconds": secs,
+        "repeats": args.repeats,
+        "whisper": folder.file_name().map(|n| n.to_string_lossy().to_string()),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "audio_seconds_per_second": rows.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        args.out.with_extension("json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let mut md = format!(
+        "# Audio front-end benchmark\n\n{secs} s clip, median of {} runs, {} threads, Whisper `{}`.\n\n| stage | seconds of audio per second |\n|---|---|\n",
+        args.repeats, result["threads"], result["whisper"].as_str().unwrap_or("")
+    );
+    for (k, v) in &rows {
+        md.push_str(&format!("| {k} | {v:.1} |\n"));
+    }
+    std::fs::write(args.out.with_extension("md"), md)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }
