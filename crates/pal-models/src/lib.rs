@@ -8,6 +8,8 @@
 
 pub mod assets;
 pub mod ast;
+pub mod audio_llm;
+pub mod connector;
 pub mod ct2;
 pub mod encoder;
 pub mod error;

@@ -309,9 +309,24 @@ pub struct DecoderLayer {
     pub down_proj: Linear,
 }
 
-/// Keys and values cached for one layer, `(batch, kv_heads, rows, head_dim)`.
+/// Extra keys/values that precede a layer's own (LAL audio keys): every query sees every valid
+/// prefix row, and the prefix never goes through the layer's FFN.
+#[derive(Clone, Debug)]
+pub struct KeyValuePrefix {
+    /// `(batch, kv_heads, rows, head_dim)`, already normed, projected and rotated.
+    pub k: Tensor,
+    /// `(batch, kv_heads, rows, head_dim)`.
+    pub v: Tensor,
+    /// `(batch, rows)`, 1 for real rows and 0 for padding.
+    pub valid: Tensor,
+}
+
+/// Keys and values cached for one layer, `(batch, kv_heads, rows, head_dim)`, after an optional
+/// fixed prefix.
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
+    /// Fixed prefix (LAL audio keys/values), not part of `k`/`v`.
+    pub prefix: Option<KeyValuePrefix>,
     /// Cached keys.
     pub k: Option<Tensor>,
     /// Cached values.
@@ -366,6 +381,9 @@ pub struct Llama {
     pub lm_head: Linear,
     /// RoPE tables.
     pub rope: RopeTable,
+    /// Rows that went through an FFN since the model was built (instrumentation: LAL's audio must
+    /// never reach an FFN).
+    pub ffn_rows: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Llama {
@@ -441,6 +459,7 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            ffn_rows: Default::default(),
         })
     }
 
@@ -552,16 +571,50 @@ impl Llama {
                 device,
             )?)
         };
+        let keys = key_valid.dims()[1];
         cache.key_valid = Some(key_valid);
 
         let mut x = embeds.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, &x, &cos, &sin, mask.as_ref(), layer_cache)?;
+            // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
+            let prefix_mask = match &layer_cache.prefix {
+                Some(prefix) => Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?),
+                None => None,
+            };
+            let layer_mask = prefix_mask.as_ref().or(mask.as_ref());
+            x = self.layer_forward(layer, &x, &cos, &sin, layer_mask, layer_cache)?;
         }
         Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
     }
 
-    /// One decoder layer: pre-norm attention over `[cache ; new rows]`, then the SwiGLU FFN.
+    /// The mask of a layer with a key prefix: `[prefix validity ; text mask]` along the keys.
+    fn prefix_mask(
+        &self,
+        prefix: &KeyValuePrefix,
+        text_mask: Option<&Tensor>,
+        b: usize,
+        n: usize,
+        keys: usize,
+    ) -> Result<Tensor> {
+        let dtype = self.dtype();
+        let rows = prefix.valid.dims()[1];
+        let neg = pal_nn::mask_value(DType::F32);
+        let hidden = ((1.0 - prefix.valid.to_dtype(DType::F32)?)? * neg)?.to_dtype(dtype)?;
+        let prefix_part = hidden
+            .reshape((b, 1, 1, rows))?
+            .broadcast_as((b, 1, n, rows))?;
+        let text_part = match text_mask {
+            Some(m) => m.broadcast_as((b, 1, n, keys))?,
+            None => Tensor::zeros((b, 1, n, keys), dtype, self.device())?,
+        };
+        Ok(Tensor::cat(
+            &[&prefix_part.contiguous()?, &text_part.contiguous()?],
+            3,
+        )?)
+    }
+
+    /// One decoder layer: pre-norm attention over `[prefix ; cache ; new rows]`, then the SwiGLU
+    /// FFN (on the new rows only).
     pub fn layer_forward(
         &self,
         layer: &DecoderLayer,
@@ -595,6 +648,10 @@ impl Llama {
         };
         cache.k = Some(k.clone());
         cache.v = Some(v.clone());
+        let (k, v) = match &cache.prefix {
+            Some(p) => (Tensor::cat(&[&p.k, &k], 2)?, Tensor::cat(&[&p.v, &v], 2)?),
+            None => (k, v),
+        };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let attn = attention(&q, &k, &v, mask, scale)?;
         let attn = attn
@@ -602,6 +659,8 @@ impl Llama {
             .reshape((b, n, c.num_attention_heads * c.head_dim))?;
         let x = (x + layer.o_proj.forward(&attn)?)?;
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+        self.ffn_rows
+            .fetch_add(b * n, std::sync::atomic::Ordering::Relaxed);
         let gate = layer.gate_proj.forward(&h)?.silu()?;
         let ffn = layer
             .down_proj

@@ -9,6 +9,8 @@ pub mod attention;
 pub mod gradcheck;
 pub mod linear;
 pub mod ops;
+pub mod params;
 
 pub use attention::{attention, causal_mask, mask_value};
 pub use linear::Linear;
+pub use params::{Init, Params};

@@ -118,6 +118,32 @@ fn frozen_linear_input_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn stacked_frozen_linear_applies_each_group_and_has_input_gradients() {
+    let w = rand(&[3, 5, 4], 30);
+    let x = rand(&[3, 2, 4], 31);
+    let y = frozen_linear(&x, &w).unwrap();
+    for g in 0..3 {
+        let expected = x
+            .get(g)
+            .unwrap()
+            .matmul(&w.get(g).unwrap().t().unwrap())
+            .unwrap();
+        let diff = (y.get(g).unwrap() - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+    assert_grads(
+        "stacked frozen_linear",
+        |xs| frozen_linear(&xs[0], &w),
+        &[x],
+    );
+}
+
+#[test]
 fn trainable_linear_gradients_match_finite_differences() {
     let x = rand(&[3, 4], 16);
     let w = rand(&[5, 4], 17);

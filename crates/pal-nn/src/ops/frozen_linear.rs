@@ -7,7 +7,13 @@ use candle_core::{
 /// The weight is held inside the op, not as a graph input, so backprop never computes (nor stores)
 /// a weight-sized gradient. candle's own `matmul` would compute `x^T @ grad` for the weight even
 /// when it is a constant.
+///
+/// A stacked weight `(groups, out, in)` applies group `g` to `x[g]` (`x` is `(groups, rows, in)`):
+/// one batched matmul for several frozen layers at once (LAL's keys and values of all layers).
 pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if weight.rank() == 3 {
+        return frozen_grouped_linear(x, weight);
+    }
     let (out_dim, in_dim) = weight.dims2()?;
     let dims = x.dims().to_vec();
     if dims.last() != Some(&in_dim) {
@@ -30,15 +36,53 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
+fn frozen_grouped_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (groups, _, in_dim) = weight.dims3()?;
+    let (xg, _, x_in) = x.dims3()?;
+    if xg != groups || x_in != in_dim {
+        candle_core::bail!(
+            "frozen_linear: input {:?} does not fit stacked weight {:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    if !x.track_op() {
+        return x.matmul(&weight.transpose(1, 2)?);
+    }
+    x.contiguous()?.apply_op1(FrozenMatmul {
+        weight: weight.contiguous()?,
+    })
+}
+
+/// The op behind [`frozen_linear`]: input `(rows, in)` with weight `(out, in)`, or input
+/// `(groups, rows, in)` with weight `(groups, out, in)`.
 struct FrozenMatmul {
     weight: Tensor,
 }
 
 impl FrozenMatmul {
     fn bmnk(&self, layout: &Layout) -> Result<(usize, usize, usize, usize)> {
-        let (m, k) = layout.shape().dims2()?;
-        let (n, _) = self.weight.dims2()?;
-        Ok((1, m, n, k))
+        let dims = layout.shape().dims();
+        let (groups, m, k) = match *dims {
+            [m, k] => (1, m, k),
+            [g, m, k] => (g, m, k),
+            _ => candle_core::bail!("frozen_linear: input must be 2D or 3D"),
+        };
+        let n = self.weight.dims()[self.weight.rank() - 2];
+        Ok((groups, m, n, k))
+    }
+
+    fn out_shape(&self, bmnk: (usize, usize, usize, usize)) -> Shape {
+        if self.weight.rank() == 3 {
+            Shape::from((bmnk.0, bmnk.1, bmnk.2))
+        } else {
+            Shape::from((bmnk.1, bmnk.2))
+        }
+    }
+
+    fn weight_t(&self, layout: &Layout) -> Result<Layout> {
+        let r = layout.dims().len();
+        layout.transpose(r - 2, r - 1)
     }
 }
 
@@ -50,12 +94,12 @@ impl CustomOp1 for FrozenMatmul {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let bmnk = self.bmnk(layout)?;
         let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let w_t = w_layout.transpose(0, 1)?;
+        let w_t = self.weight_t(w_layout)?;
         let out = match &*w_storage {
             Storage::Cpu(w) => storage.matmul(w, bmnk, layout, &w_t)?,
             _ => candle_core::bail!("frozen_linear: weight and input on different devices"),
         };
-        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+        Ok((out, self.out_shape(bmnk)))
     }
 
     #[cfg(feature = "cuda")]
@@ -66,12 +110,12 @@ impl CustomOp1 for FrozenMatmul {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let bmnk = self.bmnk(layout)?;
         let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let w_t = w_layout.transpose(0, 1)?;
+        let w_t = self.weight_t(w_layout)?;
         let out = match &*w_storage {
             Storage::Cuda(w) => storage.matmul(w, bmnk, layout, &w_t)?,
             _ => candle_core::bail!("frozen_linear: weight and input on different devices"),
         };
-        Ok((out, Shape::from((bmnk.1, bmnk.2))))
+        Ok((out, self.out_shape(bmnk)))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -1,0 +1,343 @@
+//! The properties of PLITS, LAL and PAL from PAPER.md, on the tiny random Llama fixture.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use candle_core::{DType, Device, Tensor, Var};
+use pal_models::audio_llm::{
+    Attachment, AudioLlm, Example, LalProjection, Padding, Route, Segment,
+};
+use pal_models::connector::ConnectorConfig;
+use pal_models::{Llama, LlamaConfig, Weights};
+use pal_nn::gradcheck::pseudo_random;
+use pal_nn::Params;
+
+const D_ENC: usize = 8;
+
+fn tiny_llm(dtype: DType) -> Llama {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let config = LlamaConfig::from_hf_folder(&dir).unwrap();
+    Llama::load(
+        config,
+        &Weights::from_hf_folder(&dir, dtype, &Device::Cpu).unwrap(),
+    )
+    .unwrap()
+}
+
+fn frames(n: usize, seed: u64, dtype: DType) -> Tensor {
+    Tensor::from_vec(pseudo_random(n * D_ENC, seed), (n, D_ENC), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn example(text_before: &[u32], text_after: &[u32], audio: Tensor) -> Example {
+    Example {
+        segments: vec![
+            Segment::Text {
+                ids: text_before.to_vec(),
+                trained: false,
+            },
+            Segment::Audio,
+            Segment::Text {
+                ids: text_after.to_vec(),
+                trained: true,
+            },
+        ],
+        audio: vec![audio],
+    }
+}
+
+fn model(route: Route, dtype: DType, edit: impl FnOnce(&mut Attachment)) -> (AudioLlm, Params) {
+    let params = Params::new(7, dtype, &Device::Cpu);
+    let mut a = Attachment::new("enc", D_ENC, route);
+    a.summary = ConnectorConfig::Latent {
+        queries: 4,
+        layers: 1,
+    };
+    edit(&mut a);
+    (
+        AudioLlm::new(tiny_llm(dtype), &[a], &params).unwrap(),
+        params,
+    )
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn empty_lal_layers_is_exactly_the_text_only_llm() {
+    let (m, _) = model(Route::Lal, DType::F32, |a| a.lal.layers = Some(vec![]));
+    let text = [5u32, 17, 33, 2, 40];
+    let mut batch = m
+        .prepare(
+            &[example(&text[..2], &text[2..], frames(6, 1, DType::F32))],
+            Padding::Right,
+        )
+        .unwrap();
+    let ours = m.forward(&mut batch).unwrap();
+    let ids = Tensor::new(&text, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut cache = m.llm.new_cache();
+    let plain = m.llm.forward(&ids, None, &mut cache).unwrap();
+    assert_eq!(max_diff(&ours, &plain), 0.0);
+}
+
+#[test]
+fn one_layer_lal_equals_plits_with_the_same_audio_embeddings() {
+    let mut llm = tiny_llm(DType::F32);
+    llm.layers.truncate(1);
+    llm.config.num_hidden_layers = 1;
+    let params = Params::new(7, DType::F32, &Device::Cpu);
+    let m = AudioLlm::new(llm, &[Attachment::new("enc", D_ENC, Route::Lal)], &params).unwrap();
+    let e = frames(5, 2, DType::F32);
+    let text = [3u32, 9, 27, 81];
+    let mut batch = m
+        .prepare(
+            &[Example {
+                segments: vec![Segment::Text {
+                    ids: text.to_vec(),
+                    trained: true,
+                }],
+                audio: vec![e.clone()],
+            }],
+            Padding::Right,
+        )
+        .unwrap();
+    let lal = m.forward(&mut batch).unwrap();
+    // PLITS with A_0 = Proj_0(E) as the audio embeddings, prepended.
+    let Some(LalProjection::Linear { weight, bias }) =
+        m.encoders[0].lal.as_ref().map(|a| a.projector.clone())
+    else {
+        panic!()
+    };
+    let a0 = e
+        .matmul(&weight.get(0).unwrap().t().unwrap())
+        .unwrap()
+        .broadcast_add(&bias.get(0).unwrap())
+        .unwrap();
+    let text_emb = m
+        .llm
+        .embed(
+            &Tensor::new(&text, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let seq = Tensor::cat(&[&a0, &text_emb], 0)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut cache = m.llm.new_cache();
+    let hidden = m.llm.forward_embeds(&seq, None, &mut cache).unwrap();
+    let plits = m.llm.logits(&hidden.narrow(1, 5, 4).unwrap()).unwrap();
+    let d = max_diff(&lal, &plits);
+    assert!(d < 1e-5, "1-layer LAL and PLITS differ by {d}");
+}
+
+#[test]
+fn audio_never_reaches_an_ffn_in_lal_but_does_in_plits() {
+    let layers = 2;
+    let (na, nt) = (6usize, 4usize);
+    let text = [1u32, 2, 3, 4];
+    for (route, audio_rows) in [(Route::Lal, 0), (Route::Plits, na), (Route::Pal, 4)] {
+        let (m, _) = model(route, DType::F32, |_| {});
+        let mut batch = m
+            .prepare(
+                &[example(&text[..1], &text[1..], frames(na, 3, DType::F32))],
+                Padding::Right,
+            )
+            .unwrap();
+        let before = m.llm.ffn_rows.load(Ordering::SeqCst);
+        m.forward(&mut batch).unwrap();
+        let rows = m.llm.ffn_rows.load(Ordering::SeqCst) - before;
+        assert_eq!(rows, (nt + audio_rows) * layers, "{route:?}");
+    }
+}
+
+#[test]
+fn changing_the_audio_changes_lal_text_logits() {
+    let (m, _) = model(Route::Lal, DType::F32, |_| {});
+    let text = [7u32, 8, 9];
+    let run = |seed| {
+        let mut batch = m
+            .prepare(
+                &[example(&[], &text, frames(5, seed, DType::F32))],
+                Padding::Right,
+            )
+            .unwrap();
+        m.forward(&mut batch).unwrap()
+    };
+    assert!(max_diff(&run(10), &run(11)) > 1e-3);
+    assert_eq!(max_diff(&run(10), &run(10)), 0.0);
+}
+
+#[test]
+fn padded_batches_give_each_item_its_result_alone() {
+    for route in [Route::Plits, Route::Lal, Route::Pal] {
+        for padding in [Padding::Right, Padding::Left] {
+            let (m, _) = model(route, DType::F32, |a| {
+                a.connector = ConnectorConfig::Mlp { stack: 2 }
+            });
+            let items = vec![
+                example(&[4, 5], &[6, 7, 8], frames(3, 20, DType::F32)),
+                example(&[9], &[10, 11, 12, 13, 14], frames(7, 21, DType::F32)),
+            ];
+            let mut batch = m.prepare(&items, padding).unwrap();
+            let logits = m.forward(&mut batch).unwrap();
+            let valid = batch.valid.to_vec2::<f32>().unwrap();
+            for (i, item) in items.iter().enumerate() {
+                let mut alone = m.prepare(std::slice::from_ref(item), padding).unwrap();
+                let single = m.forward(&mut alone).unwrap().squeeze(0).unwrap();
+                let rows: Vec<usize> = (0..valid[i].len()).filter(|&r| valid[i][r] > 0.5).collect();
+                let picked = logits
+                    .get(i)
+                    .unwrap()
+                    .index_select(
+                        &Tensor::new(
+                            rows.iter()
+                                .map(|&r| r as u32)
+                                .collect::<Vec<_>>()
+                                .as_slice(),
+                            &Device::Cpu,
+                        )
+                        .unwrap(),
+                        0,
+                    )
+                    .unwrap();
+                let d = max_diff(&picked, &single);
+                assert!(d < 1e-4, "{route:?} {padding:?} item {i}: {d}");
+                // Targets follow the same rows.
+                let t: Vec<Option<u32>> = rows.iter().map(|&r| batch.targets[i][r]).collect();
+                assert_eq!(t, alone.targets[0]);
+            }
+        }
+    }
+}
+
+#[test]
+fn targets_cover_only_trained_tokens() {
+    let (m, _) = model(Route::Plits, DType::F32, |_| {});
+    let batch = m
+        .prepare(
+            &[example(&[1, 2], &[3, 4], frames(2, 5, DType::F32))],
+            Padding::Right,
+        )
+        .unwrap();
+    // Rows: 1 2 [a a] 3 4: row 3 (last audio) predicts 3, row 4 predicts 4.
+    assert_eq!(
+        batch.targets[0],
+        vec![None, None, None, Some(3), Some(4), None]
+    );
+}
+
+/// Gradients of the logits into the adapter parameters named `names`, checked against central
+/// finite differences in f64. The model reads the parameters' Vars, so a perturbation is a
+/// `Var::set` followed by a forward pass.
+fn check_adapter_gradients(route: Route, names: &[&str]) {
+    let (m, params) = model(route, DType::F64, |_| {});
+    let vars = params.vars();
+    let items = vec![
+        example(&[4], &[6, 7], frames(3, 30, DType::F64)),
+        example(&[9, 2], &[10], frames(4, 31, DType::F64)),
+    ];
+    let logits = || {
+        let mut batch = m.prepare(&items, Padding::Right).unwrap();
+        m.forward(&mut batch).unwrap()
+    };
+    let out = logits();
+    let weights = pal_nn::gradcheck::pseudo_random_like(&out).unwrap();
+    let scalar = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+    let grads = scalar(&out).backward().unwrap();
+    let eps = 1e-6;
+    for name in names {
+        let var: &Var = &vars[*name];
+        let analytic = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let base = original.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let mut worst = 0f64;
+        for idx in (0..base.len()).step_by((base.len() / 24).max(1)) {
+            let eval = |delta: f64| {
+                let mut v = base.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                scalar(&logits()).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            worst = worst.max((analytic[idx] - numeric).abs() / numeric.abs().max(1.0));
+        }
+        var.set(&original).unwrap();
+        assert!(worst < 1e-6, "{route:?} {name}: gradient error {worst}");
+    }
+}
+
+#[test]
+fn lal_gradients_reach_the_projectors() {
+    check_adapter_gradients(Route::Lal, &["enc.lal.proj.weight", "enc.lal.proj.bias"]);
+}
+
+#[test]
+fn pal_gradients_reach_summary_and_projectors() {
+    check_adapter_gradients(
+        Route::Pal,
+        &[
+            "enc.lal.proj.weight",
+            "enc.summary.queries",
+            "enc.summary.out.fc2.weight",
+        ],
+    );
+}
+
+#[test]
+fn llm_weights_get_no_gradient() {
+    let (m, params) = model(Route::Pal, DType::F32, |_| {});
+    let mut batch = m
+        .prepare(
+            &[example(&[1], &[2, 3], frames(4, 40, DType::F32))],
+            Padding::Right,
+        )
+        .unwrap();
+    let grads = m
+        .forward(&mut batch)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in params.vars() {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "{name} has no gradient"
+        );
+    }
+    let l0 = &m.llm.layers[0];
+    for w in [
+        &l0.q_proj.weight,
+        &l0.k_proj.weight,
+        &l0.gate_proj.weight,
+        &m.llm.embed_tokens,
+    ] {
+        assert!(grads.get(w).is_none());
+    }
+}
