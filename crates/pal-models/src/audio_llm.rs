@@ -616,6 +616,37 @@ impl AudioLlm {
         })
     }
 
+    /// Mean cross-entropy over the batch's target rows; the output projection runs on those rows
+    /// only. Returns the loss and the number of target tokens.
+    pub fn loss(&self, batch: &mut PreparedBatch) -> Result<(Tensor, usize)> {
+        let hidden =
+            self.llm
+                .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+        let (b, n, d) = hidden.dims3()?;
+        let mut rows = vec![];
+        let mut targets = vec![];
+        for (i, row_targets) in batch.targets.iter().enumerate() {
+            for (p, t) in row_targets.iter().enumerate() {
+                if let Some(t) = t {
+                    rows.push((i * n + p) as u32);
+                    targets.push(*t);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Err(ModelError::Unsupported(
+                "the batch has no trained tokens".into(),
+            ));
+        }
+        let device = hidden.device();
+        let picked = hidden
+            .reshape((b * n, d))?
+            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+        let logits = self.llm.logits(&picked)?;
+        let loss = pal_nn::ops::cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?;
+        Ok((loss, targets.len()))
+    }
+
     /// Logits `(b, n, vocab)` of a prepared batch (the cache then holds the text keys/values too).
     pub fn forward(&self, batch: &mut PreparedBatch) -> Result<Tensor> {
         let hidden =

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use pal_nn::gradcheck::{check_gradients, pseudo_random};
-use pal_nn::ops::{frozen_linear, layer_norm, rms_norm, rope, softmax_last_dim};
+use pal_nn::ops::{cross_entropy, frozen_linear, layer_norm, rms_norm, rope, softmax_last_dim};
 use pal_nn::{attention, causal_mask, Linear};
 
 const EPS: f64 = 1e-6;
@@ -227,4 +227,27 @@ fn trainable_linear_gets_weight_gradient() {
     let grads = y.sum_all().unwrap().backward().unwrap();
     let gw = grads.get(w.as_tensor()).expect("weight gradient");
     assert_eq!(gw.dims(), &[3, 8]);
+}
+
+#[test]
+fn cross_entropy_matches_definition_and_finite_differences() {
+    let logits = (rand(&[3, 5], 40) * 4.0).unwrap();
+    let targets = Tensor::new(&[1u32, 4, 0], &Device::Cpu).unwrap();
+    let ce = cross_entropy(&logits, &targets)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let rows = logits.to_vec2::<f64>().unwrap();
+    let expected: f64 = rows
+        .iter()
+        .zip([1usize, 4, 0])
+        .map(|(r, t)| r.iter().map(|v| v.exp()).sum::<f64>().ln() - r[t])
+        .sum::<f64>()
+        / 3.0;
+    assert!((ce - expected).abs() < 1e-12);
+    assert_grads(
+        "cross_entropy",
+        |xs| cross_entropy(&xs[0], &targets),
+        &[logits],
+    );
 }

@@ -3,11 +3,13 @@
 //! otherwise a composition of primitive candle ops (slower, but correct gradients).
 
 mod frozen_linear;
+mod loss;
 mod rms_norm;
 mod rope;
 mod softmax;
 
 pub use frozen_linear::frozen_linear;
+pub use loss::cross_entropy;
 pub use rms_norm::{layer_norm, rms_norm};
 pub use rope::rope;
 pub use softmax::softmax_last_dim;

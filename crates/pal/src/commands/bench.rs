@@ -16,6 +16,41 @@ pub enum BenchCommand {
     Llm(LlmBenchArgs),
     /// Feature extraction and encoder throughput, in seconds of audio per second.
     Audio(AudioBenchArgs),
+    /// Training step (forward + backward, frozen backbone) of PLITS, LAL and PAL side by side,
+    /// each in its own process (for peak memory), interleaved, next to the cost model.
+    Modes(ModesBenchArgs),
+}
+
+/// Arguments of `pal bench modes`.
+#[derive(Args, Clone)]
+pub struct ModesBenchArgs {
+    /// LLM (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    llm: Option<PathBuf>,
+    /// Encoder tokens per clip.
+    #[arg(long, default_value_t = 256)]
+    audio_tokens: usize,
+    /// Text tokens per example (all trained).
+    #[arg(long, default_value_t = 64)]
+    text_tokens: usize,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Encoder width (384 = Whisper tiny).
+    #[arg(long, default_value_t = 384)]
+    d_enc: usize,
+    /// Rounds; each round runs every mode once, in its own process.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Timed steps per process (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Output prefix: writes PREFIX.json and PREFIX.md.
+    #[arg(long, default_value = "docs/bench/modes")]
+    out: PathBuf,
+    /// Internal: run one mode and print its measurements as JSON.
+    #[arg(long, hide = true)]
+    child: Option<String>,
 }
 
 /// Arguments of `pal bench audio`.
@@ -64,6 +99,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Llm(args) => bench_llm(args),
         BenchCommand::Audio(args) => bench_audio(args),
+        BenchCommand::Modes(args) => match args.child.clone() {
+            Some(mode) => modes_child(&args, &mode),
+            None => bench_modes(args),
+        },
     }
 }
 
@@ -278,6 +317,200 @@ fn bench_audio(args: AudioBenchArgs) -> anyhow::Result<()> {
     for (k, v) in &rows {
         md.push_str(&format!("| {k} | {v:.1} |\n"));
     }
+    std::fs::write(args.out.with_extension("md"), md)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+fn parse_route(mode: &str) -> anyhow::Result<pal_models::audio_llm::Route> {
+    use pal_models::audio_llm::Route;
+    Ok(match mode {
+        "plits" => Route::Plits,
+        "lal" => Route::Lal,
+        "pal" => Route::Pal,
+        other => anyhow::bail!("unknown mode {other}"),
+    })
+}
+
+/// Peak and current resident memory of this process, in bytes (Linux `/proc`).
+fn memory_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn modes_child(args: &ModesBenchArgs, mode: &str) -> anyhow::Result<()> {
+    use pal_models::audio_llm::{Attachment, AudioLlm, Example, Padding, Segment};
+    let route = parse_route(mode)?;
+    let path = super::resolve_llm(args.llm.clone())?;
+    let (llm, _) = super::load_llm(&path)?;
+    let params = pal_nn::Params::new(0, candle_core::DType::F32, &candle_core::Device::Cpu);
+    let model = AudioLlm::new(llm, &[Attachment::new("audio", args.d_enc, route)], &params)?;
+    let vocab = model.llm.config.vocab_size;
+    let examples: Vec<Example> = (0..args.batch)
+        .map(|i| {
+            let frames = pal_nn::gradcheck::pseudo_random(args.audio_tokens * args.d_enc, i as u64);
+            let audio = Tensor::from_vec(
+                frames,
+                (args.audio_tokens, args.d_enc),
+                &candle_core::Device::Cpu,
+            )?
+            .to_dtype(candle_core::DType::F32)?;
+            let ids: Vec<u32> = (0..args.text_tokens)
+                .map(|t| ((t * 7919 + i * 104_729 + 13) % vocab) as u32)
+                .collect();
+            Ok(Example {
+                segments: vec![Segment::Audio, Segment::Text { ids, trained: true }],
+                audio: vec![audio],
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (_, rss_before) = memory_bytes();
+    let mut times = vec![];
+    for step in 0..=args.steps {
+        let start = Instant::now();
+        let mut batch = model.prepare(&examples, Padding::Right)?;
+        let (loss, _) = model.loss(&mut batch)?;
+        let grads = loss.backward()?;
+        drop(grads);
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let (peak, _) = memory_bytes();
+    println!(
+        "{}",
+        json!({"mode": mode, "step_seconds": median(times), "peak_rss_bytes": peak, "rss_before_steps_bytes": rss_before})
+    );
+    Ok(())
+}
+
+fn bench_modes(args: ModesBenchArgs) -> anyhow::Result<()> {
+    use pal_models::cost::{cost, CostMode, Shapes};
+    let modes = ["plits", "lal", "pal"];
+    let exe = std::env::current_exe()?;
+    let mut results: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
+    for round in 0..args.rounds.max(1) {
+        for mode in modes {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "modes", "--child", mode])
+                .args(["--audio-tokens", &args.audio_tokens.to_string()])
+                .args(["--text-tokens", &args.text_tokens.to_string()])
+                .args(["--batch", &args.batch.to_string()])
+                .args(["--d-enc", &args.d_enc.to_string()])
+                .args(["--steps", &args.steps.to_string()]);
+            if let Some(llm) = &args.llm {
+                cmd.arg("--llm").arg(llm);
+            }
+            let out = cmd.output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{mode} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(line.trim())?;
+            eprintln!(
+                "round {round} {mode}: {:.3} s/step",
+                v["step_seconds"].as_f64().unwrap_or(0.0)
+            );
+            results.entry(mode).or_default().push(v);
+        }
+    }
+    let path = super::resolve_llm(args.llm.clone())?;
+    let (llm, _) = super::load_llm(&path)?;
+    let shapes = Shapes {
+        batch: args.batch,
+        audio_tokens: args.audio_tokens,
+        text_tokens: args.text_tokens,
+        d_enc: args.d_enc,
+    };
+    let layers = llm.config.num_hidden_layers;
+    let predicted = |mode: &str| match mode {
+        "plits" => cost(&llm.config, CostMode::Plits { stack: 1 }, shapes, 4),
+        "lal" => cost(&llm.config, CostMode::Lal { layers }, shapes, 4),
+        _ => cost(
+            &llm.config,
+            CostMode::Pal {
+                layers,
+                summary: 32,
+            },
+            shapes,
+            4,
+        ),
+    };
+    let summary: Vec<serde_json::Value> = modes
+        .iter()
+        .map(|m| {
+            let runs = &results[m];
+            let step = median(runs.iter().filter_map(|r| r["step_seconds"].as_f64()).collect());
+            let peak = median(runs.iter().filter_map(|r| r["peak_rss_bytes"].as_f64()).collect());
+            let base = median(runs.iter().filter_map(|r| r["rss_before_steps_bytes"].as_f64()).collect());
+            let c = predicted(m);
+            json!({
+                "mode": m, "step_seconds": step, "samples_per_second": args.batch as f64 / step,
+                "peak_rss_bytes": peak, "step_memory_bytes": peak - base,
+                "predicted_train_flops": c.train_flops(), "predicted_activation_bytes": c.activation_bytes,
+            })
+        })
+        .collect();
+    let get = |m: &str, k: &str| {
+        summary
+            .iter()
+            .find(|s| s["mode"] == m)
+            .and_then(|s| s[k].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let result = json!({
+        "model": path.file_name().map(|n| n.to_string_lossy().to_string()),
+        "shapes": shapes, "rounds": args.rounds, "steps_per_process": args.steps,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "modes": summary,
+        "lal_over_plits": {
+            "measured_time_ratio": get("lal", "step_seconds") / get("plits", "step_seconds"),
+            "predicted_flop_ratio": get("lal", "predicted_train_flops") / get("plits", "predicted_train_flops"),
+            "throughput_ratio": get("lal", "samples_per_second") / get("plits", "samples_per_second"),
+            "step_memory_ratio": get("lal", "step_memory_bytes") / get("plits", "step_memory_bytes"),
+        },
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        args.out.with_extension("json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let mut md = format!(
+        "# Training step by mode\n\n`{}`, frozen backbone, adapter trained; batch {}, Na {}, Nt {}, d_enc {}; median over {} rounds x {} steps, each mode in its own process, interleaved; {} threads.\n\n| mode | s/step | samples/s | peak RSS (MiB) | step memory (MiB) | predicted GFLOP | predicted activations (MiB) |\n|---|---|---|---|---|---|---|\n",
+        result["model"].as_str().unwrap_or(""), args.batch, args.audio_tokens, args.text_tokens, args.d_enc, args.rounds, args.steps, result["threads"]
+    );
+    for s in &result["modes"].as_array().cloned().unwrap_or_default() {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} | {:.3} | {:.2} | {:.0} | {:.0} | {:.1} | {:.0} |\n",
+            s["mode"].as_str().unwrap_or(""),
+            f("step_seconds"),
+            f("samples_per_second"),
+            f("peak_rss_bytes") / 1048576.0,
+            f("step_memory_bytes") / 1048576.0,
+            f("predicted_train_flops") / 1e9,
+            f("predicted_activation_bytes") / 1048576.0
+        ));
+    }
+    let r = &result["lal_over_plits"];
+    md.push_str(&format!(
+        "\nLAL / PLITS: measured time ratio {:.3}, cost-model FLOP ratio {:.3}; throughput x{:.2}; step memory ratio {:.2}.\n",
+        r["measured_time_ratio"].as_f64().unwrap_or(f64::NAN), r["predicted_flop_ratio"].as_f64().unwrap_or(f64::NAN),
+        r["throughput_ratio"].as_f64().unwrap_or(f64::NAN), r["step_memory_ratio"].as_f64().unwrap_or(f64::NAN)
+    ));
     std::fs::write(args.out.with_extension("md"), md)?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
