@@ -10,7 +10,7 @@
 //! run elsewhere; [`crate::encoder`] produces them.
 
 use candle_core::Tensor;
-use pal_nn::ops::{frozen_linear, rms_norm, rope};
+use pal_nn::ops::{constant_input_linear, frozen_linear, rms_norm, rope};
 use pal_nn::{Init, Linear, Params};
 use serde::{Deserialize, Serialize};
 
@@ -348,11 +348,11 @@ impl AudioLlm {
         // (L, b*Na, d): every layer's projection of the same frames.
         let projected = match &adapter.projector {
             LalProjection::Linear { weight, bias } => {
-                let flat = frames
-                    .reshape((1, rows, d_enc))?
-                    .broadcast_as((l, rows, d_enc))?;
-                flat.matmul(&weight.transpose(1, 2)?)?
-                    .broadcast_add(&bias.unsqueeze(1)?)?
+                // One GEMM for all layers: (rows, d_enc) x (d_enc, L*d); the frames are constants,
+                // so only the projector's weight gradient is computed.
+                let flat = frames.reshape((rows, d_enc))?;
+                let all = constant_input_linear(&flat, &weight.reshape((l * d, d_enc))?)?;
+                all.reshape((rows, l, d))?.transpose(0, 1)?.broadcast_add(&bias.unsqueeze(1)?)?
             }
             LalProjection::Mlp(mlps) => {
                 let flat = frames.reshape((rows, d_enc))?;

@@ -4,8 +4,10 @@
 //!
 //! Conventions: a matmul of `(m, k) x (k, n)` costs `2 m k n` FLOPs; training freezes the
 //! backbone, so its backward computes input gradients only (one matmul per forward matmul), while
-//! attention's backward costs two forward attentions and trainable adapter matmuls cost two (input
-//! and weight gradients). Norms, RoPE and elementwise ops are ignored (a few percent).
+//! attention's backward costs two forward attentions and connector matmuls cost two (input and
+//! weight gradients). LAL's audio path costs one in backward: its projector sees constant encoder
+//! features (weight gradient only) and the frozen k/v projections give input gradients only.
+//! Norms, RoPE and elementwise ops are ignored (a few percent).
 
 use serde::Serialize;
 
@@ -78,13 +80,14 @@ pub fn cost(llm: &LlamaConfig, mode: CostMode, shapes: Shapes, bytes: usize) -> 
     );
 
     // Rows in the sequence, LAL layers, and attention pairs per plain / LAL layer.
-    let (rows, lal_layers, adapter_flops, lal_audio_rows) = match mode {
+    // (rows in the sequence, LAL layers, connector FLOPs, LAL audio-path FLOPs, audio keys).
+    let (rows, lal_layers, connector_flops, lal_path_flops, lal_audio_rows) = match mode {
         CostMode::Plits { stack } => {
             let audio = (na / f(stack.max(1))).ceil();
             let connector = 2.0 * audio * (f(stack.max(1)) * d_enc * d + d * d);
-            (audio + nt, 0usize, connector, 0.0)
+            (audio + nt, 0usize, connector, 0.0, 0.0)
         }
-        CostMode::Lal { layers: l } => (nt, l, lal_flops(na, d_enc, d, hkv * dh, l), na),
+        CostMode::Lal { layers: l } => (nt, l, 0.0, lal_flops(na, d_enc, d, hkv * dh, l), na),
         CostMode::Pal { layers: l, summary } => {
             let s = f(summary);
             let latent = 2.0 * na * d_enc * 2.0 * d_enc
@@ -92,12 +95,7 @@ pub fn cost(llm: &LlamaConfig, mode: CostMode, shapes: Shapes, bytes: usize) -> 
                 + 4.0 * s * na * d_enc
                 + 8.0 * s * d_enc * d_enc;
             let out = 2.0 * s * (d_enc * d + d * d);
-            (
-                s + nt,
-                l,
-                latent + out + lal_flops(na, d_enc, d, hkv * dh, l),
-                na,
-            )
+            (s + nt, l, latent + out, lal_flops(na, d_enc, d, hkv * dh, l), na)
         }
     };
     let causal_pairs = rows * (rows + 1.0) / 2.0;
@@ -111,8 +109,8 @@ pub fn cost(llm: &LlamaConfig, mode: CostMode, shapes: Shapes, bytes: usize) -> 
     let attention = n_plain * attn_plain + n_lal * attn_lal;
     let backbone = f(layers) * (projections + ffn) + lm_head;
     let b = f(shapes.batch);
-    let forward = b * (backbone + attention + adapter_flops);
-    let backward = b * (backbone + 2.0 * attention + 2.0 * adapter_flops);
+    let forward = b * (backbone + attention + connector_flops + lal_path_flops);
+    let backward = b * (backbone + 2.0 * attention + 2.0 * connector_flops + lal_path_flops);
 
     // Kept per layer: residual, normed inputs, q/k/v/o, FFN intermediates, scores and probs.
     let per_row = 4.0 * d + 2.0 * hq * dh + 2.0 * hkv * dh + 4.0 * ff;

@@ -2,12 +2,14 @@
 //! candle tensor ops. On other devices: when no input tracks gradients, candle's fused kernel;
 //! otherwise a composition of primitive candle ops (slower, but correct gradients).
 
+mod constant_input_linear;
 mod frozen_linear;
 mod loss;
 mod rms_norm;
 mod rope;
 mod softmax;
 
+pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::cross_entropy;
 pub use rms_norm::{layer_norm, rms_norm};

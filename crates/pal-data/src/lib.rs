@@ -1,0 +1,8 @@
+//! Data for training and evaluation: JSONL manifests of (audio, conversation) examples and
+//! length-bucketed, seeded, resumable batching.
+
+pub mod batching;
+pub mod manifest;
+
+pub use batching::{BatchOrder, BatchState};
+pub use manifest::{load_manifest, ManifestError, Message, Record};

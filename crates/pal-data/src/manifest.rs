@@ -1,0 +1,144 @@
+//! JSONL manifests, one example per line, in either of two forms:
+//!
+//! ```json
+//! {"audio": "clips/a.wav", "messages": [{"role": "user", "content": "Which digit is spoken?"},
+//!                                        {"role": "assistant", "content": "seven"}]}
+//! {"audio_id": "clips/a.wav", "instruction": "Which digit is spoken?", "output": "seven"}
+//! ```
+//!
+//! The second is the LTU / OpenAQA layout. Audio paths are relative to the manifest's folder.
+//! A malformed line or a missing audio file is an error naming the file and line; with
+//! `skip_bad`, such lines are skipped with a warning each and counted, never dropped silently.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+}
+
+/// One example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The audio file (resolved against the manifest folder).
+    pub audio: PathBuf,
+    /// The conversation; assistant turns are what training learns.
+    pub messages: Vec<Message>,
+    /// Where the example comes from, `manifest.jsonl:LINE`.
+    pub origin: String,
+}
+
+/// A manifest problem, always with file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The manifest itself could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// Manifest path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A line is not a valid example.
+    #[error("{path}:{line}: {message}")]
+    Line {
+        /// Manifest path.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// No usable example at all.
+    #[error("{0}: no examples")]
+    Empty(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Chat { audio: String, messages: Vec<Message> },
+    Instruction { audio_id: String, instruction: String, output: String },
+}
+
+/// A loaded manifest: the good records and the problems of skipped lines.
+#[derive(Debug)]
+pub struct Manifest {
+    /// Usable examples, in file order.
+    pub records: Vec<Record>,
+    /// Lines skipped with `skip_bad` (their errors).
+    pub skipped: Vec<ManifestError>,
+}
+
+fn parse_line(text: &str, base: &Path) -> Result<(PathBuf, Vec<Message>), String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| {
+        // serde's untagged error says little: tell which fields are expected.
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Err(json) => format!("invalid JSON: {json}"),
+            Ok(serde_json::Value::Object(_)) => format!(
+                "expected {{\"audio\", \"messages\": [{{\"role\", \"content\"}}]}} or {{\"audio_id\", \"instruction\", \"output\"}} ({e})"
+            ),
+            Ok(_) => "a line must be a JSON object".to_string(),
+        }
+    })?;
+    let (audio, messages) = match line {
+        Line::Chat { audio, messages } => (audio, messages),
+        Line::Instruction { audio_id, instruction, output } => (
+            audio_id,
+            vec![
+                Message { role: "user".into(), content: instruction },
+                Message { role: "assistant".into(), content: output },
+            ],
+        ),
+    };
+    if messages.is_empty() {
+        return Err("\"messages\" is empty".into());
+    }
+    if let Some(m) = messages.iter().find(|m| !["system", "user", "assistant"].contains(&m.role.as_str())) {
+        return Err(format!("unknown role \"{}\" (system, user, assistant)", m.role));
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err("no assistant message: nothing to learn or to compare against".into());
+    }
+    let path = base.join(&audio);
+    if !path.is_file() {
+        return Err(format!("audio file {} does not exist", path.display()));
+    }
+    Ok((path, messages))
+}
+
+/// Reads a manifest. Without `skip_bad`, the first bad line is an error.
+pub fn load_manifest(path: &Path, skip_bad: bool) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Io { path: path.to_path_buf(), source: e })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut records = vec![];
+    let mut skipped = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(line, base) {
+            Ok((audio, messages)) => {
+                records.push(Record { audio, messages, origin: format!("{}:{}", path.display(), i + 1) })
+            }
+            Err(message) => {
+                let err = ManifestError::Line { path: path.to_path_buf(), line: i + 1, message };
+                if skip_bad {
+                    skipped.push(err);
+                } else {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    if records.is_empty() {
+        return Err(ManifestError::Empty(path.to_path_buf()));
+    }
+    Ok(Manifest { records, skipped })
+}

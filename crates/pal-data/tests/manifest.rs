@@ -1,0 +1,64 @@
+//! Every kind of bad manifest line is an error naming the file and line, or with `skip_bad` a
+//! counted warning.
+
+use pal_data::{load_manifest, ManifestError};
+
+fn setup(lines: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("clips")).unwrap();
+    std::fs::write(dir.path().join("clips/a.wav"), b"RIFF").unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    (dir, path)
+}
+
+const GOOD_CHAT: &str = r#"{"audio": "clips/a.wav", "messages": [{"role": "user", "content": "Which digit?"}, {"role": "assistant", "content": "seven"}]}"#;
+const GOOD_LTU: &str = r#"{"audio_id": "clips/a.wav", "instruction": "What sound is this?", "output": "A dog barks."}"#;
+
+#[test]
+fn both_layouts_load_with_paths_relative_to_the_manifest() {
+    let (dir, path) = setup(&[GOOD_CHAT, "", GOOD_LTU]);
+    let m = load_manifest(&path, false).unwrap();
+    assert_eq!(m.records.len(), 2);
+    assert_eq!(m.records[0].audio, dir.path().join("clips/a.wav"));
+    assert_eq!(m.records[1].messages[0].role, "user");
+    assert_eq!(m.records[1].messages[1].content, "A dog barks.");
+    assert!(m.records[1].origin.ends_with("train.jsonl:3"));
+}
+
+fn line_error(bad: &str) -> String {
+    let (_dir, path) = setup(&[GOOD_CHAT, bad]);
+    let err = load_manifest(&path, false).unwrap_err();
+    assert!(matches!(err, ManifestError::Line { line: 2, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("train.jsonl:2:"), "{msg}");
+    msg
+}
+
+#[test]
+fn each_bad_line_is_named() {
+    assert!(line_error("{not json").contains("invalid JSON"));
+    assert!(line_error(r#"{"audio": "clips/a.wav"}"#).contains("expected"));
+    assert!(line_error("[1, 2]").contains("JSON object"));
+    assert!(line_error(r#"{"audio": "clips/missing.wav", "messages": [{"role": "assistant", "content": "x"}]}"#).contains("missing.wav"));
+    assert!(line_error(r#"{"audio": "clips/a.wav", "messages": [{"role": "robot", "content": "x"}]}"#).contains("robot"));
+    assert!(line_error(r#"{"audio": "clips/a.wav", "messages": [{"role": "user", "content": "x"}]}"#).contains("no assistant"));
+    assert!(line_error(r#"{"audio": "clips/a.wav", "messages": []}"#).contains("empty"));
+}
+
+#[test]
+fn skip_bad_keeps_good_lines_and_counts_the_rest() {
+    let (_dir, path) = setup(&[GOOD_CHAT, "{oops", GOOD_LTU, r#"{"audio_id": "nope.wav", "instruction": "a", "output": "b"}"#]);
+    let m = load_manifest(&path, true).unwrap();
+    assert_eq!(m.records.len(), 2);
+    assert_eq!(m.skipped.len(), 2);
+    assert!(m.skipped[1].to_string().contains("train.jsonl:4"));
+}
+
+#[test]
+fn empty_or_missing_manifest_is_an_error() {
+    let (_dir, path) = setup(&["", "  "]);
+    assert!(matches!(load_manifest(&path, false), Err(ManifestError::Empty(_))));
+    let err = load_manifest(&path.with_file_name("none.jsonl"), false).unwrap_err().to_string();
+    assert!(err.contains("none.jsonl"), "{err}");
+}
