@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod manifest;
+pub mod segments;
 
 pub use batching::{BatchOrder, BatchState};
 pub use manifest::{load_manifest, ManifestError, Message, Record};

@@ -12,16 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// Text.
-    pub content: String,
-}
+pub use pal_models::chat_template::Message;
 
 /// One example.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,6 +47,9 @@ pub enum ModelError {
     /// An unsupported configuration (architecture, rope scaling, tokenizer type).
     #[error("{0}")]
     Unsupported(String),
+    /// A chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// A tensor computation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -9,6 +9,7 @@
 pub mod assets;
 pub mod ast;
 pub mod audio_llm;
+pub mod chat_template;
 pub mod connector;
 pub mod cost;
 pub mod ct2;

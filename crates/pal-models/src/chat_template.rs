@@ -4,7 +4,7 @@
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::{InferError, Result};
+use crate::error::{ModelError, Result};
 
 /// ChatML, used when a model ships no template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -47,7 +47,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat".to_string(), source.to_string())
-            .map_err(|e| InferError::Template(e.to_string()))?;
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         Ok(Self {
             env,
             bos_token: bos_token.unwrap_or_default().to_string(),
@@ -56,7 +56,7 @@ impl ChatTemplate {
     }
 
     /// The template of a tokenizer, or ChatML if it has none.
-    pub fn for_tokenizer(tokenizer: &pal_models::Tokenizer) -> Result<Self> {
+    pub fn for_tokenizer(tokenizer: &crate::Tokenizer) -> Result<Self> {
         let source = tokenizer.chat_template.as_deref().unwrap_or(CHATML);
         Self::new(
             source,
@@ -71,7 +71,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template("chat")
-            .map_err(|e| InferError::Template(e.to_string()))?;
+            .map_err(|e| ModelError::Template(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => minijinja::Value::from(minijinja::value::Serde(messages)),
@@ -79,6 +79,6 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| InferError::Template(e.to_string()))
+            .map_err(|e| ModelError::Template(e.to_string()))
     }
 }
