@@ -44,7 +44,11 @@ impl Rng {
 impl BatchOrder {
     /// Batches of `batch_size` over examples with the given lengths (any unit, e.g. tokens).
     pub fn new(lengths: Vec<usize>, batch_size: usize, seed: u64) -> Self {
-        Self { lengths, batch_size: batch_size.max(1), seed }
+        Self {
+            lengths,
+            batch_size: batch_size.max(1),
+            seed,
+        }
     }
 
     /// Batches per epoch (the last one may be smaller).
@@ -62,7 +66,8 @@ impl BatchOrder {
         for chunk in order.chunks_mut(bucket) {
             chunk.sort_by_key(|&i| self.lengths[i]);
         }
-        let mut batches: Vec<Vec<usize>> = order.chunks(self.batch_size).map(|c| c.to_vec()).collect();
+        let mut batches: Vec<Vec<usize>> =
+            order.chunks(self.batch_size).map(|c| c.to_vec()).collect();
         rng.shuffle(&mut batches);
         batches
     }
@@ -94,10 +99,14 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
         // Bucketing: the mean spread within a batch is far below the spread of random batches.
-        let spread: f64 = epoch.iter().map(|b| {
-            let l: Vec<usize> = b.iter().map(|&i| lengths[i]).collect();
-            (l.iter().max().unwrap() - l.iter().min().unwrap()) as f64
-        }).sum::<f64>() / epoch.len() as f64;
+        let spread: f64 = epoch
+            .iter()
+            .map(|b| {
+                let l: Vec<usize> = b.iter().map(|&i| lengths[i]).collect();
+                (l.iter().max().unwrap() - l.iter().min().unwrap()) as f64
+            })
+            .sum::<f64>()
+            / epoch.len() as f64;
         assert!(spread < 40.0, "mean spread {spread}");
         assert_ne!(order.epoch(0), order.epoch(1));
         assert_eq!(order.epoch(3), BatchOrder::new(lengths, 8, 1).epoch(3));

@@ -56,8 +56,15 @@ pub enum ManifestError {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Line {
-    Chat { audio: String, messages: Vec<Message> },
-    Instruction { audio_id: String, instruction: String, output: String },
+    Chat {
+        audio: String,
+        messages: Vec<Message>,
+    },
+    Instruction {
+        audio_id: String,
+        instruction: String,
+        output: String,
+    },
 }
 
 /// A loaded manifest: the good records and the problems of skipped lines.
@@ -82,19 +89,35 @@ fn parse_line(text: &str, base: &Path) -> Result<(PathBuf, Vec<Message>), String
     })?;
     let (audio, messages) = match line {
         Line::Chat { audio, messages } => (audio, messages),
-        Line::Instruction { audio_id, instruction, output } => (
+        Line::Instruction {
+            audio_id,
+            instruction,
+            output,
+        } => (
             audio_id,
             vec![
-                Message { role: "user".into(), content: instruction },
-                Message { role: "assistant".into(), content: output },
+                Message {
+                    role: "user".into(),
+                    content: instruction,
+                },
+                Message {
+                    role: "assistant".into(),
+                    content: output,
+                },
             ],
         ),
     };
     if messages.is_empty() {
         return Err("\"messages\" is empty".into());
     }
-    if let Some(m) = messages.iter().find(|m| !["system", "user", "assistant"].contains(&m.role.as_str())) {
-        return Err(format!("unknown role \"{}\" (system, user, assistant)", m.role));
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !["system", "user", "assistant"].contains(&m.role.as_str()))
+    {
+        return Err(format!(
+            "unknown role \"{}\" (system, user, assistant)",
+            m.role
+        ));
     }
     if !messages.iter().any(|m| m.role == "assistant") {
         return Err("no assistant message: nothing to learn or to compare against".into());
@@ -108,7 +131,10 @@ fn parse_line(text: &str, base: &Path) -> Result<(PathBuf, Vec<Message>), String
 
 /// Reads a manifest. Without `skip_bad`, the first bad line is an error.
 pub fn load_manifest(path: &Path, skip_bad: bool) -> Result<Manifest, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut records = vec![];
     let mut skipped = vec![];
@@ -117,11 +143,17 @@ pub fn load_manifest(path: &Path, skip_bad: bool) -> Result<Manifest, ManifestEr
             continue;
         }
         match parse_line(line, base) {
-            Ok((audio, messages)) => {
-                records.push(Record { audio, messages, origin: format!("{}:{}", path.display(), i + 1) })
-            }
+            Ok((audio, messages)) => records.push(Record {
+                audio,
+                messages,
+                origin: format!("{}:{}", path.display(), i + 1),
+            }),
             Err(message) => {
-                let err = ManifestError::Line { path: path.to_path_buf(), line: i + 1, message };
+                let err = ManifestError::Line {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    message,
+                };
                 if skip_bad {
                     skipped.push(err);
                 } else {

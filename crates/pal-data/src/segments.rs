@@ -17,13 +17,21 @@ fn with_marker(messages: &[Message]) -> Vec<Message> {
     out
 }
 
-fn push_text(segments: &mut Vec<Segment>, tokenizer: &Tokenizer, text: &str, trained: bool) -> Result<(), ModelError> {
+fn push_text(
+    segments: &mut Vec<Segment>,
+    tokenizer: &Tokenizer,
+    text: &str,
+    trained: bool,
+) -> Result<(), ModelError> {
     for (i, part) in text.split(AUDIO_MARKER).enumerate() {
         if i > 0 {
             segments.push(Segment::Audio);
         }
         if !part.is_empty() {
-            segments.push(Segment::Text { ids: tokenizer.encode(part)?, trained });
+            segments.push(Segment::Text {
+                ids: tokenizer.encode(part)?,
+                trained,
+            });
         }
     }
     Ok(())
@@ -31,7 +39,11 @@ fn push_text(segments: &mut Vec<Segment>, tokenizer: &Tokenizer, text: &str, tra
 
 /// Segments of a whole conversation for training: each assistant turn (with its end-of-turn
 /// tokens) is trained, everything else is context.
-pub fn training_segments(template: &ChatTemplate, tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<Segment>, ModelError> {
+pub fn training_segments(
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+) -> Result<Vec<Segment>, ModelError> {
     let msgs = with_marker(messages);
     let mut segments = vec![];
     let mut done = String::new();
@@ -42,10 +54,15 @@ pub fn training_segments(template: &ChatTemplate, tokenizer: &Tokenizer, message
         let prompt = template.render(&msgs[..k], true)?;
         let full = template.render(&msgs[..=k], false)?;
         let context = prompt.strip_prefix(done.as_str()).ok_or_else(|| {
-            ModelError::Template("the template renders a conversation prefix differently from the whole".into())
+            ModelError::Template(
+                "the template renders a conversation prefix differently from the whole".into(),
+            )
         })?;
         let answer = full.strip_prefix(prompt.as_str()).ok_or_else(|| {
-            ModelError::Template("the template does not render the assistant turn after the generation prompt".into())
+            ModelError::Template(
+                "the template does not render the assistant turn after the generation prompt"
+                    .into(),
+            )
         })?;
         push_text(&mut segments, tokenizer, context, false)?;
         push_text(&mut segments, tokenizer, answer, true)?;
@@ -55,8 +72,17 @@ pub fn training_segments(template: &ChatTemplate, tokenizer: &Tokenizer, message
 }
 
 /// Segments of a prompt for generation: the conversation so far and the assistant's opening.
-pub fn prompt_segments(template: &ChatTemplate, tokenizer: &Tokenizer, messages: &[Message]) -> Result<Vec<Segment>, ModelError> {
+pub fn prompt_segments(
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+) -> Result<Vec<Segment>, ModelError> {
     let mut segments = vec![];
-    push_text(&mut segments, tokenizer, &template.render(&with_marker(messages), true)?, false)?;
+    push_text(
+        &mut segments,
+        tokenizer,
+        &template.render(&with_marker(messages), true)?,
+        false,
+    )?;
     Ok(segments)
 }

@@ -40,15 +40,29 @@ fn each_bad_line_is_named() {
     assert!(line_error("{not json").contains("invalid JSON"));
     assert!(line_error(r#"{"audio": "clips/a.wav"}"#).contains("expected"));
     assert!(line_error("[1, 2]").contains("JSON object"));
-    assert!(line_error(r#"{"audio": "clips/missing.wav", "messages": [{"role": "assistant", "content": "x"}]}"#).contains("missing.wav"));
-    assert!(line_error(r#"{"audio": "clips/a.wav", "messages": [{"role": "robot", "content": "x"}]}"#).contains("robot"));
-    assert!(line_error(r#"{"audio": "clips/a.wav", "messages": [{"role": "user", "content": "x"}]}"#).contains("no assistant"));
+    assert!(line_error(
+        r#"{"audio": "clips/missing.wav", "messages": [{"role": "assistant", "content": "x"}]}"#
+    )
+    .contains("missing.wav"));
+    assert!(line_error(
+        r#"{"audio": "clips/a.wav", "messages": [{"role": "robot", "content": "x"}]}"#
+    )
+    .contains("robot"));
+    assert!(line_error(
+        r#"{"audio": "clips/a.wav", "messages": [{"role": "user", "content": "x"}]}"#
+    )
+    .contains("no assistant"));
     assert!(line_error(r#"{"audio": "clips/a.wav", "messages": []}"#).contains("empty"));
 }
 
 #[test]
 fn skip_bad_keeps_good_lines_and_counts_the_rest() {
-    let (_dir, path) = setup(&[GOOD_CHAT, "{oops", GOOD_LTU, r#"{"audio_id": "nope.wav", "instruction": "a", "output": "b"}"#]);
+    let (_dir, path) = setup(&[
+        GOOD_CHAT,
+        "{oops",
+        GOOD_LTU,
+        r#"{"audio_id": "nope.wav", "instruction": "a", "output": "b"}"#,
+    ]);
     let m = load_manifest(&path, true).unwrap();
     assert_eq!(m.records.len(), 2);
     assert_eq!(m.skipped.len(), 2);
@@ -58,8 +72,13 @@ fn skip_bad_keeps_good_lines_and_counts_the_rest() {
 #[test]
 fn empty_or_missing_manifest_is_an_error() {
     let (_dir, path) = setup(&["", "  "]);
-    assert!(matches!(load_manifest(&path, false), Err(ManifestError::Empty(_))));
-    let err = load_manifest(&path.with_file_name("none.jsonl"), false).unwrap_err().to_string();
+    assert!(matches!(
+        load_manifest(&path, false),
+        Err(ManifestError::Empty(_))
+    ));
+    let err = load_manifest(&path.with_file_name("none.jsonl"), false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("none.jsonl"), "{err}");
 }
 
@@ -67,17 +86,49 @@ fn empty_or_missing_manifest_is_an_error() {
 fn conversation_segments_mark_the_audio_and_the_trained_answer() {
     use pal_models::audio_llm::Segment;
     use pal_models::chat_template::{ChatTemplate, Message};
-    let Some(path) = pal_models::assets::for_test(&pal_models::assets::SMOLLM2_135M) else { return };
-    let tokenizer = pal_models::gguf::GgufFile::open(&path).unwrap().tokenizer().unwrap();
+    let Some(path) = pal_models::assets::for_test(&pal_models::assets::SMOLLM2_135M) else {
+        return;
+    };
+    let tokenizer = pal_models::gguf::GgufFile::open(&path)
+        .unwrap()
+        .tokenizer()
+        .unwrap();
     let template = ChatTemplate::for_tokenizer(&tokenizer).unwrap();
-    let messages = vec![Message::new("user", "Which digit is spoken?"), Message::new("assistant", "seven")];
+    let messages = vec![
+        Message::new("user", "Which digit is spoken?"),
+        Message::new("assistant", "seven"),
+    ];
     let segs = pal_data::segments::training_segments(&template, &tokenizer, &messages).unwrap();
-    let audio_at = segs.iter().position(|s| *s == Segment::Audio).expect("audio placeholder");
-    let Segment::Text { ids, trained: false } = &segs[audio_at - 1] else { panic!("{segs:?}") };
-    assert!(tokenizer.decode(ids, false).unwrap().ends_with("<|im_start|>user\n"));
-    let Segment::Text { ids, trained: true } = segs.last().unwrap() else { panic!("{segs:?}") };
+    let audio_at = segs
+        .iter()
+        .position(|s| *s == Segment::Audio)
+        .expect("audio placeholder");
+    let Segment::Text {
+        ids,
+        trained: false,
+    } = &segs[audio_at - 1]
+    else {
+        panic!("{segs:?}")
+    };
+    assert!(tokenizer
+        .decode(ids, false)
+        .unwrap()
+        .ends_with("<|im_start|>user\n"));
+    let Segment::Text { ids, trained: true } = segs.last().unwrap() else {
+        panic!("{segs:?}")
+    };
     assert_eq!(tokenizer.decode(ids, false).unwrap(), "seven<|im_end|>\n");
-    let prompt = pal_data::segments::prompt_segments(&template, &tokenizer, &messages[..1]).unwrap();
-    let Segment::Text { ids, trained: false } = prompt.last().unwrap() else { panic!() };
-    assert!(tokenizer.decode(ids, false).unwrap().ends_with("<|im_start|>assistant\n"));
+    let prompt =
+        pal_data::segments::prompt_segments(&template, &tokenizer, &messages[..1]).unwrap();
+    let Segment::Text {
+        ids,
+        trained: false,
+    } = prompt.last().unwrap()
+    else {
+        panic!()
+    };
+    assert!(tokenizer
+        .decode(ids, false)
+        .unwrap()
+        .ends_with("<|im_start|>assistant\n"));
 }

@@ -5,8 +5,8 @@ pub mod generate;
 pub mod sampling;
 pub mod transcribe;
 
-pub use pal_models::chat_template::{ChatTemplate, Message};
 pub use generate::{generate, FinishReason, Generation, GenerationParams};
+pub use pal_models::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;
 pub use transcribe::transcribe;
 

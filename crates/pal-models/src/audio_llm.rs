@@ -352,7 +352,9 @@ impl AudioLlm {
                 // so only the projector's weight gradient is computed.
                 let flat = frames.reshape((rows, d_enc))?;
                 let all = constant_input_linear(&flat, &weight.reshape((l * d, d_enc))?)?;
-                all.reshape((rows, l, d))?.transpose(0, 1)?.broadcast_add(&bias.unsqueeze(1)?)?
+                all.reshape((rows, l, d))?
+                    .transpose(0, 1)?
+                    .broadcast_add(&bias.unsqueeze(1)?)?
             }
             LalProjection::Mlp(mlps) => {
                 let flat = frames.reshape((rows, d_enc))?;

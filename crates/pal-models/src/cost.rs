@@ -95,7 +95,13 @@ pub fn cost(llm: &LlamaConfig, mode: CostMode, shapes: Shapes, bytes: usize) -> 
                 + 4.0 * s * na * d_enc
                 + 8.0 * s * d_enc * d_enc;
             let out = 2.0 * s * (d_enc * d + d * d);
-            (s + nt, l, latent + out, lal_flops(na, d_enc, d, hkv * dh, l), na)
+            (
+                s + nt,
+                l,
+                latent + out,
+                lal_flops(na, d_enc, d, hkv * dh, l),
+                na,
+            )
         }
     };
     let causal_pairs = rows * (rows + 1.0) / 2.0;

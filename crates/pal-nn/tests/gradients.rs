@@ -2,7 +2,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use pal_nn::gradcheck::{check_gradients, pseudo_random};
-use pal_nn::ops::{constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rope, softmax_last_dim};
+use pal_nn::ops::{
+    constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rope,
+    softmax_last_dim,
+};
 use pal_nn::{attention, causal_mask, Linear};
 
 const EPS: f64 = 1e-6;
@@ -256,11 +259,25 @@ fn cross_entropy_matches_definition_and_finite_differences() {
 fn constant_input_linear_gives_weight_gradient_only() {
     let x = rand(&[4, 3], 41);
     let w = rand(&[5, 3], 42);
-    assert_grads("constant_input_linear", |xs| constant_input_linear(&x, &xs[0]), std::slice::from_ref(&w));
+    assert_grads(
+        "constant_input_linear",
+        |xs| constant_input_linear(&x, &xs[0]),
+        std::slice::from_ref(&w),
+    );
     let var = Var::from_tensor(&w).unwrap();
     let y = constant_input_linear(&x, var.as_tensor()).unwrap();
     let reference = x.matmul(&w.t().unwrap()).unwrap();
-    assert!((&y - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() < 1e-12);
+    assert!(
+        (&y - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            < 1e-12
+    );
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_none());
     // Only the weight's gradient: no input-sized gradient is computed or kept.

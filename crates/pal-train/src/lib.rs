@@ -2,4 +2,41 @@
 //! warmup and cosine decay, gradient accumulation and clipping, crash-safe checkpoints that resume
 //! exactly, a progress bar, a metrics log and a loss plot.
 
+pub mod checkpoint;
+pub mod curriculum;
+pub mod metrics;
 pub mod optim;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use trainer::{train, TrainOptions, TrainSummary};
+
+/// A training error; names the file (and line or field) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing a file failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// A config or curriculum problem.
+    #[error("{0}: {1}")]
+    Config(PathBuf, String),
+    /// A damaged checkpoint file.
+    #[error("checkpoint file {0} is damaged or unreadable: {1}")]
+    Checkpoint(PathBuf, String),
+    /// An example that cannot be used (named `manifest:line`).
+    #[error("{0}: {1}")]
+    Example(String, String),
+    /// A manifest problem.
+    #[error(transparent)]
+    Manifest(#[from] pal_data::ManifestError),
+    /// A model problem.
+    #[error(transparent)]
+    Model(#[from] pal_models::ModelError),
+    /// An audio problem.
+    #[error(transparent)]
+    Audio(#[from] pal_audio::AudioError),
+    /// A tensor computation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

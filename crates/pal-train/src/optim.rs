@@ -20,7 +20,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -36,11 +41,20 @@ pub struct AdamW {
 impl AdamW {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, moments: BTreeMap::new() }
+        Self {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
     }
 
     /// One update of every variable that has a gradient in `grads`, at learning rate `lr`.
-    pub fn step(&mut self, vars: &BTreeMap<String, Var>, grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        vars: &BTreeMap<String, Var>,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -75,12 +89,15 @@ impl AdamW {
     pub fn restore(&mut self, step: u64, mut tensors: HashMap<String, Tensor>) -> Result<()> {
         self.step = step;
         self.moments.clear();
-        let names: Vec<String> = tensors.keys().filter_map(|k| k.strip_suffix(".m").map(str::to_string)).collect();
+        let names: Vec<String> = tensors
+            .keys()
+            .filter_map(|k| k.strip_suffix(".m").map(str::to_string))
+            .collect();
         for name in names {
             let m = tensors.remove(&format!("{name}.m")).expect("listed");
-            let v = tensors
-                .remove(&format!("{name}.v"))
-                .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state for {name} has m but no v")))?;
+            let v = tensors.remove(&format!("{name}.v")).ok_or_else(|| {
+                candle_core::Error::Msg(format!("optimizer state for {name} has m but no v"))
+            })?;
             self.moments.insert(name, (m, v));
         }
         Ok(())
@@ -89,7 +106,9 @@ impl AdamW {
 
 /// The gradients of `vars` in `store`, by name (variables without a gradient are left out).
 pub fn named_grads(vars: &BTreeMap<String, Var>, store: &GradStore) -> HashMap<String, Tensor> {
-    vars.iter().filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect()
+    vars.iter()
+        .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+        .collect()
 }
 
 /// Adds `more` into `acc` (gradient accumulation).
@@ -108,7 +127,11 @@ pub fn accumulate(acc: &mut HashMap<String, Tensor>, more: HashMap<String, Tenso
 pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut total = 0.0;
     for g in grads.values() {
-        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
@@ -158,9 +181,19 @@ mod tests {
         }
         let v = x.as_tensor().to_vec1::<f64>().unwrap();
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
-        let mut g = HashMap::from([("a".to_string(), Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap())]);
+        let mut g = HashMap::from([(
+            "a".to_string(),
+            Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap(),
+        )]);
         assert_eq!(clip_grad_norm(&mut g, 1.0).unwrap(), 5.0);
-        let n = g["a"].sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let n = g["a"]
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt();
         assert!((n - 1.0).abs() < 1e-5);
     }
 }

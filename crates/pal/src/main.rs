@@ -18,6 +18,8 @@ enum Command {
     Fetch(commands::fetch::FetchArgs),
     /// Chat with an LLM: answer one prompt, or talk interactively when no prompt is given.
     Chat(commands::chat::ChatArgs),
+    /// Train an audio-LLM adapter from a curriculum file (resumable).
+    Train(commands::train::TrainArgs),
     /// Transcribe audio files with Whisper (greedy, no timestamps).
     Transcribe(commands::transcribe::TranscribeArgs),
     /// Benchmarks; results are written to files.
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Chat(args) => commands::chat::run(args),
+        Command::Train(args) => commands::train::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     }

@@ -1,4 +1,6 @@
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor,
+};
 
 /// `input @ weight^T` where `input` (`rows x in`) is a constant (e.g. frozen-encoder features)
 /// and `weight` (`out x in`) is trained: the backward yields only the weight gradient
@@ -7,12 +9,18 @@ pub fn constant_input_linear(input: &Tensor, weight: &Tensor) -> Result<Tensor> 
     let (_, in_dim) = input.dims2()?;
     let (_, w_in) = weight.dims2()?;
     if in_dim != w_in {
-        candle_core::bail!("constant_input_linear: input {:?} does not fit weight {:?}", input.dims(), weight.dims());
+        candle_core::bail!(
+            "constant_input_linear: input {:?} does not fit weight {:?}",
+            input.dims(),
+            weight.dims()
+        );
     }
     if !weight.track_op() {
         return input.matmul(&weight.t()?);
     }
-    weight.contiguous()?.apply_op1(ConstantInputMatmul { input: input.detach().contiguous()? })
+    weight.contiguous()?.apply_op1(ConstantInputMatmul {
+        input: input.detach().contiguous()?,
+    })
 }
 
 struct ConstantInputMatmul {
@@ -43,7 +51,11 @@ impl CustomOp1 for ConstantInputMatmul {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, w: &candle_core::CudaStorage, w_layout: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        w: &candle_core::CudaStorage,
+        w_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let bmnk = self.bmnk(w_layout)?;
         let (x_storage, x_layout) = self.input.storage_and_layout();
         let out = match &*x_storage {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod fetch;
+pub mod train;
 pub mod transcribe;
 
 use std::path::PathBuf;

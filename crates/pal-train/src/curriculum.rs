@@ -1,0 +1,155 @@
+//! The curriculum file (TOML): named stages run in order, each with its data, length, learning
+//! rate, batch and trainable set.
+//!
+//! ```toml
+//! model = "model.toml"        # model config, relative to this file
+//! output = "runs/fsdd-lal"    # run folder: checkpoints, metrics, plot, final adapter
+//! seed = 0                    # batch order
+//! checkpoint_every = 50       # optimizer steps
+//!
+//! [[stages]]
+//! name = "projectors"
+//! manifests = [{ path = "data/fsdd/train.jsonl", weight = 1.0 }]
+//! epochs = 1                  # or: steps = 300
+//! lr = 1e-3
+//! batch_size = 8
+//! grad_accum = 1
+//! warmup_steps = 20
+//! min_lr_ratio = 0.1
+//! weight_decay = 0.0
+//! max_grad_norm = 1.0
+//! trainable = "adapter"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// The whole curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Curriculum {
+    /// Model config file.
+    pub model: PathBuf,
+    /// Run folder.
+    pub output: PathBuf,
+    /// Seed of the batch order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Checkpoint every this many optimizer steps (and at the end of each stage).
+    #[serde(default = "fifty")]
+    pub checkpoint_every: u64,
+    /// Stages in order.
+    pub stages: Vec<Stage>,
+}
+
+fn fifty() -> u64 {
+    50
+}
+
+/// A manifest and how often its examples appear per epoch relative to the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestMix {
+    /// JSONL manifest, relative to the curriculum file.
+    pub path: PathBuf,
+    /// Repetitions per epoch (2.0 = every example twice; 0.5 = a seeded half).
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// What a stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// Projectors and connectors only (LLM and encoders frozen).
+    Adapter,
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Name (in logs and checkpoints).
+    pub name: String,
+    /// Training data.
+    pub manifests: Vec<ManifestMix>,
+    /// Length in optimizer steps...
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// ...or in epochs over the mixed data.
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    /// Linear warmup steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `lr` (cosine decay).
+    #[serde(default = "tenth")]
+    pub min_lr_ratio: f64,
+    /// AdamW weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+    /// What is trained.
+    #[serde(default = "adapter")]
+    pub trainable: Trainable,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn adapter() -> Trainable {
+    Trainable::Adapter
+}
+
+impl Curriculum {
+    /// Reads a curriculum file; errors name the file and field.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::Io(path.to_path_buf(), e))?;
+        let c: Curriculum = toml::from_str(&text)
+            .map_err(|e| TrainError::Config(path.to_path_buf(), e.to_string()))?;
+        if c.stages.is_empty() {
+            return Err(TrainError::Config(
+                path.to_path_buf(),
+                "no [[stages]]".into(),
+            ));
+        }
+        for s in &c.stages {
+            if s.steps.is_some() == s.epochs.is_some() {
+                return Err(TrainError::Config(
+                    path.to_path_buf(),
+                    format!("stage '{}': give exactly one of steps or epochs", s.name),
+                ));
+            }
+            if s.batch_size == 0 || s.grad_accum == 0 || s.manifests.is_empty() {
+                return Err(TrainError::Config(
+                    path.to_path_buf(),
+                    format!(
+                        "stage '{}': batch_size, grad_accum and manifests must be non-empty",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        Ok(c)
+    }
+}

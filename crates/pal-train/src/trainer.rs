@@ -1,0 +1,358 @@
+//! The training loop, top to bottom: load the curriculum and the model, encode every clip once
+//! with the frozen encoders (cached on disk), then for each stage: batches, loss, backward,
+//! accumulation, clipping, AdamW, metrics, checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use pal_data::segments::training_segments;
+use pal_data::{load_manifest, BatchOrder};
+use pal_models::audio_llm::{Example, Padding, Segment};
+use pal_models::chat_template::ChatTemplate;
+use pal_models::encoder::{AudioEncoder, CachedEncoder};
+use pal_models::model_config::{build, BuiltModel, ModelConfig};
+use pal_models::Tokenizer;
+
+use crate::checkpoint::{self, TrainState};
+use crate::curriculum::{Curriculum, Stage};
+use crate::metrics::{self, MetricsLog, StepMetrics};
+use crate::optim::{accumulate, clip_grad_norm, lr_at, named_grads, AdamW, AdamWConfig};
+use crate::TrainError;
+
+/// Options of a training run besides the curriculum.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the run folder's latest checkpoint.
+    pub resume: bool,
+    /// Skip bad manifest lines and undecodable clips (each warned and counted).
+    pub skip_bad: bool,
+    /// No progress bar (logs only).
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Optimizer steps done in total.
+    pub steps: u64,
+    /// Loss of the last step.
+    pub final_loss: f64,
+    /// Examples skipped as bad.
+    pub skipped: usize,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+/// An example ready for batching: its segments and encoder outputs.
+struct Item {
+    segments: Vec<Segment>,
+    audio: Vec<Tensor>,
+    length: usize,
+}
+
+/// Everything a stage trains on.
+fn load_stage_items(
+    stage: &Stage,
+    base: &Path,
+    tokenizer: &Tokenizer,
+    encoders: &[CachedEncoder<BoxedEncoder>],
+    options: &TrainOptions,
+    seed: u64,
+) -> Result<(Vec<Item>, usize), TrainError> {
+    let template = ChatTemplate::for_tokenizer(tokenizer)?;
+    let mut items = vec![];
+    let mut skipped = 0;
+    for mix in &stage.manifests {
+        let path = base.join(&mix.path);
+        let manifest = load_manifest(&path, options.skip_bad)?;
+        for bad in &manifest.skipped {
+            eprintln!("warning: skipped {bad}");
+        }
+        skipped += manifest.skipped.len();
+        let mut records = manifest.records;
+        // Weight: whole repetitions, plus a seeded fraction.
+        let whole = mix.weight.floor() as usize;
+        let frac = mix.weight - whole as f64;
+        let mut chosen: Vec<usize> = (0..whole).flat_map(|_| 0..records.len()).collect();
+        if frac > 0.0 {
+            let mut order: Vec<usize> = (0..records.len()).collect();
+            let mut state = seed ^ 0x5851_f42d_4c95_7f2d;
+            for i in (1..order.len()).rev() {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                order.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            chosen.extend(
+                order
+                    .into_iter()
+                    .take((frac * records.len() as f64).round() as usize),
+            );
+        }
+        let mut encoded: HashMap<usize, Option<(Vec<Segment>, Vec<Tensor>)>> = HashMap::new();
+        for &r in &chosen {
+            if !encoded.contains_key(&r) {
+                let record = &mut records[r];
+                let result = (|| -> Result<(Vec<Segment>, Vec<Tensor>), TrainError> {
+                    let audio = pal_audio::load_audio(&record.audio)?;
+                    let audio = audio.to_16k(&record.audio.display().to_string())?;
+                    let outputs = encoders
+                        .iter()
+                        .map(|e| e.encode(&audio.samples))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let segments = training_segments(&template, tokenizer, &record.messages)?;
+                    Ok((segments, outputs))
+                })();
+                let value = match result {
+                    Ok(v) => Some(v),
+                    Err(e) if options.skip_bad => {
+                        eprintln!("warning: skipped {}: {e}", record.origin);
+                        skipped += 1;
+                        None
+                    }
+                    Err(e) => {
+                        return Err(TrainError::Example(record.origin.clone(), e.to_string()))
+                    }
+                };
+                encoded.insert(r, value);
+            }
+            if let Some((segments, audio)) = encoded[&r].clone() {
+                let length = segments
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Text { ids, .. } => ids.len(),
+                        Segment::Audio => 0,
+                    })
+                    .sum::<usize>()
+                    + audio.iter().map(|a| a.dims()[0]).sum::<usize>();
+                items.push(Item {
+                    segments,
+                    audio,
+                    length,
+                });
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(TrainError::Config(
+            base.to_path_buf(),
+            format!("stage '{}' has no usable examples", stage.name),
+        ));
+    }
+    Ok((items, skipped))
+}
+
+/// A boxed encoder that can sit inside [`CachedEncoder`].
+pub struct BoxedEncoder(Box<dyn AudioEncoder>);
+
+impl AudioEncoder for BoxedEncoder {
+    fn id(&self) -> String {
+        self.0.id()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn encode(&self, samples: &[f32]) -> pal_models::Result<Tensor> {
+        self.0.encode(samples)
+    }
+}
+
+/// Optimizer steps of a stage over `items`.
+fn stage_steps(stage: &Stage, items: usize) -> u64 {
+    match (stage.steps, stage.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            let batches = items.div_ceil(stage.batch_size) as f64 * e;
+            (batches / stage.grad_accum as f64).ceil().max(1.0) as u64
+        }
+        (None, None) => 1,
+    }
+}
+
+/// One optimizer step's gradients over `micro` batches, token-weighted so that k micro-batches
+/// give the same gradient as one batch k times larger. Returns (gradients, loss, tokens).
+pub fn accumulated_gradients(
+    model: &pal_models::audio_llm::AudioLlm,
+    params: &pal_nn::Params,
+    micro: &[Vec<Example>],
+) -> Result<(HashMap<String, Tensor>, f64, usize), TrainError> {
+    let vars = params.vars();
+    let mut prepared = micro
+        .iter()
+        .map(|m| model.prepare(m, Padding::Right))
+        .collect::<Result<Vec<_>, _>>()?;
+    let counts: Vec<usize> = prepared
+        .iter()
+        .map(|p| p.targets.iter().flatten().filter(|t| t.is_some()).count())
+        .collect();
+    let total: usize = counts.iter().sum();
+    if total == 0 {
+        return Err(TrainError::Config(
+            PathBuf::new(),
+            "a training batch has no trained tokens".into(),
+        ));
+    }
+    let mut grads = HashMap::new();
+    let mut loss_sum = 0.0;
+    for (batch, &count) in prepared.iter_mut().zip(&counts) {
+        let (loss, _) = model.loss(batch)?;
+        let weight = count as f64 / total as f64;
+        let weighted = (loss * weight)?;
+        loss_sum += weighted.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        accumulate(&mut grads, named_grads(&vars, &weighted.backward()?))?;
+    }
+    Ok((grads, loss_sum, total))
+}
+
+/// Runs (or resumes) the curriculum at `path`.
+pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    let curriculum = Curriculum::load(path)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let run = base.join(&curriculum.output);
+    std::fs::create_dir_all(&run).map_err(|e| TrainError::Io(run.clone(), e))?;
+    let model_path = base.join(&curriculum.model);
+    let model_config = ModelConfig::load(&model_path)?;
+    // The run folder is self-contained: configs next to the weights.
+    model_config.save(&run.join("model.toml"))?;
+    std::fs::copy(path, run.join("curriculum.toml")).map_err(|e| TrainError::Io(run.clone(), e))?;
+    let built = build(
+        &model_config,
+        model_path.parent().unwrap_or(Path::new(".")),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let checkpoints = run.join("checkpoints");
+
+    let mut state = TrainState::default();
+    let mut optimizer = AdamW::new(AdamWConfig::default());
+    if options.resume {
+        if let Some(dir) = checkpoint::latest(&checkpoints) {
+            let ckpt = checkpoint::load(&dir, &built.params)?;
+            state = ckpt.state;
+            optimizer.restore(state.global_step, ckpt.optimizer)?;
+            eprintln!(
+                "resuming from {} (step {})",
+                dir.display(),
+                state.global_step
+            );
+        }
+    }
+    let log = MetricsLog::open(&run, state.global_step)?;
+    // Frozen encoders: every clip is encoded once, and the outputs are cached on disk.
+    let BuiltModel {
+        model,
+        encoders,
+        tokenizer,
+        params,
+    } = built;
+    let encoders: Vec<CachedEncoder<BoxedEncoder>> = encoders
+        .into_iter()
+        .map(|e| CachedEncoder::new(BoxedEncoder(e), run.join("cache").join("encoders")))
+        .collect();
+    let vars = params.vars();
+    let mut skipped_total = 0;
+    let mut final_loss = f64::NAN;
+
+    for (stage_index, stage) in curriculum.stages.iter().enumerate().skip(state.stage) {
+        if stage_index > state.stage {
+            state.stage = stage_index;
+            state.stage_step = 0;
+            state.batches = Default::default();
+        }
+        let (items, skipped) = load_stage_items(
+            stage,
+            &base,
+            &tokenizer,
+            &encoders,
+            options,
+            curriculum.seed,
+        )?;
+        skipped_total += skipped;
+        let order = BatchOrder::new(
+            items.iter().map(|i| i.length).collect(),
+            stage.batch_size,
+            curriculum.seed ^ stage_index as u64,
+        );
+        let total = stage_steps(stage, items.len());
+        optimizer.config.weight_decay = stage.weight_decay;
+        let bar = if options.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(stage.name.clone());
+        bar.set_position(state.stage_step);
+        while state.stage_step < total {
+            let start = Instant::now();
+            let lr = lr_at(
+                state.stage_step,
+                total,
+                stage.warmup_steps,
+                stage.lr,
+                stage.min_lr_ratio,
+            );
+            let micro: Vec<Vec<Example>> = (0..stage.grad_accum)
+                .map(|_| {
+                    order
+                        .next(&mut state.batches)
+                        .into_iter()
+                        .map(|i| Example {
+                            segments: items[i].segments.clone(),
+                            audio: items[i].audio.clone(),
+                        })
+                        .collect()
+                })
+                .collect();
+            let samples: usize = micro.iter().map(|m| m.len()).sum();
+            let (mut grads, loss, tokens) = accumulated_gradients(&model, &params, &micro)?;
+            let grad_norm = clip_grad_norm(&mut grads, stage.max_grad_norm)?;
+            optimizer.step(&vars, &grads, lr)?;
+            state.stage_step += 1;
+            state.global_step += 1;
+            final_loss = loss;
+            let m = StepMetrics {
+                step: state.global_step,
+                stage: stage.name.clone(),
+                loss,
+                lr,
+                grad_norm,
+                samples_per_s: samples as f64 / start.elapsed().as_secs_f64(),
+                tokens,
+            };
+            log.append(&m)?;
+            bar.set_position(state.stage_step);
+            bar.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} {:.1} samples/s",
+                m.samples_per_s
+            ));
+            if options.quiet {
+                eprintln!("step {} loss {loss:.4} lr {lr:.2e}", state.global_step);
+            }
+            if state.global_step % curriculum.checkpoint_every == 0 || state.stage_step == total {
+                checkpoint::save(&checkpoints, &state, &params, &optimizer.state_tensors())?;
+                metrics::plot(&metrics::read(log.path())?, &run.join("loss.png"))?;
+            }
+        }
+        bar.finish();
+    }
+    params
+        .save(&run.join("adapter.safetensors"))
+        .map_err(|e| TrainError::Checkpoint(run.clone(), e.to_string()))?;
+    if skipped_total > 0 {
+        eprintln!("warning: {skipped_total} bad examples were skipped");
+    }
+    Ok(TrainSummary {
+        steps: state.global_step,
+        final_loss,
+        skipped: skipped_total,
+        run_dir: run,
+    })
+}

@@ -1,0 +1,267 @@
+//! `pal train` end to end with the real SmolLM2-135M + Whisper tiny.en on generated tones:
+//! a run killed with SIGKILL resumes to the same losses as an uninterrupted run; a truncated
+//! checkpoint is reported and the previous one stays intact; bad manifest lines are named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn pal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pal"))
+}
+
+fn models_present() -> bool {
+    use pal_models::assets;
+    assets::for_test(&assets::SMOLLM2_135M).is_some()
+        && assets::for_test(&assets::WHISPER_TINY_EN).is_some()
+}
+
+/// A 16 kHz mono PCM16 WAV of a sine.
+fn write_tone(path: &Path, hz: f32, seconds: f32, amplitude: f32) {
+    let n = (16000.0 * seconds) as usize;
+    let data: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            ((amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin() * 32767.0)
+                as i16)
+                .to_le_bytes()
+        })
+        .collect();
+    let mut v = Vec::new();
+    v.extend(b"RIFF");
+    v.extend((36 + data.len() as u32).to_le_bytes());
+    v.extend(b"WAVEfmt ");
+    v.extend(16u32.to_le_bytes());
+    v.extend(1u16.to_le_bytes());
+    v.extend(1u16.to_le_bytes());
+    v.extend(16000u32.to_le_bytes());
+    v.extend(32000u32.to_le_bytes());
+    v.extend(2u16.to_le_bytes());
+    v.extend(16u16.to_le_bytes());
+    v.extend(b"data");
+    v.extend((data.len() as u32).to_le_bytes());
+    v.extend(data);
+    std::fs::write(path, v).unwrap();
+}
+
+/// A run folder layout: clips, manifest, model config, curriculum. Returns the curriculum path.
+fn setup(dir: &Path, extra_line: Option<&str>) -> PathBuf {
+    std::fs::create_dir_all(dir.join("clips")).unwrap();
+    let mut lines = vec![];
+    for i in 0..6 {
+        let (hz, answer) = if i % 2 == 0 {
+            (880.0, "high")
+        } else {
+            (330.0, "low")
+        };
+        let name = format!("clips/tone{i}.wav");
+        write_tone(
+            &dir.join(&name),
+            hz,
+            0.3 + 0.05 * i as f32,
+            0.3 + 0.05 * i as f32,
+        );
+        lines.push(format!(
+            r#"{{"audio": "{name}", "messages": [{{"role": "user", "content": "Is the tone high or low?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
+        ));
+    }
+    if let Some(extra) = extra_line {
+        lines.insert(2, extra.to_string());
+    }
+    std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        r#"seed = 1
+[llm]
+path = "asset:smollm2-135m-instruct"
+[[encoders]]
+name = "whisper"
+kind = "whisper"
+path = "asset:whisper-tiny.en"
+route = "lal"
+lal = { start = 20 }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("curriculum.toml"),
+        r#"model = "model.toml"
+output = "run"
+seed = 5
+checkpoint_every = 2
+[[stages]]
+name = "projectors"
+manifests = [{ path = "train.jsonl" }]
+steps = 8
+lr = 1e-3
+batch_size = 2
+warmup_steps = 2
+"#,
+    )
+    .unwrap();
+    dir.join("curriculum.toml")
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    pal_train::metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| (m.step, m.loss))
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_losses() {
+    if !models_present() {
+        return;
+    }
+    let a = tempfile::tempdir().unwrap();
+    let config_a = setup(a.path(), None);
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config_a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let straight = losses(&a.path().join("run"));
+    assert_eq!(
+        straight.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert!(
+        a.path().join("run/loss.png").exists() && a.path().join("run/adapter.safetensors").exists()
+    );
+    assert!(
+        a.path().join("run/model.toml").exists() && a.path().join("run/curriculum.toml").exists()
+    );
+
+    // Kill a second run with SIGKILL after its second checkpoint (step 4), then resume it.
+    let b = tempfile::tempdir().unwrap();
+    let config_b = setup(b.path(), None);
+    let mut child = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config_b)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = b.path().join("run/checkpoints/latest");
+    let start = Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&latest).ok().and_then(|s| {
+            s.trim()
+                .strip_prefix("step-")
+                .and_then(|n| n.parse::<u64>().ok())
+        });
+        if step.is_some_and(|s| s >= 4) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = losses(&b.path().join("run")).len();
+    assert!(killed_at < 8, "the run finished before it could be killed");
+    let out = pal()
+        .args(["train", "--quiet", "--resume", "--config"])
+        .arg(&config_b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
+    let resumed = losses(&b.path().join("run"));
+    assert_eq!(resumed.len(), 8, "{resumed:?}");
+    for ((s1, l1), (s2, l2)) in straight.iter().zip(&resumed) {
+        assert_eq!(s1, s2);
+        assert!(
+            (l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0),
+            "step {s1}: {l1} vs {l2}"
+        );
+    }
+
+    // A truncated checkpoint file: a clear error, and the previous checkpoint is intact.
+    let checkpoints = a.path().join("run/checkpoints");
+    let newest = checkpoints.join(
+        std::fs::read_to_string(checkpoints.join("latest"))
+            .unwrap()
+            .trim(),
+    );
+    let adapter = newest.join("adapter.safetensors");
+    let len = std::fs::metadata(&adapter).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&adapter)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let out = pal()
+        .args(["train", "--quiet", "--resume", "--config"])
+        .arg(&config_a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("adapter.safetensors") && err.contains("damaged"),
+        "{err}"
+    );
+    let previous = checkpoints.join("step-00000006");
+    assert!(candle_core::safetensors::load(
+        previous.join("adapter.safetensors"),
+        &candle_core::Device::Cpu
+    )
+    .is_ok());
+    assert!(
+        previous.join("optimizer.safetensors").exists() && previous.join("state.json").exists()
+    );
+}
+
+#[test]
+fn bad_manifest_lines_are_named_or_skipped_with_a_count() {
+    if !models_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = r#"{"audio": "clips/missing.wav", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}"#;
+    let config = setup(dir.path(), Some(missing));
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("train.jsonl:3") && err.contains("missing.wav"),
+        "{err}"
+    );
+    // An undecodable clip is named with its manifest line too.
+    let config = setup(dir.path(), None);
+    std::fs::write(dir.path().join("clips/tone1.wav"), b"not audio at all").unwrap();
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("train.jsonl:2") && err.contains("tone1.wav"),
+        "{err}"
+    );
+    let out = pal()
+        .args(["train", "--quiet", "--skip-bad", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 bad examples were skipped"), "{err}");
+}
