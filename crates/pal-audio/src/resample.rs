@@ -36,10 +36,12 @@ pub fn resample(samples: &[f32], from: u32, to: u32, origin: &str) -> Result<Vec
     }
     // The rest, then zeros until the tail is out.
     let rest = &samples[pos..];
-    let block = resampler
-        .process_partial(Some(&[rest]), None)
-        .map_err(|e| fail(e.to_string()))?;
-    out.extend_from_slice(&block[0]);
+    if !rest.is_empty() {
+        let block = resampler
+            .process_partial(Some(&[rest]), None)
+            .map_err(|e| fail(e.to_string()))?;
+        out.extend_from_slice(&block[0]);
+    }
     while out.len() < expected {
         let block = resampler
             .process_partial::<&[f32]>(None, None)

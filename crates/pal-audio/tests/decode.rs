@@ -129,6 +129,12 @@ fn resampling_keeps_length_pitch_and_level() {
     assert!(best < 0.03, "max error {best}");
     let back = resample(&y, 16_000, 44_100, "sine").unwrap();
     assert_eq!(back.len(), 44_100);
+    // Short clips, and lengths that are exact multiples of the resampler's block.
+    for len in [1usize, 100, 3661, 4096, 8192] {
+        let input: Vec<f32> = (0..len).map(|i| x[i % x.len()]).collect();
+        let y = resample(&input, 8_000, 16_000, "short").unwrap();
+        assert_eq!(y.len(), 2 * len, "length {len}");
+    }
 }
 
 fn error_kind(bytes: Vec<u8>, origin: &str) -> (AudioErrorKind, String) {

@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod manifest;
 pub mod segments;
+pub mod shared;
 
 pub use batching::{BatchOrder, BatchState};
 pub use manifest::{load_manifest, ManifestError, Message, Record};

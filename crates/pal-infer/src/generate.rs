@@ -2,6 +2,7 @@
 //! unfinished sequence, with stop tokens, stop strings and a token limit.
 
 use candle_core::{Device, Tensor};
+use pal_models::audio_llm::{AudioLlm, Example, Padding};
 use pal_models::{KvCache, Llama, Tokenizer};
 
 use crate::sampling::Sampler;
@@ -80,7 +81,7 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     params: &GenerationParams,
-    mut on_text: impl FnMut(usize, &str),
+    on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(vec![]);
@@ -88,23 +89,56 @@ pub fn generate(
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(InferError::Invalid("empty prompt".into()));
     }
-    let b = prompts.len();
-    let device = model.device();
     let pad = tokenizer.stop_token_ids.first().copied().unwrap_or(0);
-    let (ids, valid) = left_pad(prompts, pad, device)?;
+    let (ids, valid) = left_pad(prompts, pad, model.device())?;
     let mut cache: KvCache = model.new_cache();
     let hidden = model.forward_embeds(&model.embed(&ids)?, Some(&valid), &mut cache)?;
+    let lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    decode(model, tokenizer, cache, &hidden, &lengths, params, on_text)
+}
+
+/// Generates answers for audio-LLM examples (prompt segments and encoder outputs) in one batch:
+/// in-sequence audio tokens and LAL key/value prefixes are built once, then decoding is ordinary.
+pub fn generate_with_audio(
+    model: &AudioLlm,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    params: &GenerationParams,
+    on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    if examples.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut batch = model.prepare(examples, Padding::Left)?;
+    let hidden = model.llm.forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+    let lengths: Vec<usize> = batch
+        .valid
+        .to_vec2::<f32>()?
+        .iter()
+        .map(|row| row.iter().filter(|v| **v > 0.5).count())
+        .collect();
+    decode(&model.llm, tokenizer, batch.cache, &hidden, &lengths, params, on_text)
+}
+
+/// The decoding loop shared by text and audio prompts: `hidden` is the prefill's output (its last
+/// row gives the first logits) and `cache` holds the prompt.
+fn decode(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    mut cache: KvCache,
+    hidden: &Tensor,
+    prompt_lengths: &[usize],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let b = prompt_lengths.len();
+    let device = model.device();
+    let pad = tokenizer.stop_token_ids.first().copied().unwrap_or(0);
     let n = hidden.dims()[1];
     let mut logits = model.logits(&hidden.narrow(1, n - 1, 1)?)?.squeeze(1)?;
 
     let mut samplers: Vec<Sampler> = (0..b)
-        .map(|i| {
-            Sampler::new(
-                params.temperature,
-                params.top_p,
-                params.seed.wrapping_add(i as u64),
-            )
-        })
+        .map(|i| Sampler::new(params.temperature, params.top_p, params.seed.wrapping_add(i as u64)))
         .collect();
     let mut tokens: Vec<Vec<u32>> = vec![vec![]; b];
     let mut emitted: Vec<usize> = vec![0; b];
@@ -126,12 +160,7 @@ pub fn generate(
             } else {
                 tokens[i].push(token);
                 let text = tokenizer.decode(&tokens[i], true)?;
-                if let Some(cut) = params
-                    .stop
-                    .iter()
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                {
+                if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                     texts[i] = text[..cut].to_string();
                     finished[i] = Some(FinishReason::Stop);
                 } else {
@@ -141,11 +170,7 @@ pub fn generate(
             // Emit text that can no longer change: hold back an incomplete UTF-8 character and
             // anything that could be the start of a stop string.
             let text = &texts[i];
-            let mut safe = if finished[i].is_some() {
-                text.len()
-            } else {
-                stable_len(text, &params.stop)
-            };
+            let mut safe = if finished[i].is_some() { text.len() } else { stable_len(text, &params.stop) };
             while safe > emitted[i] && !text.is_char_boundary(safe) {
                 safe -= 1;
             }
@@ -168,7 +193,7 @@ pub fn generate(
             Generation {
                 text: texts[i].clone(),
                 tokens: tokens[i].clone(),
-                prompt_tokens: prompts[i].len(),
+                prompt_tokens: prompt_lengths[i],
                 finish_reason: finished[i].unwrap_or(FinishReason::Length),
             }
         })

@@ -5,7 +5,7 @@ pub mod generate;
 pub mod sampling;
 pub mod transcribe;
 
-pub use generate::{generate, FinishReason, Generation, GenerationParams};
+pub use generate::{generate, generate_with_audio, FinishReason, Generation, GenerationParams};
 pub use pal_models::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;
 pub use transcribe::transcribe;

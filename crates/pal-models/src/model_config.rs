@@ -124,6 +124,25 @@ impl ModelConfig {
         toml::from_str(&text).map_err(|e| ModelError::format(path, e))
     }
 
+    /// The same config with relative paths made absolute against `base` (asset names stay), so
+    /// that a copy saved elsewhere (a run folder) still finds its models.
+    pub fn with_absolute_paths(&self, base: &Path) -> Self {
+        let fix = |p: &str| -> String {
+            if p.starts_with("asset:") || Path::new(p).is_absolute() {
+                p.to_string()
+            } else {
+                let joined = base.join(p);
+                joined.canonicalize().unwrap_or(joined).display().to_string()
+            }
+        };
+        let mut out = self.clone();
+        out.llm.path = fix(&self.llm.path);
+        for e in &mut out.encoders {
+            e.path = fix(&e.path);
+        }
+        out
+    }
+
     /// Writes the config (atomically: temp file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self).map_err(|e| ModelError::format(path, e))?;
@@ -223,4 +242,17 @@ pub fn build(
         tokenizer,
         params,
     })
+}
+
+/// Loads a run folder (`model.toml` + `adapter.safetensors`, as `pal train` writes them): the
+/// model with its trained adapter.
+pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel> {
+    let config = ModelConfig::load(&dir.join("model.toml"))?;
+    let built = build(&config, dir, dtype, device)?;
+    let adapter = dir.join("adapter.safetensors");
+    if !adapter.exists() {
+        return Err(ModelError::NotFound(adapter));
+    }
+    built.params.load(&adapter).map_err(|e| ModelError::format(&adapter, e))?;
+    Ok(built)
 }

@@ -216,7 +216,9 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
     let model_path = base.join(&curriculum.model);
     let model_config = ModelConfig::load(&model_path)?;
     // The run folder is self-contained: configs next to the weights.
-    model_config.save(&run.join("model.toml"))?;
+    model_config
+        .with_absolute_paths(model_path.parent().unwrap_or(Path::new(".")))
+        .save(&run.join("model.toml"))?;
     std::fs::copy(path, run.join("curriculum.toml")).map_err(|e| TrainError::Io(run.clone(), e))?;
     let built = build(
         &model_config,

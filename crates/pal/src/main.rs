@@ -18,6 +18,11 @@ enum Command {
     Fetch(commands::fetch::FetchArgs),
     /// Chat with an LLM: answer one prompt, or talk interactively when no prompt is given.
     Chat(commands::chat::ChatArgs),
+    /// Build data manifests.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Evaluate a trained model on a manifest (accuracy of closed answers).
+    Eval(commands::eval::EvalArgs),
     /// Train an audio-LLM adapter from a curriculum file (resumable).
     Train(commands::train::TrainArgs),
     /// Transcribe audio files with Whisper (greedy, no timestamps).
@@ -37,6 +42,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Chat(args) => commands::chat::run(args),
+        Command::Data(cmd) => commands::data::run(cmd),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

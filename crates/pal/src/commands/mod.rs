@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod chat;
+pub mod data;
+pub mod eval;
 pub mod fetch;
 pub mod train;
 pub mod transcribe;

@@ -1,0 +1,6 @@
+//! Evaluation: batched generation over a manifest, answers judged against references.
+
+pub mod metrics;
+pub mod runner;
+
+pub use runner::{evaluate, EvalItem, EvalReport};

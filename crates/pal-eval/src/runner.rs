@@ -1,0 +1,99 @@
+//! `pal eval`: generate an answer for every manifest example (batched) and judge it.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use pal_data::load_manifest;
+use pal_data::segments::prompt_segments;
+use pal_infer::{generate_with_audio, GenerationParams};
+use pal_models::audio_llm::Example;
+use pal_models::chat_template::ChatTemplate;
+use pal_models::model_config::BuiltModel;
+use serde::Serialize;
+
+use crate::metrics::closed_answer_correct;
+
+/// One judged example.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalItem {
+    /// `manifest:line`.
+    pub origin: String,
+    /// The question.
+    pub question: String,
+    /// The reference answer.
+    pub reference: String,
+    /// The model's answer.
+    pub answer: String,
+    /// Whether it is judged correct.
+    pub correct: bool,
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Examples judged.
+    pub total: usize,
+    /// Correct answers.
+    pub correct: usize,
+    /// `correct / total`.
+    pub accuracy: f64,
+    /// Every example.
+    pub items: Vec<EvalItem>,
+}
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Manifest problem.
+    #[error(transparent)]
+    Manifest(#[from] pal_data::ManifestError),
+    /// Example problem, named `manifest:line`.
+    #[error("{0}: {1}")]
+    Example(String, String),
+    /// Model or generation problem.
+    #[error(transparent)]
+    Infer(#[from] pal_infer::InferError),
+    /// Model problem.
+    #[error(transparent)]
+    Model(#[from] pal_models::ModelError),
+}
+
+/// Evaluates `built` on a manifest: the question is every message before the last assistant
+/// message, the reference is that message. Closed answers are judged by
+/// [`closed_answer_correct`] with the manifest's distinct references as the label set.
+pub fn evaluate(built: &BuiltModel, manifest: &Path, batch_size: usize, max_tokens: usize) -> Result<EvalReport, EvalError> {
+    let records = load_manifest(manifest, false)?.records;
+    let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
+    let mut labels: Vec<String> = vec![];
+    let mut prepared: Vec<(Example, EvalItem)> = vec![];
+    for r in &records {
+        let last = r.messages.iter().rposition(|m| m.role == "assistant").expect("manifest lines have an assistant turn");
+        let reference = r.messages[last].content.clone();
+        if !labels.contains(&reference) {
+            labels.push(reference.clone());
+        }
+        let fail = |e: String| EvalError::Example(r.origin.clone(), e);
+        let audio = pal_audio::load_audio(&r.audio).and_then(|a| a.to_16k(&r.audio.display().to_string())).map_err(|e| fail(e.to_string()))?;
+        let outputs: Vec<Tensor> = built.encoders.iter().map(|e| e.encode(&audio.samples)).collect::<Result<_, _>>().map_err(|e| fail(e.to_string()))?;
+        let segments = prompt_segments(&template, &built.tokenizer, &r.messages[..last]).map_err(|e| fail(e.to_string()))?;
+        let question = r.messages[..last].iter().filter(|m| m.role == "user").map(|m| m.content.as_str()).collect::<Vec<_>>().join(" / ");
+        prepared.push((
+            Example { segments, audio: outputs },
+            EvalItem { origin: r.origin.clone(), question, reference, answer: String::new(), correct: false },
+        ));
+    }
+    let params = GenerationParams { max_tokens, ..Default::default() };
+    let mut items = vec![];
+    for chunk in prepared.chunks(batch_size.max(1)) {
+        let examples: Vec<Example> = chunk.iter().map(|c| c.0.clone()).collect();
+        let answers = generate_with_audio(&built.model, &built.tokenizer, &examples, &params, |_, _| {})?;
+        for ((_, item), answer) in chunk.iter().zip(answers) {
+            let mut item = item.clone();
+            item.correct = closed_answer_correct(&answer.text, &item.reference, &labels);
+            item.answer = answer.text;
+            items.push(item);
+        }
+    }
+    let correct = items.iter().filter(|i| i.correct).count();
+    Ok(EvalReport { total: items.len(), correct, accuracy: correct as f64 / items.len().max(1) as f64, items })
+}

@@ -1,0 +1,46 @@
+//! `pal eval --model RUN_DIR --manifest FILE [--json OUT]`: accuracy of a trained model.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use clap::Args;
+
+/// Arguments of `pal eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Run folder (model.toml + adapter.safetensors), as `pal train` writes it.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL manifest to evaluate on.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Write the per-item results here (JSONL) and the summary next to it (.summary.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Examples per generation batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 24)]
+    max_tokens: usize,
+}
+
+/// Evaluates and prints the summary.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let built = pal_models::model_config::load_run(&args.model, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading the run folder {}", args.model.display()))?;
+    let report = pal_eval::evaluate(&built, &args.manifest, args.batch, args.max_tokens)?;
+    if let Some(path) = &args.json {
+        let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        for item in &report.items {
+            writeln!(f, "{}", serde_json::to_string(item)?)?;
+        }
+        let summary = serde_json::json!({"manifest": args.manifest, "total": report.total, "correct": report.correct, "accuracy": report.accuracy});
+        std::fs::write(path.with_extension("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    }
+    println!("| manifest | examples | correct | accuracy |\n|---|---|---|---|");
+    println!("| {} | {} | {} | {:.2}% |", args.manifest.display(), report.total, report.correct, 100.0 * report.accuracy);
+    Ok(())
+}
