@@ -25,23 +25,42 @@ pub struct BuildError {
 }
 
 fn err(path: &Path, message: impl std::fmt::Display) -> BuildError {
-    BuildError { path: path.to_path_buf(), message: message.to_string() }
+    BuildError {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
 }
 
 /// Rows of a simple CSV (no quoted commas) as header-keyed maps.
 fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>, BuildError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().ok_or_else(|| err(path, "empty CSV"))?.split(',').collect();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| err(path, "empty CSV"))?
+        .split(',')
+        .collect();
     lines
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let cells: Vec<&str> = l.split(',').collect();
             if cells.len() != header.len() {
-                return Err(err(path, format!("line {}: {} cells, header has {}", i + 2, cells.len(), header.len())));
+                return Err(err(
+                    path,
+                    format!(
+                        "line {}: {} cells, header has {}",
+                        i + 2,
+                        cells.len(),
+                        header.len()
+                    ),
+                ));
             }
-            Ok(header.iter().zip(cells).map(|(h, c)| (h.to_string(), c.to_string())).collect())
+            Ok(header
+                .iter()
+                .zip(cells)
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect())
         })
         .collect()
 }
@@ -74,7 +93,11 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
     let (mut train, mut test) = (vec![], vec![]);
     for row in read_csv(&fsdd.join("labels.csv"))? {
         let l = line(&fsdd.join(&row["path"]), DIGIT_QUESTION, &row["word"]);
-        if row["split"] == "test" { test.push(l) } else { train.push(l) }
+        if row["split"] == "test" {
+            test.push(l)
+        } else {
+            train.push(l)
+        }
     }
     write(&out.join("fsdd/train.jsonl"), &train, &mut summary)?;
     write(&out.join("fsdd/test.jsonl"), &test, &mut summary)?;
@@ -99,8 +122,16 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
         .collect();
     let (mut train, mut test) = (vec![], vec![]);
     for r in &rows {
-        let l = line(&esc.join(&r["path"]), SOUND_QUESTION, &r["category"].replace('_', " "));
-        if held_out.contains(&r["src_file"]) { test.push(l) } else { train.push(l) }
+        let l = line(
+            &esc.join(&r["path"]),
+            SOUND_QUESTION,
+            &r["category"].replace('_', " "),
+        );
+        if held_out.contains(&r["src_file"]) {
+            test.push(l)
+        } else {
+            train.push(l)
+        }
     }
     write(&out.join("esc10/train.jsonl"), &train, &mut summary)?;
     write(&out.join("esc10/test.jsonl"), &test, &mut summary)?;
@@ -110,7 +141,10 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
         ("jfk_16k.wav", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
         ("beckett_16k.wav", "Ever tried, ever failed. No matter, try again. Fail again. Fail better."),
     ];
-    let lines: Vec<String> = clips.iter().map(|(f, t)| line(&speech.join(f), SPEECH_QUESTION, t)).collect();
+    let lines: Vec<String> = clips
+        .iter()
+        .map(|(f, t)| line(&speech.join(f), SPEECH_QUESTION, t))
+        .collect();
     write(&out.join("speech/test.jsonl"), &lines, &mut summary)?;
     Ok(summary)
 }

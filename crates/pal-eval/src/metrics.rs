@@ -5,7 +5,13 @@
 pub fn normalize(text: &str) -> String {
     let cleaned: String = text
         .chars()
-        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c.to_ascii_lowercase() } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c.is_whitespace() {
+                c.to_ascii_lowercase()
+            } else {
+                ' '
+            }
+        })
         .collect();
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -23,7 +29,11 @@ pub fn closed_answer_correct(answer: &str, reference: &str, labels: &[String]) -
     if a == r {
         return true;
     }
-    let mentioned: Vec<String> = labels.iter().map(|l| normalize(l)).filter(|l| !l.is_empty() && contains_words(&a, l)).collect();
+    let mentioned: Vec<String> = labels
+        .iter()
+        .map(|l| normalize(l))
+        .filter(|l| !l.is_empty() && contains_words(&a, l))
+        .collect();
     // A label that is part of a longer mentioned label ("dog" in "hot dog") does not count twice.
     let distinct: Vec<&String> = mentioned
         .iter()
@@ -37,19 +47,35 @@ mod tests {
     use super::*;
 
     fn digits() -> Vec<String> {
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"].iter().map(|s| s.to_string()).collect()
+        [
+            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     #[test]
     fn normalisation_and_label_matching() {
         assert_eq!(normalize("  The Digit is: SEVEN! "), "the digit is seven");
         assert!(closed_answer_correct("Seven.", "seven", &digits()));
-        assert!(closed_answer_correct("The digit spoken is seven.", "seven", &digits()));
+        assert!(closed_answer_correct(
+            "The digit spoken is seven.",
+            "seven",
+            &digits()
+        ));
         assert!(!closed_answer_correct("seven or eight", "seven", &digits()));
         assert!(!closed_answer_correct("eleven", "seven", &digits()));
         assert!(!closed_answer_correct("sevenish", "seven", &digits()));
-        let sounds: Vec<String> = ["dog", "sea waves", "rain"].iter().map(|s| s.to_string()).collect();
-        assert!(closed_answer_correct("Sea waves crashing", "sea waves", &sounds));
+        let sounds: Vec<String> = ["dog", "sea waves", "rain"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(closed_answer_correct(
+            "Sea waves crashing",
+            "sea waves",
+            &sounds
+        ));
         assert!(!closed_answer_correct("a dog in the rain", "dog", &sounds));
     }
 }

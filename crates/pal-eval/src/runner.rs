@@ -61,32 +61,72 @@ pub enum EvalError {
 /// Evaluates `built` on a manifest: the question is every message before the last assistant
 /// message, the reference is that message. Closed answers are judged by
 /// [`closed_answer_correct`] with the manifest's distinct references as the label set.
-pub fn evaluate(built: &BuiltModel, manifest: &Path, batch_size: usize, max_tokens: usize) -> Result<EvalReport, EvalError> {
+pub fn evaluate(
+    built: &BuiltModel,
+    manifest: &Path,
+    batch_size: usize,
+    max_tokens: usize,
+) -> Result<EvalReport, EvalError> {
     let records = load_manifest(manifest, false)?.records;
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
     let mut labels: Vec<String> = vec![];
     let mut prepared: Vec<(Example, EvalItem)> = vec![];
     for r in &records {
-        let last = r.messages.iter().rposition(|m| m.role == "assistant").expect("manifest lines have an assistant turn");
+        let last = r
+            .messages
+            .iter()
+            .rposition(|m| m.role == "assistant")
+            .expect("manifest lines have an assistant turn");
         let reference = r.messages[last].content.clone();
         if !labels.contains(&reference) {
             labels.push(reference.clone());
         }
         let fail = |e: String| EvalError::Example(r.origin.clone(), e);
-        let audio = pal_audio::load_audio(&r.audio).and_then(|a| a.to_16k(&r.audio.display().to_string())).map_err(|e| fail(e.to_string()))?;
-        let outputs: Vec<Tensor> = built.encoders.iter().map(|e| e.encode(&audio.samples)).collect::<Result<_, _>>().map_err(|e| fail(e.to_string()))?;
-        let segments = prompt_segments(&template, &built.tokenizer, &r.messages[..last]).map_err(|e| fail(e.to_string()))?;
-        let question = r.messages[..last].iter().filter(|m| m.role == "user").map(|m| m.content.as_str()).collect::<Vec<_>>().join(" / ");
+        let audio = pal_audio::load_audio(&r.audio)
+            .and_then(|a| a.to_16k(&r.audio.display().to_string()))
+            .map_err(|e| fail(e.to_string()))?;
+        let outputs: Vec<Tensor> = built
+            .encoders
+            .iter()
+            .map(|e| e.encode(&audio.samples))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        let segments = prompt_segments(&template, &built.tokenizer, &r.messages[..last])
+            .map_err(|e| fail(e.to_string()))?;
+        let question = r.messages[..last]
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join(" / ");
         prepared.push((
-            Example { segments, audio: outputs },
-            EvalItem { origin: r.origin.clone(), question, reference, answer: String::new(), correct: false },
+            Example {
+                segments,
+                audio: outputs,
+            },
+            EvalItem {
+                origin: r.origin.clone(),
+                question,
+                reference,
+                answer: String::new(),
+                correct: false,
+            },
         ));
     }
-    let params = GenerationParams { max_tokens, ..Default::default() };
+    let params = GenerationParams {
+        max_tokens,
+        ..Default::default()
+    };
     let mut items = vec![];
     for chunk in prepared.chunks(batch_size.max(1)) {
         let examples: Vec<Example> = chunk.iter().map(|c| c.0.clone()).collect();
-        let answers = generate_with_audio(&built.model, &built.tokenizer, &examples, &params, |_, _| {})?;
+        let answers = generate_with_audio(
+            &built.model,
+            &built.tokenizer,
+            &examples,
+            &params,
+            |_, _| {},
+        )?;
         for ((_, item), answer) in chunk.iter().zip(answers) {
             let mut item = item.clone();
             item.correct = closed_answer_correct(&answer.text, &item.reference, &labels);
@@ -95,5 +135,10 @@ pub fn evaluate(built: &BuiltModel, manifest: &Path, batch_size: usize, max_toke
         }
     }
     let correct = items.iter().filter(|i| i.correct).count();
-    Ok(EvalReport { total: items.len(), correct, accuracy: correct as f64 / items.len().max(1) as f64, items })
+    Ok(EvalReport {
+        total: items.len(),
+        correct,
+        accuracy: correct as f64 / items.len().max(1) as f64,
+        items,
+    })
 }

@@ -110,14 +110,24 @@ pub fn generate_with_audio(
         return Ok(vec![]);
     }
     let mut batch = model.prepare(examples, Padding::Left)?;
-    let hidden = model.llm.forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+    let hidden = model
+        .llm
+        .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
     let lengths: Vec<usize> = batch
         .valid
         .to_vec2::<f32>()?
         .iter()
         .map(|row| row.iter().filter(|v| **v > 0.5).count())
         .collect();
-    decode(&model.llm, tokenizer, batch.cache, &hidden, &lengths, params, on_text)
+    decode(
+        &model.llm,
+        tokenizer,
+        batch.cache,
+        &hidden,
+        &lengths,
+        params,
+        on_text,
+    )
 }
 
 /// The decoding loop shared by text and audio prompts: `hidden` is the prefill's output (its last
@@ -138,7 +148,13 @@ fn decode(
     let mut logits = model.logits(&hidden.narrow(1, n - 1, 1)?)?.squeeze(1)?;
 
     let mut samplers: Vec<Sampler> = (0..b)
-        .map(|i| Sampler::new(params.temperature, params.top_p, params.seed.wrapping_add(i as u64)))
+        .map(|i| {
+            Sampler::new(
+                params.temperature,
+                params.top_p,
+                params.seed.wrapping_add(i as u64),
+            )
+        })
         .collect();
     let mut tokens: Vec<Vec<u32>> = vec![vec![]; b];
     let mut emitted: Vec<usize> = vec![0; b];
@@ -160,7 +176,12 @@ fn decode(
             } else {
                 tokens[i].push(token);
                 let text = tokenizer.decode(&tokens[i], true)?;
-                if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                if let Some(cut) = params
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
                     texts[i] = text[..cut].to_string();
                     finished[i] = Some(FinishReason::Stop);
                 } else {
@@ -170,7 +191,11 @@ fn decode(
             // Emit text that can no longer change: hold back an incomplete UTF-8 character and
             // anything that could be the start of a stop string.
             let text = &texts[i];
-            let mut safe = if finished[i].is_some() { text.len() } else { stable_len(text, &params.stop) };
+            let mut safe = if finished[i].is_some() {
+                text.len()
+            } else {
+                stable_len(text, &params.stop)
+            };
             while safe > emitted[i] && !text.is_char_boundary(safe) {
                 safe -= 1;
             }

@@ -10,37 +10,90 @@ use pal_nn::gradcheck::pseudo_random;
 use pal_nn::Params;
 
 fn frames(n: usize, seed: u64) -> Tensor {
-    Tensor::from_vec(pseudo_random(n * 384, seed), (n, 384), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
+    Tensor::from_vec(pseudo_random(n * 384, seed), (n, 384), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 #[test]
 fn audio_generation_matches_text_generation_and_is_batch_invariant() {
-    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else { return };
+    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else {
+        return;
+    };
     let (llm, tokenizer) = load_llm(&path, DType::F32, &Device::Cpu).unwrap();
     let template = ChatTemplate::for_tokenizer(&tokenizer).unwrap();
-    let prompt = template.render(&[Message::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt = template
+        .render(
+            &[Message::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
     let ids = tokenizer.encode(&prompt).unwrap();
-    let params = GenerationParams { max_tokens: 10, ..Default::default() };
+    let params = GenerationParams {
+        max_tokens: 10,
+        ..Default::default()
+    };
 
-    let text_only = generate(&llm, &tokenizer, std::slice::from_ref(&ids), &params, |_, _| {}).unwrap();
+    let text_only = generate(
+        &llm,
+        &tokenizer,
+        std::slice::from_ref(&ids),
+        &params,
+        |_, _| {},
+    )
+    .unwrap();
     let p = Params::new(0, DType::F32, &Device::Cpu);
     let mut none = Attachment::new("a", 384, Route::Lal);
     none.lal.layers = Some(vec![]);
     let model = AudioLlm::new(llm.clone(), &[none], &p).unwrap();
-    let example = Example { segments: vec![Segment::Text { ids: ids.clone(), trained: false }], audio: vec![frames(7, 1)] };
-    let with_audio = generate_with_audio(&model, &tokenizer, &[example], &params, |_, _| {}).unwrap();
+    let example = Example {
+        segments: vec![Segment::Text {
+            ids: ids.clone(),
+            trained: false,
+        }],
+        audio: vec![frames(7, 1)],
+    };
+    let with_audio =
+        generate_with_audio(&model, &tokenizer, &[example], &params, |_, _| {}).unwrap();
     assert_eq!(with_audio[0].tokens, text_only[0].tokens);
 
     for route in [Route::Plits, Route::Lal, Route::Pal] {
         let p = Params::new(0, DType::F32, &Device::Cpu);
         let model = AudioLlm::new(llm.clone(), &[Attachment::new("a", 384, route)], &p).unwrap();
         let examples = vec![
-            Example { segments: vec![Segment::Audio, Segment::Text { ids: ids.clone(), trained: false }], audio: vec![frames(12, 2)] },
-            Example { segments: vec![Segment::Audio, Segment::Text { ids: ids[3..].to_vec(), trained: false }], audio: vec![frames(30, 3)] },
+            Example {
+                segments: vec![
+                    Segment::Audio,
+                    Segment::Text {
+                        ids: ids.clone(),
+                        trained: false,
+                    },
+                ],
+                audio: vec![frames(12, 2)],
+            },
+            Example {
+                segments: vec![
+                    Segment::Audio,
+                    Segment::Text {
+                        ids: ids[3..].to_vec(),
+                        trained: false,
+                    },
+                ],
+                audio: vec![frames(30, 3)],
+            },
         ];
-        let batched = generate_with_audio(&model, &tokenizer, &examples, &params, |_, _| {}).unwrap();
+        let batched =
+            generate_with_audio(&model, &tokenizer, &examples, &params, |_, _| {}).unwrap();
         for (i, e) in examples.iter().enumerate() {
-            let alone = generate_with_audio(&model, &tokenizer, std::slice::from_ref(e), &params, |_, _| {}).unwrap();
+            let alone = generate_with_audio(
+                &model,
+                &tokenizer,
+                std::slice::from_ref(e),
+                &params,
+                |_, _| {},
+            )
+            .unwrap();
             assert_eq!(batched[i].tokens, alone[0].tokens, "{route:?} item {i}");
         }
     }

@@ -516,7 +516,7 @@ impl AudioLlm {
         for (i, e) in examples.iter().enumerate() {
             let mut parts = vec![];
             let mut toks = vec![];
-            let has_placeholder = e.segments.iter().any(|s| *s == Segment::Audio);
+            let has_placeholder = e.segments.contains(&Segment::Audio);
             let mut audio_done = false;
             let push_audio = |parts: &mut Vec<Tensor>, toks: &mut Vec<Option<(u32, bool)>>| {
                 for t in &in_seq[i] {

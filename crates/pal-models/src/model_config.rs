@@ -132,7 +132,11 @@ impl ModelConfig {
                 p.to_string()
             } else {
                 let joined = base.join(p);
-                joined.canonicalize().unwrap_or(joined).display().to_string()
+                joined
+                    .canonicalize()
+                    .unwrap_or(joined)
+                    .display()
+                    .to_string()
             }
         };
         let mut out = self.clone();
@@ -253,6 +257,9 @@ pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel>
     if !adapter.exists() {
         return Err(ModelError::NotFound(adapter));
     }
-    built.params.load(&adapter).map_err(|e| ModelError::format(&adapter, e))?;
+    built
+        .params
+        .load(&adapter)
+        .map_err(|e| ModelError::format(&adapter, e))?;
     Ok(built)
 }

@@ -341,3 +341,48 @@ fn llm_weights_get_no_gradient() {
         assert!(grads.get(w).is_none());
     }
 }
+
+#[test]
+fn several_encoders_each_take_their_route() {
+    // A "speech" encoder through PLITS and a "general audio" encoder through LAL, as in PAPER.md.
+    let params = Params::new(9, DType::F32, &Device::Cpu);
+    let speech = Attachment::new("speech", D_ENC, Route::Plits);
+    let mut general = Attachment::new("general", 6, Route::Lal);
+    general.lal.start = 1;
+    let m = AudioLlm::new(tiny_llm(DType::F32), &[speech, general], &params).unwrap();
+    let general_frames = |seed| {
+        Tensor::from_vec(pseudo_random(4 * 6, seed), (4, 6), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let example = |g| Example {
+        segments: vec![
+            Segment::Audio,
+            Segment::Text {
+                ids: vec![5, 6, 7],
+                trained: true,
+            },
+        ],
+        audio: vec![frames(3, 50, DType::F32), general_frames(g)],
+    };
+    let mut batch = m.prepare(&[example(51)], Padding::Right).unwrap();
+    // 3 PLITS tokens + 3 text tokens in the sequence; LAL keys only at layer 1.
+    assert_eq!(batch.embeds.dims()[1], 6);
+    assert!(batch.cache.layers[0].prefix.is_none());
+    assert_eq!(
+        batch.cache.layers[1].prefix.as_ref().unwrap().k.dims()[2],
+        4
+    );
+    let before = m.llm.ffn_rows.load(Ordering::SeqCst);
+    let a = m.forward(&mut batch).unwrap();
+    assert_eq!(m.llm.ffn_rows.load(Ordering::SeqCst) - before, 6 * 2);
+    // Both encoders matter.
+    let mut other = m.prepare(&[example(52)], Padding::Right).unwrap();
+    assert!(max_diff(&a, &m.forward(&mut other).unwrap()) > 1e-4);
+    let names: Vec<String> = params.vars().into_keys().collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("speech.connector"))
+            && names.iter().any(|n| n.starts_with("general.lal"))
+    );
+}

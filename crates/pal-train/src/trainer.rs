@@ -46,6 +46,9 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
 }
 
+/// A record's segments and encoder outputs.
+type Encoded = (Vec<Segment>, Vec<Tensor>);
+
 /// An example ready for batching: its segments and encoder outputs.
 struct Item {
     segments: Vec<Segment>,
@@ -72,7 +75,7 @@ fn load_stage_items(
             eprintln!("warning: skipped {bad}");
         }
         skipped += manifest.skipped.len();
-        let mut records = manifest.records;
+        let records = manifest.records;
         // Weight: whole repetitions, plus a seeded fraction.
         let whole = mix.weight.floor() as usize;
         let frac = mix.weight - whole as f64;
@@ -92,11 +95,12 @@ fn load_stage_items(
                     .take((frac * records.len() as f64).round() as usize),
             );
         }
-        let mut encoded: HashMap<usize, Option<(Vec<Segment>, Vec<Tensor>)>> = HashMap::new();
+        // Each distinct record is decoded and encoded once, however often the mix repeats it.
+        let mut encoded: HashMap<usize, Option<Encoded>> = HashMap::new();
         for &r in &chosen {
-            if !encoded.contains_key(&r) {
-                let record = &mut records[r];
-                let result = (|| -> Result<(Vec<Segment>, Vec<Tensor>), TrainError> {
+            if let std::collections::hash_map::Entry::Vacant(slot) = encoded.entry(r) {
+                let record = &records[r];
+                let result = (|| -> Result<Encoded, TrainError> {
                     let audio = pal_audio::load_audio(&record.audio)?;
                     let audio = audio.to_16k(&record.audio.display().to_string())?;
                     let outputs = encoders
@@ -106,7 +110,7 @@ fn load_stage_items(
                     let segments = training_segments(&template, tokenizer, &record.messages)?;
                     Ok((segments, outputs))
                 })();
-                let value = match result {
+                slot.insert(match result {
                     Ok(v) => Some(v),
                     Err(e) if options.skip_bad => {
                         eprintln!("warning: skipped {}: {e}", record.origin);
@@ -116,8 +120,7 @@ fn load_stage_items(
                     Err(e) => {
                         return Err(TrainError::Example(record.origin.clone(), e.to_string()))
                     }
-                };
-                encoded.insert(r, value);
+                });
             }
             if let Some((segments, audio)) = encoded[&r].clone() {
                 let length = segments

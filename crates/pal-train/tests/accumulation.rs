@@ -45,7 +45,7 @@ fn accumulating_micro_batches_equals_one_big_batch() {
         // would differ from the big batch; token weighting makes them equal.
         let examples: Vec<Example> = (0..4).map(|i| example(i, 2 + i as usize)).collect();
         let (big, big_loss, big_tokens) =
-            accumulated_gradients(&model, &params, &[examples.clone()]).unwrap();
+            accumulated_gradients(&model, &params, std::slice::from_ref(&examples)).unwrap();
         let micro = vec![
             examples[..1].to_vec(),
             examples[1..3].to_vec(),

@@ -33,14 +33,24 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let report = pal_eval::evaluate(&built, &args.manifest, args.batch, args.max_tokens)?;
     if let Some(path) = &args.json {
-        let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         for item in &report.items {
             writeln!(f, "{}", serde_json::to_string(item)?)?;
         }
         let summary = serde_json::json!({"manifest": args.manifest, "total": report.total, "correct": report.correct, "accuracy": report.accuracy});
-        std::fs::write(path.with_extension("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        std::fs::write(
+            path.with_extension("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
     }
     println!("| manifest | examples | correct | accuracy |\n|---|---|---|---|");
-    println!("| {} | {} | {} | {:.2}% |", args.manifest.display(), report.total, report.correct, 100.0 * report.accuracy);
+    println!(
+        "| {} | {} | {} | {:.2}% |",
+        args.manifest.display(),
+        report.total,
+        report.correct,
+        100.0 * report.accuracy
+    );
     Ok(())
 }
