@@ -400,11 +400,27 @@ impl AudioLlm {
                 0,
             )?;
             let trainable = layers.iter().any(|x| pick(x).weight.is_variable());
-            let out = if trainable {
+            let mut out = if trainable {
                 normed.matmul(&weight.transpose(1, 2)?)?
             } else {
                 frozen_linear(&normed, &weight)?
             };
+            // LoRA on the layer's k/v projection applies to the audio keys/values too.
+            if layers.iter().any(|x| pick(x).lora.is_some()) {
+                let deltas = layers
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| match pick(x).lora_delta(&normed.get(j)?)? {
+                        Some(delta) => Ok(delta),
+                        None => Ok(Tensor::zeros(
+                            (rows, pick(x).weight.dims()[0]),
+                            normed.dtype(),
+                            normed.device(),
+                        )?),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                out = (out + Tensor::stack(&deltas, 0)?)?;
+            }
             match layers
                 .iter()
                 .map(|x| pick(x).bias.as_ref())

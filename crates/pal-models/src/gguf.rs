@@ -256,7 +256,9 @@ impl GgufFile {
             .filter(|(_, ty)| **ty == 3 || **ty == 4)
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
-        inner.add_special_tokens(&special);
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| ModelError::format(&self.path, format!("special tokens: {e}")))?;
         let id_text = |key: &str| -> Option<(u32, String)> {
             let id = self.metadata(key)?.to_u32().ok()?;
             Some((id, tokens.get(id as usize)?.clone()))

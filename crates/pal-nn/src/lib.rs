@@ -12,5 +12,5 @@ pub mod ops;
 pub mod params;
 
 pub use attention::{attention, causal_mask, mask_value};
-pub use linear::Linear;
+pub use linear::{Linear, Lora};
 pub use params::{Init, Params};

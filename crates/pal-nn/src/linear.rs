@@ -4,23 +4,51 @@ use candle_core::{Result, Tensor};
 
 use crate::ops::frozen_linear;
 
-/// `y = x W^T + b` with `W` stored as `(out, in)`, as in PyTorch and on disk.
+/// A low-rank update `scale * B A` of a linear layer's weight (LoRA): `A` is `(rank, in)`,
+/// `B` is `(out, rank)`, `scale = alpha / rank`.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    /// Down projection `(rank, in)`.
+    pub a: Tensor,
+    /// Up projection `(out, rank)`, zero at start so the layer starts as the base layer.
+    pub b: Tensor,
+    /// `alpha / rank`.
+    pub scale: f64,
+}
+
+/// `y = x W^T + b (+ scale * x A^T B^T)` with `W` stored as `(out, in)`, as in PyTorch and on disk.
 ///
 /// A frozen weight (a plain tensor) goes through [`frozen_linear`], so backprop computes only the
 /// input gradient; a trainable weight (a `Var`) goes through candle's matmul, which also yields the
-/// weight gradient.
+/// weight gradient. An optional [`Lora`] adds a trainable low-rank path.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `(out_features, in_features)`.
     pub weight: Tensor,
     /// `(out_features)`, if the layer has a bias.
     pub bias: Option<Tensor>,
+    /// Low-rank adapter, if attached.
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     /// A layer from its weight and optional bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// The LoRA path alone: `scale * x A^T B^T` (zero when no adapter is attached).
+    pub fn lora_delta(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.lora {
+            Some(l) => Ok(Some(
+                (x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Applies the layer to the last dimension of `x`.
@@ -29,6 +57,10 @@ impl Linear {
             x.broadcast_matmul(&self.weight.t()?)?
         } else {
             frozen_linear(x, &self.weight)?
+        };
+        let y = match self.lora_delta(x)? {
+            Some(delta) => (y + delta)?,
+            None => y,
         };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),

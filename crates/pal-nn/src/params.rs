@@ -93,6 +93,19 @@ impl Params {
         Ok(Linear::new(weight, bias))
     }
 
+    /// Makes an existing tensor a trainable parameter named `name` (for tuning pretrained
+    /// weights); returns the `Var`'s tensor, which must replace the original in the model.
+    pub fn adopt(&self, name: &str, tensor: &Tensor) -> Result<Tensor> {
+        let mut vars = self.vars.lock().expect("params lock");
+        if let Some(v) = vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let var = Var::from_tensor(&tensor.to_dtype(self.dtype)?)?;
+        let out = var.as_tensor().clone();
+        vars.insert(name.to_string(), var);
+        Ok(out)
+    }
+
     /// All parameters, by name.
     pub fn vars(&self) -> BTreeMap<String, Var> {
         self.vars.lock().expect("params lock").clone()

@@ -283,3 +283,36 @@ fn constant_input_linear_gives_weight_gradient_only() {
     // Only the weight's gradient: no input-sized gradient is computed or kept.
     assert_eq!(held_elements(&grads), 5 * 3);
 }
+
+#[test]
+fn lora_linear_gradients_match_finite_differences_and_start_as_the_base() {
+    let w = rand(&[5, 4], 50);
+    let x = rand(&[3, 4], 51);
+    let a = rand(&[2, 4], 52);
+    let b = rand(&[5, 2], 53);
+    let with_lora = |xs: &[Tensor]| {
+        let mut l = Linear::new(w.clone(), None);
+        l.lora = Some(pal_nn::Lora {
+            a: xs[1].clone(),
+            b: xs[2].clone(),
+            scale: 2.0,
+        });
+        l.forward(&xs[0])
+    };
+    assert_grads("lora", with_lora, &[x.clone(), a.clone(), b]);
+    // B = 0: exactly the base layer.
+    let zero_b = Tensor::zeros((5, 2), DType::F64, &Device::Cpu).unwrap();
+    let base = Linear::new(w.clone(), None).forward(&x).unwrap();
+    let y = with_lora(&[x, a, zero_b]).unwrap();
+    assert_eq!(
+        (y - base)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        0.0
+    );
+}

@@ -89,6 +89,15 @@ pub fn latest(root: &Path) -> Option<PathBuf> {
     Some(root.join(name.trim()))
 }
 
+/// The trainer position stored in a checkpoint folder.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let state_path = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&state_path).map_err(|e| TrainError::Io(state_path.clone(), e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))
+}
+
 /// Loads a checkpoint folder into `params`; a damaged file is an error naming it (the folder is
 /// left as it is, and older checkpoints beside it are untouched).
 pub fn load(dir: &Path, params: &pal_nn::Params) -> Result<Checkpoint, TrainError> {

@@ -64,12 +64,48 @@ fn one() -> f64 {
     1.0
 }
 
-/// What a stage trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a stage trains. In TOML: `"adapter"`, `"full"`, or
+/// `{ lora = { rank = 8, alpha = 16.0, targets = ["q_proj", "v_proj"] } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trainable {
     /// Projectors and connectors only (LLM and encoders frozen).
     Adapter,
+    /// The adapter plus LoRA on the given LLM linear layers.
+    Lora {
+        /// Rank of the update.
+        rank: usize,
+        /// Scale numerator (`scale = alpha / rank`).
+        #[serde(default = "sixteen")]
+        alpha: f64,
+        /// Linear layers (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
+        #[serde(default = "qv")]
+        targets: Vec<String>,
+    },
+    /// The adapter and every LLM weight (FFN weights excepted when the model config sets
+    /// `frozen_ffn`).
+    Full,
+}
+
+fn sixteen() -> f64 {
+    16.0
+}
+fn qv() -> Vec<String> {
+    vec!["q_proj".into(), "v_proj".into()]
+}
+
+impl Trainable {
+    /// Whether the parameter `name` is trained under this setting (LLM parameters are named
+    /// `llm.*`, LoRA ones end in `.lora_a` / `.lora_b`).
+    pub fn trains(&self, name: &str) -> bool {
+        match self {
+            Self::Adapter => !name.starts_with("llm."),
+            Self::Lora { .. } => {
+                !name.starts_with("llm.") || name.ends_with(".lora_a") || name.ends_with(".lora_b")
+            }
+            Self::Full => true,
+        }
+    }
 }
 
 /// One stage.

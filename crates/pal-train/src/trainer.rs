@@ -163,6 +163,29 @@ impl AudioEncoder for BoxedEncoder {
     }
 }
 
+/// Sets up what `trainable` needs in the model: LoRA adapters or trainable LLM weights
+/// (idempotent: parameters that exist are reused).
+pub fn apply_trainable(
+    model: &mut pal_models::audio_llm::AudioLlm,
+    params: &pal_nn::Params,
+    trainable: &crate::curriculum::Trainable,
+    frozen_ffn: bool,
+) -> Result<(), TrainError> {
+    use crate::curriculum::Trainable;
+    match trainable {
+        Trainable::Adapter => {}
+        Trainable::Lora {
+            rank,
+            alpha,
+            targets,
+        } => model
+            .llm
+            .attach_lora(params, *rank, *alpha, targets, frozen_ffn)?,
+        Trainable::Full => model.llm.make_trainable(params, frozen_ffn)?,
+    }
+    Ok(())
+}
+
 /// Optimizer steps of a stage over `items`.
 fn stage_steps(stage: &Stage, items: usize) -> u64 {
     match (stage.steps, stage.epochs) {
@@ -230,12 +253,28 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
         &Device::Cpu,
     )?;
     let checkpoints = run.join("checkpoints");
+    let BuiltModel {
+        mut model,
+        encoders,
+        tokenizer,
+        params,
+    } = built;
 
     let mut state = TrainState::default();
     let mut optimizer = AdamW::new(AdamWConfig::default());
     if options.resume {
         if let Some(dir) = checkpoint::latest(&checkpoints) {
-            let ckpt = checkpoint::load(&dir, &built.params)?;
+            // The parameters of every stage reached so far must exist before loading.
+            let reached = checkpoint::read_state(&dir)?;
+            for stage in curriculum.stages.iter().take(reached.stage + 1) {
+                apply_trainable(
+                    &mut model,
+                    &params,
+                    &stage.trainable,
+                    model_config.frozen_ffn,
+                )?;
+            }
+            let ckpt = checkpoint::load(&dir, &params)?;
             state = ckpt.state;
             optimizer.restore(state.global_step, ckpt.optimizer)?;
             eprintln!(
@@ -247,17 +286,10 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
     }
     let log = MetricsLog::open(&run, state.global_step)?;
     // Frozen encoders: every clip is encoded once, and the outputs are cached on disk.
-    let BuiltModel {
-        model,
-        encoders,
-        tokenizer,
-        params,
-    } = built;
     let encoders: Vec<CachedEncoder<BoxedEncoder>> = encoders
         .into_iter()
         .map(|e| CachedEncoder::new(BoxedEncoder(e), run.join("cache").join("encoders")))
         .collect();
-    let vars = params.vars();
     let mut skipped_total = 0;
     let mut final_loss = f64::NAN;
 
@@ -267,6 +299,17 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             state.stage_step = 0;
             state.batches = Default::default();
         }
+        apply_trainable(
+            &mut model,
+            &params,
+            &stage.trainable,
+            model_config.frozen_ffn,
+        )?;
+        let vars: std::collections::BTreeMap<String, candle_core::Var> = params
+            .vars()
+            .into_iter()
+            .filter(|(name, _)| stage.trainable.trains(name))
+            .collect();
         let (items, skipped) = load_stage_items(
             stage,
             &base,
@@ -317,7 +360,11 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
                 })
                 .collect();
             let samples: usize = micro.iter().map(|m| m.len()).sum();
-            let (mut grads, loss, tokens) = accumulated_gradients(&model, &params, &micro)?;
+            let (grads, loss, tokens) = accumulated_gradients(&model, &params, &micro)?;
+            let mut grads: HashMap<String, Tensor> = grads
+                .into_iter()
+                .filter(|(name, _)| vars.contains_key(name))
+                .collect();
             let grad_norm = clip_grad_norm(&mut grads, stage.max_grad_norm)?;
             optimizer.step(&vars, &grads, lr)?;
             state.stage_step += 1;

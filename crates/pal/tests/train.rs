@@ -265,3 +265,116 @@ fn bad_manifest_lines_are_named_or_skipped_with_a_count() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("1 bad examples were skipped"), "{err}");
 }
+
+#[test]
+fn lora_and_full_stages_train_what_they_say() {
+    if !models_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), None);
+    let model = std::fs::read_to_string(dir.path().join("model.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("model.toml"),
+        format!("frozen_ffn = true\n{model}"),
+    )
+    .unwrap();
+    let stages = r#"model = "model.toml"
+output = "run"
+seed = 5
+checkpoint_every = 10
+[[stages]]
+name = "projectors"
+manifests = [{ path = "train.jsonl" }]
+steps = 2
+lr = 1e-3
+batch_size = 2
+[[stages]]
+name = "lora"
+manifests = [{ path = "train.jsonl" }]
+steps = 2
+lr = 1e-3
+batch_size = 2
+trainable = { lora = { rank = 4, alpha = 8.0, targets = ["q_proj", "v_proj"] } }
+[[stages]]
+name = "full"
+manifests = [{ path = "train.jsonl" }]
+steps = 1
+lr = 1e-5
+batch_size = 2
+trainable = "full"
+"#;
+    std::fs::write(&config, stages).unwrap();
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("run");
+    let metrics = pal_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let stage_names: Vec<&str> = metrics.iter().map(|m| m.stage.as_str()).collect();
+    assert_eq!(
+        stage_names,
+        ["projectors", "projectors", "lora", "lora", "full"]
+    );
+    assert!(metrics.iter().all(|m| m.loss.is_finite()));
+    let saved =
+        candle_core::safetensors::load(run.join("adapter.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(saved.contains_key("whisper.lal.proj.weight"));
+    // LoRA trained: B moved away from its zero start.
+    let b = &saved["llm.layers.0.q_proj.lora_b"];
+    assert!(
+        b.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // Full stage: attention weights trained, FFN weights never (frozen_ffn).
+    assert!(saved.contains_key("llm.model.layers.0.self_attn.q_proj.weight"));
+    assert!(
+        !saved.keys().any(|k| k.contains(".mlp.")),
+        "an FFN weight was trained"
+    );
+    let (base, _) = pal_models::load_llm(
+        &pal_models::assets::SMOLLM2_135M.main_file(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tuned = &saved["llm.model.layers.0.self_attn.q_proj.weight"];
+    let diff = (tuned - &base.layers[0].q_proj.weight)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 0.0, "the full stage did not change q_proj");
+
+    // LoRA on an FFN weight contradicts frozen_ffn: refused with a clear message.
+    std::fs::write(
+        &config,
+        stages.replace(r#"["q_proj", "v_proj"]"#, r#"["gate_proj"]"#),
+    )
+    .unwrap();
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("gate_proj") && err.contains("frozen_ffn"),
+        "{err}"
+    );
+}
