@@ -414,6 +414,9 @@ pub struct Llama {
     /// Rows that went through an FFN since the model was built (instrumentation: LAL's audio must
     /// never reach an FFN).
     pub ffn_rows: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Activation checkpointing: when training with frozen LLM weights, keep only each layer's
+    /// inputs and output and recompute the layer in backward (see [`CheckpointedLayer`]).
+    pub checkpoint_layers: bool,
 }
 
 impl Llama {
@@ -490,6 +493,7 @@ impl Llama {
             lm_head,
             rope,
             ffn_rows: Default::default(),
+            checkpoint_layers: false,
         })
     }
 
@@ -697,16 +701,85 @@ impl Llama {
         cache.key_valid = Some(key_valid);
 
         let mut x = embeds.clone();
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (index, (layer, layer_cache)) in
+            self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
             // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
             let prefix_mask = match &layer_cache.prefix {
                 Some(prefix) => Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?),
                 None => None,
             };
             let layer_mask = prefix_mask.as_ref().or(mask.as_ref());
-            x = self.layer_forward(layer, &x, &cos, &sin, layer_mask, layer_cache)?;
+            x = if self.checkpoint_layers && x.track_op() {
+                self.checkpointed_layer_forward(index, &x, &cos, &sin, layer_mask, layer_cache)?
+            } else {
+                self.layer_forward(layer, &x, &cos, &sin, layer_mask, layer_cache)?
+            };
         }
         Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Layer `index` with activation checkpointing: the output is computed outside the graph and
+    /// attached to it by a [`CheckpointedLayer`] op over the layer's trainable inputs (the hidden
+    /// states and, for LAL layers, the audio keys/values), which recomputes the layer in backward.
+    /// Only for frozen LLM weights: a trainable weight inside the layer would lose its gradient.
+    fn checkpointed_layer_forward(
+        &self,
+        index: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let layer = &self.layers[index];
+        let trainable = [
+            &layer.q_proj,
+            &layer.k_proj,
+            &layer.v_proj,
+            &layer.o_proj,
+            &layer.gate_proj,
+            &layer.up_proj,
+            &layer.down_proj,
+        ]
+        .iter()
+        .any(|l| l.weight.is_variable() || l.lora.is_some())
+            || layer.input_layernorm.is_variable();
+        if trainable {
+            return Err(ModelError::Unsupported(
+                "activation checkpointing needs frozen LLM weights (an adapter-only stage)".into(),
+            ));
+        }
+        let detached_prefix = cache.prefix.as_ref().map(|p| KeyValuePrefix {
+            k: p.k.detach(),
+            v: p.v.detach(),
+            valid: p.valid.clone(),
+        });
+        let mut scratch = LayerCache {
+            prefix: detached_prefix,
+            k: None,
+            v: None,
+        };
+        let y = self.layer_forward(layer, &x.detach(), cos, sin, mask, &mut scratch)?;
+        cache.k = scratch.k;
+        cache.v = scratch.v;
+        let (pk, pv, valid) = match &cache.prefix {
+            Some(p) => (p.k.clone(), p.v.clone(), Some(p.valid.clone())),
+            None => {
+                let dummy = Tensor::zeros(1, x.dtype(), x.device())?;
+                (dummy.clone(), dummy, None)
+            }
+        };
+        let op = CheckpointedLayer {
+            llm: self.clone(),
+            index,
+            output: std::sync::Mutex::new(Some(y)),
+            cos: cos.clone(),
+            sin: sin.clone(),
+            mask: mask.cloned(),
+            prefix_valid: valid,
+        };
+        Ok(x.apply_op3(&pk, &pv, op)?)
     }
 
     /// The mask of a layer with a key prefix: `[prefix validity ; text mask]` along the keys.
@@ -798,5 +871,124 @@ impl Llama {
             .squeeze(1)?
             .to_dtype(DType::F32)?
             .contiguous()?)
+    }
+}
+
+/// The graph node of a checkpointed layer: inputs `(hidden, prefix keys, prefix values)`, output
+/// the layer's output. Forward hands over the output computed outside the graph; backward
+/// recomputes the layer with gradient tracking and returns the inputs' gradients, so the layer's
+/// intermediate activations are never kept.
+struct CheckpointedLayer {
+    llm: Llama,
+    index: usize,
+    output: std::sync::Mutex<Option<Tensor>>,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    prefix_valid: Option<Tensor>,
+}
+
+impl CheckpointedLayer {
+    fn take_output(&self) -> candle_core::Result<Tensor> {
+        self.output
+            .lock()
+            .expect("checkpoint lock")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("checkpointed layer output used twice".into()))
+    }
+}
+
+impl candle_core::CustomOp3 for CheckpointedLayer {
+    fn name(&self) -> &'static str {
+        "pal-checkpointed-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("checkpointed layer: output on another device"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("checkpointed layer: output on another device"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        pk: &Tensor,
+        pv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let xv = candle_core::Var::from_tensor(x)?;
+        let (pkv, pvv) = (
+            candle_core::Var::from_tensor(pk)?,
+            candle_core::Var::from_tensor(pv)?,
+        );
+        let prefix = self.prefix_valid.as_ref().map(|valid| KeyValuePrefix {
+            k: pkv.as_tensor().clone(),
+            v: pvv.as_tensor().clone(),
+            valid: valid.clone(),
+        });
+        let mut cache = LayerCache {
+            prefix,
+            k: None,
+            v: None,
+        };
+        let layer = &self.llm.layers[self.index];
+        let y = self
+            .llm
+            .layer_forward(
+                layer,
+                xv.as_tensor(),
+                &self.cos,
+                &self.sin,
+                self.mask.as_ref(),
+                &mut cache,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let grads = (y * grad)?.sum_all()?.backward()?;
+        let has_prefix = self.prefix_valid.is_some();
+        Ok((
+            grads.get(xv.as_tensor()).cloned(),
+            if has_prefix {
+                grads.get(pkv.as_tensor()).cloned()
+            } else {
+                None
+            },
+            if has_prefix {
+                grads.get(pvv.as_tensor()).cloned()
+            } else {
+                None
+            },
+        ))
     }
 }

@@ -386,3 +386,40 @@ fn several_encoders_each_take_their_route() {
             && names.iter().any(|n| n.starts_with("general.lal"))
     );
 }
+
+#[test]
+fn activation_checkpointing_gives_the_same_loss_and_gradients() {
+    for route in [Route::Plits, Route::Lal, Route::Pal] {
+        let (mut m, params) = model(route, DType::F32, |a| a.lal.start = 1);
+        let items = vec![
+            example(&[4], &[6, 7, 8], frames(3, 60, DType::F32)),
+            example(&[9, 2], &[10, 11], frames(5, 61, DType::F32)),
+        ];
+        let run = |m: &AudioLlm| {
+            let mut batch = m.prepare(&items, Padding::Right).unwrap();
+            let (loss, _) = m.loss(&mut batch).unwrap();
+            let grads = loss.backward().unwrap();
+            let named: Vec<(String, Tensor)> = params
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (n, grads.get(v.as_tensor()).unwrap().clone()))
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), named)
+        };
+        let (plain_loss, plain) = run(&m);
+        m.llm.checkpoint_layers = true;
+        let (ckpt_loss, ckpt) = run(&m);
+        assert_eq!(plain_loss, ckpt_loss, "{route:?}");
+        for ((name, a), (_, b)) in plain.iter().zip(&ckpt) {
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(a, b);
+            assert!(d <= 1e-5 * scale as f64 + 1e-8, "{route:?} {name}: {d}");
+        }
+    }
+}

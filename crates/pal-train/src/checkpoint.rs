@@ -1,6 +1,7 @@
-//! Crash-safe checkpoints: trainable weights, optimizer moments and the trainer's position, written
-//! into a temporary folder that is then renamed into place, with a `latest` pointer replaced the
-//! same way. A kill at any moment leaves the previous checkpoint intact; the last two are kept.
+//! Crash-safe checkpoints: trainable weights, optimizer moments, the trainer's position and the
+//! run's configs, written into a temporary folder that is then renamed into place, with a `latest`
+//! pointer replaced the same way. A kill at any moment leaves the previous checkpoint intact; the
+//! last two are kept.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,15 @@ pub fn save(
     if !optimizer.is_empty() {
         candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))
             .map_err(|e| TrainError::Checkpoint(tmp.clone(), e.to_string()))?;
+    }
+    // The configs travel with each checkpoint, so any one of them can rebuild the run.
+    if let Some(run) = root.parent() {
+        for config in ["model.toml", "curriculum.toml"] {
+            if run.join(config).exists() {
+                std::fs::copy(run.join(config), tmp.join(config))
+                    .map_err(|e| TrainError::Io(tmp.join(config), e))?;
+            }
+        }
     }
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(|e| TrainError::Io(tmp.clone(), e))?;

@@ -18,7 +18,8 @@
 //! min_lr_ratio = 0.1
 //! weight_decay = 0.0
 //! max_grad_norm = 1.0
-//! trainable = "adapter"
+//! trainable = "adapter"      # or "full", or { lora = { rank = 8, alpha = 16.0, targets = ["q_proj", "v_proj"] } }
+//! activation_checkpointing = false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -144,6 +145,10 @@ pub struct Stage {
     /// What is trained.
     #[serde(default = "adapter")]
     pub trainable: Trainable,
+    /// Recompute each LLM layer in backward instead of keeping its activations (adapter-only
+    /// stages): less memory, about one more forward pass of time.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn one_usize() -> usize {
@@ -174,6 +179,15 @@ impl Curriculum {
                 return Err(TrainError::Config(
                     path.to_path_buf(),
                     format!("stage '{}': give exactly one of steps or epochs", s.name),
+                ));
+            }
+            if s.activation_checkpointing && s.trainable != Trainable::Adapter {
+                return Err(TrainError::Config(
+                    path.to_path_buf(),
+                    format!(
+                        "stage '{}': activation_checkpointing needs trainable = \"adapter\"",
+                        s.name
+                    ),
                 ));
             }
             if s.batch_size == 0 || s.grad_accum == 0 || s.manifests.is_empty() {

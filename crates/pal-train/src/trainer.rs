@@ -305,6 +305,7 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             &stage.trainable,
             model_config.frozen_ffn,
         )?;
+        model.llm.checkpoint_layers = stage.activation_checkpointing;
         let vars: std::collections::BTreeMap<String, candle_core::Var> = params
             .vars()
             .into_iter()
