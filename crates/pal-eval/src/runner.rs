@@ -11,7 +11,7 @@ use pal_models::chat_template::ChatTemplate;
 use pal_models::model_config::BuiltModel;
 use serde::Serialize;
 
-use crate::metrics::closed_answer_correct;
+use crate::metrics::{bleu4, cider_d, closed_answer_correct, word_error_rate};
 
 /// One judged example.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +37,12 @@ pub struct EvalReport {
     pub correct: usize,
     /// `correct / total`.
     pub accuracy: f64,
+    /// Corpus word error rate of the answers against the references (transcription tasks).
+    pub wer: f64,
+    /// Corpus BLEU-4 in [0, 1] (captioning tasks).
+    pub bleu4: f64,
+    /// Corpus CIDEr-D (captioning tasks).
+    pub cider_d: f64,
     /// Every example.
     pub items: Vec<EvalItem>,
 }
@@ -135,10 +141,26 @@ pub fn evaluate(
         }
     }
     let correct = items.iter().filter(|i| i.correct).count();
+    let pairs: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.reference.as_str(), i.answer.as_str()))
+        .collect();
+    let captions: Vec<(&str, Vec<&str>)> = items
+        .iter()
+        .map(|i| (i.answer.as_str(), vec![i.reference.as_str()]))
+        .collect();
+    let (wer, bleu, cider) = (
+        word_error_rate(&pairs),
+        bleu4(&captions),
+        cider_d(&captions).0,
+    );
     Ok(EvalReport {
         total: items.len(),
         correct,
         accuracy: correct as f64 / items.len().max(1) as f64,
+        wer,
+        bleu4: bleu,
+        cider_d: cider,
         items,
     })
 }

@@ -1,4 +1,5 @@
-//! `pal eval --model RUN_DIR --manifest FILE [--json OUT]`: accuracy of a trained model.
+//! `pal eval --model RUN_DIR --manifest FILE [--json OUT]`: accuracy (closed answers), WER
+//! (transcripts), BLEU-4 and CIDEr-D (captions) of a trained model on a manifest.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,19 +39,28 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         for item in &report.items {
             writeln!(f, "{}", serde_json::to_string(item)?)?;
         }
-        let summary = serde_json::json!({"manifest": args.manifest, "total": report.total, "correct": report.correct, "accuracy": report.accuracy});
+        let summary = serde_json::json!({
+            "manifest": args.manifest, "total": report.total, "correct": report.correct,
+            "accuracy": report.accuracy, "wer": report.wer, "bleu4": report.bleu4, "cider_d": report.cider_d,
+        });
         std::fs::write(
             path.with_extension("summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
     }
-    println!("| manifest | examples | correct | accuracy |\n|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {:.2}% |",
+        "| manifest | examples | accuracy | WER | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|---|"
+    );
+    println!(
+        "| {} | {} | {:.2}% ({}/{}) | {:.2}% | {:.2} | {:.3} |",
         args.manifest.display(),
         report.total,
+        100.0 * report.accuracy,
         report.correct,
-        100.0 * report.accuracy
+        report.total,
+        100.0 * report.wer,
+        100.0 * report.bleu4,
+        report.cider_d
     );
     Ok(())
 }
