@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Download the base models (SmolLM2-135M-Instruct, Whisper tiny.en) into the cache.
     Fetch(commands::fetch::FetchArgs),
+    /// Ask a trained audio-LLM one question about one clip.
+    Ask(commands::ask::AskArgs),
     /// Chat with an LLM: answer one prompt, or talk interactively when no prompt is given.
     Chat(commands::chat::ChatArgs),
     /// Build data manifests.
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Fetch(args) => commands::fetch::run(args),
+        Command::Ask(args) => commands::ask::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Eval(args) => commands::eval::run(args),
