@@ -3,4 +3,4 @@
 pub mod metrics;
 pub mod runner;
 
-pub use runner::{evaluate, EvalItem, EvalReport};
+pub use runner::{evaluate, evaluate_with, EvalItem, EvalReport, Scoring};

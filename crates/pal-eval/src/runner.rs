@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use pal_data::load_manifest;
 use pal_data::segments::prompt_segments;
 use pal_infer::{generate_with_audio, GenerationParams};
-use pal_models::audio_llm::Example;
+use pal_models::audio_llm::{Example, Padding, Segment};
 use pal_models::chat_template::ChatTemplate;
 use pal_models::model_config::BuiltModel;
 use serde::Serialize;
@@ -64,14 +64,35 @@ pub enum EvalError {
     Model(#[from] pal_models::ModelError),
 }
 
-/// Evaluates `built` on a manifest: the question is every message before the last assistant
-/// message, the reference is that message. Closed answers are judged by
-/// [`closed_answer_correct`] with the manifest's distinct references as the label set.
+/// How closed answers are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Generate freely, then judge the text.
+    Generate,
+    /// Score every label of the task (the manifest's distinct references) by the model's
+    /// log-likelihood and answer with the most likely one.
+    LogLikelihood,
+}
+
+/// Evaluates `built` on a manifest by generation (see [`evaluate_with`]).
 pub fn evaluate(
     built: &BuiltModel,
     manifest: &Path,
     batch_size: usize,
     max_tokens: usize,
+) -> Result<EvalReport, EvalError> {
+    evaluate_with(built, manifest, batch_size, max_tokens, Scoring::Generate)
+}
+
+/// Evaluates `built` on a manifest: the question is every message before the last assistant
+/// message, the reference is that message. Closed answers are judged by
+/// [`closed_answer_correct`] with the manifest's distinct references as the label set.
+pub fn evaluate_with(
+    built: &BuiltModel,
+    manifest: &Path,
+    batch_size: usize,
+    max_tokens: usize,
+    scoring: Scoring,
 ) -> Result<EvalReport, EvalError> {
     let records = load_manifest(manifest, false)?.records;
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
@@ -124,7 +145,44 @@ pub fn evaluate(
         ..Default::default()
     };
     let mut items = vec![];
-    for chunk in prepared.chunks(batch_size.max(1)) {
+    if scoring == Scoring::LogLikelihood {
+        // Each label as the answer, ended by the end-of-turn token: the most likely wins.
+        let label_segments: Vec<Segment> = labels
+            .iter()
+            .map(|l| {
+                let mut ids = built.tokenizer.encode(l)?;
+                ids.extend(built.tokenizer.stop_token_ids.first().copied());
+                Ok(Segment::Text { ids, trained: true })
+            })
+            .collect::<Result<_, pal_models::ModelError>>()?;
+        for (example, item) in &prepared {
+            let candidates: Vec<Example> = label_segments
+                .iter()
+                .map(|seg| {
+                    let mut e = example.clone();
+                    e.segments.push(seg.clone());
+                    e
+                })
+                .collect();
+            let mut scores = vec![];
+            for chunk in candidates.chunks(batch_size.max(1)) {
+                let mut batch = built.model.prepare(chunk, Padding::Right)?;
+                scores.extend(built.model.target_log_probs(&mut batch)?);
+            }
+            let best = scores
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let mut item = item.clone();
+            item.answer = labels[best].clone();
+            item.correct = closed_answer_correct(&item.answer, &item.reference, &labels);
+            items.push(item);
+        }
+    }
+    let generating = scoring == Scoring::Generate;
+    for chunk in prepared.chunks(batch_size.max(1)).filter(|_| generating) {
         let examples: Vec<Example> = chunk.iter().map(|c| c.0.clone()).collect();
         let answers = generate_with_audio(
             &built.model,

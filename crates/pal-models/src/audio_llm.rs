@@ -665,6 +665,44 @@ impl AudioLlm {
         Ok((loss, targets.len()))
     }
 
+    /// Sum of the log-probabilities of each example's trained tokens (teacher forcing): how
+    /// likely the model finds each example's answer. Used to score a closed set of labels.
+    pub fn target_log_probs(&self, batch: &mut PreparedBatch) -> Result<Vec<f64>> {
+        let hidden =
+            self.llm
+                .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+        let mut sums = Vec::with_capacity(batch.targets.len());
+        for (i, row_targets) in batch.targets.iter().enumerate() {
+            let rows: Vec<u32> = (0..row_targets.len())
+                .filter(|&p| row_targets[p].is_some())
+                .map(|p| p as u32)
+                .collect();
+            if rows.is_empty() {
+                sums.push(0.0);
+                continue;
+            }
+            let ids: Vec<u32> = row_targets.iter().flatten().copied().collect();
+            let device = hidden.device();
+            let picked = hidden
+                .get(i)?
+                .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+            let logits = self
+                .llm
+                .logits(&picked)?
+                .to_dtype(candle_core::DType::F32)?;
+            let log_probs = log_softmax_rows(&logits)?;
+            let chosen =
+                log_probs.gather(&Tensor::new(ids.as_slice(), device)?.unsqueeze(1)?, 1)?;
+            sums.push(
+                chosen
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?,
+            );
+        }
+        Ok(sums)
+    }
+
     /// Logits `(b, n, vocab)` of a prepared batch (the cache then holds the text keys/values too).
     pub fn forward(&self, batch: &mut PreparedBatch) -> Result<Tensor> {
         let hidden =
@@ -672,4 +710,12 @@ impl AudioLlm {
                 .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
         self.llm.logits(&hidden)
     }
+}
+
+/// `log_softmax` over the last dimension from primitive ops.
+fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(candle_core::D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(candle_core::D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
 }

@@ -423,3 +423,37 @@ fn activation_checkpointing_gives_the_same_loss_and_gradients() {
         }
     }
 }
+
+#[test]
+fn target_log_probs_agree_with_the_loss() {
+    let (m, _) = model(Route::Lal, DType::F32, |_| {});
+    let items = vec![
+        example(&[4], &[6, 7, 8], frames(3, 70, DType::F32)),
+        example(&[9], &[10], frames(5, 71, DType::F32)),
+    ];
+    for item in &items {
+        let mut batch = m
+            .prepare(std::slice::from_ref(item), Padding::Right)
+            .unwrap();
+        let (loss, n) = m.loss(&mut batch).unwrap();
+        let mut batch = m
+            .prepare(std::slice::from_ref(item), Padding::Right)
+            .unwrap();
+        let lp = m.target_log_probs(&mut batch).unwrap();
+        let expected = -(loss.to_scalar::<f32>().unwrap() as f64) * n as f64;
+        assert!(
+            (lp[0] - expected).abs() < 1e-4 * expected.abs().max(1.0),
+            "{} vs {expected}",
+            lp[0]
+        );
+    }
+    // Batched scores equal the per-item ones.
+    let mut batch = m.prepare(&items, Padding::Right).unwrap();
+    let both = m.target_log_probs(&mut batch).unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let mut one = m
+            .prepare(std::slice::from_ref(item), Padding::Right)
+            .unwrap();
+        assert!((both[i] - m.target_log_probs(&mut one).unwrap()[0]).abs() < 1e-4);
+    }
+}

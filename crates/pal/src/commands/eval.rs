@@ -26,13 +26,22 @@ pub struct EvalArgs {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 24)]
     max_tokens: usize,
+    /// Closed answers by scoring every label's log-likelihood instead of generating.
+    #[arg(long)]
+    loglik: bool,
 }
 
 /// Evaluates and prints the summary.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let built = pal_models::model_config::load_run(&args.model, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the run folder {}", args.model.display()))?;
-    let report = pal_eval::evaluate(&built, &args.manifest, args.batch, args.max_tokens)?;
+    let scoring = if args.loglik {
+        pal_eval::Scoring::LogLikelihood
+    } else {
+        pal_eval::Scoring::Generate
+    };
+    let report =
+        pal_eval::evaluate_with(&built, &args.manifest, args.batch, args.max_tokens, scoring)?;
     if let Some(path) = &args.json {
         let mut f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
