@@ -2,6 +2,7 @@
 //! batch order is random, and the whole order is a function of (seed, epoch), so a resumed run
 //! continues exactly where it stopped.
 
+use pal_nn::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// Where a data loader is: which epoch and how many batches of it were consumed.
@@ -19,26 +20,6 @@ pub struct BatchOrder {
     lengths: Vec<usize>,
     batch_size: usize,
     seed: u64,
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
 }
 
 impl BatchOrder {
@@ -59,7 +40,7 @@ impl BatchOrder {
     /// The batches of `epoch`, as example indices: shuffle, sort within buckets of 50 batches by
     /// length, cut into batches, shuffle the batches.
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let mut rng = Rng(self.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut rng = SplitMix64::new(self.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
         let mut order: Vec<usize> = (0..self.lengths.len()).collect();
         rng.shuffle(&mut order);
         let bucket = self.batch_size * 50;

@@ -1,11 +1,13 @@
 //! Choosing the next token: greedy, or temperature + top-p (nucleus) sampling with a seed.
 
+use pal_nn::rng::SplitMix64;
+
 /// A seeded token sampler. `temperature == 0` means greedy.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     temperature: f64,
     top_p: f64,
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Sampler {
@@ -14,18 +16,8 @@ impl Sampler {
         Self {
             temperature,
             top_p,
-            state: seed ^ 0x853c_49e6_748f_ea9b,
+            rng: SplitMix64::new(seed ^ 0x853c_49e6_748f_ea9b),
         }
-    }
-
-    /// A uniform number in [0, 1) (SplitMix64).
-    fn next_uniform(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// The next token id given one row of logits.
@@ -53,7 +45,7 @@ impl Sampler {
         }
         probs.truncate(kept);
         let kept_total: f64 = probs.iter().map(|p| p.1).sum();
-        let mut r = self.next_uniform() * kept_total;
+        let mut r = self.rng.next_f64() * kept_total;
         for (id, p) in &probs {
             r -= p;
             if r <= 0.0 {

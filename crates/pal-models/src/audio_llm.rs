@@ -123,7 +123,8 @@ pub struct Attachment {
     pub lal: LalConfig,
 }
 
-fn default_summary() -> ConnectorConfig {
+/// PAL's default summary connector: 32 latent queries, one cross-attention layer.
+pub(crate) fn default_summary() -> ConnectorConfig {
     ConnectorConfig::Latent {
         queries: 32,
         layers: 1,

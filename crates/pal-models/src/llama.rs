@@ -13,6 +13,7 @@ use pal_nn::{attention, causal_mask, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::load_linear;
 use crate::weights::Weights;
 
 /// Rope frequency scaling.
@@ -425,14 +426,8 @@ impl Llama {
         let c = &config;
         let (d, dh) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let weight = weights.get(&format!("{name}.weight"), &[out, inp])?;
-            let bias = if bias {
-                Some(weights.get(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            };
-            Ok(Linear::new(weight, bias))
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| {
+            load_linear(weights, name, out, inp, bias)
         };
         let embed_tokens = weights.get("model.embed_tokens.weight", &[c.vocab_size, d])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::assets;
 use crate::ast::{Ast, AstEncoder};
-use crate::audio_llm::{Attachment, AudioLlm, LalConfig, Route};
+use crate::audio_llm::{default_summary, Attachment, AudioLlm, LalConfig, Route};
 use crate::connector::ConnectorConfig;
 use crate::encoder::{AudioEncoder, LayerSelection, WhisperAudioEncoder, WindowPolicy};
 use crate::error::{ModelError, Result};
@@ -106,12 +106,6 @@ fn yes() -> bool {
 }
 fn four() -> usize {
     4
-}
-fn default_summary() -> ConnectorConfig {
-    ConnectorConfig::Latent {
-        queries: 32,
-        layers: 1,
-    }
 }
 
 impl ModelConfig {

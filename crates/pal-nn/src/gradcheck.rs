@@ -71,15 +71,6 @@ pub fn pseudo_random_like(t: &Tensor) -> Result<Tensor> {
 
 /// `n` deterministic values in [-1, 1) from a SplitMix64 stream.
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    (0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect()
 }

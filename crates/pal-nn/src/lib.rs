@@ -10,6 +10,7 @@ pub mod gradcheck;
 pub mod linear;
 pub mod ops;
 pub mod params;
+pub mod rng;
 
 pub use attention::{attention, causal_mask, mask_value};
 pub use linear::{Linear, Lora};

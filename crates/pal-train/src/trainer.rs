@@ -82,13 +82,7 @@ fn load_stage_items(
         let mut chosen: Vec<usize> = (0..whole).flat_map(|_| 0..records.len()).collect();
         if frac > 0.0 {
             let mut order: Vec<usize> = (0..records.len()).collect();
-            let mut state = seed ^ 0x5851_f42d_4c95_7f2d;
-            for i in (1..order.len()).rev() {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                order.swap(i, (state >> 33) as usize % (i + 1));
-            }
+            pal_nn::rng::SplitMix64::new(seed ^ 0x5851_f42d_4c95_7f2d).shuffle(&mut order);
             chosen.extend(
                 order
                     .into_iter()
