@@ -42,6 +42,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The caller cancelled it (for example, its client went away).
+    Cancelled,
 }
 
 /// One generated sequence.
@@ -94,11 +96,40 @@ pub fn generate(
     let mut cache: KvCache = model.new_cache();
     let hidden = model.forward_embeds(&model.embed(&ids)?, Some(&valid), &mut cache)?;
     let lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    decode(model, tokenizer, cache, &hidden, &lengths, params, on_text)
+    decode(
+        model,
+        tokenizer,
+        &mut cache,
+        &hidden,
+        &lengths,
+        &per_sequence(params, prompts.len()),
+        streaming(on_text),
+    )
+}
+
+/// The same parameters for `n` sequences, sequence `i` sampling with seed `seed + i`.
+fn per_sequence(params: &GenerationParams, n: usize) -> Vec<GenerationParams> {
+    (0..n)
+        .map(|i| GenerationParams {
+            seed: params.seed.wrapping_add(i as u64),
+            ..params.clone()
+        })
+        .collect()
+}
+
+/// A text callback that never cancels, as an event callback.
+fn streaming(mut on_text: impl FnMut(usize, &str)) -> impl FnMut(usize, &str) -> bool {
+    move |i, piece| {
+        if !piece.is_empty() {
+            on_text(i, piece);
+        }
+        true
+    }
 }
 
 /// Generates answers for audio-LLM examples (prompt segments and encoder outputs) in one batch:
 /// in-sequence audio tokens and LAL key/value prefixes are built once, then decoding is ordinary.
+/// Sequence `i` samples with seed `params.seed + i`.
 pub fn generate_with_audio(
     model: &AudioLlm,
     tokenizer: &Tokenizer,
@@ -106,8 +137,35 @@ pub fn generate_with_audio(
     params: &GenerationParams,
     on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Generation>> {
+    generate_batch(
+        model,
+        tokenizer,
+        examples,
+        &per_sequence(params, examples.len()),
+        streaming(on_text),
+    )
+}
+
+/// Like [`generate_with_audio`] with parameters per example (a server batches requests that
+/// ask for different things). `on_event(i, piece)` is called for every unfinished sequence at
+/// every step, with its new text (possibly empty); returning `false` cancels sequence `i`
+/// (its client went away) and frees its place in the batch.
+pub fn generate_batch(
+    model: &AudioLlm,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    params: &[GenerationParams],
+    on_event: impl FnMut(usize, &str) -> bool,
+) -> Result<Vec<Generation>> {
     if examples.is_empty() {
         return Ok(vec![]);
+    }
+    if params.len() != examples.len() {
+        return Err(InferError::Invalid(format!(
+            "{} examples but {} parameter sets",
+            examples.len(),
+            params.len()
+        )));
     }
     let mut batch = model.prepare(examples, Padding::Left)?;
     let hidden = model
@@ -122,24 +180,26 @@ pub fn generate_with_audio(
     decode(
         &model.llm,
         tokenizer,
-        batch.cache,
+        &mut batch.cache,
         &hidden,
         &lengths,
         params,
-        on_text,
+        on_event,
     )
 }
 
-/// The decoding loop shared by text and audio prompts: `hidden` is the prefill's output (its last
-/// row gives the first logits) and `cache` holds the prompt.
-fn decode(
+/// The decoding loop shared by text and audio prompts and conversations: `hidden` is the
+/// prefill's output (its last row gives the first logits) and `cache` holds the prompt. On
+/// return, `cache` also holds the generated tokens of each sequence up to (not including) the
+/// last one it sampled, or all of them when it stopped at a stop token.
+pub(crate) fn decode(
     model: &Llama,
     tokenizer: &Tokenizer,
-    mut cache: KvCache,
+    cache: &mut KvCache,
     hidden: &Tensor,
     prompt_lengths: &[usize],
-    params: &GenerationParams,
-    mut on_text: impl FnMut(usize, &str),
+    params: &[GenerationParams],
+    mut on_event: impl FnMut(usize, &str) -> bool,
 ) -> Result<Vec<Generation>> {
     let b = prompt_lengths.len();
     let device = model.device();
@@ -147,25 +207,26 @@ fn decode(
     let n = hidden.dims()[1];
     let mut logits = model.logits(&hidden.narrow(1, n - 1, 1)?)?.squeeze(1)?;
 
-    let mut samplers: Vec<Sampler> = (0..b)
-        .map(|i| {
-            Sampler::new(
-                params.temperature,
-                params.top_p,
-                params.seed.wrapping_add(i as u64),
-            )
-        })
+    let mut samplers: Vec<Sampler> = params
+        .iter()
+        .map(|p| Sampler::new(p.temperature, p.top_p, p.seed))
         .collect();
+    let longest = params.iter().map(|p| p.max_tokens).max().unwrap_or(0);
     let mut tokens: Vec<Vec<u32>> = vec![vec![]; b];
     let mut emitted: Vec<usize> = vec![0; b];
     let mut finished: Vec<Option<FinishReason>> = vec![None; b];
     let mut texts: Vec<String> = vec![String::new(); b];
 
-    for _step in 0..params.max_tokens {
+    for step in 0..longest {
         let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(b);
         for i in 0..b {
             if finished[i].is_some() {
+                next.push(pad);
+                continue;
+            }
+            if step >= params[i].max_tokens {
+                finished[i] = Some(FinishReason::Length);
                 next.push(pad);
                 continue;
             }
@@ -176,7 +237,7 @@ fn decode(
             } else {
                 tokens[i].push(token);
                 let text = tokenizer.decode(&tokens[i], true)?;
-                if let Some(cut) = params
+                if let Some(cut) = params[i]
                     .stop
                     .iter()
                     .filter_map(|s| text.find(s.as_str()))
@@ -194,26 +255,27 @@ fn decode(
             let mut safe = if finished[i].is_some() {
                 text.len()
             } else {
-                stable_len(text, &params.stop)
+                stable_len(text, &params[i].stop)
             };
             while safe > emitted[i] && !text.is_char_boundary(safe) {
                 safe -= 1;
             }
-            if safe > emitted[i] {
-                on_text(i, &text[emitted[i]..safe]);
-                emitted[i] = safe;
+            let piece = &text[emitted[i].min(safe)..safe];
+            emitted[i] = emitted[i].max(safe);
+            if !on_event(i, piece) && finished[i].is_none() {
+                finished[i] = Some(FinishReason::Cancelled);
             }
         }
         if finished.iter().all(|f| f.is_some()) {
             break;
         }
         let step = Tensor::from_vec(next, (b, 1), device)?;
-        logits = model.forward(&step, None, &mut cache)?.squeeze(1)?;
+        logits = model.forward(&step, None, cache)?.squeeze(1)?;
     }
     Ok((0..b)
         .map(|i| {
             if finished[i].is_none() && emitted[i] < texts[i].len() {
-                on_text(i, &texts[i][emitted[i]..]);
+                on_event(i, &texts[i][emitted[i]..]);
             }
             Generation {
                 text: texts[i].clone(),

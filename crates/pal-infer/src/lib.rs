@@ -1,11 +1,15 @@
 //! Text generation shared by `pal chat`, `ask`, `serve` and `eval`: chat-template rendering, sampling
 //! and batched generation with a KV cache.
 
+pub mod conversation;
 pub mod generate;
 pub mod sampling;
 pub mod transcribe;
 
-pub use generate::{generate, generate_with_audio, FinishReason, Generation, GenerationParams};
+pub use conversation::Conversation;
+pub use generate::{
+    generate, generate_batch, generate_with_audio, FinishReason, Generation, GenerationParams,
+};
 pub use pal_models::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;
 pub use transcribe::transcribe;

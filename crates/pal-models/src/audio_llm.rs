@@ -235,6 +235,9 @@ pub struct AudioLlm {
     pub llm: Llama,
     /// Attached encoders, in order.
     pub encoders: Vec<AttachedEncoder>,
+    /// How many times LAL key/value prefixes were computed (one count per encoder and batch);
+    /// lets tests prove that a conversation computes its clip's prefix once.
+    pub lal_prefix_computations: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Ones for `(b, n)` rows of which `lengths[i]` are real.
@@ -326,7 +329,11 @@ impl AudioLlm {
                 lal,
             });
         }
-        Ok(Self { llm, encoders })
+        Ok(Self {
+            llm,
+            encoders,
+            lal_prefix_computations: Default::default(),
+        })
     }
 
     /// LAL keys and values of one encoder for all its layers, in one batched pass:
@@ -345,6 +352,8 @@ impl AudioLlm {
         if l == 0 {
             return Ok(vec![]);
         }
+        self.lal_prefix_computations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = b * na;
         // (L, b*Na, d): every layer's projection of the same frames.
         let projected = match &adapter.projector {

@@ -395,6 +395,33 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps only the first `rows` cached rows (prefixes stay): a conversation whose latest turn
+    /// re-tokenized differently from what was generated rolls back to the common part.
+    pub fn truncate(&mut self, rows: usize) -> Result<()> {
+        let len = self.len();
+        if rows >= len {
+            return Ok(());
+        }
+        let valid = self
+            .key_valid
+            .as_ref()
+            .expect("non-empty cache has validity");
+        let dropped: Vec<u32> = valid
+            .narrow(1, rows, len - rows)?
+            .sum(1)?
+            .to_dtype(DType::U32)?
+            .to_vec1()?;
+        for (next, d) in self.next_position.iter_mut().zip(dropped) {
+            *next -= d;
+        }
+        self.key_valid = Some(valid.narrow(1, 0, rows)?);
+        for layer in &mut self.layers {
+            layer.k = layer.k.as_ref().map(|k| k.narrow(2, 0, rows)).transpose()?;
+            layer.v = layer.v.as_ref().map(|v| v.narrow(2, 0, rows)).transpose()?;
+        }
+        Ok(())
+    }
 }
 
 /// A Llama-family decoder.

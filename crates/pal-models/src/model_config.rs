@@ -257,3 +257,21 @@ pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel>
         .map_err(|e| ModelError::format(&adapter, e))?;
     Ok(built)
 }
+
+/// Writes a run folder for `config` (paths relative to `base`) with a freshly initialised,
+/// untrained adapter: what a server or a protocol test needs before any training.
+pub fn write_untrained_run(config: &ModelConfig, base: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    config
+        .with_absolute_paths(base)
+        .save(&dir.join("model.toml"))?;
+    let built = build(config, base, DType::F32, &Device::Cpu)?;
+    let adapter = dir.join("adapter.safetensors");
+    built
+        .params
+        .save(&adapter)
+        .map_err(|e| ModelError::format(&adapter, e))
+}

@@ -25,6 +25,8 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Evaluate a trained model on a manifest (accuracy of closed answers).
     Eval(commands::eval::EvalArgs),
+    /// Serve a trained audio-LLM over an OpenAI-compatible HTTP API.
+    Serve(commands::serve::ServeArgs),
     /// Train an audio-LLM adapter from a curriculum file (resumable).
     Train(commands::train::TrainArgs),
     /// Transcribe audio files with Whisper (greedy, no timestamps).
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Chat(args) => commands::chat::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

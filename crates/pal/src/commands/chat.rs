@@ -1,17 +1,24 @@
-//! `pal chat --llm PATH [PROMPT]`: one answer, or an interactive multi-turn chat.
+//! `pal chat --llm PATH [PROMPT]`: one answer, or an interactive multi-turn chat; with
+//! `--model RUN_DIR --audio FILE`, a chat about one clip (encoded once, its LAL prefix kept).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use pal_infer::{generate, ChatTemplate, GenerationParams, Message};
+use pal_infer::{generate, ChatTemplate, Conversation, GenerationParams, Message};
 
 /// Arguments of `pal chat`.
 #[derive(Args)]
 pub struct ChatArgs {
     /// LLM: a Hugging Face folder or a .gguf file (default: the fetched SmolLM2-135M-Instruct).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     llm: Option<PathBuf>,
+    /// Run folder of an audio-LLM (model.toml + adapter.safetensors); needs `--audio`.
+    #[arg(long, requires = "audio")]
+    model: Option<PathBuf>,
+    /// The clip to talk about (wav, flac, ogg, mp3).
+    #[arg(long, requires = "model")]
+    audio: Option<PathBuf>,
     /// The prompt; without it, read turns from standard input until EOF.
     prompt: Option<String>,
     /// System message (default: the chat template's own, if any).
@@ -54,8 +61,65 @@ impl SamplingArgs {
     }
 }
 
+/// Calls `answer` with the prompt, or with every non-empty line of standard input.
+fn turns(
+    prompt: Option<String>,
+    mut answer: impl FnMut(String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match prompt {
+        Some(prompt) => answer(prompt),
+        None => {
+            let stdin = std::io::stdin();
+            eprint!("> ");
+            for line in stdin.lock().lines() {
+                let line = line?;
+                if !line.trim().is_empty() {
+                    answer(line)?;
+                }
+                eprint!("> ");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A chat about one clip with a trained audio-LLM.
+fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let built = pal_models::model_config::load_run(
+        &model,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .with_context(|| format!("loading the run folder {}", model.display()))?;
+    let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
+    let mut conversation = Conversation::from_clip(
+        &built.model,
+        &built.tokenizer,
+        &built.encoders,
+        &clip.samples,
+    )
+    .with_context(|| format!("encoding {}", audio.display()))?;
+    if let Some(system) = &args.system {
+        conversation = conversation.with_system(system);
+    }
+    let params = args.sampling.params();
+    turns(args.prompt, |text| {
+        let mut out = std::io::stdout();
+        conversation.say(&text, &params, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        println!();
+        Ok(())
+    })
+}
+
 /// Runs the chat.
-pub fn run(args: ChatArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ChatArgs) -> anyhow::Result<()> {
+    if let (Some(model), Some(audio)) = (args.model.take(), args.audio.take()) {
+        return run_audio(args, model, audio);
+    }
     let path = super::resolve_llm(args.llm)?;
     let (model, tokenizer) = super::load_llm(&path)?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
@@ -65,9 +129,9 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| Message::new("system", s.as_str()))
         .collect();
-    let answer = |messages: &mut Vec<Message>, text: String| -> anyhow::Result<()> {
+    turns(args.prompt, |text| {
         messages.push(Message::new("user", text));
-        let prompt = template.render(messages, true)?;
+        let prompt = template.render(&messages, true)?;
         let ids = tokenizer.encode(&prompt)?;
         let mut out = std::io::stdout();
         let result = generate(&model, &tokenizer, &[ids], &params, |_, piece| {
@@ -77,20 +141,5 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         println!();
         messages.push(Message::new("assistant", result[0].text.clone()));
         Ok(())
-    };
-    match args.prompt {
-        Some(prompt) => answer(&mut messages, prompt),
-        None => {
-            let stdin = std::io::stdin();
-            eprint!("> ");
-            for line in stdin.lock().lines() {
-                let line = line?;
-                if !line.trim().is_empty() {
-                    answer(&mut messages, line)?;
-                }
-                eprint!("> ");
-            }
-            Ok(())
-        }
-    }
+    })
 }

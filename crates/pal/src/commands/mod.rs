@@ -6,6 +6,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod fetch;
+pub mod serve;
 pub mod train;
 pub mod transcribe;
 

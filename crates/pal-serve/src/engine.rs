@@ -1,0 +1,275 @@
+//! The one thread that runs the model. Requests wait in a bounded queue; the worker takes the
+//! first, waits a short while for more, and generates for all of them in one batch
+//! ([`pal_infer::generate_batch`]). A full queue is refused at once (the server answers 503), and
+//! a request whose client went away is dropped from the batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pal_infer::{generate_batch, FinishReason, GenerationParams};
+use pal_models::audio_llm::{AudioLlm, Example, Segment};
+use pal_models::encoder::AudioEncoder;
+use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::Tokenizer;
+use tokio::sync::{mpsc, oneshot};
+
+/// A loaded model bundle: the audio-LLM, its encoders, its tokenizer, and a Whisper with its
+/// decoder when the bundle's encoder is one (for transcriptions).
+pub struct Bundle {
+    /// The audio-LLM.
+    pub model: AudioLlm,
+    /// One encoder per attachment.
+    pub encoders: Vec<Box<dyn AudioEncoder>>,
+    /// The LLM's tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Whisper with its decoder, for `/v1/audio/transcriptions`.
+    pub whisper: Option<(Whisper, WhisperTokenizer)>,
+}
+
+/// What the worker tells a chat request, in order: text pieces, then `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// New text.
+    Text(String),
+    /// The answer is complete.
+    Done {
+        /// Why it ended.
+        finish: FinishReason,
+        /// Prompt rows.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+    },
+    /// Generation failed.
+    Failed(String),
+}
+
+/// Work for the model thread.
+pub enum Job {
+    /// Answer a conversation about a clip.
+    Chat {
+        /// The prompt, with the clip's place.
+        segments: Vec<Segment>,
+        /// The clip, 16 kHz mono.
+        samples: Vec<f32>,
+        /// How to generate.
+        params: GenerationParams,
+        /// Where the answer goes; closed when the client goes away.
+        events: mpsc::UnboundedSender<Event>,
+    },
+    /// Transcribe a clip with Whisper.
+    Transcribe {
+        /// The clip, 16 kHz mono.
+        samples: Vec<f32>,
+        /// The transcript or an error.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// How requests are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most requests in one batch (1 turns batching off).
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others.
+    pub wait: Duration,
+    /// Most requests waiting; more are refused with 503.
+    pub queue_capacity: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            wait: Duration::from_millis(5),
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// Counters for `/health` and the load test.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Chat requests answered (completed, failed or cancelled).
+    pub chats: AtomicUsize,
+    /// Batches run.
+    pub batches: AtomicUsize,
+    /// Requests cancelled because their client went away.
+    pub cancelled: AtomicUsize,
+    /// Transcriptions done.
+    pub transcriptions: AtomicUsize,
+    /// Requests refused because the queue was full.
+    pub refused: AtomicUsize,
+}
+
+/// The sending side of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    sender: SyncSender<Job>,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full.
+    Full,
+    /// The worker has stopped (shutting down).
+    Stopped,
+}
+
+impl Queue {
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.sender.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                SubmitError::Full
+            }
+            TrySendError::Disconnected(_) => SubmitError::Stopped,
+        })
+    }
+}
+
+/// A queue of `capacity` jobs and its receiving end (what [`start`] hands the model thread).
+pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
+    let (sender, receiver) = sync_channel(capacity.max(1));
+    let counters = Arc::new(Counters::default());
+    (Queue { sender, counters }, receiver)
+}
+
+/// Starts the model thread. It ends when every [`Queue`] clone is dropped and the queue is
+/// drained.
+pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::JoinHandle<()>) {
+    let (queue, receiver) = queue(batching.queue_capacity);
+    let worker_counters = queue.counters.clone();
+    let handle = std::thread::Builder::new()
+        .name("pal-model".into())
+        .spawn(move || run(&bundle, &receiver, batching, &worker_counters))
+        .expect("spawn the model thread");
+    (queue, handle)
+}
+
+/// A chat job taken from the queue.
+struct ChatJob {
+    segments: Vec<Segment>,
+    samples: Vec<f32>,
+    params: GenerationParams,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+fn run(bundle: &Bundle, receiver: &Receiver<Job>, batching: Batching, counters: &Counters) {
+    while let Ok(first) = receiver.recv() {
+        let mut chats = vec![];
+        let take = |job: Job, chats: &mut Vec<ChatJob>| match job {
+            Job::Chat {
+                segments,
+                samples,
+                params,
+                events,
+            } => chats.push(ChatJob {
+                segments,
+                samples,
+                params,
+                events,
+            }),
+            Job::Transcribe { samples, reply } => {
+                let result = transcribe(bundle, &samples);
+                counters.transcriptions.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(result);
+            }
+        };
+        take(first, &mut chats);
+        let deadline = Instant::now() + batching.wait;
+        while chats.len() < batching.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(job) => take(job, &mut chats),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if !chats.is_empty() {
+            run_chats(bundle, chats, counters);
+        }
+    }
+}
+
+fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
+    let (model, tokenizer) = bundle
+        .whisper
+        .as_ref()
+        .ok_or_else(|| "this model has no Whisper decoder".to_string())?;
+    pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
+}
+
+/// Encodes each clip and generates every answer in one batch.
+fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
+    let mut live = vec![];
+    let mut examples = vec![];
+    for job in chats {
+        counters.chats.fetch_add(1, Ordering::Relaxed);
+        if job.events.is_closed() {
+            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let audio = bundle
+            .encoders
+            .iter()
+            .map(|e| e.encode(&job.samples))
+            .collect::<Result<Vec<_>, _>>();
+        match audio {
+            Ok(audio) => {
+                examples.push(Example {
+                    segments: job.segments.clone(),
+                    audio,
+                });
+                live.push(job);
+            }
+            Err(e) => {
+                let _ = job
+                    .events
+                    .send(Event::Failed(format!("encoding the audio: {e}")));
+            }
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    let params: Vec<GenerationParams> = live.iter().map(|j| j.params.clone()).collect();
+    let result = generate_batch(
+        &bundle.model,
+        &bundle.tokenizer,
+        &examples,
+        &params,
+        |i, piece| {
+            let events = &live[i].events;
+            if !piece.is_empty() {
+                let _ = events.send(Event::Text(piece.to_string()));
+            }
+            !events.is_closed()
+        },
+    );
+    match result {
+        Ok(generations) => {
+            for (job, g) in live.iter().zip(generations) {
+                if g.finish_reason == FinishReason::Cancelled {
+                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = job.events.send(Event::Done {
+                    finish: g.finish_reason,
+                    prompt_tokens: g.prompt_tokens,
+                    completion_tokens: g.tokens.len(),
+                });
+            }
+        }
+        Err(e) => {
+            for job in &live {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+}

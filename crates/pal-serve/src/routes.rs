@@ -1,0 +1,517 @@
+//! HTTP handlers: authentication, limits, request checking, audio decoding, and turning the
+//! model thread's events into OpenAI responses or server-sent events.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use pal_infer::{ChatTemplate, GenerationParams, Message};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::api::{self, ApiError, ChatRequest, Content, Stop, Usage};
+use crate::engine::{Event, Job, Queue, SubmitError};
+use crate::Limits;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The name clients use in `model`.
+    pub model_name: String,
+    /// Whether transcription is available.
+    pub can_transcribe: bool,
+    /// The LLM's tokenizer and chat template (prompts are built before queueing).
+    pub tokenizer: Arc<pal_models::Tokenizer>,
+    /// The chat template.
+    pub template: ChatTemplate,
+    /// The model thread's queue.
+    pub queue: Queue,
+    /// Request limits.
+    pub limits: Limits,
+    /// When set, every `/v1` request needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Numbers response ids.
+    pub next_id: AtomicU64,
+}
+
+/// The routes, with authentication and the body limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/audio/transcriptions", post(transcriptions))
+        .route("/v1/models", get(models))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or incorrect API key: send `Authorization: Bearer <key>`",
+            )
+            .with_code("invalid_api_key")
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let c = &state.queue.counters;
+    Json(json!({
+        "status": "ok",
+        "model": state.model_name,
+        "chats": c.chats.load(Ordering::Relaxed),
+        "batches": c.batches.load(Ordering::Relaxed),
+        "cancelled": c.cancelled.load(Ordering::Relaxed),
+        "transcriptions": c.transcriptions.load(Ordering::Relaxed),
+        "refused": c.refused.load(Ordering::Relaxed),
+    }))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "pal"}],
+    }))
+}
+
+/// The body, or 413/400 from the extractor in OpenAI's shape.
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than the server's limit".to_string()
+        } else {
+            r.body_text()
+        };
+        ApiError::new(status, message)
+    })
+}
+
+/// Decodes a clip (any supported format) to 16 kHz mono and checks its duration.
+async fn decode_clip(
+    bytes: Vec<u8>,
+    format: Option<String>,
+    param: &str,
+    limits: Limits,
+) -> Result<Vec<f32>, ApiError> {
+    let origin = param.to_string();
+    let decoded = tokio::task::spawn_blocking(move || {
+        let audio = pal_audio::decode_bytes(bytes, format.as_deref(), &origin)?;
+        if audio.duration() > limits.max_audio_seconds {
+            return Ok(Err(audio.duration()));
+        }
+        audio.to_16k(&origin).map(|a| Ok(a.samples))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match decoded {
+        Ok(Ok(samples)) => Ok(samples),
+        Ok(Err(seconds)) => Err(ApiError::bad(
+            param.to_string(),
+            format!(
+                "the clip is {seconds:.1} s long; this server takes at most {} s",
+                limits.max_audio_seconds
+            ),
+        )
+        .with_code("audio_too_long")),
+        Err(e) => Err(ApiError::bad(
+            param.to_string(),
+            format!("could not decode the audio: {e}"),
+        )),
+    }
+}
+
+/// The conversation as messages, and the one clip's bytes and format.
+type Parsed = (Vec<Message>, Option<(Vec<u8>, String, String)>);
+
+fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::bad(
+            "messages".to_string(),
+            "messages must not be empty",
+        ));
+    }
+    let mut messages = vec![];
+    let mut clip = None;
+    for (m, message) in request.messages.iter().enumerate() {
+        let role = match message.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant") => r,
+            other => {
+                return Err(ApiError::bad(
+                    format!("messages[{m}].role"),
+                    format!("unsupported role '{other}' (system, user or assistant)"),
+                ))
+            }
+        };
+        let mut text = String::new();
+        match &message.content {
+            None => {}
+            Some(Content::Text(t)) => text.push_str(t),
+            Some(Content::Parts(parts)) => {
+                for (p, part) in parts.iter().enumerate() {
+                    let at = format!("messages[{m}].content[{p}]");
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            let t = part.get("text").and_then(Value::as_str).ok_or_else(|| {
+                                ApiError::bad(
+                                    format!("{at}.text"),
+                                    "a text part needs a string `text`",
+                                )
+                            })?;
+                            if !text.is_empty() {
+                                text.push('\n');
+                            }
+                            text.push_str(t);
+                        }
+                        Some("input_audio") => {
+                            if clip.is_some() {
+                                return Err(ApiError::bad(
+                                    at,
+                                    "only one input_audio part per request is supported",
+                                ));
+                            }
+                            let data = part
+                                .pointer("/input_audio/data")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| {
+                                    ApiError::bad(
+                                        format!("{at}.input_audio.data"),
+                                        "input_audio needs base64 `data`",
+                                    )
+                                })?;
+                            let format = part
+                                .pointer("/input_audio/format")
+                                .and_then(Value::as_str)
+                                .unwrap_or("wav")
+                                .to_lowercase();
+                            if !["wav", "mp3", "flac", "ogg"].contains(&format.as_str()) {
+                                return Err(ApiError::bad(
+                                    format!("{at}.input_audio.format"),
+                                    format!(
+                                        "unsupported audio format '{format}' (wav, mp3, flac or ogg)"
+                                    ),
+                                ));
+                            }
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(data.trim())
+                                .map_err(|e| {
+                                    ApiError::bad(
+                                        format!("{at}.input_audio.data"),
+                                        format!("input_audio.data is not valid base64: {e}"),
+                                    )
+                                })?;
+                            clip = Some((bytes, format, format!("{at}.input_audio")));
+                        }
+                        other => {
+                            return Err(ApiError::bad(
+                                format!("{at}.type"),
+                                format!(
+                                    "unsupported content part type {other:?} (text or input_audio)"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        messages.push(Message::new(role, text));
+    }
+    Ok((messages, clip))
+}
+
+fn generation_params(request: &ChatRequest, limits: &Limits) -> Result<GenerationParams, ApiError> {
+    let max_tokens = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .unwrap_or(limits.max_tokens as u64);
+    if max_tokens == 0 || max_tokens > limits.max_tokens as u64 {
+        return Err(ApiError::bad(
+            "max_tokens".to_string(),
+            format!(
+                "max_tokens must be between 1 and {} on this server, got {max_tokens}",
+                limits.max_tokens
+            ),
+        ));
+    }
+    let temperature = request.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad(
+            "temperature".to_string(),
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    let top_p = request.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad(
+            "top_p".to_string(),
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad("n".to_string(), "only n = 1 is supported"));
+    }
+    let stop = match &request.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::bad(
+            "stop".to_string(),
+            "stop takes up to 4 non-empty strings",
+        ));
+    }
+    Ok(GenerationParams {
+        max_tokens: max_tokens as usize,
+        temperature,
+        top_p,
+        seed: request.seed.unwrap_or(0) as u64,
+        stop,
+    })
+}
+
+fn submit(state: &AppState, job: Job) -> Result<(), ApiError> {
+    state.queue.submit(job).map_err(|e| match e {
+        SubmitError::Full => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy (its request queue is full); retry shortly",
+        )
+        .with_code("queue_full"),
+        SubmitError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
+    })
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let raw = body(raw)?;
+    let request: ChatRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad(None, format!("malformed JSON request: {e}")))?;
+    if request.model != state.model_name {
+        return Err(ApiError::bad(
+            "model".to_string(),
+            format!(
+                "unknown model '{}': this server serves '{}'",
+                request.model, state.model_name
+            ),
+        )
+        .with_code("model_not_found"));
+    }
+    let params = generation_params(&request, &state.limits)?;
+    let (messages, clip) = parse_messages(&request)?;
+    let Some((bytes, format, param)) = clip else {
+        return Err(ApiError::bad(
+            "messages".to_string(),
+            "the request needs one input_audio content part (this is an audio model)",
+        ));
+    };
+    let segments =
+        pal_data::segments::prompt_segments(&state.template, &state.tokenizer, &messages)
+            .map_err(|e| ApiError::bad("messages".to_string(), e.to_string()))?;
+    let prompt_tokens: usize = segments
+        .iter()
+        .map(|s| match s {
+            pal_models::audio_llm::Segment::Text { ids, .. } => ids.len(),
+            pal_models::audio_llm::Segment::Audio => 0,
+        })
+        .sum();
+    if prompt_tokens > state.limits.max_prompt_tokens {
+        return Err(ApiError::bad(
+            "messages".to_string(),
+            format!(
+                "the prompt is {prompt_tokens} tokens; this server takes at most {}",
+                state.limits.max_prompt_tokens
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let samples = decode_clip(bytes, Some(format), &param, state.limits).await?;
+    let (events, mut receiver) = mpsc::unbounded_channel();
+    submit(
+        &state,
+        Job::Chat {
+            segments,
+            samples,
+            params,
+            events,
+        },
+    )?;
+    let id = format!("chatcmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+    let created = now();
+    let model = state.model_name.clone();
+    if request.stream {
+        let first = api::chunk(
+            &id,
+            created,
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        );
+        let stream = UnboundedReceiverStream::new(receiver).map(move |event| {
+            let data = match event {
+                Event::Text(t) => api::chunk(&id, created, &model, json!({ "content": t }), None),
+                Event::Done { finish, .. } => api::chunk(
+                    &id,
+                    created,
+                    &model,
+                    json!({}),
+                    Some(api::finish_reason_name(finish)),
+                ),
+                Event::Failed(message) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).body()
+                }
+            };
+            Ok::<_, Infallible>(SseEvent::default().data(data.to_string()))
+        });
+        let all = tokio_stream::once(Ok(SseEvent::default().data(first.to_string())))
+            .chain(stream)
+            .chain(tokio_stream::once(Ok(SseEvent::default().data("[DONE]"))));
+        return Ok(Sse::new(all).into_response());
+    }
+    let mut text = String::new();
+    while let Some(event) = receiver.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                };
+                return Ok(Json(api::completion(
+                    &id,
+                    created,
+                    &model,
+                    &text,
+                    api::finish_reason_name(finish),
+                    usage,
+                ))
+                .into_response());
+            }
+            Event::Failed(message) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the model thread stopped before answering",
+    ))
+}
+
+async fn transcriptions(
+    State(state): State<Arc<AppState>>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    if !state.can_transcribe {
+        return Err(ApiError::bad(
+            None,
+            "this model has no Whisper decoder, so it cannot transcribe",
+        ));
+    }
+    let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let mut file: Option<(Vec<u8>, Option<String>)> = None;
+    let mut response_format = "json".to_string();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                let status = e.status();
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "the request body is larger than the server's limit".to_string()
+                } else {
+                    format!("malformed multipart body: {}", e.body_text())
+                };
+                return Err(ApiError::new(status, message));
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let extension = field
+            .file_name()
+            .and_then(|f| f.rsplit_once('.').map(|(_, e)| e.to_lowercase()));
+        let data = field.bytes().await.map_err(|e| {
+            let status = e.status();
+            ApiError::new(status, format!("reading field '{name}': {}", e.body_text()))
+        })?;
+        match name.as_str() {
+            "file" => file = Some((data.to_vec(), extension)),
+            "response_format" => response_format = String::from_utf8_lossy(&data).to_string(),
+            _ => {}
+        }
+    }
+    let Some((bytes, extension)) = file else {
+        return Err(ApiError::bad(
+            "file".to_string(),
+            "the form needs a `file` field",
+        ));
+    };
+    if !["json", "text"].contains(&response_format.as_str()) {
+        return Err(ApiError::bad(
+            "response_format".to_string(),
+            format!("unsupported response_format '{response_format}' (json or text)"),
+        ));
+    }
+    let samples = decode_clip(bytes, extension, "file", state.limits).await?;
+    let (reply, answer) = oneshot::channel();
+    submit(&state, Job::Transcribe { samples, reply })?;
+    let text = answer
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the model thread stopped",
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(if response_format == "text" {
+        text.into_response()
+    } else {
+        Json(json!({ "text": text })).into_response()
+    })
+}

@@ -1,0 +1,109 @@
+//! `pal serve --model RUN_DIR`: the OpenAI-compatible HTTP API (see `pal_serve`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pal_serve::{AppState, Batching, Limits};
+
+/// Arguments of `pal serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Run folder (model.toml + adapter.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to bind; the default answers this machine only.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests.
+    #[arg(long, env = "PAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model name clients send (default: the run folder's name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Most requests generated together in one batch (1 turns batching off).
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// How long a batch's first request waits for more, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    batch_wait_ms: u64,
+    /// Most queued requests; more get 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Largest request body in MiB (413 above).
+    #[arg(long, default_value_t = 25)]
+    max_body_mb: usize,
+    /// Longest clip in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    max_audio_seconds: f64,
+    /// Largest max_tokens a request may ask for (and the default).
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Longest prompt in text tokens.
+    #[arg(long, default_value_t = 2048)]
+    max_prompt_tokens: usize,
+}
+
+/// Loads the bundle and serves until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let bundle = pal_serve::load_bundle(&args.model)
+        .with_context(|| format!("loading the run folder {}", args.model.display()))?;
+    let model_name = match args.model_name {
+        Some(n) => n,
+        None => args
+            .model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "pal".into()),
+    };
+    let can_transcribe = bundle.whisper.is_some();
+    let tokenizer = Arc::new(bundle.tokenizer.clone());
+    let template = pal_infer::ChatTemplate::for_tokenizer(&tokenizer)?;
+    let batching = Batching {
+        max_batch: args.max_batch.max(1),
+        wait: Duration::from_millis(args.batch_wait_ms),
+        queue_capacity: args.queue.max(1),
+    };
+    let (queue, worker) = pal_serve::engine::start(Arc::new(bundle), batching);
+    let state = Arc::new(AppState {
+        model_name: model_name.clone(),
+        can_transcribe,
+        tokenizer,
+        template,
+        queue,
+        limits: Limits {
+            max_body_bytes: args.max_body_mb * 1024 * 1024,
+            max_audio_seconds: args.max_audio_seconds,
+            max_tokens: args.max_tokens,
+            max_prompt_tokens: args.max_prompt_tokens,
+        },
+        api_key: args.api_key,
+        next_id: Default::default(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving '{model_name}' on http://{addr} (transcription {})",
+            if can_transcribe { "on" } else { "off" }
+        );
+        pal_serve::serve(listener, state, pal_serve::shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    // The queue's senders are gone with the server: the model thread drains and ends.
+    let _ = worker.join();
+    eprintln!("stopped");
+    Ok(())
+}
