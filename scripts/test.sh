@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The test command: fetch the base models (idempotent), check formatting and lints, run every test.
-# Tests that need the real models fail (rather than skip) here, since they are fetched first.
+# Tests that need the real models (or the openai client venv) fail rather than skip here, since
+# both are set up first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -p pal
 cargo run --locked -q -p pal -- fetch
+# The serving test drives `pal serve` with the official openai client, from a venv of its own.
+venv="${PAL_TEST_VENV:-${PAL_HOME:-$HOME/.cache/pal}/test-venv}"
+if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q openai==3.57.0
+fi
+export PAL_TEST_PYTHON="$venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 PAL_REQUIRE_MODELS=1 cargo test --locked --workspace

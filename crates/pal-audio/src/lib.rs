@@ -9,11 +9,13 @@ pub mod decode;
 pub mod fbank;
 pub mod resample;
 mod spectrum;
+pub mod wav;
 pub mod whisper_mel;
 
 pub use decode::{decode_bytes, load_audio, Audio};
 pub use fbank::{KaldiFbank, WindowType};
 pub use resample::resample;
+pub use wav::{wav_bytes, write_wav};
 pub use whisper_mel::WhisperMel;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! length-bucketed, seeded, resumable batching.
 
 pub mod batching;
+pub mod instruct;
 pub mod manifest;
 pub mod segments;
 pub mod shared;

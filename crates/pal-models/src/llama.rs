@@ -448,6 +448,58 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// A model with `config`'s shapes and random weights (normal, std 0.02; norms 1): for
+    /// benchmarks at the shapes of models that are not at hand.
+    pub fn random(config: LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let c = &config;
+        let (d, dh, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
+        let mut shapes: Vec<(String, Vec<usize>)> =
+            vec![("model.embed_tokens.weight".into(), vec![c.vocab_size, d])];
+        shapes.push(("model.norm.weight".into(), vec![d]));
+        if !c.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![c.vocab_size, d]));
+        }
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (name, shape) in [
+                ("input_layernorm", vec![d]),
+                ("post_attention_layernorm", vec![d]),
+                ("self_attn.q_proj", vec![q_dim, d]),
+                ("self_attn.k_proj", vec![kv_dim, d]),
+                ("self_attn.v_proj", vec![kv_dim, d]),
+                ("self_attn.o_proj", vec![d, q_dim]),
+                ("mlp.gate_proj", vec![ff, d]),
+                ("mlp.up_proj", vec![ff, d]),
+                ("mlp.down_proj", vec![d, ff]),
+            ] {
+                shapes.push((format!("{p}.{name}.weight"), shape));
+            }
+            if c.attention_bias {
+                for (name, n) in [("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
+                    shapes.push((format!("{p}.self_attn.{name}.bias"), vec![n]));
+                }
+            }
+            if c.qk_norm {
+                shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![dh]));
+                shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![dh]));
+            }
+        }
+        let tensors = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = if shape.len() == 1 {
+                    Tensor::ones(shape, DType::F32, device)?
+                } else {
+                    Tensor::randn(0f32, 0.02, shape, device)?
+                };
+                Ok((name, t.to_dtype(dtype)?))
+            })
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let weights = Weights::from_tensors("random weights", tensors, dtype, device);
+        Self::load(config, &weights)
+    }
+
     /// Builds the model from weights named as in Hugging Face checkpoints.
     pub fn load(config: LlamaConfig, weights: &Weights) -> Result<Self> {
         let c = &config;

@@ -83,8 +83,8 @@ pub fn read(path: &Path) -> Result<Vec<StepMetrics>, TrainError> {
         .collect()
 }
 
-/// A font for plot labels, if the system has one (plots are drawn without text otherwise).
-fn register_font() -> bool {
+/// Registers a system font for plot labels; false when none is found (plots then have no text).
+pub fn register_font() -> bool {
     const CANDIDATES: &[&str] = &[
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",

@@ -31,6 +31,11 @@ pub struct TrainOptions {
     pub skip_bad: bool,
     /// No progress bar (logs only).
     pub quiet: bool,
+    /// Use this model config instead of the curriculum's `model` (one curriculum, several
+    /// integration modes).
+    pub model: Option<PathBuf>,
+    /// Use this run folder instead of the curriculum's `output`.
+    pub output: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -231,9 +236,15 @@ pub fn accumulated_gradients(
 pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let curriculum = Curriculum::load(path)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let run = base.join(&curriculum.output);
+    let run = options
+        .output
+        .clone()
+        .unwrap_or_else(|| base.join(&curriculum.output));
     std::fs::create_dir_all(&run).map_err(|e| TrainError::Io(run.clone(), e))?;
-    let model_path = base.join(&curriculum.model);
+    let model_path = options
+        .model
+        .clone()
+        .unwrap_or_else(|| base.join(&curriculum.model));
     let model_config = ModelConfig::load(&model_path)?;
     // The run folder is self-contained: configs next to the weights.
     model_config

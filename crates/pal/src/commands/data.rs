@@ -1,4 +1,5 @@
-//! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder.
+//! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder;
+//! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,30 @@ use clap::{Args, Subcommand};
 pub enum DataCommand {
     /// FSDD, ESC-10 and speech-sample manifests with held-out test splits.
     Shared(SharedArgs),
+    /// The multi-task instruction set: the shared real audio plus generated beeps, noises,
+    /// chords and espeak-ng speech, each with a held-out test split.
+    Instruct(InstructArgs),
+}
+
+/// Arguments of `pal data instruct`.
+#[derive(Args)]
+pub struct InstructArgs {
+    /// The shared data folder (fsdd/, esc10/, speech_samples/); without it only the generated
+    /// tasks are built.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Where the manifests and generated audio go.
+    #[arg(long, default_value = "data/instruct")]
+    out: PathBuf,
+    /// Seed of every random draw (the same seed gives the same files).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Generated clips per task in each train split (test splits get a quarter as many).
+    #[arg(long, default_value_t = 160)]
+    generated: usize,
+    /// Skip the espeak-ng speech task.
+    #[arg(long)]
+    no_espeak: bool,
 }
 
 /// Arguments of `pal data shared`.
@@ -27,6 +52,20 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Shared(args) => {
             let summary = pal_data::shared::build_shared_manifests(&args.root, &args.out)?;
+            for (path, n) in summary.manifests {
+                println!("{}\t{n}", path.display());
+            }
+            Ok(())
+        }
+        DataCommand::Instruct(args) => {
+            let summary =
+                pal_data::instruct::build_instruction_set(&pal_data::instruct::InstructOptions {
+                    root: args.root,
+                    out: args.out,
+                    seed: args.seed,
+                    espeak: !args.no_espeak,
+                    generated_per_task: args.generated,
+                })?;
             for (path, n) in summary.manifests {
                 println!("{}\t{n}", path.display());
             }

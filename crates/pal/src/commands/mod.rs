@@ -37,3 +37,18 @@ pub fn load_llm(path: &std::path::Path) -> anyhow::Result<(Llama, Tokenizer)> {
     pal_models::load_llm(path, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the LLM from {}", path.display()))
 }
+
+/// Peak and current resident memory of this process, in bytes (Linux `/proc`).
+pub fn memory_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

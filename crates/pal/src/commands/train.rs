@@ -20,6 +20,12 @@ pub struct TrainArgs {
     /// Log lines instead of a progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Model config to use instead of the curriculum's `model` (compare modes on one curriculum).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Run folder to use instead of the curriculum's `output`.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 /// Runs the curriculum.
@@ -28,8 +34,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         resume: args.resume,
         skip_bad: args.skip_bad,
         quiet: args.quiet,
+        model: args.model,
+        output: args.output,
     };
+    let start = std::time::Instant::now();
+    let resumed = args.resume;
     let summary = train(&args.config, &options)?;
+    // What this invocation cost, for comparing modes (`scripts/results.sh` reads it).
+    let (peak_rss_bytes, _) = super::memory_bytes();
+    std::fs::write(
+        summary.run_dir.join("train_summary.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "steps": summary.steps,
+            "final_loss": summary.final_loss,
+            "seconds": start.elapsed().as_secs_f64(),
+            "peak_rss_bytes": peak_rss_bytes,
+            "resumed": resumed,
+        }))?,
+    )?;
     println!(
         "trained {} steps, final loss {:.4}; adapter, configs, metrics.jsonl and loss.png in {}",
         summary.steps,

@@ -1,0 +1,352 @@
+//! The multi-task audio instruction set (`pal data instruct`): real clips (FSDD digits, ESC-10
+//! sounds, speech samples; see [`crate::shared`]) and generated ones (beeps with pitch and count, coloured noises,
+//! major/minor chords, espeak-ng speech with its text), each task with a held-out test split:
+//! FSDD by take (its official split), ESC-10 by source recording, the generated clips by their
+//! own draws, espeak-ng by voice. Everything is drawn from one seed, so the same seed gives the
+//! same manifests and the same audio bytes.
+
+use std::f32::consts::PI;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pal_nn::rng::SplitMix64;
+
+use crate::shared::SPEECH_QUESTION;
+use crate::shared::{err, line, write, BuildError, BuildSummary};
+
+/// Asked of generated beeps: how many.
+pub const COUNT_QUESTION: &str = "How many beeps are there?";
+/// Asked of generated beeps: their pitch.
+pub const PITCH_QUESTION: &str = "Is the tone high or low?";
+/// Asked of generated noise.
+pub const NOISE_QUESTION: &str = "What kind of noise is this?";
+/// Asked of generated chords.
+pub const CHORD_QUESTION: &str = "Is this chord major or minor?";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct InstructOptions {
+    /// The shared real-audio folder (`fsdd/`, `esc10/`, `speech_samples/`); without it only
+    /// generated tasks are built.
+    pub root: Option<PathBuf>,
+    /// Output folder: manifests per task and split, generated audio under `audio/`.
+    pub out: PathBuf,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Synthesize speech with espeak-ng (skipped with a warning when it is not installed).
+    pub espeak: bool,
+    /// Generated clips per task in the train split (the test split gets a quarter as many).
+    pub generated_per_task: usize,
+}
+
+/// Number words for counts and digits.
+const NUMBERS: [&str; 10] = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
+
+const RATE: u32 = 16_000;
+
+fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f32 {
+    (lo + (hi - lo) * rng.next_f64()) as f32
+}
+
+fn pick(rng: &mut SplitMix64, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
+}
+
+/// Gaussian-ish noise (sum of uniforms) for backgrounds.
+fn noise_sample(rng: &mut SplitMix64) -> f32 {
+    ((0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0) as f32
+}
+
+/// `count` beeps of `hz` with random lengths and gaps, over faint noise. Returns the samples.
+fn beeps(rng: &mut SplitMix64, count: usize, hz: f32) -> Vec<f32> {
+    let amplitude = uniform(rng, 0.15, 0.5);
+    let floor = uniform(rng, 0.0, 0.01);
+    let mut out: Vec<f32> = (0..(uniform(rng, 0.1, 0.4) * RATE as f32) as usize)
+        .map(|_| floor * noise_sample(rng))
+        .collect();
+    for _ in 0..count {
+        let on = (uniform(rng, 0.12, 0.3) * RATE as f32) as usize;
+        let off = (uniform(rng, 0.15, 0.35) * RATE as f32) as usize;
+        for i in 0..on {
+            // 5 ms ramps avoid clicks that would sound like extra beeps.
+            let ramp = (i.min(on - i) as f32 / 80.0).min(1.0);
+            let t = i as f32 / RATE as f32;
+            out.push(amplitude * ramp * (2.0 * PI * hz * t).sin() + floor * noise_sample(rng));
+        }
+        out.extend((0..off).map(|_| floor * noise_sample(rng)));
+    }
+    out
+}
+
+/// White, pink or brown noise (by index) for `seconds`.
+fn coloured_noise(rng: &mut SplitMix64, colour: usize, seconds: f32) -> Vec<f32> {
+    let n = (seconds * RATE as f32) as usize;
+    let white: Vec<f32> = (0..n).map(|_| noise_sample(rng) * 0.5).collect();
+    let mut out = match colour {
+        0 => white,
+        1 => {
+            // Paul Kellet's economy pink filter.
+            let (mut b0, mut b1, mut b2) = (0.0f32, 0.0f32, 0.0f32);
+            white
+                .iter()
+                .map(|&w| {
+                    b0 = 0.99765 * b0 + w * 0.0990460;
+                    b1 = 0.96300 * b1 + w * 0.2965164;
+                    b2 = 0.57000 * b2 + w * 1.0526913;
+                    b0 + b1 + b2 + w * 0.1848
+                })
+                .collect()
+        }
+        _ => {
+            let mut last = 0.0f32;
+            white
+                .iter()
+                .map(|&w| {
+                    last = (last + 0.02 * w) * 0.998;
+                    last
+                })
+                .collect()
+        }
+    };
+    let peak = out.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    let gain = uniform(rng, 0.2, 0.6) / peak;
+    out.iter_mut().for_each(|x| *x *= gain);
+    out
+}
+
+/// A major or minor triad on `root` Hz with a few harmonics and a decay.
+fn chord(rng: &mut SplitMix64, minor: bool, root: f32) -> Vec<f32> {
+    let third = if minor { 3.0f32 } else { 4.0 };
+    let notes = [
+        root,
+        root * 2f32.powf(third / 12.0),
+        root * 2f32.powf(7.0 / 12.0),
+    ];
+    let seconds = uniform(rng, 1.2, 2.0);
+    let decay = uniform(rng, 0.5, 2.0);
+    let amplitude = uniform(rng, 0.1, 0.25);
+    (0..(seconds * RATE as f32) as usize)
+        .map(|i| {
+            let t = i as f32 / RATE as f32;
+            let env = (-decay * t).exp() * (t * 200.0).min(1.0);
+            let tone: f32 = notes
+                .iter()
+                .map(|f| {
+                    (1..=3)
+                        .map(|h| (2.0 * PI * f * h as f32 * t).sin() / h as f32)
+                        .sum::<f32>()
+                })
+                .sum();
+            amplitude * env * tone
+        })
+        .collect()
+}
+
+/// Sentences for espeak-ng: simple, varied, with a known text.
+fn sentence(rng: &mut SplitMix64) -> String {
+    const SUBJECTS: [&str; 8] = [
+        "The red car",
+        "My old dog",
+        "A small bird",
+        "The new teacher",
+        "Our neighbour",
+        "The tall tree",
+        "A green boat",
+        "The quiet child",
+    ];
+    const VERBS: [&str; 8] = [
+        "is near",
+        "waits by",
+        "moves past",
+        "sits under",
+        "looks at",
+        "stays behind",
+        "runs to",
+        "stands beside",
+    ];
+    const PLACES: [&str; 8] = [
+        "the river",
+        "the station",
+        "the old bridge",
+        "the garden gate",
+        "the market",
+        "the white house",
+        "the school",
+        "the harbour",
+    ];
+    format!(
+        "{} {} {}.",
+        SUBJECTS[pick(rng, 8)],
+        VERBS[pick(rng, 8)],
+        PLACES[pick(rng, 8)]
+    )
+}
+
+/// espeak-ng voices: the first ones are for training, the last is held out for testing.
+const TRAIN_VOICES: [&str; 4] = ["en-us", "en-gb", "en-gb-scotland", "en-029"];
+const TEST_VOICE: &str = "en-gb-x-rp";
+
+fn espeak_available() -> bool {
+    Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn espeak(text: &str, voice: &str, speed: u32, path: &Path) -> Result<(), BuildError> {
+    let status = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", &speed.to_string(), "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .map_err(|e| err(path, format!("running espeak-ng: {e}")))?;
+    if !status.success() {
+        return Err(err(path, format!("espeak-ng failed: {status}")));
+    }
+    Ok(())
+}
+
+/// Writes a generated clip and returns its path.
+fn save(dir: &Path, name: &str, samples: &[f32]) -> Result<PathBuf, BuildError> {
+    let path = dir.join(name);
+    pal_audio::write_wav(&path, samples, RATE).map_err(|e| err(&path, e))?;
+    Ok(path)
+}
+
+/// Builds every task's `train.jsonl` and `test.jsonl` under `options.out`.
+pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, BuildError> {
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(|e| err(out, e))?;
+    let out = out.canonicalize().map_err(|e| err(out, e))?;
+    let mut summary = BuildSummary::default();
+    let splits = [
+        ("train", options.generated_per_task),
+        ("test", options.generated_per_task.div_ceil(4)),
+    ];
+
+    // Beeps: count and pitch, two questions per clip.
+    let dir = out.join("audio/beeps");
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    for (s, (split, n)) in splits.iter().enumerate() {
+        let mut rng = SplitMix64::new(options.seed ^ (0xbee9 + s as u64));
+        let mut lines = vec![];
+        for i in 0..*n {
+            let count = 1 + pick(&mut rng, 4);
+            let high = rng.next_f64() < 0.5;
+            let hz = if high {
+                uniform(&mut rng, 1200.0, 2400.0)
+            } else {
+                uniform(&mut rng, 180.0, 360.0)
+            };
+            let path = save(
+                &dir,
+                &format!("{split}-{i:04}.wav"),
+                &beeps(&mut rng, count, hz),
+            )?;
+            lines.push(line(&path, COUNT_QUESTION, NUMBERS[count]));
+            lines.push(line(
+                &path,
+                PITCH_QUESTION,
+                if high { "high" } else { "low" },
+            ));
+        }
+        write(
+            &out.join(format!("beeps/{split}.jsonl")),
+            &lines,
+            &mut summary,
+        )?;
+    }
+
+    // Noise colours.
+    let dir = out.join("audio/noise");
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    for (s, (split, n)) in splits.iter().enumerate() {
+        let mut rng = SplitMix64::new(options.seed ^ (0x4015e + s as u64));
+        let mut lines = vec![];
+        for i in 0..*n {
+            let colour = i % 3;
+            let seconds = uniform(&mut rng, 1.0, 2.0);
+            let path = save(
+                &dir,
+                &format!("{split}-{i:04}.wav"),
+                &coloured_noise(&mut rng, colour, seconds),
+            )?;
+            lines.push(line(
+                &path,
+                NOISE_QUESTION,
+                ["white noise", "pink noise", "brown noise"][colour],
+            ));
+        }
+        write(
+            &out.join(format!("noise/{split}.jsonl")),
+            &lines,
+            &mut summary,
+        )?;
+    }
+
+    // Chords.
+    let dir = out.join("audio/chords");
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    for (s, (split, n)) in splits.iter().enumerate() {
+        let mut rng = SplitMix64::new(options.seed ^ (0xc40d + s as u64));
+        let mut lines = vec![];
+        for i in 0..*n {
+            let minor = i % 2 == 1;
+            let root = uniform(&mut rng, 180.0, 440.0);
+            let path = save(
+                &dir,
+                &format!("{split}-{i:04}.wav"),
+                &chord(&mut rng, minor, root),
+            )?;
+            lines.push(line(
+                &path,
+                CHORD_QUESTION,
+                if minor { "minor" } else { "major" },
+            ));
+        }
+        write(
+            &out.join(format!("chords/{split}.jsonl")),
+            &lines,
+            &mut summary,
+        )?;
+    }
+
+    // espeak-ng speech: training voices for train, a held-out voice for test.
+    if options.espeak {
+        if espeak_available() {
+            let dir = out.join("audio/espeak");
+            std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+            for (s, (split, n)) in splits.iter().enumerate() {
+                let mut rng = SplitMix64::new(options.seed ^ (0x5beec + s as u64));
+                let mut lines = vec![];
+                for i in 0..*n {
+                    let text = sentence(&mut rng);
+                    let voice = if *split == "train" {
+                        TRAIN_VOICES[i % TRAIN_VOICES.len()]
+                    } else {
+                        TEST_VOICE
+                    };
+                    let speed = 130 + pick(&mut rng, 50) as u32;
+                    let path = dir.join(format!("{split}-{i:04}.wav"));
+                    espeak(&text, voice, speed, &path)?;
+                    lines.push(line(&path, SPEECH_QUESTION, &text));
+                }
+                write(
+                    &out.join(format!("espeak/{split}.jsonl")),
+                    &lines,
+                    &mut summary,
+                )?;
+            }
+        } else {
+            eprintln!("warning: espeak-ng is not installed; the espeak speech task is skipped");
+        }
+    }
+
+    if let Some(root) = &options.root {
+        let real = crate::shared::build_shared_manifests(root, &out)?;
+        summary.manifests.extend(real.manifests);
+    }
+    Ok(summary)
+}

@@ -1,0 +1,181 @@
+//! `pal serve` as a user runs it: a real process on a free loopback port, driven by the official
+//! `openai` Python client (`scripts/openai_client_check.py`, run with `$PAL_TEST_PYTHON`, a venv
+//! that has `openai`; `.ci/run` makes one). Its answers equal `pal ask` for the same clip, question
+//! and seed; SIGTERM lets a request in flight finish and then stops the server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use pal_models::assets;
+use pal_models::model_config::{write_untrained_run, ModelConfig};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn pal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pal"))
+}
+
+/// The venv Python with `openai`, or None to skip (an error when models are required).
+fn python() -> Option<String> {
+    match std::env::var("PAL_TEST_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var("PAL_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            panic!("PAL_TEST_PYTHON must name a Python with the openai package (.ci/run makes one)")
+        }
+        Err(_) => None,
+    }
+}
+
+/// Starts `pal serve` on a free port; returns the child (the caller waits for it) and its address.
+#[allow(clippy::zombie_processes)]
+fn start_server(run: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = pal()
+        .args(["serve", "--model"])
+        .arg(run)
+        .args(["--port", "0", "--model-name", "pal-test"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            panic!("pal serve exited before serving: {status}");
+        }
+        if let Some(rest) = line.split("on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            // Keep draining stderr so the server never blocks on it.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                let _ = stderr.read_to_string(&mut sink);
+            });
+            return (child, addr);
+        }
+    }
+}
+
+fn ask(run: &Path, clip: &Path, question: &str, extra: &[&str]) -> String {
+    let out = pal()
+        .args(["ask", "--model"])
+        .arg(run)
+        .arg("--audio")
+        .arg(clip)
+        .args(extra)
+        .arg(question)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
+    if assets::for_test(&assets::SMOLLM2_135M).is_none()
+        || assets::for_test(&assets::WHISPER_TINY_EN).is_none()
+    {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = ModelConfig::load(&repo().join("configs/smollm2-whisper-pal.toml")).unwrap();
+    write_untrained_run(&config, &repo().join("configs"), &run).unwrap();
+    let clip = repo().join("assets/clips/jfk_16k.wav");
+    let question = "What is said in this clip?";
+
+    let (mut server, addr) = start_server(&run, &[]);
+    for (temperature, seed) in [("0", "0"), ("0.8", "7")] {
+        let out = Command::new(&python)
+            .arg(repo().join("scripts/openai_client_check.py"))
+            .args([
+                "--base-url",
+                &format!("http://{addr}/v1"),
+                "--model",
+                "pal-test",
+            ])
+            .arg("--clip")
+            .arg(&clip)
+            .args(["--question", question, "--max-tokens", "16"])
+            .args(["--temperature", temperature, "--seed", seed])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let expected = ask(
+            &run,
+            &clip,
+            question,
+            &[
+                "--max-tokens",
+                "16",
+                "--temperature",
+                temperature,
+                "--seed",
+                seed,
+            ],
+        );
+        assert_eq!(got["chat"], expected, "temperature {temperature}");
+        assert_eq!(got["stream"], expected, "temperature {temperature}");
+        assert_eq!(got["models"][0], "pal-test");
+        let transcript = got["transcription"].as_str().unwrap().to_lowercase();
+        assert!(
+            transcript.contains("ask not what your country can do for you"),
+            "{transcript}"
+        );
+    }
+
+    // A request in flight when SIGTERM arrives is answered in full; then the server exits 0.
+    let body = serde_json::json!({
+        "model": "pal-test",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": question},
+            {"type": "input_audio", "input_audio": {
+                "data": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&clip).unwrap()),
+                "format": "wav"}},
+        ]}],
+        "max_tokens": 48, "temperature": 0.8, "seed": 1,
+    })
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&server);
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"chat.completion\""), "{response}");
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
