@@ -355,16 +355,15 @@ impl AudioLlm {
         self.lal_prefix_computations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = b * na;
-        // (L, b*Na, d): every layer's projection of the same frames.
+        // (b*Na, L, d): every layer's projection of the same frames, rows first, so that the
+        // bias and the norm run over contiguous memory.
         let projected = match &adapter.projector {
             LalProjection::Linear { weight, bias } => {
                 // One GEMM for all layers: (rows, d_enc) x (d_enc, L*d); the frames are constants,
                 // so only the projector's weight gradient is computed.
                 let flat = frames.reshape((rows, d_enc))?;
                 let all = constant_input_linear(&flat, &weight.reshape((l * d, d_enc))?)?;
-                all.reshape((rows, l, d))?
-                    .transpose(0, 1)?
-                    .broadcast_add(&bias.unsqueeze(1)?)?
+                all.reshape((rows, l, d))?.broadcast_add(bias)?
             }
             LalProjection::Mlp(mlps) => {
                 let flat = frames.reshape((rows, d_enc))?;
@@ -373,7 +372,7 @@ impl AudioLlm {
                         .iter()
                         .map(|m| m.forward(&flat))
                         .collect::<Result<Vec<_>>>()?,
-                    0,
+                    1,
                 )?
             }
         };
@@ -382,26 +381,43 @@ impl AudioLlm {
             .iter()
             .map(|&i| &self.llm.layers[i])
             .collect();
+        let plain_kv = |pick: &dyn Fn(&crate::llama::DecoderLayer) -> &Linear| {
+            layers
+                .iter()
+                .all(|x| !pick(x).weight.is_variable() && pick(x).lora.is_none())
+        };
+        // With frozen, LoRA-free k/v projections the layer norms' gains fold into the projection
+        // weights (k = norm(A) * g * W^T = norm(A) * (W diag g)^T): no pass over the
+        // (L, rows, d) tensor for the gain, forward or backward.
+        let fold_gain =
+            adapter.own_norms.is_none() && plain_kv(&|x| &x.k_proj) && plain_kv(&|x| &x.v_proj);
+        // (L, rows, d) inputs of the k/v projections.
         let normed = match &adapter.own_norms {
             Some(norms) => Tensor::stack(
                 &norms
                     .iter()
                     .enumerate()
-                    .map(|(j, n)| n.forward(&projected.get(j)?))
+                    .map(|(j, n)| n.forward(&projected.narrow(1, j, 1)?.squeeze(1)?.contiguous()?))
                     .collect::<Result<Vec<_>>>()?,
                 0,
             )?,
             None => {
                 let ones = Tensor::ones(d, projected.dtype(), projected.device())?;
-                let weights = Tensor::stack(
-                    &layers
-                        .iter()
-                        .map(|x| &x.input_layernorm)
-                        .collect::<Vec<_>>(),
-                    0,
-                )?;
-                rms_norm(&projected, &ones, c.rms_norm_eps)?
-                    .broadcast_mul(&weights.unsqueeze(1)?)?
+                let unit = rms_norm(&projected, &ones, c.rms_norm_eps)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                if fold_gain {
+                    unit
+                } else {
+                    let gains = Tensor::stack(
+                        &layers
+                            .iter()
+                            .map(|x| &x.input_layernorm)
+                            .collect::<Vec<_>>(),
+                        0,
+                    )?;
+                    unit.broadcast_mul(&gains.unsqueeze(1)?)?
+                }
             }
         };
         let project = |pick: &dyn Fn(&crate::llama::DecoderLayer) -> &Linear| -> Result<Tensor> {
@@ -410,7 +426,16 @@ impl AudioLlm {
                 0,
             )?;
             let trainable = layers.iter().any(|x| pick(x).weight.is_variable());
-            let mut out = if trainable {
+            let mut out = if fold_gain {
+                let gains = Tensor::stack(
+                    &layers
+                        .iter()
+                        .map(|x| &x.input_layernorm)
+                        .collect::<Vec<_>>(),
+                    0,
+                )?;
+                frozen_linear(&normed, &weight.broadcast_mul(&gains.unsqueeze(1)?)?)?
+            } else if trainable {
                 normed.matmul(&weight.transpose(1, 2)?)?
             } else {
                 frozen_linear(&normed, &weight)?

@@ -1,0 +1,65 @@
+//! `pal demo`: the shipped adapter answers a question about each bundled clip
+//! (`assets/clips/demo.jsonl`), with the expected answer next to each.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use clap::Args;
+
+/// The repository's bundled files, found from the source tree or the working directory.
+fn bundled(relative: &str) -> PathBuf {
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
+    if from_source.exists() {
+        from_source
+    } else {
+        PathBuf::from(relative)
+    }
+}
+
+/// Arguments of `pal demo`.
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Run folder (default: the shipped adapter, adapters/smollm2-whisper-pal).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Manifest of clips, questions and expected answers (default: assets/clips/demo.jsonl).
+    #[arg(long)]
+    clips: Option<PathBuf>,
+}
+
+/// Answers every clip's question and prints it next to the expected answer.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let model = args
+        .model
+        .unwrap_or_else(|| bundled("adapters/smollm2-whisper-pal"));
+    let clips = args
+        .clips
+        .unwrap_or_else(|| bundled("assets/clips/demo.jsonl"));
+    let built = pal_models::model_config::load_run(&model, DType::F32, &Device::Cpu)
+        .with_context(|| format!("loading {} (run `pal fetch` first)", model.display()))?;
+    let records = pal_data::load_manifest(&clips, false)?.records;
+    let report = pal_eval::evaluate(&built, &clips, 8, 64)?;
+    let mut right = 0;
+    for (item, record) in report.items.iter().zip(&records) {
+        // Closed answers must match; a transcript is right within 25% word error rate.
+        let wer = pal_eval::metrics::word_error_rate(&[(&item.reference, &item.answer)]);
+        let ok = item.correct || (item.reference.split_whitespace().count() > 3 && wer <= 0.25);
+        right += ok as usize;
+        let clip = record
+            .audio
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        println!("{clip}\n  Q: {}\n  A: {}", item.question, item.answer);
+        println!(
+            "  expected: {} [{}]\n",
+            item.reference,
+            if ok { "right" } else { "wrong" }
+        );
+    }
+    println!("{right}/{} answers right", report.items.len());
+    Ok(())
+}
