@@ -208,11 +208,37 @@ fn espeak(text: &str, voice: &str, speed: u32, path: &Path) -> Result<(), BuildE
     Ok(())
 }
 
-/// Writes a generated clip and returns its path.
-fn save(dir: &Path, name: &str, samples: &[f32]) -> Result<PathBuf, BuildError> {
-    let path = dir.join(name);
-    pal_audio::write_wav(&path, samples, RATE).map_err(|e| err(&path, e))?;
-    Ok(path)
+/// One generated task: for every split, `make(rng, i, wav)` writes clip `i` to `wav` and returns
+/// its (question, answer) pairs; the manifests go to `out/{name}/{split}.jsonl` and the clips to
+/// `out/audio/{name}/`. Split `s` draws from the stream `seed ^ (salt + s)`.
+fn generated_task(
+    out: &Path,
+    name: &str,
+    seed: u64,
+    salt: u64,
+    per_split: &[(&str, usize)],
+    summary: &mut BuildSummary,
+    mut make: impl FnMut(
+        &mut SplitMix64,
+        &str,
+        usize,
+        &Path,
+    ) -> Result<Vec<(&'static str, String)>, BuildError>,
+) -> Result<(), BuildError> {
+    let dir = out.join("audio").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    for (s, (split, n)) in per_split.iter().enumerate() {
+        let mut rng = SplitMix64::new(seed ^ (salt + s as u64));
+        let mut lines = vec![];
+        for i in 0..*n {
+            let path = dir.join(format!("{split}-{i:04}.wav"));
+            for (question, answer) in make(&mut rng, split, i, &path)? {
+                lines.push(line(&path, question, &answer));
+            }
+        }
+        write(&out.join(format!("{name}/{split}.jsonl")), &lines, summary)?;
+    }
+    Ok(())
 }
 
 /// Builds every task's `train.jsonl` and `test.jsonl` under `options.out`.
@@ -225,120 +251,97 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
         ("train", options.generated_per_task),
         ("test", options.generated_per_task.div_ceil(4)),
     ];
+    let wav = |path: &Path, samples: &[f32]| {
+        pal_audio::write_wav(path, samples, RATE).map_err(|e| err(path, e))
+    };
 
     // Beeps: count and pitch, two questions per clip.
-    let dir = out.join("audio/beeps");
-    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-    for (s, (split, n)) in splits.iter().enumerate() {
-        let mut rng = SplitMix64::new(options.seed ^ (0xbee9 + s as u64));
-        let mut lines = vec![];
-        for i in 0..*n {
-            let count = 1 + pick(&mut rng, 4);
+    generated_task(
+        &out,
+        "beeps",
+        options.seed,
+        0xbee9,
+        &splits,
+        &mut summary,
+        |rng, _, _, path| {
+            let count = 1 + pick(rng, 4);
             let high = rng.next_f64() < 0.5;
             let hz = if high {
-                uniform(&mut rng, 1200.0, 2400.0)
+                uniform(rng, 1200.0, 2400.0)
             } else {
-                uniform(&mut rng, 180.0, 360.0)
+                uniform(rng, 180.0, 360.0)
             };
-            let path = save(
-                &dir,
-                &format!("{split}-{i:04}.wav"),
-                &beeps(&mut rng, count, hz),
-            )?;
-            lines.push(line(&path, COUNT_QUESTION, NUMBERS[count]));
-            lines.push(line(
-                &path,
-                PITCH_QUESTION,
-                if high { "high" } else { "low" },
-            ));
-        }
-        write(
-            &out.join(format!("beeps/{split}.jsonl")),
-            &lines,
-            &mut summary,
-        )?;
-    }
+            wav(path, &beeps(rng, count, hz))?;
+            Ok(vec![
+                (COUNT_QUESTION, NUMBERS[count].to_string()),
+                (
+                    PITCH_QUESTION,
+                    if high { "high" } else { "low" }.to_string(),
+                ),
+            ])
+        },
+    )?;
 
-    // Noise colours.
-    let dir = out.join("audio/noise");
-    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-    for (s, (split, n)) in splits.iter().enumerate() {
-        let mut rng = SplitMix64::new(options.seed ^ (0x4015e + s as u64));
-        let mut lines = vec![];
-        for i in 0..*n {
+    // Noise colours, in turn.
+    generated_task(
+        &out,
+        "noise",
+        options.seed,
+        0x4015e,
+        &splits,
+        &mut summary,
+        |rng, _, i, path| {
             let colour = i % 3;
-            let seconds = uniform(&mut rng, 1.0, 2.0);
-            let path = save(
-                &dir,
-                &format!("{split}-{i:04}.wav"),
-                &coloured_noise(&mut rng, colour, seconds),
-            )?;
-            lines.push(line(
-                &path,
+            let seconds = uniform(rng, 1.0, 2.0);
+            wav(path, &coloured_noise(rng, colour, seconds))?;
+            Ok(vec![(
                 NOISE_QUESTION,
-                ["white noise", "pink noise", "brown noise"][colour],
-            ));
-        }
-        write(
-            &out.join(format!("noise/{split}.jsonl")),
-            &lines,
-            &mut summary,
-        )?;
-    }
+                ["white noise", "pink noise", "brown noise"][colour].to_string(),
+            )])
+        },
+    )?;
 
-    // Chords.
-    let dir = out.join("audio/chords");
-    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-    for (s, (split, n)) in splits.iter().enumerate() {
-        let mut rng = SplitMix64::new(options.seed ^ (0xc40d + s as u64));
-        let mut lines = vec![];
-        for i in 0..*n {
+    // Chords, major and minor in turn.
+    generated_task(
+        &out,
+        "chords",
+        options.seed,
+        0xc40d,
+        &splits,
+        &mut summary,
+        |rng, _, i, path| {
             let minor = i % 2 == 1;
-            let root = uniform(&mut rng, 180.0, 440.0);
-            let path = save(
-                &dir,
-                &format!("{split}-{i:04}.wav"),
-                &chord(&mut rng, minor, root),
-            )?;
-            lines.push(line(
-                &path,
+            let root = uniform(rng, 180.0, 440.0);
+            wav(path, &chord(rng, minor, root))?;
+            Ok(vec![(
                 CHORD_QUESTION,
-                if minor { "minor" } else { "major" },
-            ));
-        }
-        write(
-            &out.join(format!("chords/{split}.jsonl")),
-            &lines,
-            &mut summary,
-        )?;
-    }
+                if minor { "minor" } else { "major" }.to_string(),
+            )])
+        },
+    )?;
 
     // espeak-ng speech: training voices for train, a held-out voice for test.
     if options.espeak {
         if espeak_available() {
-            let dir = out.join("audio/espeak");
-            std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-            for (s, (split, n)) in splits.iter().enumerate() {
-                let mut rng = SplitMix64::new(options.seed ^ (0x5beec + s as u64));
-                let mut lines = vec![];
-                for i in 0..*n {
-                    let text = sentence(&mut rng);
-                    let voice = if *split == "train" {
+            generated_task(
+                &out,
+                "espeak",
+                options.seed,
+                0x5beec,
+                &splits,
+                &mut summary,
+                |rng, split, i, path| {
+                    let text = sentence(rng);
+                    let voice = if split == "train" {
                         TRAIN_VOICES[i % TRAIN_VOICES.len()]
                     } else {
                         TEST_VOICE
                     };
-                    let speed = 130 + pick(&mut rng, 50) as u32;
-                    let path = dir.join(format!("{split}-{i:04}.wav"));
-                    espeak(&text, voice, speed, &path)?;
-                    lines.push(line(&path, SPEECH_QUESTION, &text));
-                }
-                write(
-                    &out.join(format!("espeak/{split}.jsonl")),
-                    &lines,
-                    &mut summary,
-                )?;
-            }
+                    let speed = 130 + pick(rng, 50) as u32;
+                    espeak(&text, voice, speed, path)?;
+                    Ok(vec![(SPEECH_QUESTION, text)])
+                },
+            )?;
         } else {
             eprintln!("warning: espeak-ng is not installed; the espeak speech task is skipped");
         }

@@ -391,6 +391,15 @@ impl AudioLlm {
         // (L, rows, d) tensor for the gain, forward or backward.
         let fold_gain =
             adapter.own_norms.is_none() && plain_kv(&|x| &x.k_proj) && plain_kv(&|x| &x.v_proj);
+        // The LAL layers' input-norm gains, (L, 1, d).
+        let gains = Tensor::stack(
+            &layers
+                .iter()
+                .map(|x| &x.input_layernorm)
+                .collect::<Vec<_>>(),
+            0,
+        )?
+        .unsqueeze(1)?;
         // (L, rows, d) inputs of the k/v projections.
         let normed = match &adapter.own_norms {
             Some(norms) => Tensor::stack(
@@ -409,14 +418,7 @@ impl AudioLlm {
                 if fold_gain {
                     unit
                 } else {
-                    let gains = Tensor::stack(
-                        &layers
-                            .iter()
-                            .map(|x| &x.input_layernorm)
-                            .collect::<Vec<_>>(),
-                        0,
-                    )?;
-                    unit.broadcast_mul(&gains.unsqueeze(1)?)?
+                    unit.broadcast_mul(&gains)?
                 }
             }
         };
@@ -427,14 +429,7 @@ impl AudioLlm {
             )?;
             let trainable = layers.iter().any(|x| pick(x).weight.is_variable());
             let mut out = if fold_gain {
-                let gains = Tensor::stack(
-                    &layers
-                        .iter()
-                        .map(|x| &x.input_layernorm)
-                        .collect::<Vec<_>>(),
-                    0,
-                )?;
-                frozen_linear(&normed, &weight.broadcast_mul(&gains.unsqueeze(1)?)?)?
+                frozen_linear(&normed, &weight.broadcast_mul(&gains)?)?
             } else if trainable {
                 normed.matmul(&weight.transpose(1, 2)?)?
             } else {

@@ -77,29 +77,10 @@ fn clip_wav() -> Vec<u8> {
 
 /// A 16 kHz mono PCM16 WAV of `seconds` of a 440 Hz tone.
 fn tone_wav(seconds: f32) -> Vec<u8> {
-    let n = (16000.0 * seconds) as usize;
-    let data: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            ((0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin() * 32767.0)
-                as i16)
-                .to_le_bytes()
-        })
+    let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
+        .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin())
         .collect();
-    let mut v = Vec::new();
-    v.extend(b"RIFF");
-    v.extend((36 + data.len() as u32).to_le_bytes());
-    v.extend(b"WAVEfmt ");
-    v.extend(16u32.to_le_bytes());
-    v.extend(1u16.to_le_bytes());
-    v.extend(1u16.to_le_bytes());
-    v.extend(16000u32.to_le_bytes());
-    v.extend(32000u32.to_le_bytes());
-    v.extend(2u16.to_le_bytes());
-    v.extend(16u16.to_le_bytes());
-    v.extend(b"data");
-    v.extend((data.len() as u32).to_le_bytes());
-    v.extend(data);
-    v
+    pal_audio::wav_bytes(&samples, 16000)
 }
 
 fn chat_body(audio: &[u8], question: &str, extra: Value) -> Value {

@@ -18,29 +18,10 @@ fn models_present() -> bool {
 
 /// A 16 kHz mono PCM16 WAV of a sine.
 fn write_tone(path: &Path, hz: f32, seconds: f32, amplitude: f32) {
-    let n = (16000.0 * seconds) as usize;
-    let data: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            ((amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin() * 32767.0)
-                as i16)
-                .to_le_bytes()
-        })
+    let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
+        .map(|i| amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin())
         .collect();
-    let mut v = Vec::new();
-    v.extend(b"RIFF");
-    v.extend((36 + data.len() as u32).to_le_bytes());
-    v.extend(b"WAVEfmt ");
-    v.extend(16u32.to_le_bytes());
-    v.extend(1u16.to_le_bytes());
-    v.extend(1u16.to_le_bytes());
-    v.extend(16000u32.to_le_bytes());
-    v.extend(32000u32.to_le_bytes());
-    v.extend(2u16.to_le_bytes());
-    v.extend(16u16.to_le_bytes());
-    v.extend(b"data");
-    v.extend((data.len() as u32).to_le_bytes());
-    v.extend(data);
-    std::fs::write(path, v).unwrap();
+    pal_audio::write_wav(path, &samples, 16000).unwrap();
 }
 
 /// A run folder layout: clips, manifest, model config, curriculum. Returns the curriculum path.
