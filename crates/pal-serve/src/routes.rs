@@ -110,17 +110,19 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
+/// An extractor's failure (reading the body or a form field) in OpenAI's shape: 413 when the
+/// body is over the limit, otherwise the extractor's status with `detail`.
+fn rejected(status: StatusCode, detail: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "the request body is larger than the server's limit")
+    } else {
+        ApiError::new(status, detail)
+    }
+}
+
 /// The body, or 413/400 from the extractor in OpenAI's shape.
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|r| {
-        let status = r.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "the request body is larger than the server's limit".to_string()
-        } else {
-            r.body_text()
-        };
-        ApiError::new(status, message)
-    })
+    body.map_err(|r| rejected(r.status(), r.body_text()))
 }
 
 /// Decodes a clip (any supported format) to 16 kHz mono and checks its duration.
@@ -454,7 +456,7 @@ async fn transcriptions(
             "this model has no Whisper decoder, so it cannot transcribe",
         ));
     }
-    let mut multipart = multipart.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let mut multipart = multipart.map_err(|r| rejected(r.status(), r.body_text()))?;
     let mut file: Option<(Vec<u8>, Option<String>)> = None;
     let mut response_format = "json".to_string();
     loop {
@@ -462,13 +464,10 @@ async fn transcriptions(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                let status = e.status();
-                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "the request body is larger than the server's limit".to_string()
-                } else {
-                    format!("malformed multipart body: {}", e.body_text())
-                };
-                return Err(ApiError::new(status, message));
+                return Err(rejected(
+                    e.status(),
+                    format!("malformed multipart body: {}", e.body_text()),
+                ))
             }
         };
         let name = field.name().unwrap_or_default().to_string();
@@ -476,8 +475,10 @@ async fn transcriptions(
             .file_name()
             .and_then(|f| f.rsplit_once('.').map(|(_, e)| e.to_lowercase()));
         let data = field.bytes().await.map_err(|e| {
-            let status = e.status();
-            ApiError::new(status, format!("reading field '{name}': {}", e.body_text()))
+            rejected(
+                e.status(),
+                format!("reading field '{name}': {}", e.body_text()),
+            )
         })?;
         match name.as_str() {
             "file" => file = Some((data.to_vec(), extension)),

@@ -363,19 +363,31 @@ const LLAMA_32_1B_CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 128256
  "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
  "original_max_position_embeddings": 8192}, "tie_word_embeddings": true}"#;
 
+/// How reports name the `--shapes llama-3.2-1b` model.
+const RANDOM_SHAPES_NAME: &str = "Llama-3.2-1B shapes, random weights";
+
+/// The config of `--shapes`, when the benchmark runs on random weights.
+fn random_shapes(args: &ModesBenchArgs) -> anyhow::Result<Option<pal_models::LlamaConfig>> {
+    match args.shapes.as_deref() {
+        Some("llama-3.2-1b") => Ok(Some(pal_models::LlamaConfig::from_hf_json(
+            LLAMA_32_1B_CONFIG,
+        )?)),
+        Some(other) => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b)"),
+        None => Ok(None),
+    }
+}
+
 /// The LLM of a modes benchmark and its name.
 fn modes_llm(args: &ModesBenchArgs) -> anyhow::Result<(pal_models::Llama, String)> {
-    match args.shapes.as_deref() {
-        Some("llama-3.2-1b") => {
-            let config = pal_models::LlamaConfig::from_hf_json(LLAMA_32_1B_CONFIG)?;
+    match random_shapes(args)? {
+        Some(config) => {
             let llm = pal_models::Llama::random(
                 config,
                 candle_core::DType::F32,
                 &candle_core::Device::Cpu,
             )?;
-            Ok((llm, "Llama-3.2-1B shapes, random weights".into()))
+            Ok((llm, RANDOM_SHAPES_NAME.into()))
         }
-        Some(other) => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b)"),
         None => {
             let path = super::resolve_llm(args.llm.clone())?;
             let (llm, _) = super::load_llm(&path)?;
@@ -438,7 +450,7 @@ fn modes_child(args: &ModesBenchArgs, spec: &str) -> anyhow::Result<()> {
     let mut model = modes_model(args, mode, &params)?;
     let vocab = model.llm.config.vocab_size;
     let (_, rss_before) = super::memory_bytes();
-    let result = match task {
+    let mut result = match task {
         "train" => {
             if parts[3] == "lora" {
                 let targets = ["q_proj".to_string(), "v_proj".to_string()];
@@ -492,7 +504,6 @@ fn modes_child(args: &ModesBenchArgs, spec: &str) -> anyhow::Result<()> {
         other => anyhow::bail!("unknown measurement '{other}'"),
     };
     let (peak, _) = super::memory_bytes();
-    let mut result = result;
     result["peak_rss_bytes"] = json!(peak);
     result["rss_before_bytes"] = json!(rss_before);
     println!("{result}");
@@ -532,6 +543,7 @@ impl ModesRow {
 fn bench_modes(args: ModesBenchArgs) -> anyhow::Result<()> {
     use pal_models::cost::{cost, CostMode, Shapes};
     let modes = ["plits", "lal", "pal"];
+    random_shapes(&args)?; // an unknown --shapes fails here, before any child runs
     let exe = std::env::current_exe()?;
     let trainables: Vec<String> = args
         .trainable
@@ -669,8 +681,15 @@ fn bench_modes(args: ModesBenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    let (llm, model_name) = modes_llm(&args)?;
-    let layers = llm.config.num_hidden_layers;
+    // The report needs only the config: random weights (gigabytes at 1B shapes) are not built.
+    let (config, model_name) = match random_shapes(&args)? {
+        Some(config) => (config, RANDOM_SHAPES_NAME.to_string()),
+        None => {
+            let (llm, name) = modes_llm(&args)?;
+            (llm.config, name)
+        }
+    };
+    let layers = config.num_hidden_layers;
     let lal_layers = layers.saturating_sub(args.lal_start);
     let predicted = |mode: &str, na: usize| {
         let shapes = Shapes {
@@ -680,10 +699,10 @@ fn bench_modes(args: ModesBenchArgs) -> anyhow::Result<()> {
             d_enc: args.d_enc,
         };
         match mode {
-            "plits" => cost(&llm.config, CostMode::Plits { stack: 1 }, shapes, 4),
-            "lal" => cost(&llm.config, CostMode::Lal { layers: lal_layers }, shapes, 4),
+            "plits" => cost(&config, CostMode::Plits { stack: 1 }, shapes, 4),
+            "lal" => cost(&config, CostMode::Lal { layers: lal_layers }, shapes, 4),
             _ => cost(
-                &llm.config,
+                &config,
                 CostMode::Pal {
                     layers: lal_layers,
                     summary: args.summary,
