@@ -7,7 +7,8 @@ the connector (PLITS) or the per-layer projectors (LAL) train, the LLM is frozen
 
     python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64
 
-Prints one JSON line: {"mode", "step_seconds" (median), "peak_rss_bytes", "threads"}.
+Prints one JSON line: {"mode", "step_seconds" and "forward_seconds" (medians), "peak_rss_bytes",
+"threads"}.
 Needs only `torch`. pal runs it through `pal bench modes --compare-python PYTHON`.
 """
 import argparse
@@ -145,16 +146,20 @@ def main():
         # Next-token loss on the text rows; the output projection runs on those rows only.
         logits = hidden[:, :-1] @ model.embed.T
         loss = F.cross_entropy(logits.reshape(-1, c["vocab"]), ids[:, 1:].reshape(-1))
-        loss.backward()
+        return loss
 
-    times = []
+    times, forwards = [], []
     for s in range(args.steps + 1):
         start = time.perf_counter()
-        step()
+        loss = step()
+        forward = time.perf_counter() - start
+        loss.backward()
         if s > 0:
             times.append(time.perf_counter() - start)
+            forwards.append(forward)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"mode": args.mode, "step_seconds": statistics.median(times),
+                      "forward_seconds": statistics.median(forwards),
                       "peak_rss_bytes": peak, "threads": torch.get_num_threads(),
                       "torch": torch.__version__}))
 

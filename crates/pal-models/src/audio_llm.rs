@@ -10,8 +10,8 @@
 //! run elsewhere; [`crate::encoder`] produces them.
 
 use candle_core::Tensor;
-use pal_nn::ops::{constant_input_linear, frozen_linear, rms_norm, rope};
-use pal_nn::{Init, Linear, Params};
+use pal_nn::ops::{rms_norm, rope};
+use pal_nn::{Linear, Params};
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{trainable_layer_norm, Connector, ConnectorConfig, Mlp};
@@ -150,8 +150,7 @@ impl Attachment {
 pub struct LalAdapter {
     /// LLM layers that receive this encoder's keys/values, ascending.
     pub layers: Vec<usize>,
-    /// Stacked projector weights `(L, d, d_enc)` and bias `(L, d)` (Linear projector), or
-    /// per-layer MLPs.
+    /// Projector of each layer.
     pub projector: LalProjection,
     /// Own norms (one per layer), if configured.
     pub own_norms: Option<Vec<LayerNorm>>,
@@ -159,17 +158,13 @@ pub struct LalAdapter {
     pub rope: LalRope,
 }
 
-/// The projector parameters of [`LalAdapter`].
+/// The projector parameters of [`LalAdapter`], one module per LAL layer (named
+/// `{encoder}.lal.layers.{layer}.proj`).
 #[derive(Clone, Debug)]
 pub enum LalProjection {
-    /// All layers' `Linear(d_enc, d)` at once: weight `(L, d, d_enc)`, bias `(L, d)`.
-    Linear {
-        /// Stacked weights.
-        weight: Tensor,
-        /// Stacked biases.
-        bias: Tensor,
-    },
-    /// One MLP per layer.
+    /// `Linear(d_enc, d)` per layer.
+    Linear(Vec<Linear>),
+    /// Linear-GELU-Linear per layer.
     Mlp(Vec<Mlp>),
 }
 
@@ -277,30 +272,19 @@ impl AudioLlm {
                 Route::Plits => None,
                 Route::Lal | Route::Pal => {
                     let layers = a.lal.resolve_layers(n_layers)?;
-                    let l = layers.len();
                     let p = format!("{}.lal", a.name);
+                    let projector_name = |i: &usize| format!("{p}.layers.{i}.proj");
                     let projector = match a.lal.projector {
-                        LalProjector::Linear => {
-                            let bound = 1.0 / (a.d_enc as f64).sqrt();
-                            LalProjection::Linear {
-                                weight: params.get(
-                                    &format!("{p}.proj.weight"),
-                                    &[l, d, a.d_enc],
-                                    Init::Uniform(bound),
-                                )?,
-                                bias: params.get(
-                                    &format!("{p}.proj.bias"),
-                                    &[l, d],
-                                    Init::Uniform(bound),
-                                )?,
-                            }
-                        }
+                        LalProjector::Linear => LalProjection::Linear(
+                            layers
+                                .iter()
+                                .map(|i| Ok(params.linear(&projector_name(i), a.d_enc, d, true)?))
+                                .collect::<Result<_>>()?,
+                        ),
                         LalProjector::Mlp => LalProjection::Mlp(
                             layers
                                 .iter()
-                                .map(|i| {
-                                    Mlp::new(params, &format!("{p}.layers.{i}.proj"), a.d_enc, d)
-                                })
+                                .map(|i| Mlp::new(params, &projector_name(i), a.d_enc, d))
                                 .collect::<Result<_>>()?,
                         ),
                     };
@@ -336,10 +320,14 @@ impl AudioLlm {
         })
     }
 
-    /// LAL keys and values of one encoder for all its layers, in one batched pass:
-    /// `A = Proj(E)` for every layer with one matmul, the layers' norms, then every layer's k/v
-    /// projection with one grouped matmul. Returns `(layer, k, v)` with `k`, `v` as
-    /// `(b, kv_heads, Na, head_dim)`, rotated to positions `positions` (`(b, Na)`) in prefix mode.
+    /// LAL keys and values of one encoder, layer by layer: `A_l = Proj_l(E)`, the layer's input
+    /// norm, then the layer's own (frozen, or LoRA-tuned) k/v projections. Returns `(layer, k, v)`
+    /// with `k`, `v` as `(b, kv_heads, Na, head_dim)`, rotated to positions `positions` (`(b, Na)`)
+    /// in prefix mode.
+    ///
+    /// Each layer has its own parameters and its own small graph. (One stacked tensor for all
+    /// layers, sliced per layer, would make every slice's backward a full-size zero-padded
+    /// gradient: quadratic in the number of LAL layers.)
     pub fn lal_keys_values(
         &self,
         adapter: &LalAdapter,
@@ -348,139 +336,42 @@ impl AudioLlm {
     ) -> Result<Vec<(usize, Tensor, Tensor)>> {
         let c = &self.llm.config;
         let (b, na, d_enc) = frames.dims3()?;
-        let (d, l) = (c.hidden_size, adapter.layers.len());
-        if l == 0 {
+        if adapter.layers.is_empty() {
             return Ok(vec![]);
         }
         self.lal_prefix_computations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let rows = b * na;
-        // (b*Na, L, d): every layer's projection of the same frames, rows first, so that the
-        // bias and the norm run over contiguous memory.
-        let projected = match &adapter.projector {
-            LalProjection::Linear { weight, bias } => {
-                // One GEMM for all layers: (rows, d_enc) x (d_enc, L*d); the frames are constants,
-                // so only the projector's weight gradient is computed.
-                let flat = frames.reshape((rows, d_enc))?;
-                let all = constant_input_linear(&flat, &weight.reshape((l * d, d_enc))?)?;
-                all.reshape((rows, l, d))?.broadcast_add(bias)?
-            }
-            LalProjection::Mlp(mlps) => {
-                let flat = frames.reshape((rows, d_enc))?;
-                Tensor::stack(
-                    &mlps
-                        .iter()
-                        .map(|m| m.forward(&flat))
-                        .collect::<Result<Vec<_>>>()?,
-                    1,
-                )?
-            }
+        // The frames are constants: the projectors compute weight gradients only.
+        let flat = frames.reshape((b * na, d_enc))?;
+        let rope_tables = match adapter.rope {
+            LalRope::Prefix => Some(self.llm.rope.at(positions)?),
+            LalRope::None => None,
         };
-        let layers: Vec<&crate::llama::DecoderLayer> = adapter
-            .layers
-            .iter()
-            .map(|&i| &self.llm.layers[i])
-            .collect();
-        let plain_kv = |pick: &dyn Fn(&crate::llama::DecoderLayer) -> &Linear| {
-            layers
-                .iter()
-                .all(|x| !pick(x).weight.is_variable() && pick(x).lora.is_none())
-        };
-        // With frozen, LoRA-free k/v projections the layer norms' gains fold into the projection
-        // weights (k = norm(A) * g * W^T = norm(A) * (W diag g)^T): no pass over the
-        // (L, rows, d) tensor for the gain, forward or backward.
-        let fold_gain =
-            adapter.own_norms.is_none() && plain_kv(&|x| &x.k_proj) && plain_kv(&|x| &x.v_proj);
-        // The LAL layers' input-norm gains, (L, 1, d).
-        let gains = Tensor::stack(
-            &layers
-                .iter()
-                .map(|x| &x.input_layernorm)
-                .collect::<Vec<_>>(),
-            0,
-        )?
-        .unsqueeze(1)?;
-        // (L, rows, d) inputs of the k/v projections.
-        let normed = match &adapter.own_norms {
-            Some(norms) => Tensor::stack(
-                &norms
-                    .iter()
-                    .enumerate()
-                    .map(|(j, n)| n.forward(&projected.narrow(1, j, 1)?.squeeze(1)?.contiguous()?))
-                    .collect::<Result<Vec<_>>>()?,
-                0,
-            )?,
-            None => {
-                let ones = Tensor::ones(d, projected.dtype(), projected.device())?;
-                let unit = rms_norm(&projected, &ones, c.rms_norm_eps)?
-                    .transpose(0, 1)?
-                    .contiguous()?;
-                if fold_gain {
-                    unit
-                } else {
-                    unit.broadcast_mul(&gains)?
-                }
-            }
-        };
-        let project = |pick: &dyn Fn(&crate::llama::DecoderLayer) -> &Linear| -> Result<Tensor> {
-            let weight = Tensor::stack(
-                &layers.iter().map(|x| &pick(x).weight).collect::<Vec<_>>(),
-                0,
-            )?;
-            let trainable = layers.iter().any(|x| pick(x).weight.is_variable());
-            let mut out = if fold_gain {
-                frozen_linear(&normed, &weight.broadcast_mul(&gains)?)?
-            } else if trainable {
-                normed.matmul(&weight.transpose(1, 2)?)?
-            } else {
-                frozen_linear(&normed, &weight)?
-            };
-            // LoRA on the layer's k/v projection applies to the audio keys/values too.
-            if layers.iter().any(|x| pick(x).lora.is_some()) {
-                let deltas = layers
-                    .iter()
-                    .enumerate()
-                    .map(|(j, x)| match pick(x).lora_delta(&normed.get(j)?)? {
-                        Some(delta) => Ok(delta),
-                        None => Ok(Tensor::zeros(
-                            (rows, pick(x).weight.dims()[0]),
-                            normed.dtype(),
-                            normed.device(),
-                        )?),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                out = (out + Tensor::stack(&deltas, 0)?)?;
-            }
-            match layers
-                .iter()
-                .map(|x| pick(x).bias.as_ref())
-                .collect::<Option<Vec<_>>>()
-            {
-                Some(biases) => Ok(out.broadcast_add(&Tensor::stack(&biases, 0)?.unsqueeze(1)?)?),
-                None => Ok(out),
-            }
-        };
-        let keys = project(&|x| &x.k_proj)?;
-        let values = project(&|x| &x.v_proj)?;
-        let (heads, dh) = (c.num_key_value_heads, c.head_dim);
-        let split = |t: Tensor, j: usize| -> Result<Tensor> {
-            Ok(t.get(j)?
-                .reshape((b, na, heads, dh))?
+        let heads_first = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, na, c.num_key_value_heads, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let (cos, sin) = self.llm.rope.at(positions)?;
-        let mut out = vec![];
-        for (j, layer) in layers.iter().enumerate() {
-            let mut k = split(keys.clone(), j)?;
-            let v = split(values.clone(), j)?;
+        let mut out = Vec::with_capacity(adapter.layers.len());
+        for (j, &index) in adapter.layers.iter().enumerate() {
+            let layer = &self.llm.layers[index];
+            let projected = match &adapter.projector {
+                LalProjection::Linear(projectors) => projectors[j].forward(&flat)?,
+                LalProjection::Mlp(projectors) => projectors[j].forward(&flat)?,
+            };
+            let normed = match &adapter.own_norms {
+                Some(norms) => norms[j].forward(&projected)?,
+                None => rms_norm(&projected, &layer.input_layernorm, c.rms_norm_eps)?,
+            };
+            let mut k = heads_first(layer.k_proj.forward(&normed)?)?;
+            let v = heads_first(layer.v_proj.forward(&normed)?)?;
             if let Some(kn) = &layer.k_norm {
                 k = rms_norm(&k, kn, c.rms_norm_eps)?;
             }
-            if adapter.rope == LalRope::Prefix {
-                k = rope(&k, &cos, &sin)?;
+            if let Some((cos, sin)) = &rope_tables {
+                k = rope(&k, cos, sin)?;
             }
-            out.push((adapter.layers[j], k, v));
+            out.push((index, k, v));
         }
         Ok(out)
     }

@@ -15,6 +15,7 @@ pub mod cost;
 pub mod ct2;
 pub mod encoder;
 pub mod error;
+pub mod frozen_layer;
 pub mod gguf;
 pub mod layers;
 pub mod llama;

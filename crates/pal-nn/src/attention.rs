@@ -30,6 +30,19 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    Ok(attention_with_probs(q, k, v, mask, scale)?.0)
+}
+
+/// [`attention`] that also returns the attention probabilities `(batch, kv_heads, group *
+/// q_rows, k_rows)` (query heads of a group folded into the rows), which
+/// [`attention_backward`] needs.
+pub fn attention_with_probs(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let (_, kv_heads, k_rows, _) = k.dims4()?;
     if kv_heads == 0 || q_heads % kv_heads != 0 {
@@ -53,9 +66,42 @@ pub fn attention(
         None => scores,
     };
     let probs = softmax_last_dim(&scores)?;
-    probs
+    let out = probs
         .matmul(&v.contiguous()?)?
-        .reshape((b, q_heads, q_rows, head_dim))
+        .reshape((b, q_heads, q_rows, head_dim))?;
+    Ok((out, probs))
+}
+
+/// The gradients `(dq, dk, dv)` of [`attention`] for the output gradient `d_out`, from its
+/// inputs and the probabilities [`attention_with_probs`] returned (closed form; masked keys get
+/// zero gradient because their probabilities are zero):
+/// `dV = P^T dO`, `dS = P * (dO V^T - rowsum(P * dO V^T))`, `dQ = scale dS K`,
+/// `dK = scale dS^T Q`. Used by closed-form layer backwards on tensors that track no gradient.
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: &Tensor,
+    d_out: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, q_heads, q_rows, head_dim) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let group = q_heads / kv_heads;
+    let fold = |t: &Tensor| {
+        t.contiguous()?
+            .reshape((b, kv_heads, group * q_rows, head_dim))
+    };
+    let (q, d_out) = (fold(q)?, fold(d_out)?);
+    let dv = probs.t()?.matmul(&d_out)?;
+    let dp = d_out.matmul(&v.contiguous()?.t()?)?;
+    let row_dot = (&dp * probs)?.sum_keepdim(candle_core::D::Minus1)?;
+    let ds = ((dp.broadcast_sub(&row_dot)? * probs)? * scale)?;
+    let dq = ds
+        .matmul(&k.contiguous()?)?
+        .reshape((b, q_heads, q_rows, head_dim))?;
+    let dk = ds.t()?.matmul(&q)?;
+    Ok((dq, dk, dv))
 }
 
 /// Additive causal mask `(batch or 1, 1, q_rows, k_rows)` where the queries are the last `q_rows`

@@ -12,6 +12,6 @@ pub mod ops;
 pub mod params;
 pub mod rng;
 
-pub use attention::{attention, causal_mask, mask_value};
+pub use attention::{attention, attention_backward, attention_with_probs, causal_mask, mask_value};
 pub use linear::{Linear, Lora};
 pub use params::{Init, Params};

@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::ops::frozen_linear;
+use crate::ops::{constant_input_linear, frozen_linear};
 
 /// A low-rank update `scale * B A` of a linear layer's weight (LoRA): `A` is `(rank, in)`,
 /// `B` is `(out, rank)`, `scale = alpha / rank`.
@@ -19,8 +19,10 @@ pub struct Lora {
 /// `y = x W^T + b (+ scale * x A^T B^T)` with `W` stored as `(out, in)`, as in PyTorch and on disk.
 ///
 /// A frozen weight (a plain tensor) goes through [`frozen_linear`], so backprop computes only the
-/// input gradient; a trainable weight (a `Var`) goes through candle's matmul, which also yields the
-/// weight gradient. An optional [`Lora`] adds a trainable low-rank path.
+/// input gradient. A trainable weight (a `Var`) on a constant input (encoder features) goes through
+/// [`constant_input_linear`], so backprop computes only the weight gradient; on an input that
+/// itself needs a gradient, through candle's matmul, which yields both. An optional [`Lora`] adds
+/// a trainable low-rank path.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `(out_features, in_features)`.
@@ -53,7 +55,14 @@ impl Linear {
 
     /// Applies the layer to the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.weight.is_variable() {
+        let y = if self.weight.is_variable() && !x.track_op() {
+            let (in_dim, out_dim) = self.dims();
+            let mut dims = x.dims().to_vec();
+            let rows = x.elem_count() / in_dim.max(1);
+            let y = constant_input_linear(&x.reshape((rows, in_dim))?, &self.weight)?;
+            *dims.last_mut().expect("linear input has a last dimension") = out_dim;
+            y.reshape(dims)?
+        } else if self.weight.is_variable() {
             x.broadcast_matmul(&self.weight.t()?)?
         } else {
             frozen_linear(x, &self.weight)?

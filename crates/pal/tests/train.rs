@@ -307,7 +307,7 @@ trainable = "full"
     let saved =
         candle_core::safetensors::load(run.join("adapter.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
-    assert!(saved.contains_key("whisper.lal.proj.weight"));
+    assert!(saved.contains_key("whisper.lal.layers.20.proj.weight"));
     // LoRA trained: B moved away from its zero start.
     let b = &saved["llm.layers.0.q_proj.lora_b"];
     assert!(

@@ -23,11 +23,14 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             weight.dims()
         );
     }
-    if !x.track_op() {
-        return x.broadcast_matmul(&weight.t()?);
-    }
+    // All rows as one matrix product (a batched product of small blocks is much slower).
     let rows = x.elem_count() / in_dim;
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
+    if !x.track_op() {
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        return x2.matmul(&weight.t()?)?.reshape(out_dims);
+    }
     let y = x2.apply_op1(FrozenMatmul {
         weight: weight.contiguous()?,
     })?;

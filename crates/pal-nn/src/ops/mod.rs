@@ -12,7 +12,7 @@ mod softmax;
 pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::cross_entropy;
-pub use rms_norm::{layer_norm, rms_norm};
+pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
 pub use rope::rope;
 pub use softmax::softmax_last_dim;
 

@@ -1,5 +1,7 @@
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
+};
 
 use super::contiguous_slice;
 
@@ -99,16 +101,103 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // y_j = w_j x_j r with r = (mean(x^2) + eps)^-1/2 and dr/dx_j = -r^3 x_j / d, so
-        // dx_j = (g w)_j r - x_j r^3 mean(g w x),  dw_j = sum over rows of g_j x_j r.
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let gw = grad.broadcast_mul(weight)?;
-        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(dot * r.powf(3.0)?)?)?)?;
-        let dim = x.dim(D::Minus1)?;
-        let dw = (grad * x.broadcast_mul(&r)?)?.reshape(((), dim))?.sum(0)?;
-        Ok((Some(dx), Some(dw)))
+        let dx = rms_norm_input_grad(x, weight, grad, self.eps)?;
+        // The gain's gradient only when the gain trains (full fine-tuning).
+        let dw = if weight.track_op() {
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                .sqrt()?
+                .recip()?;
+            let dim = x.dim(D::Minus1)?;
+            Some((grad * x.broadcast_mul(&r)?)?.reshape(((), dim))?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// The input gradient of [`rms_norm`] for the output gradient `grad`, in one pass over the rows
+/// on the CPU (f32, f64): `dx = r * g*w - x * r^3 * mean(g*w*x)` with `r = 1/rms(x)`. Used by
+/// the op's backward and by closed-form layer backwards; it has no backward itself.
+pub fn rms_norm_input_grad(x: &Tensor, weight: &Tensor, grad: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op3_no_bwd(
+            &weight.contiguous()?,
+            &grad.contiguous()?,
+            &RmsNormInputGrad { eps },
+        );
+    }
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let gw = grad.broadcast_mul(weight)?;
+    let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+    gw.broadcast_mul(&r)? - x.broadcast_mul(&(dot * r.powf(3.0)?)?)?
+}
+
+struct RmsNormInputGrad {
+    eps: f64,
+}
+
+impl RmsNormInputGrad {
+    fn rows<T: WithDType>(&self, x: &[T], w: &[T], g: &[T]) -> Vec<T> {
+        let dim = w.len();
+        let mut out = Vec::with_capacity(x.len());
+        for (row, grow) in x.chunks(dim).zip(g.chunks(dim)) {
+            let (mut sq, mut dot) = (0.0f64, 0.0f64);
+            for ((x, g), w) in row.iter().zip(grow).zip(w) {
+                let x = x.to_f64();
+                sq += x * x;
+                dot += g.to_f64() * w.to_f64() * x;
+            }
+            let r = 1.0 / (sq / dim as f64 + self.eps).sqrt();
+            let c = dot / dim as f64 * r * r * r;
+            out.extend(
+                row.iter()
+                    .zip(grow)
+                    .zip(w)
+                    .map(|((x, g), w)| T::from_f64(r * g.to_f64() * w.to_f64() - x.to_f64() * c)),
+            );
+        }
+        out
+    }
+}
+
+impl CustomOp3 for RmsNormInputGrad {
+    fn name(&self) -> &'static str {
+        "pal-rms-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dim = l1.dims().last().copied().unwrap_or(0);
+        if l2.dims() != [dim] || l3.dims() != l1.dims() {
+            candle_core::bail!(
+                "rms_norm_input_grad: weight {:?} and grad {:?} do not match input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            );
+        }
+        let name = "rms_norm_input_grad";
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(self.rows(
+                contiguous_slice::<f32>(s1, l1, name)?,
+                contiguous_slice::<f32>(s2, l2, name)?,
+                contiguous_slice::<f32>(s3, l3, name)?,
+            )),
+            DType::F64 => CpuStorage::F64(self.rows(
+                contiguous_slice::<f64>(s1, l1, name)?,
+                contiguous_slice::<f64>(s2, l2, name)?,
+                contiguous_slice::<f64>(s3, l3, name)?,
+            )),
+            dt => candle_core::bail!("{name}: unsupported dtype {dt:?} on cpu"),
+        };
+        Ok((out, l1.shape().clone()))
     }
 }

@@ -457,17 +457,19 @@ fn modes_child(args: &ModesBenchArgs, spec: &str) -> anyhow::Result<()> {
                 model.llm.attach_lora(&params, 8, 16.0, &targets, false)?;
             }
             let examples = modes_examples(args, vocab, args.batch, na, true)?;
-            let mut times = vec![];
+            let (mut times, mut forwards) = (vec![], vec![]);
             for step in 0..=args.steps {
                 let start = Instant::now();
                 let mut batch = model.prepare(&examples, Padding::Right)?;
                 let (loss, _) = model.loss(&mut batch)?;
+                let forward = start.elapsed().as_secs_f64();
                 drop(loss.backward()?);
                 if step > 0 {
                     times.push(start.elapsed().as_secs_f64());
+                    forwards.push(forward);
                 }
             }
-            json!({"step_seconds": median(times)})
+            json!({"step_seconds": median(times), "forward_seconds": median(forwards)})
         }
         "infer" => {
             let batch_size: usize = parts[3].parse()?;

@@ -1,0 +1,278 @@
+//! A Llama decoder layer with frozen weights as one autograd node with a written-out backward.
+//!
+//! candle's backward gives every recorded op a zero-filled gradient buffer plus an add, even a
+//! reshape or a copy, and a decoder layer records about 35 ops. When the layer's weights are
+//! frozen (an adapter-only stage, the usual way to train PLITS, LAL and PAL), only the gradients
+//! of its inputs are needed: the hidden states and, at LAL layers, the audio key/value prefix.
+//! So the layer runs outside the graph, keeps the activations its backward needs, and joins the
+//! graph as a single op whose backward is the layer's chain rule: the SwiGLU FFN, the
+//! post-attention RMSNorm, the output projection, [`attention_backward`], the inverse RoPE, the
+//! q/k/v projections and the input RMSNorm, each as input gradients only. Same numbers as
+//! recording every op (tests compare both in f64), with far less memory traffic.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope};
+use pal_nn::{attention_backward, attention_with_probs, Linear};
+
+use crate::error::Result;
+use crate::llama::{DecoderLayer, LayerCache, Llama};
+
+/// Whether `layer` can run as one node: every weight frozen, no LoRA, and no per-head q/k norms
+/// (Qwen3's, which the written-out backward does not cover).
+pub(crate) fn supported(layer: &DecoderLayer) -> bool {
+    let linears = [
+        &layer.q_proj,
+        &layer.k_proj,
+        &layer.v_proj,
+        &layer.o_proj,
+        &layer.gate_proj,
+        &layer.up_proj,
+        &layer.down_proj,
+    ];
+    linears
+        .iter()
+        .all(|l| !l.weight.is_variable() && l.lora.is_none())
+        && !layer.input_layernorm.is_variable()
+        && !layer.post_attention_layernorm.is_variable()
+        && layer.q_norm.is_none()
+        && layer.k_norm.is_none()
+}
+
+/// What the backward needs, all outside the graph.
+struct Saved {
+    /// Layer input `(b, n, d)`.
+    x: Tensor,
+    /// Rotated queries `(b, q_heads, n, head_dim)`.
+    q: Tensor,
+    /// Keys and values `(b, kv_heads, prefix + n, head_dim)`.
+    k: Tensor,
+    v: Tensor,
+    /// Attention probabilities (see [`attention_with_probs`]).
+    probs: Tensor,
+    /// Hidden states after the attention block `(b, n, d)`.
+    x1: Tensor,
+    /// Gate and up projections `(b, n, intermediate)`.
+    gate: Tensor,
+    up: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The graph node: inputs `(hidden, prefix keys, prefix values)`, output the layer's output.
+struct FrozenLayer {
+    layer: DecoderLayer,
+    saved: Saved,
+    output: Mutex<Option<Tensor>>,
+    prefix_rows: usize,
+    scale: f64,
+    eps: f64,
+}
+
+/// `g W` for a frozen linear `y = x W^T`: the input gradient, with the rows flattened so that it
+/// is one matrix product.
+fn input_grad(g: &Tensor, linear: &Linear) -> candle_core::Result<Tensor> {
+    let (out_dim, in_dim) = linear.weight.dims2()?;
+    let mut dims = g.dims().to_vec();
+    let rows = g.elem_count() / out_dim;
+    let dx = g
+        .contiguous()?
+        .reshape((rows, out_dim))?
+        .matmul(&linear.weight)?;
+    *dims.last_mut().expect("rank >= 1") = in_dim;
+    dx.reshape(dims)
+}
+
+impl Llama {
+    /// Layer `layer` on `x` as one graph node (see the module docs); the caller checks
+    /// [`supported`] and that `x` or the layer's prefix needs a gradient.
+    pub(crate) fn frozen_layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, n, _) = x.dims3()?;
+        let (eps, dh) = (c.rms_norm_eps, c.head_dim);
+        let xd = x.detach();
+        let h1 = rms_norm(&xd, &layer.input_layernorm, eps)?;
+        let heads = |t: Tensor, count: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, n, count, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = rope(
+            &heads(layer.q_proj.forward(&h1)?, c.num_attention_heads)?,
+            cos,
+            sin,
+        )?;
+        let k_own = rope(
+            &heads(layer.k_proj.forward(&h1)?, c.num_key_value_heads)?,
+            cos,
+            sin,
+        )?;
+        let v_own = heads(layer.v_proj.forward(&h1)?, c.num_key_value_heads)?;
+        cache.k = Some(k_own.clone());
+        cache.v = Some(v_own.clone());
+        let (prefix_rows, k, v) = match &cache.prefix {
+            Some(p) => (
+                p.k.dim(2)?,
+                Tensor::cat(&[&p.k.detach(), &k_own], 2)?,
+                Tensor::cat(&[&p.v.detach(), &v_own], 2)?,
+            ),
+            None => (0, k_own, v_own),
+        };
+        let scale = 1.0 / (dh as f64).sqrt();
+        let (attn, probs) = attention_with_probs(&q, &k, &v, mask, scale)?;
+        let attn = attn
+            .transpose(1, 2)?
+            .reshape((b, n, c.num_attention_heads * dh))?;
+        let x1 = (&xd + layer.o_proj.forward(&attn)?)?;
+        let h2 = rms_norm(&x1, &layer.post_attention_layernorm, eps)?;
+        self.ffn_rows
+            .fetch_add(b * n, std::sync::atomic::Ordering::Relaxed);
+        let gate = layer.gate_proj.forward(&h2)?;
+        let up = layer.up_proj.forward(&h2)?;
+        let y = (&x1 + layer.down_proj.forward(&(gate.silu()? * &up)?)?)?;
+        let (pk, pv) = match &cache.prefix {
+            Some(p) => (p.k.clone(), p.v.clone()),
+            None => {
+                let dummy = Tensor::zeros(1, x.dtype(), x.device())?;
+                (dummy.clone(), dummy)
+            }
+        };
+        let node = FrozenLayer {
+            layer: layer.clone(),
+            saved: Saved {
+                x: xd,
+                q,
+                k,
+                v,
+                probs,
+                x1,
+                gate,
+                up,
+                cos: cos.clone(),
+                sin: sin.clone(),
+            },
+            output: Mutex::new(Some(y)),
+            prefix_rows,
+            scale,
+            eps,
+        };
+        Ok(x.apply_op3(&pk, &pv, node)?)
+    }
+}
+
+impl FrozenLayer {
+    fn take_output(&self) -> candle_core::Result<Tensor> {
+        self.output
+            .lock()
+            .expect("frozen layer lock")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("frozen layer output used twice".into()))
+    }
+
+    /// `(dx, d prefix k, d prefix v)` for the output gradient `dy`.
+    fn gradients(&self, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (s, l) = (&self.saved, &self.layer);
+        let (b, n, _) = dy.dims3()?;
+        let (q_heads, kv_heads, dh) = (s.q.dim(1)?, s.k.dim(1)?, s.q.dim(3)?);
+        // FFN: y = x1 + down(silu(gate) * up), with gate, up = W h2, h2 = rmsnorm(x1).
+        let dm = input_grad(dy, &l.down_proj)?;
+        let sig = (s.gate.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (&s.gate * &sig)?;
+        let d_up = (&dm * &silu)?;
+        // silu'(a) = sig(a) (1 + a (1 - sig(a))) = sig + silu (1 - sig).
+        let d_silu = (&sig + (&silu * (1.0 - &sig)?)?)?;
+        let d_gate = ((&dm * &s.up)? * d_silu)?;
+        let dh2 = (input_grad(&d_gate, &l.gate_proj)? + input_grad(&d_up, &l.up_proj)?)?;
+        let dx1 = (dy + rms_norm_input_grad(&s.x1, &l.post_attention_layernorm, &dh2, self.eps)?)?;
+        // Attention block: x1 = x + o(attention(rope(q), [prefix; rope(k)], [prefix; v])).
+        let d_attn = input_grad(&dx1, &l.o_proj)?
+            .reshape((b, n, q_heads, dh))?
+            .transpose(1, 2)?;
+        let (dq, dk, dv) = attention_backward(&s.q, &s.k, &s.v, &s.probs, &d_attn, self.scale)?;
+        let p = self.prefix_rows;
+        let neg_sin = s.sin.neg()?;
+        let rows_first =
+            |t: Tensor, heads: usize| t.transpose(1, 2)?.contiguous()?.reshape((b, n, heads * dh));
+        let dq = rows_first(rope(&dq, &s.cos, &neg_sin)?, q_heads)?;
+        let dk_own = rope(&dk.narrow(2, p, n)?.contiguous()?, &s.cos, &neg_sin)?;
+        let dk_own = rows_first(dk_own, kv_heads)?;
+        let dv_own = rows_first(dv.narrow(2, p, n)?, kv_heads)?;
+        let dh1 = ((input_grad(&dq, &l.q_proj)? + input_grad(&dk_own, &l.k_proj)?)?
+            + input_grad(&dv_own, &l.v_proj)?)?;
+        let dx = (dx1 + rms_norm_input_grad(&s.x, &l.input_layernorm, &dh1, self.eps)?)?;
+        Ok((
+            dx,
+            dk.narrow(2, 0, p)?.contiguous()?,
+            dv.narrow(2, 0, p)?.contiguous()?,
+        ))
+    }
+}
+
+impl CustomOp3 for FrozenLayer {
+    fn name(&self) -> &'static str {
+        "pal-frozen-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("frozen layer: output on another device"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("frozen layer: output on another device"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        pk: &Tensor,
+        pv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dpk, dpv) = self.gradients(grad)?;
+        let has_prefix = self.prefix_rows > 0;
+        Ok((
+            x.track_op().then_some(dx),
+            (has_prefix && pk.track_op()).then_some(dpk),
+            (has_prefix && pv.track_op()).then_some(dpv),
+        ))
+    }
+}
