@@ -353,8 +353,29 @@ impl AudioLlm {
                 .contiguous()?)
         };
         let mut out = Vec::with_capacity(adapter.layers.len());
+        let shape = (b, na, c.num_key_value_heads, c.head_dim);
         for (j, &index) in adapter.layers.iter().enumerate() {
             let layer = &self.llm.layers[index];
+            if let (LalProjection::Linear(projectors), None) =
+                (&adapter.projector, &adapter.own_norms)
+            {
+                let projector = &projectors[j];
+                if self.llm.frozen_layer_nodes
+                    && projector.weight.track_op()
+                    && crate::lal_prefix::supported(layer, projector)
+                {
+                    let (k, v) = crate::lal_prefix::keys_values(
+                        layer,
+                        projector,
+                        &flat,
+                        rope_tables.as_ref(),
+                        shape,
+                        c.rms_norm_eps,
+                    )?;
+                    out.push((index, k, v));
+                    continue;
+                }
+            }
             let projected = match &adapter.projector {
                 LalProjection::Linear(projectors) => projectors[j].forward(&flat)?,
                 LalProjection::Mlp(projectors) => projectors[j].forward(&flat)?,

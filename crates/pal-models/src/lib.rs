@@ -17,6 +17,7 @@ pub mod encoder;
 pub mod error;
 pub mod frozen_layer;
 pub mod gguf;
+pub mod lal_prefix;
 pub mod layers;
 pub mod llama;
 pub mod model_config;

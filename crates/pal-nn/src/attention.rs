@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::ops::softmax_last_dim;
+use crate::ops::{scaled_masked_softmax, softmax_backward};
 
 /// A large negative value for masked scores, finite so that fully masked rows stay finite.
 pub fn mask_value(dtype: DType) -> f64 {
@@ -54,18 +54,19 @@ pub fn attention_with_probs(
     let q = q
         .contiguous()?
         .reshape((b, kv_heads, group * q_rows, head_dim))?;
-    let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
-    let scores = match mask {
+    let scores = q.matmul(&k.contiguous()?.t()?)?;
+    // The mask as `(batch or 1, q_rows, k_rows)`: one row per query, shared by the heads.
+    let mask = match mask {
         Some(mask) => {
-            let scores = scores.reshape((b, kv_heads, group, q_rows, k_rows))?;
-            let mask = mask.to_dtype(scores.dtype())?.unsqueeze(1)?;
-            scores
-                .broadcast_add(&mask)?
-                .reshape((b, kv_heads, group * q_rows, k_rows))?
+            let mb = if mask.rank() == 4 { mask.dim(0)? } else { 1 };
+            Some(
+                mask.broadcast_as((mb, 1, q_rows, k_rows))?
+                    .reshape((mb, q_rows, k_rows))?,
+            )
         }
-        None => scores,
+        None => None,
     };
-    let probs = softmax_last_dim(&scores)?;
+    let probs = scaled_masked_softmax(&scores, mask.as_ref(), scale)?;
     let out = probs
         .matmul(&v.contiguous()?)?
         .reshape((b, q_heads, q_rows, head_dim))?;
@@ -95,8 +96,7 @@ pub fn attention_backward(
     let (q, d_out) = (fold(q)?, fold(d_out)?);
     let dv = probs.t()?.matmul(&d_out)?;
     let dp = d_out.matmul(&v.contiguous()?.t()?)?;
-    let row_dot = (&dp * probs)?.sum_keepdim(candle_core::D::Minus1)?;
-    let ds = ((dp.broadcast_sub(&row_dot)? * probs)? * scale)?;
+    let ds = softmax_backward(probs, &dp, scale)?;
     let dq = ds
         .matmul(&k.contiguous()?)?
         .reshape((b, q_heads, q_rows, head_dim))?;

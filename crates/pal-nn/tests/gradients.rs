@@ -3,10 +3,10 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use pal_nn::gradcheck::{check_gradients, pseudo_random};
 use pal_nn::ops::{
-    constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rope,
-    softmax_last_dim,
+    constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rms_norm_input_grad,
+    rope, scaled_masked_softmax, softmax_last_dim,
 };
-use pal_nn::{attention, causal_mask, Linear};
+use pal_nn::{attention, attention_backward, attention_with_probs, causal_mask, Linear};
 
 const EPS: f64 = 1e-6;
 const TOL: f64 = 1e-6;
@@ -315,4 +315,135 @@ fn lora_linear_gradients_match_finite_differences_and_start_as_the_base() {
             .unwrap(),
         0.0
     );
+}
+
+#[test]
+fn closed_form_attention_backward_equals_autograd() {
+    // What the frozen-layer node uses instead of recording attention's ops.
+    let (q, k, v) = (
+        rand(&[2, 4, 3, 4], 40),
+        rand(&[2, 2, 5, 4], 41),
+        rand(&[2, 2, 5, 4], 42),
+    );
+    let valid = Tensor::new(
+        &[[1f64, 1., 1., 1., 1.], [0., 1., 1., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mask = causal_mask(3, 5, Some(&valid), DType::F64, &Device::Cpu).unwrap();
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let out = attention(
+        qv.as_tensor(),
+        kv.as_tensor(),
+        vv.as_tensor(),
+        Some(&mask),
+        0.5,
+    )
+    .unwrap();
+    let d_out = rand(out.dims(), 43);
+    let grads = (&out * &d_out)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (_, probs) = attention_with_probs(&q, &k, &v, Some(&mask), 0.5).unwrap();
+    let (dq, dk, dv) = attention_backward(&q, &k, &v, &probs, &d_out, 0.5).unwrap();
+    for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
+        let auto = grads.get(var.as_tensor()).unwrap();
+        let diff = (closed - auto).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f64>().unwrap();
+        assert!(
+            diff < 1e-12,
+            "d{name}: closed form differs from autograd by {diff}"
+        );
+    }
+}
+
+#[test]
+fn rms_norm_input_gradient_equals_autograd() {
+    let (x, w, g) = (rand(&[3, 5, 8], 44), rand(&[8], 45), rand(&[3, 5, 8], 46));
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = rms_norm(xv.as_tensor(), &w, 1e-5).unwrap();
+    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let closed = rms_norm_input_grad(&x, &w, &g, 1e-5).unwrap();
+    let diff = (closed - grads.get(xv.as_tensor()).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(diff < 1e-12, "rms_norm input gradient differs by {diff}");
+}
+
+/// The f32 kernels on tensors large enough to be split over threads, against candle's own ops:
+/// softmax (with scale and a per-batch mask, fast `exp`), RMSNorm and RoPE.
+#[test]
+fn f32_row_kernels_match_candle_on_large_inputs() {
+    let dev = Device::Cpu;
+    let f32s = |shape: &[usize], seed: u64| {
+        (rand(shape, seed) * 8.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    // Scores (b=2, heads=3, rows=40, keys=300); mask hides the last 7 keys of batch item 1.
+    let scores = f32s(&[2, 3, 40, 300], 50);
+    let valid: Vec<f32> = (0..600)
+        .map(|i| if i >= 300 && i % 300 >= 293 { 0.0 } else { 1.0 })
+        .collect();
+    let valid = Tensor::from_vec(valid, (2, 300), &dev).unwrap();
+    let mask = causal_mask(40, 300, Some(&valid), DType::F32, &dev).unwrap();
+    let ours = scaled_masked_softmax(&scores, Some(&mask.squeeze(1).unwrap()), 0.125).unwrap();
+    let reference =
+        candle_nn::ops::softmax_last_dim(&(scores * 0.125).unwrap().broadcast_add(&mask).unwrap())
+            .unwrap();
+    let d = max_diff(&ours, &reference);
+    assert!(d < 1e-6, "masked softmax differs from candle's by {d}");
+    let hidden = ours.get(1).unwrap().narrow(2, 293, 7).unwrap();
+    assert_eq!(
+        hidden
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+    // RMSNorm over (600, 576) and RoPE over (2, 9, 300, 64).
+    let (x, w) = (f32s(&[600, 576], 51), f32s(&[576], 52));
+    let d = max_diff(
+        &rms_norm(&x, &w, 1e-5).unwrap(),
+        &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
+    );
+    assert!(d < 1e-4, "rms_norm differs from candle's by {d}");
+    let (x, cos, sin) = (
+        f32s(&[2, 9, 300, 64], 53),
+        f32s(&[300, 32], 54),
+        f32s(&[300, 32], 55),
+    );
+    let d = max_diff(
+        &rope(&x, &cos, &sin).unwrap(),
+        &candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap(),
+    );
+    assert!(d < 1e-3, "rope differs from candle's by {d}");
 }

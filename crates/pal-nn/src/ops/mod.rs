@@ -14,7 +14,7 @@ pub use frozen_linear::frozen_linear;
 pub use loss::cross_entropy;
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
 pub use rope::rope;
-pub use softmax::softmax_last_dim;
+pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 
@@ -28,5 +28,67 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f(row_index, row)` over the rows (of `row_len`) of `out`, spread over candle's CPU
+/// thread pool when there is enough work to pay for it.
+pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let row_len = row_len.max(1);
+    let rows = out.len() / row_len;
+    if out.len() < 1 << 15 {
+        for (r, row) in out.chunks_mut(row_len).enumerate() {
+            f(r, row);
+        }
+        return;
+    }
+    struct Shared<T>(*mut T);
+    // SAFETY: every chunk of the pool gets a disjoint range of rows (below).
+    unsafe impl<T> Sync for Shared<T> {}
+    let base = Shared(out.as_mut_ptr());
+    let base = &base;
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for r in range {
+            // SAFETY: `r < rows`, so the row lies inside `out`, and no other chunk touches it.
+            let row = unsafe { std::slice::from_raw_parts_mut(base.0.add(r * row_len), row_len) };
+            f(r, row);
+        }
+    });
+}
+
+/// `exp` for the softmax kernels: the standard one for f64 (used by the f64 gradient tests), and
+/// for f32 a branch-free version the compiler vectorizes (range reduction to `2^n exp(r)`,
+/// `|r| <= ln2/2`, degree-6 polynomial: relative error about 2e-7, one or two ulp), exactly 0
+/// below -87 so that masked keys get zero probability.
+pub(crate) trait Exp: Copy {
+    fn exp_fast(self) -> Self;
+}
+
+impl Exp for f64 {
+    fn exp_fast(self) -> Self {
+        self.exp()
+    }
+}
+
+impl Exp for f32 {
+    fn exp_fast(self) -> Self {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+        const ROUND: f32 = 12_582_912.0;
+        let x = self.clamp(-87.0, 88.0);
+        let n = (x * LOG2E + ROUND) - ROUND;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let scaled = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+        if self < -87.0 {
+            0.0
+        } else {
+            scaled
+        }
     }
 }

@@ -3,7 +3,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
 };
 
-use super::contiguous_slice;
+use super::{contiguous_slice, par_rows};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, with a backward for both
 /// `x` and `weight`.
@@ -46,16 +46,18 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward<T: WithDType>(&self, x: &[T], w: &[T]) -> Vec<T> {
         let dim = w.len();
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks(dim) {
-            let mean_sq = row.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() / dim as f64;
-            let r = 1.0 / (mean_sq + self.eps).sqrt();
-            out.extend(
-                row.iter()
-                    .zip(w)
-                    .map(|(v, w)| T::from_f64(v.to_f64() * r * w.to_f64())),
-            );
-        }
+        let mut out = vec![T::zero(); x.len()];
+        par_rows(&mut out, dim, |r, row| {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let mut sq = T::zero();
+            for &v in xr {
+                sq += v * v;
+            }
+            let r = T::from_f64(1.0 / (sq.to_f64() / dim as f64 + self.eps).sqrt());
+            for ((o, &v), &w) in row.iter_mut().zip(xr).zip(w) {
+                *o = v * r * w;
+            }
+        });
         out
     }
 }
@@ -140,23 +142,21 @@ struct RmsNormInputGrad {
 impl RmsNormInputGrad {
     fn rows<T: WithDType>(&self, x: &[T], w: &[T], g: &[T]) -> Vec<T> {
         let dim = w.len();
-        let mut out = Vec::with_capacity(x.len());
-        for (row, grow) in x.chunks(dim).zip(g.chunks(dim)) {
-            let (mut sq, mut dot) = (0.0f64, 0.0f64);
-            for ((x, g), w) in row.iter().zip(grow).zip(w) {
-                let x = x.to_f64();
+        let mut out = vec![T::zero(); x.len()];
+        par_rows(&mut out, dim, |r, row| {
+            let (xr, gr) = (&x[r * dim..(r + 1) * dim], &g[r * dim..(r + 1) * dim]);
+            let (mut sq, mut dot) = (T::zero(), T::zero());
+            for ((&x, &g), &w) in xr.iter().zip(gr).zip(w) {
                 sq += x * x;
-                dot += g.to_f64() * w.to_f64() * x;
+                dot += g * w * x;
             }
-            let r = 1.0 / (sq / dim as f64 + self.eps).sqrt();
-            let c = dot / dim as f64 * r * r * r;
-            out.extend(
-                row.iter()
-                    .zip(grow)
-                    .zip(w)
-                    .map(|((x, g), w)| T::from_f64(r * g.to_f64() * w.to_f64() - x.to_f64() * c)),
-            );
-        }
+            let inv = 1.0 / (sq.to_f64() / dim as f64 + self.eps).sqrt();
+            let r = T::from_f64(inv);
+            let c = T::from_f64(dot.to_f64() / dim as f64 * inv * inv * inv);
+            for (((o, &x), &g), &w) in row.iter_mut().zip(xr).zip(gr).zip(w) {
+                *o = r * g * w - x * c;
+            }
+        });
         out
     }
 }

@@ -1,7 +1,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D};
 
-use super::contiguous_slice;
+use super::{contiguous_slice, par_rows};
 
 /// Rotary position embedding in the Hugging Face ("rotate half") layout, with a backward.
 ///
@@ -60,24 +60,21 @@ fn rope_cpu<T: WithDType>(
     sin: &[T],
     per_batch: bool,
 ) -> Vec<T> {
-    let (b, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
+    let (_, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
     let half = d / 2;
     let mut out = vec![T::zero(); x.len()];
-    for bi in 0..b {
-        let cs_base = if per_batch { bi * t * half } else { 0 };
-        for hi in 0..h {
-            for ti in 0..t {
-                let off = ((bi * h + hi) * t + ti) * d;
-                let cs = cs_base + ti * half;
-                for i in 0..half {
-                    let (c, s) = (cos[cs + i].to_f64(), sin[cs + i].to_f64());
-                    let (x1, x2) = (x[off + i].to_f64(), x[off + half + i].to_f64());
-                    out[off + i] = T::from_f64(x1 * c - x2 * s);
-                    out[off + half + i] = T::from_f64(x2 * c + x1 * s);
-                }
-            }
+    // One row per (batch, head, position).
+    par_rows(&mut out, d, |r, row| {
+        let (bi, ti) = (r / (h * t), r % t);
+        let cs = if per_batch { bi * t * half } else { 0 } + ti * half;
+        let (cos, sin) = (&cos[cs..cs + half], &sin[cs..cs + half]);
+        let (x1, x2) = x[r * d..(r + 1) * d].split_at(half);
+        let (o1, o2) = row.split_at_mut(half);
+        for i in 0..half {
+            o1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+            o2[i] = x2[i] * cos[i] + x1[i] * sin[i];
         }
-    }
+    });
     out
 }
 

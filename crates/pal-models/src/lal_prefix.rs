@@ -1,0 +1,162 @@
+//! One layer's LAL key/value prefix as one autograd node with a written-out backward, for the
+//! usual configuration: a linear projector, the layer's own (frozen) input RMSNorm and frozen k/v
+//! projections. The forward is [`crate::audio_llm::AudioLlm::lal_keys_values`]'s
+//! `A = E P^T + p`, `k = rope(rmsnorm(A) W_k^T)`, `v = rmsnorm(A) W_v^T`, run outside the graph;
+//! the backward yields only what trains, `dP = dA^T E` and `dp = sum(dA)`, without recording the
+//! dozen intermediate ops (each of which candle's backward would give a zero-filled buffer and an
+//! add). Same numbers as recording the ops; `frozen_layer_nodes = false` switches both off.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope};
+use pal_nn::Linear;
+
+use crate::error::Result;
+use crate::llama::DecoderLayer;
+
+/// The node: inputs `(projector weight, projector bias)`, output keys and values stacked,
+/// `(2, b, kv_heads, Na, head_dim)`.
+struct LalPrefix {
+    layer: DecoderLayer,
+    /// Encoder frames `(b * Na, d_enc)`, constants.
+    frames: Tensor,
+    /// Projected audio `(b * Na, d)`, the RMSNorm's input.
+    projected: Tensor,
+    rope: Option<(Tensor, Tensor)>,
+    /// `(b, Na, kv_heads, head_dim)`.
+    shape: (usize, usize, usize, usize),
+    eps: f64,
+    output: std::sync::Mutex<Option<Tensor>>,
+}
+
+/// Whether layer `layer`'s prefix with `projector` can run as one node.
+pub(crate) fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
+    let frozen = |l: &Linear| !l.weight.is_variable() && l.lora.is_none();
+    frozen(&layer.k_proj)
+        && frozen(&layer.v_proj)
+        && layer.k_norm.is_none()
+        && !layer.input_layernorm.is_variable()
+        && projector.lora.is_none()
+        && projector.bias.is_some()
+}
+
+/// Keys and values `(b, kv_heads, Na, head_dim)` of `layer` for `frames` (`(b * Na, d_enc)`)
+/// projected by `projector`, rotated by `rope` (cos, sin) when given.
+pub(crate) fn keys_values(
+    layer: &DecoderLayer,
+    projector: &Linear,
+    frames: &Tensor,
+    rope_tables: Option<&(Tensor, Tensor)>,
+    shape: (usize, usize, usize, usize),
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (b, na, heads, dh) = shape;
+    let frames = frames.detach();
+    let weight = projector.weight.detach();
+    let bias = projector
+        .bias
+        .as_ref()
+        .expect("checked by supported")
+        .detach();
+    let projected = frames.matmul(&weight.t()?)?.broadcast_add(&bias)?;
+    let normed = rms_norm(&projected, &layer.input_layernorm, eps)?;
+    let heads_first = |t: Tensor| -> Result<Tensor> {
+        Ok(t.reshape((b, na, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let mut k = heads_first(layer.k_proj.forward(&normed)?)?;
+    if let Some((cos, sin)) = rope_tables {
+        k = rope(&k, cos, sin)?;
+    }
+    let v = heads_first(layer.v_proj.forward(&normed)?)?;
+    let node = LalPrefix {
+        layer: layer.clone(),
+        frames,
+        projected,
+        rope: rope_tables.cloned(),
+        shape,
+        eps,
+        output: std::sync::Mutex::new(Some(Tensor::stack(&[&k, &v], 0)?)),
+    };
+    let kv = projector
+        .weight
+        .apply_op2(projector.bias.as_ref().expect("checked"), node)?;
+    Ok((kv.get(0)?, kv.get(1)?))
+}
+
+impl LalPrefix {
+    fn take_output(&self) -> candle_core::Result<Tensor> {
+        self.output
+            .lock()
+            .expect("lal prefix lock")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("lal prefix output used twice".into()))
+    }
+}
+
+impl CustomOp2 for LalPrefix {
+    fn name(&self) -> &'static str {
+        "pal-lal-prefix"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("lal prefix: output on another device"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = self.take_output()?.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("lal prefix: output on another device"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, na, heads, dh) = self.shape;
+        let rows_first = |t: Tensor| {
+            t.transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * na, heads * dh))
+        };
+        let mut dk = grad.get(0)?.contiguous()?;
+        if let Some((cos, sin)) = &self.rope {
+            dk = rope(&dk, cos, &sin.neg()?)?;
+        }
+        let dk = rows_first(dk)?;
+        let dv = rows_first(grad.get(1)?)?;
+        let l = &self.layer;
+        let d_normed = (dk.matmul(&l.k_proj.weight)? + dv.matmul(&l.v_proj.weight)?)?;
+        let d_projected =
+            rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
+        let d_weight = d_projected.t()?.matmul(&self.frames)?;
+        let d_bias = d_projected.sum(0)?;
+        Ok((Some(d_weight), Some(d_bias)))
+    }
+}
