@@ -4,6 +4,11 @@
 //! backward always computes the weight gradient, even for weights that are frozen. Model code in pal
 //! therefore goes through this crate: every op here has a backward (checked by finite differences in
 //! `tests/gradients.rs`), and [`ops::frozen_linear`] yields only the input gradient.
+//!
+//! candle's backward also gives every recorded op a zero-filled gradient buffer plus an add (even
+//! a reshape or a copy). The closed-form pieces here ([`attention_backward`],
+//! [`ops::rms_norm_input_grad`], [`ops::softmax_backward`]) let model code record a whole frozen
+//! block as one op with a written-out backward (see `pal_models::frozen_layer`).
 
 pub mod attention;
 pub mod gradcheck;

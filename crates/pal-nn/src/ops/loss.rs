@@ -1,20 +1,137 @@
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType, D};
 
-/// Mean cross-entropy of `logits` `(rows, vocab)` against `targets` `(rows)` (u32), composed of
-/// differentiable ops: `logsumexp(logits) - logits[target]`, computed in f32 or wider.
+use super::{contiguous_slice, par_rows, Exp};
+
+/// Mean cross-entropy of `logits` `(rows, vocab)` against `targets` `(rows)` (u32):
+/// `mean(logsumexp(logits) - logits[target])`, computed in f32 or wider. On the CPU one fused
+/// pass per row forward and backward (`(softmax - onehot) / rows`); elsewhere composed of
+/// differentiable candle ops.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (rows, _) = logits.dims2()?;
+    let (rows, vocab) = logits.dims2()?;
     if rows == 0 {
         candle_core::bail!("cross_entropy: no rows");
+    }
+    let targets: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
+    if targets.len() != rows {
+        candle_core::bail!("cross_entropy: {} targets for {rows} rows", targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
     }
     let logits = if logits.dtype() == DType::F64 {
         logits.clone()
     } else {
         logits.to_dtype(DType::F32)?
     };
+    if logits.device().is_cpu() {
+        let per_row = logits
+            .contiguous()?
+            .apply_op1(CrossEntropyRows { targets })?;
+        return per_row.mean_all();
+    }
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+    let index = Tensor::new(targets.as_slice(), logits.device())?.unsqueeze(1)?;
+    let picked = shifted.gather(&index, 1)?;
     (lse - picked)?.mean_all()
+}
+
+/// Per-row cross-entropy `(rows, 1)`; backward `g_row * (softmax(row) - onehot(target))`.
+struct CrossEntropyRows {
+    targets: Vec<u32>,
+}
+
+/// `(max, log sum exp(x - max))` of a row.
+fn row_lse<T: WithDType + Exp>(row: &[T]) -> (T, T) {
+    let mut max = row[0];
+    for &v in row {
+        if v > max {
+            max = v;
+        }
+    }
+    let mut sum = T::zero();
+    for &v in row {
+        sum += (v - max).exp_fast();
+    }
+    (max, T::from_f64(sum.to_f64().ln()))
+}
+
+fn losses<T: WithDType + Exp>(x: &[T], vocab: usize, targets: &[u32]) -> Vec<T> {
+    let mut out = vec![T::zero(); targets.len()];
+    par_rows(&mut out, 1, |r, o| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let (max, lse) = row_lse(row);
+        o[0] = max + lse - row[targets[r] as usize];
+    });
+    out
+}
+
+fn gradients<T: WithDType + Exp>(x: &[T], g: &[T], vocab: usize, targets: &[u32]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    par_rows(&mut out, vocab, |r, o| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let (max, lse) = row_lse(row);
+        let shift = max + lse;
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = (v - shift).exp_fast() * g[r];
+        }
+        o[targets[r] as usize] -= g[r];
+    });
+    out
+}
+
+impl CustomOp1 for CrossEntropyRows {
+    fn name(&self) -> &'static str {
+        "pal-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let vocab = layout.dims()[1];
+        let name = "cross_entropy";
+        let out = match storage.dtype() {
+            DType::F32 => CpuStorage::F32(losses(
+                contiguous_slice::<f32>(storage, layout, name)?,
+                vocab,
+                &self.targets,
+            )),
+            DType::F64 => CpuStorage::F64(losses(
+                contiguous_slice::<f64>(storage, layout, name)?,
+                vocab,
+                &self.targets,
+            )),
+            dt => candle_core::bail!("{name}: unsupported dtype {dt:?} on cpu"),
+        };
+        Ok((out, Shape::from((self.targets.len(), 1))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let vocab = x.dim(1)?;
+        let x = x.contiguous()?;
+        let grad = grad.contiguous()?.flatten_all()?;
+        let dx = match x.dtype() {
+            DType::F32 => Tensor::from_vec(
+                gradients(
+                    &x.flatten_all()?.to_vec1::<f32>()?,
+                    &grad.to_vec1::<f32>()?,
+                    vocab,
+                    &self.targets,
+                ),
+                x.shape(),
+                x.device(),
+            )?,
+            _ => Tensor::from_vec(
+                gradients(
+                    &x.flatten_all()?.to_vec1::<f64>()?,
+                    &grad.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+                    vocab,
+                    &self.targets,
+                ),
+                x.shape(),
+                x.device(),
+            )?,
+        };
+        Ok(Some(dx))
+    }
 }
