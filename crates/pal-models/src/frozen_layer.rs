@@ -46,9 +46,12 @@ struct Saved {
     x: Tensor,
     /// Rotated queries `(b, q_heads, n, head_dim)`.
     q: Tensor,
-    /// Keys and values `(b, kv_heads, prefix + n, head_dim)`.
+    /// The layer's own keys and values `(b, kv_heads, n, head_dim)`, and the prefix's (detached
+    /// views of the prefix the graph keeps anyway): the concatenation is rebuilt in backward
+    /// rather than kept.
     k: Tensor,
     v: Tensor,
+    prefix: Option<(Tensor, Tensor)>,
     /// Attention probabilities (see [`attention_with_probs`]).
     probs: Tensor,
     /// Hidden states after the attention block `(b, n, d)`.
@@ -82,6 +85,18 @@ fn input_grad(g: &Tensor, linear: &Linear) -> candle_core::Result<Tensor> {
         .matmul(&linear.weight)?;
     *dims.last_mut().expect("rank >= 1") = in_dim;
     dx.reshape(dims)
+}
+
+/// `[prefix ; own]` keys and values along the rows.
+fn with_prefix(
+    prefix: &Option<(Tensor, Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    match prefix {
+        Some((pk, pv)) => Ok((Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?)),
+        None => Ok((k.clone(), v.clone())),
+    }
 }
 
 impl Llama {
@@ -119,16 +134,15 @@ impl Llama {
         let v_own = heads(layer.v_proj.forward(&h1)?, c.num_key_value_heads)?;
         cache.k = Some(k_own.clone());
         cache.v = Some(v_own.clone());
-        let (prefix_rows, k, v) = match &cache.prefix {
-            Some(p) => (
-                p.k.dim(2)?,
-                Tensor::cat(&[&p.k.detach(), &k_own], 2)?,
-                Tensor::cat(&[&p.v.detach(), &v_own], 2)?,
-            ),
-            None => (0, k_own, v_own),
+        let prefix = cache.prefix.as_ref().map(|p| (p.k.detach(), p.v.detach()));
+        let prefix_rows = match &prefix {
+            Some((pk, _)) => pk.dim(2)?,
+            None => 0,
         };
+        let (k, v) = with_prefix(&prefix, &k_own, &v_own)?;
         let scale = 1.0 / (dh as f64).sqrt();
         let (attn, probs) = attention_with_probs(&q, &k, &v, mask, scale)?;
+        drop((k, v));
         let attn = attn
             .transpose(1, 2)?
             .reshape((b, n, c.num_attention_heads * dh))?;
@@ -151,8 +165,9 @@ impl Llama {
             saved: Saved {
                 x: xd,
                 q,
-                k,
-                v,
+                k: k_own,
+                v: v_own,
+                prefix,
                 probs,
                 x1,
                 gate,
@@ -197,7 +212,8 @@ impl FrozenLayer {
         let d_attn = input_grad(&dx1, &l.o_proj)?
             .reshape((b, n, q_heads, dh))?
             .transpose(1, 2)?;
-        let (dq, dk, dv) = attention_backward(&s.q, &s.k, &s.v, &s.probs, &d_attn, self.scale)?;
+        let (k, v) = with_prefix(&s.prefix, &s.k, &s.v)?;
+        let (dq, dk, dv) = attention_backward(&s.q, &k, &v, &s.probs, &d_attn, self.scale)?;
         let p = self.prefix_rows;
         let neg_sin = s.sin.neg()?;
         let rows_first =

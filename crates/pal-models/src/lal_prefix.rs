@@ -17,6 +17,8 @@ use crate::llama::DecoderLayer;
 /// `(2, b, kv_heads, Na, head_dim)`.
 struct LalPrefix {
     layer: DecoderLayer,
+    /// `[W_k; W_v]`, `(2 * kv_heads * head_dim, d)`.
+    kv_weight: Tensor,
     /// Encoder frames `(b * Na, d_enc)`, constants.
     frames: Tensor,
     /// Projected audio `(b * Na, d)`, the RMSNorm's input.
@@ -34,6 +36,7 @@ pub(crate) fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
     frozen(&layer.k_proj)
         && frozen(&layer.v_proj)
         && layer.k_norm.is_none()
+        && layer.k_proj.bias.is_some() == layer.v_proj.bias.is_some()
         && !layer.input_layernorm.is_variable()
         && projector.lora.is_none()
         && projector.bias.is_some()
@@ -59,18 +62,25 @@ pub(crate) fn keys_values(
         .detach();
     let projected = frames.matmul(&weight.t()?)?.broadcast_add(&bias)?;
     let normed = rms_norm(&projected, &layer.input_layernorm, eps)?;
+    // Keys and values with one matrix product: `[W_k; W_v]`.
+    let kv_weight = Tensor::cat(&[&layer.k_proj.weight, &layer.v_proj.weight], 0)?;
+    let mut kv = normed.matmul(&kv_weight.t()?)?;
+    if let (Some(kb), Some(vb)) = (&layer.k_proj.bias, &layer.v_proj.bias) {
+        kv = kv.broadcast_add(&Tensor::cat(&[kb, vb], 0)?)?;
+    }
     let heads_first = |t: Tensor| -> Result<Tensor> {
         Ok(t.reshape((b, na, heads, dh))?
             .transpose(1, 2)?
             .contiguous()?)
     };
-    let mut k = heads_first(layer.k_proj.forward(&normed)?)?;
+    let mut k = heads_first(kv.narrow(1, 0, heads * dh)?)?;
     if let Some((cos, sin)) = rope_tables {
         k = rope(&k, cos, sin)?;
     }
-    let v = heads_first(layer.v_proj.forward(&normed)?)?;
+    let v = heads_first(kv.narrow(1, heads * dh, heads * dh)?)?;
     let node = LalPrefix {
         layer: layer.clone(),
+        kv_weight,
         frames,
         projected,
         rope: rope_tables.cloned(),
@@ -152,7 +162,7 @@ impl CustomOp2 for LalPrefix {
         let dk = rows_first(dk)?;
         let dv = rows_first(grad.get(1)?)?;
         let l = &self.layer;
-        let d_normed = (dk.matmul(&l.k_proj.weight)? + dv.matmul(&l.v_proj.weight)?)?;
+        let d_normed = Tensor::cat(&[&dk, &dv], 1)?.matmul(&self.kv_weight)?;
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
         let d_weight = d_projected.t()?.matmul(&self.frames)?;
