@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::ops::{scaled_masked_softmax, softmax_backward};
+use crate::ops::{batched_matmul, scaled_masked_softmax, softmax_backward};
 
 /// A large negative value for masked scores, finite so that fully masked rows stay finite.
 pub fn mask_value(dtype: DType) -> f64 {
@@ -54,7 +54,7 @@ pub fn attention_with_probs(
     let q = q
         .contiguous()?
         .reshape((b, kv_heads, group * q_rows, head_dim))?;
-    let scores = q.matmul(&k.contiguous()?.t()?)?;
+    let scores = batched_matmul(&q, &k.contiguous()?.t()?)?;
     // The mask as `(batch or 1, q_rows, k_rows)`: one row per query, shared by the heads.
     let mask = match mask {
         Some(mask) => {
@@ -67,9 +67,7 @@ pub fn attention_with_probs(
         None => None,
     };
     let probs = scaled_masked_softmax(&scores, mask.as_ref(), scale)?;
-    let out = probs
-        .matmul(&v.contiguous()?)?
-        .reshape((b, q_heads, q_rows, head_dim))?;
+    let out = batched_matmul(&probs, &v.contiguous()?)?.reshape((b, q_heads, q_rows, head_dim))?;
     Ok((out, probs))
 }
 
@@ -94,13 +92,11 @@ pub fn attention_backward(
             .reshape((b, kv_heads, group * q_rows, head_dim))
     };
     let (q, d_out) = (fold(q)?, fold(d_out)?);
-    let dv = probs.t()?.matmul(&d_out)?;
-    let dp = d_out.matmul(&v.contiguous()?.t()?)?;
+    let dv = batched_matmul(&probs.t()?, &d_out)?;
+    let dp = batched_matmul(&d_out, &v.contiguous()?.t()?)?;
     let ds = softmax_backward(probs, &dp, scale)?;
-    let dq = ds
-        .matmul(&k.contiguous()?)?
-        .reshape((b, q_heads, q_rows, head_dim))?;
-    let dk = ds.t()?.matmul(&q)?;
+    let dq = batched_matmul(&ds, &k.contiguous()?)?.reshape((b, q_heads, q_rows, head_dim))?;
+    let dk = batched_matmul(&ds.t()?, &q)?;
     Ok((dq, dk, dv))
 }
 

@@ -447,3 +447,43 @@ fn f32_row_kernels_match_candle_on_large_inputs() {
     );
     assert!(d < 1e-3, "rope differs from candle's by {d}");
 }
+
+#[test]
+fn batched_matmul_equals_candle_matmul_for_plain_and_transposed_operands() {
+    use pal_nn::ops::batched_matmul;
+    for dtype in [DType::F32, DType::F64] {
+        let a = rand(&[2, 3, 5, 4], 60).to_dtype(dtype).unwrap();
+        let b = rand(&[2, 3, 4, 6], 61).to_dtype(dtype).unwrap();
+        let bt = rand(&[2, 3, 6, 4], 62).to_dtype(dtype).unwrap();
+        let at = rand(&[2, 3, 4, 5], 63).to_dtype(dtype).unwrap();
+        let cases = [
+            (a.clone(), b.clone()),
+            (a.clone(), bt.t().unwrap()),
+            (at.t().unwrap(), b.clone()),
+            (a.reshape((6, 5, 4)).unwrap(), b.reshape((6, 4, 6)).unwrap()),
+            // A batch of 40 items: the pool's threads split it.
+            (
+                rand(&[40, 7, 3], 64).to_dtype(dtype).unwrap(),
+                rand(&[40, 3, 9], 65).to_dtype(dtype).unwrap(),
+            ),
+        ];
+        for (x, y) in cases {
+            let ours = batched_matmul(&x, &y).unwrap();
+            let reference = x.matmul(&y).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(diff < 1e-5, "{dtype:?} {:?}: differs by {diff}", x.dims());
+        }
+    }
+}

@@ -1,7 +1,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType, D};
 
-use super::{contiguous_slice, par_rows, Exp};
+use super::{contiguous_slice, lane_max, lane_sum, par_rows, Exp};
 
 /// Mean cross-entropy of `logits` `(rows, vocab)` against `targets` `(rows)` (u32):
 /// `mean(logsumexp(logits) - logits[target])`, computed in f32 or wider. On the CPU one fused
@@ -45,14 +45,17 @@ struct CrossEntropyRows {
 
 /// `(max, log sum exp(x - max))` of a row.
 fn row_lse<T: WithDType + Exp>(row: &[T]) -> (T, T) {
-    let mut max = row[0];
-    for &v in row {
-        if v > max {
-            max = v;
+    let max = lane_max(row);
+    let mut lanes = [T::zero(); 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += (c[i] - max).exp_fast();
         }
     }
-    let mut sum = T::zero();
-    for &v in row {
+    let mut sum = lane_sum(&lanes);
+    for &v in rest {
         sum += (v - max).exp_fast();
     }
     (max, T::from_f64(sum.to_f64().ln()))

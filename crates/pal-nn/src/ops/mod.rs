@@ -2,6 +2,7 @@
 //! candle tensor ops. On other devices: when no input tracks gradients, candle's fused kernel;
 //! otherwise a composition of primitive candle ops (slower, but correct gradients).
 
+mod batched_matmul;
 mod constant_input_linear;
 mod frozen_linear;
 mod loss;
@@ -9,6 +10,7 @@ mod rms_norm;
 mod rope;
 mod softmax;
 
+pub use batched_matmul::batched_matmul;
 pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::cross_entropy;
@@ -65,12 +67,14 @@ pub(crate) trait Exp: Copy {
 }
 
 impl Exp for f64 {
+    #[inline(always)]
     fn exp_fast(self) -> Self {
         self.exp()
     }
 }
 
 impl Exp for f32 {
+    #[inline(always)]
     fn exp_fast(self) -> Self {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
         const LN2_HI: f32 = 0.693_145_75;
@@ -84,11 +88,76 @@ impl Exp for f32 {
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let scaled = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+        // SAFETY: `x` is clamped to [-87, 88], so `n` is an integer in [-126, 127].
+        let n = unsafe { n.to_int_unchecked::<i32>() };
+        let scaled = p * f32::from_bits(((n + 127) as u32) << 23);
         if self < -87.0 {
             0.0
         } else {
             scaled
         }
     }
+}
+
+/// Lanes of the reductions below: independent accumulators, so the compiler can vectorize a sum
+/// it would otherwise have to keep in order.
+const LANES: usize = 8;
+
+/// Largest element of a non-empty slice.
+#[inline]
+pub(crate) fn lane_max<T: WithDType>(x: &[T]) -> T {
+    let mut lanes = [x[0]; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let mut m = lanes[0];
+    for &v in lanes[1..].iter().chain(rest) {
+        if v > m {
+            m = v;
+        }
+    }
+    m
+}
+
+/// `sum(a * b)`.
+#[inline]
+pub(crate) fn lane_dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    let mut lanes = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let mut s = T::zero();
+    for l in lanes {
+        s += l;
+    }
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `sum(x)`.
+#[inline]
+pub(crate) fn lane_sum<T: WithDType>(x: &[T]) -> T {
+    let mut lanes = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] += c[i];
+        }
+    }
+    let mut s = T::zero();
+    for l in lanes.iter().chain(rest) {
+        s += *l;
+    }
+    s
 }

@@ -3,7 +3,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
 };
 
-use super::{contiguous_slice, par_rows};
+use super::{contiguous_slice, lane_dot, par_rows};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, with a backward for both
 /// `x` and `weight`.
@@ -49,10 +49,7 @@ impl RmsNorm {
         let mut out = vec![T::zero(); x.len()];
         par_rows(&mut out, dim, |r, row| {
             let xr = &x[r * dim..(r + 1) * dim];
-            let mut sq = T::zero();
-            for &v in xr {
-                sq += v * v;
-            }
+            let sq = lane_dot(xr, xr);
             let r = T::from_f64(1.0 / (sq.to_f64() / dim as f64 + self.eps).sqrt());
             for ((o, &v), &w) in row.iter_mut().zip(xr).zip(w) {
                 *o = v * r * w;

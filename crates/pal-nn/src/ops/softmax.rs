@@ -3,7 +3,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D,
 };
 
-use super::{contiguous_slice, par_rows, Exp};
+use super::{contiguous_slice, lane_dot, lane_max, lane_sum, par_rows, Exp};
 
 /// Softmax over the last dimension with a backward: `dx = y * (g - sum(g * y))`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -88,7 +88,6 @@ fn softmax_rows<T: WithDType + Exp>(
     let total_rows = x.len() / k.max(1);
     par_rows(&mut out, k, |r, row| {
         let xr = &x[r * k..(r + 1) * k];
-        let mut max = T::from_f64(f64::NEG_INFINITY);
         match mask {
             Some((m, mb, mask_rows)) => {
                 // Rows of one batch item, then which mask row.
@@ -106,22 +105,16 @@ fn softmax_rows<T: WithDType + Exp>(
                 }
             }
         }
-        for &o in row.iter() {
-            if o > max {
-                max = o;
-            }
-        }
+        let max = lane_max(row);
         if max.to_f64() == f64::NEG_INFINITY {
             // A fully masked row (all -inf) yields zeros rather than NaN.
             row.iter_mut().for_each(|o| *o = T::zero());
             return;
         }
-        let mut sum = T::zero();
         for o in row.iter_mut() {
             *o = (*o - max).exp_fast();
-            sum += *o;
         }
-        let inv = T::one() / sum;
+        let inv = T::one() / lane_sum(row);
         for o in row.iter_mut() {
             *o *= inv;
         }
@@ -225,10 +218,7 @@ fn softmax_backward_rows<T: WithDType>(y: &[T], g: &[T], k: usize, scale: f64) -
     let scale = T::from_f64(scale);
     par_rows(&mut out, k, |r, row| {
         let (yr, gr) = (&y[r * k..(r + 1) * k], &g[r * k..(r + 1) * k]);
-        let mut dot = T::zero();
-        for (&a, &b) in yr.iter().zip(gr) {
-            dot += a * b;
-        }
+        let dot = lane_dot(yr, gr);
         for ((o, &a), &b) in row.iter_mut().zip(yr).zip(gr) {
             *o = scale * a * (b - dot);
         }

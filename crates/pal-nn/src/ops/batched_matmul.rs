@@ -1,0 +1,114 @@
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+/// `a @ b` over leading batch dimensions, `(..., m, k) x (..., k, n)`, for tensors that need no
+/// gradient (inference, and the written-out backwards). Either operand may be a transposed view
+/// of its last two dimensions. On the CPU each thread of candle's pool runs whole products, one
+/// batch item each; candle's matmul instead splits every small product over the threads, which
+/// for attention-sized blocks (a few hundred rows) costs more in synchronisation than it gains.
+/// Elsewhere, or when an operand tracks gradients, candle's matmul.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let cpu_float = a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64);
+    if !cpu_float || a.track_op() || b.track_op() || a.rank() < 3 || a.rank() != b.rank() {
+        return a.matmul(b);
+    }
+    let batch_dims = &a.dims()[..a.rank() - 2];
+    if batch_dims != &b.dims()[..b.rank() - 2] {
+        return a.matmul(b);
+    }
+    let (a, b) = (collapsible(a)?, collapsible(b)?);
+    a.apply_op2_no_bwd(&b, &BatchedMatmul)
+}
+
+/// `t` itself when its batch dimensions collapse into one stride and its last two dimensions are
+/// row- or column-major, else a contiguous copy.
+fn collapsible(t: &Tensor) -> Result<Tensor> {
+    let (dims, stride) = (t.dims(), t.stride());
+    let r = dims.len();
+    let matrix_ok = stride[r - 1] == 1 || stride[r - 2] == 1;
+    let batch_ok = (0..r - 3).all(|i| stride[i] == stride[i + 1] * dims[i + 1]);
+    if matrix_ok && batch_ok {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+struct BatchedMatmul;
+
+/// A raw pointer shared by the pool's threads, each writing its own batch item.
+struct Shared<T>(*mut T);
+// SAFETY: the threads write disjoint blocks (one batch item each).
+unsafe impl<T> Sync for Shared<T> {}
+
+fn run<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    let r = la.dims().len();
+    let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
+    let batches: usize = la.dims()[..r - 2].iter().product();
+    let (sa, sb) = (la.stride(), lb.stride());
+    let (a_batch, b_batch) = (sa[r - 3], sb[r - 3]);
+    let (a_off, b_off) = (la.start_offset(), lb.start_offset());
+    let mut out = vec![T::zero(); batches * m * n];
+    let dst = Shared(out.as_mut_ptr());
+    let dst = &dst;
+    candle_core::utils::barrier_pool().execute_chunked(batches, |range| {
+        for i in range {
+            // SAFETY: offsets and strides come from the operands' layouts, which candle checked
+            // against their storages; batch item `i` of the output is written by this thread only.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.0.add(i * m * n),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr().add(a_off + i * a_batch),
+                    sa[r - 1] as isize,
+                    sa[r - 2] as isize,
+                    b.as_ptr().add(b_off + i * b_batch),
+                    sb[r - 1] as isize,
+                    sb[r - 2] as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for BatchedMatmul {
+    fn name(&self) -> &'static str {
+        "pal-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let r = l1.dims().len();
+        if l1.dims()[r - 1] != l2.dims()[r - 2] {
+            candle_core::bail!(
+                "batched_matmul: {:?} x {:?} do not fit",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut out_dims = l1.dims().to_vec();
+        out_dims[r - 1] = l2.dims()[r - 1];
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(run(a, l1, b, l2)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(run(a, l1, b, l2)),
+            _ => candle_core::bail!("batched_matmul: f32 or f64 operands of one dtype"),
+        };
+        Ok((out, Shape::from(out_dims)))
+    }
+}
