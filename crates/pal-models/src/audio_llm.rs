@@ -602,8 +602,9 @@ impl AudioLlm {
         let picked = hidden
             .reshape((b * n, d))?
             .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
-        let logits = self.llm.logits(&picked)?;
-        let loss = pal_nn::ops::cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?;
+        let loss = self
+            .llm
+            .cross_entropy(&picked, &Tensor::new(targets.as_slice(), device)?)?;
         Ok((loss, targets.len()))
     }
 

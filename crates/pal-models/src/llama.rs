@@ -698,6 +698,25 @@ impl Llama {
         Ok(self.lm_head.forward(hidden)?)
     }
 
+    /// Mean cross-entropy of the next-token predictions from final hidden rows `(rows, d)`
+    /// against `targets` `(rows)`. A frozen output projection without bias or LoRA runs with the
+    /// loss as one node ([`pal_nn::ops::linear_cross_entropy`]); otherwise logits, then loss.
+    pub fn cross_entropy(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let head = &self.lm_head;
+        if self.frozen_layer_nodes
+            && !head.weight.is_variable()
+            && head.bias.is_none()
+            && head.lora.is_none()
+        {
+            return Ok(pal_nn::ops::linear_cross_entropy(
+                hidden,
+                &head.weight,
+                targets,
+            )?);
+        }
+        Ok(pal_nn::ops::cross_entropy(&self.logits(hidden)?, targets)?)
+    }
+
     /// Logits for every row of `tokens` (`(batch, rows)`, u32). `valid` is `(batch, rows)` with 1
     /// for real tokens and 0 for padding (left or right); `None` means all real.
     pub fn forward(

@@ -487,3 +487,45 @@ fn batched_matmul_equals_candle_matmul_for_plain_and_transposed_operands() {
         }
     }
 }
+
+#[test]
+fn linear_cross_entropy_equals_logits_then_cross_entropy() {
+    use pal_nn::ops::linear_cross_entropy;
+    let (hidden, weight) = (rand(&[5, 8], 70), rand(&[11, 8], 71));
+    let targets = Tensor::new(&[3u32, 0, 10, 7, 3], &Device::Cpu).unwrap();
+    let h = Var::from_tensor(&hidden).unwrap();
+    let fused = linear_cross_entropy(h.as_tensor(), &weight, &targets).unwrap();
+    let fused_grad = fused
+        .backward()
+        .unwrap()
+        .get(h.as_tensor())
+        .unwrap()
+        .clone();
+    let h2 = Var::from_tensor(&hidden).unwrap();
+    let logits = frozen_linear(h2.as_tensor(), &weight).unwrap();
+    let plain = cross_entropy(&logits, &targets).unwrap();
+    let plain_grad = plain
+        .backward()
+        .unwrap()
+        .get(h2.as_tensor())
+        .unwrap()
+        .clone();
+    let value_diff = (fused.to_scalar::<f64>().unwrap() - plain.to_scalar::<f64>().unwrap()).abs();
+    assert!(value_diff < 1e-12, "loss differs by {value_diff}");
+    let grad_diff = (fused_grad - plain_grad)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(grad_diff < 1e-12, "hidden gradient differs by {grad_diff}");
+    assert_grads(
+        "linear_cross_entropy",
+        |xs| linear_cross_entropy(&xs[0], &weight, &targets),
+        &[hidden],
+    );
+}

@@ -138,3 +138,114 @@ impl CustomOp1 for CrossEntropyRows {
         Ok(Some(dx))
     }
 }
+
+/// Mean cross-entropy of the logits `hidden @ weight^T` (`hidden` `(rows, d)`, a frozen output
+/// projection `weight` `(vocab, d)`) against `targets` `(rows)`: the same number as
+/// [`cross_entropy`] of [`super::frozen_linear`], as one graph node on the CPU. Its backward
+/// computes the logits' gradient (`softmax - onehot`) and at once the hidden states' gradient
+/// from it, so the `(rows, vocab)` gradient never passes through candle's gradient store (which
+/// would zero-fill and add a buffer of that size).
+pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let fused = hidden.device().is_cpu()
+        && matches!(hidden.dtype(), DType::F32 | DType::F64)
+        && hidden.dtype() == weight.dtype()
+        && !weight.track_op();
+    if !fused {
+        return cross_entropy(&super::frozen_linear(hidden, weight)?, targets);
+    }
+    let (rows, _) = hidden.dims2()?;
+    let vocab = weight.dim(0)?;
+    let targets: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
+    if targets.len() != rows || rows == 0 {
+        candle_core::bail!("cross_entropy: {} targets for {rows} rows", targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
+    }
+    let logits = hidden.detach().matmul(&weight.t()?)?;
+    let per_row = {
+        let (storage, layout) = logits.storage_and_layout();
+        let name = "cross_entropy";
+        match &*storage {
+            candle_core::Storage::Cpu(s @ CpuStorage::F32(_)) => Tensor::from_vec(
+                losses(contiguous_slice::<f32>(s, layout, name)?, vocab, &targets),
+                (rows, 1),
+                hidden.device(),
+            )?,
+            candle_core::Storage::Cpu(s) => Tensor::from_vec(
+                losses(contiguous_slice::<f64>(s, layout, name)?, vocab, &targets),
+                (rows, 1),
+                hidden.device(),
+            )?,
+            _ => candle_core::bail!("{name}: logits off the CPU"),
+        }
+    };
+    let node = LinearCrossEntropy {
+        logits,
+        weight: weight.clone(),
+        targets,
+        per_row: std::sync::Mutex::new(Some(per_row)),
+    };
+    hidden.apply_op1(node)?.mean_all()
+}
+
+/// The node of [`linear_cross_entropy`]: input the hidden rows, output the per-row losses.
+struct LinearCrossEntropy {
+    logits: Tensor,
+    weight: Tensor,
+    targets: Vec<u32>,
+    per_row: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "pal-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = self
+            .per_row
+            .lock()
+            .expect("cross-entropy lock")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("cross-entropy output used twice".into()))?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
+            _ => candle_core::bail!("cross-entropy: output off the CPU"),
+        }
+    }
+
+    fn bwd(&self, _hidden: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let vocab = self.logits.dim(1)?;
+        let g = grad.flatten_all()?;
+        let d_logits = {
+            let (storage, layout) = self.logits.storage_and_layout();
+            let name = "cross_entropy";
+            match &*storage {
+                candle_core::Storage::Cpu(s @ CpuStorage::F32(_)) => Tensor::from_vec(
+                    gradients(
+                        contiguous_slice::<f32>(s, layout, name)?,
+                        &g.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                        vocab,
+                        &self.targets,
+                    ),
+                    self.logits.shape(),
+                    self.logits.device(),
+                )?,
+                candle_core::Storage::Cpu(s) => Tensor::from_vec(
+                    gradients(
+                        contiguous_slice::<f64>(s, layout, name)?,
+                        &g.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+                        vocab,
+                        &self.targets,
+                    ),
+                    self.logits.shape(),
+                    self.logits.device(),
+                )?,
+                _ => candle_core::bail!("{name}: logits off the CPU"),
+            }
+        };
+        Ok(Some(d_logits.matmul(&self.weight)?))
+    }
+}

@@ -13,7 +13,7 @@ mod softmax;
 pub use batched_matmul::batched_matmul;
 pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, linear_cross_entropy};
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
 pub use rope::rope;
 pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
