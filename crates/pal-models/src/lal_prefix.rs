@@ -166,7 +166,10 @@ impl CustomOp2 for LalPrefix {
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
         let d_weight = d_projected.t()?.matmul(&self.frames)?;
-        let d_bias = d_projected.sum(0)?;
+        // The column sums as a product with a row of ones: candle's `sum(0)` walks the rows
+        // one column at a time and takes as long as the weight gradient's matrix product.
+        let ones = Tensor::ones((1, b * na), d_projected.dtype(), d_projected.device())?;
+        let d_bias = ones.matmul(&d_projected)?.squeeze(0)?;
         Ok((Some(d_weight), Some(d_bias)))
     }
 }
