@@ -211,6 +211,19 @@ pub enum Padding {
     Left,
 }
 
+/// One LAL layer's key/value prefix, as [`AudioLlm::lal_keys_values`] returns it.
+pub struct LalLayerPrefix {
+    /// The LLM layer.
+    pub layer: usize,
+    /// Keys `(b, kv_heads, Na, head_dim)`, rotated in prefix mode.
+    pub k: Tensor,
+    /// Values `(b, kv_heads, Na, head_dim)`.
+    pub v: Tensor,
+    /// `k` and `v` stacked, when they are the halves of one training node's output (see
+    /// [`KeyValuePrefix::stacked`]).
+    pub stacked: Option<Tensor>,
+}
+
 /// A batch ready for the LLM.
 pub struct PreparedBatch {
     /// `(b, n, d)` input embeddings (text and in-sequence audio tokens).
@@ -321,9 +334,9 @@ impl AudioLlm {
     }
 
     /// LAL keys and values of one encoder, layer by layer: `A_l = Proj_l(E)`, the layer's input
-    /// norm, then the layer's own (frozen, or LoRA-tuned) k/v projections. Returns `(layer, k, v)`
-    /// with `k`, `v` as `(b, kv_heads, Na, head_dim)`, rotated to positions `positions` (`(b, Na)`)
-    /// in prefix mode.
+    /// norm, then the layer's own (frozen, or LoRA-tuned) k/v projections. Returns one
+    /// [`LalLayerPrefix`] per LAL layer, keys rotated to positions `positions` (`(b, Na)`) in
+    /// prefix mode.
     ///
     /// Each layer has its own parameters and its own small graph. (One stacked tensor for all
     /// layers, sliced per layer, would make every slice's backward a full-size zero-padded
@@ -333,7 +346,7 @@ impl AudioLlm {
         adapter: &LalAdapter,
         frames: &Tensor,
         positions: &Tensor,
-    ) -> Result<Vec<(usize, Tensor, Tensor)>> {
+    ) -> Result<Vec<LalLayerPrefix>> {
         let c = &self.llm.config;
         let (b, na, d_enc) = frames.dims3()?;
         if adapter.layers.is_empty() {
@@ -364,7 +377,7 @@ impl AudioLlm {
                     && projector.weight.track_op()
                     && crate::lal_prefix::supported(layer, projector)
                 {
-                    let (k, v) = crate::lal_prefix::keys_values(
+                    let (k, v, stacked) = crate::lal_prefix::keys_values(
                         layer,
                         projector,
                         &flat,
@@ -372,7 +385,12 @@ impl AudioLlm {
                         shape,
                         c.rms_norm_eps,
                     )?;
-                    out.push((index, k, v));
+                    out.push(LalLayerPrefix {
+                        layer: index,
+                        k,
+                        v,
+                        stacked: Some(stacked),
+                    });
                     continue;
                 }
             }
@@ -392,7 +410,12 @@ impl AudioLlm {
             if let Some((cos, sin)) = &rope_tables {
                 k = rope(&k, cos, sin)?;
             }
-            out.push((index, k, v));
+            out.push(LalLayerPrefix {
+                layer: index,
+                k,
+                v,
+                stacked: None,
+            });
         }
         Ok(out)
     }
@@ -415,7 +438,8 @@ impl AudioLlm {
         }
         // Per encoder: pad its outputs to a batch (b, Na_max, d_enc) with validity.
         let mut in_seq: Vec<Vec<Tensor>> = vec![vec![]; b];
-        let mut prefix_parts: Vec<(usize, Tensor, Tensor, Tensor)> = vec![]; // layer, k, v, valid
+        // layer, k, v, valid, k and v stacked
+        let mut prefix_parts: Vec<(usize, Tensor, Tensor, Tensor, Option<Tensor>)> = vec![];
         let mut lal_rows_before = vec![0usize; b];
         for (j, enc) in self.encoders.iter().enumerate() {
             let lengths: Vec<usize> = examples.iter().map(|e| e.audio[j].dims()[0]).collect();
@@ -457,8 +481,8 @@ impl AudioLlm {
                     }
                 }
                 let positions = Tensor::from_vec(positions, (b, na), &device)?;
-                for (layer, k, v) in self.lal_keys_values(adapter, &frames, &positions)? {
-                    prefix_parts.push((layer, k, v, valid.clone()));
+                for p in self.lal_keys_values(adapter, &frames, &positions)? {
+                    prefix_parts.push((p.layer, p.k, p.v, valid.clone(), p.stacked));
                 }
                 if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
                     for (before, len) in lal_rows_before.iter_mut().zip(&lengths) {
@@ -553,18 +577,20 @@ impl AudioLlm {
         // Text positions start after the real audio rows of prefix-RoPE LAL encoders.
         cache.next_position = lal_rows_before.iter().map(|&r| r as u32).collect();
         // Several LAL encoders on one layer: their prefixes are concatenated.
-        for (layer, k, v, valid_rows) in prefix_parts {
+        for (layer, k, v, valid_rows, stacked) in prefix_parts {
             let slot = &mut cache.layers[layer].prefix;
             *slot = Some(match slot.take() {
                 None => KeyValuePrefix {
                     k,
                     v,
                     valid: valid_rows,
+                    stacked,
                 },
                 Some(p) => KeyValuePrefix {
                     k: Tensor::cat(&[&p.k, &k], 2)?,
                     v: Tensor::cat(&[&p.v, &v], 2)?,
                     valid: Tensor::cat(&[&p.valid, &valid_rows], 1)?,
+                    stacked: None,
                 },
             });
         }

@@ -17,7 +17,7 @@ use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope};
 use pal_nn::{attention_backward, attention_with_probs, Linear};
 
 use crate::error::Result;
-use crate::llama::{DecoderLayer, LayerCache, Llama};
+use crate::llama::{DecoderLayer, KeyValuePrefix, LayerCache, Llama};
 
 /// Whether `layer` can run as one node: every weight frozen, no LoRA, and no per-head q/k norms
 /// (Qwen3's, which the written-out backward does not cover).
@@ -69,6 +69,8 @@ struct FrozenLayer {
     saved: Saved,
     output: Mutex<Option<Tensor>>,
     prefix_rows: usize,
+    /// The prefix came as one stacked `(2, ...)` input (second input), not as k and v.
+    stacked_prefix: bool,
     scale: f64,
     eps: f64,
 }
@@ -153,12 +155,13 @@ impl Llama {
         let gate = layer.gate_proj.forward(&h2)?;
         let up = layer.up_proj.forward(&h2)?;
         let y = (&x1 + layer.down_proj.forward(&(gate.silu()? * &up)?)?)?;
-        let (pk, pv) = match &cache.prefix {
-            Some(p) => (p.k.clone(), p.v.clone()),
-            None => {
-                let dummy = Tensor::zeros(1, x.dtype(), x.device())?;
-                (dummy.clone(), dummy)
-            }
+        let dummy = || Tensor::zeros(1, x.dtype(), x.device());
+        let (pk, pv, stacked_prefix) = match &cache.prefix {
+            Some(KeyValuePrefix {
+                stacked: Some(kv), ..
+            }) => (kv.clone(), dummy()?, true),
+            Some(p) => (p.k.clone(), p.v.clone(), false),
+            None => (dummy()?, dummy()?, false),
         };
         let node = FrozenLayer {
             layer: layer.clone(),
@@ -177,6 +180,7 @@ impl Llama {
             },
             output: Mutex::new(Some(y)),
             prefix_rows,
+            stacked_prefix,
             scale,
             eps,
         };
@@ -285,6 +289,12 @@ impl CustomOp3 for FrozenLayer {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dpk, dpv) = self.gradients(grad)?;
         let has_prefix = self.prefix_rows > 0;
+        if self.stacked_prefix {
+            let d_stacked = (has_prefix && pk.track_op())
+                .then(|| Tensor::stack(&[&dpk, &dpv], 0))
+                .transpose()?;
+            return Ok((x.track_op().then_some(dx), d_stacked, None));
+        }
         Ok((
             x.track_op().then_some(dx),
             (has_prefix && pk.track_op()).then_some(dpk),

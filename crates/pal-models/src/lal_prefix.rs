@@ -43,7 +43,8 @@ pub(crate) fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
 }
 
 /// Keys and values `(b, kv_heads, Na, head_dim)` of `layer` for `frames` (`(b * Na, d_enc)`)
-/// projected by `projector`, rotated by `rope` (cos, sin) when given.
+/// projected by `projector`, rotated by `rope` (cos, sin) when given; and the node's output they
+/// are the halves of, `(2, b, kv_heads, Na, head_dim)`.
 pub(crate) fn keys_values(
     layer: &DecoderLayer,
     projector: &Linear,
@@ -51,7 +52,7 @@ pub(crate) fn keys_values(
     rope_tables: Option<&(Tensor, Tensor)>,
     shape: (usize, usize, usize, usize),
     eps: f64,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, na, heads, dh) = shape;
     let frames = frames.detach();
     let weight = projector.weight.detach();
@@ -91,7 +92,7 @@ pub(crate) fn keys_values(
     let kv = projector
         .weight
         .apply_op2(projector.bias.as_ref().expect("checked"), node)?;
-    Ok((kv.get(0)?, kv.get(1)?))
+    Ok((kv.get(0)?, kv.get(1)?, kv))
 }
 
 impl LalPrefix {

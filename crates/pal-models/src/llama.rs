@@ -350,6 +350,10 @@ pub struct KeyValuePrefix {
     pub v: Tensor,
     /// `(batch, rows)`, 1 for real rows and 0 for padding.
     pub valid: Tensor,
+    /// `(2, batch, kv_heads, rows, head_dim)` when `k` and `v` are the two halves of one tensor
+    /// (a LAL prefix in training): a frozen layer then takes this tensor as one input, so its
+    /// gradient arrives in one piece instead of as two zero-padded halves.
+    pub stacked: Option<Tensor>,
 }
 
 /// Keys and values cached for one layer, `(batch, kv_heads, rows, head_dim)`, after an optional
@@ -862,6 +866,7 @@ impl Llama {
             k: p.k.detach(),
             v: p.v.detach(),
             valid: p.valid.clone(),
+            stacked: None,
         });
         let mut scratch = LayerCache {
             prefix: detached_prefix,
@@ -1065,6 +1070,7 @@ impl candle_core::CustomOp3 for CheckpointedLayer {
             k: pkv.as_tensor().clone(),
             v: pvv.as_tensor().clone(),
             valid: valid.clone(),
+            stacked: None,
         });
         let mut cache = LayerCache {
             prefix,
