@@ -7,7 +7,7 @@
 //! add). Same numbers as recording the ops; `frozen_layer_nodes = false` switches both off.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope};
+use pal_nn::ops::{kv_heads_to_rows, kv_rows_to_heads, rms_norm, rms_norm_input_grad, KvShape};
 use pal_nn::Linear;
 
 use crate::error::Result;
@@ -69,16 +69,14 @@ pub(crate) fn keys_values(
     if let (Some(kb), Some(vb)) = (&layer.k_proj.bias, &layer.v_proj.bias) {
         kv = kv.broadcast_add(&Tensor::cat(&[kb, vb], 0)?)?;
     }
-    let heads_first = |t: Tensor| -> Result<Tensor> {
-        Ok(t.reshape((b, na, heads, dh))?
-            .transpose(1, 2)?
-            .contiguous()?)
+    let kv_shape = KvShape {
+        batch: b,
+        rows: na,
+        heads,
+        head_dim: dh,
     };
-    let mut k = heads_first(kv.narrow(1, 0, heads * dh)?)?;
-    if let Some((cos, sin)) = rope_tables {
-        k = rope(&k, cos, sin)?;
-    }
-    let v = heads_first(kv.narrow(1, heads * dh, heads * dh)?)?;
+    let rope_pair = rope_tables.map(|(c, s)| (c, s));
+    let stacked = kv_rows_to_heads(&kv, kv_shape, rope_pair)?;
     let node = LalPrefix {
         layer: layer.clone(),
         kv_weight,
@@ -87,7 +85,7 @@ pub(crate) fn keys_values(
         rope: rope_tables.cloned(),
         shape,
         eps,
-        output: std::sync::Mutex::new(Some(Tensor::stack(&[&k, &v], 0)?)),
+        output: std::sync::Mutex::new(Some(stacked)),
     };
     let kv = projector
         .weight
@@ -151,19 +149,16 @@ impl CustomOp2 for LalPrefix {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, na, heads, dh) = self.shape;
-        let rows_first = |t: Tensor| {
-            t.transpose(1, 2)?
-                .contiguous()?
-                .reshape((b * na, heads * dh))
+        let kv_shape = KvShape {
+            batch: b,
+            rows: na,
+            heads,
+            head_dim: dh,
         };
-        let mut dk = grad.get(0)?.contiguous()?;
-        if let Some((cos, sin)) = &self.rope {
-            dk = rope(&dk, cos, &sin.neg()?)?;
-        }
-        let dk = rows_first(dk)?;
-        let dv = rows_first(grad.get(1)?)?;
+        let rope_pair = self.rope.as_ref().map(|(c, s)| (c, s));
+        let d_kv = kv_heads_to_rows(grad, kv_shape, rope_pair)?;
         let l = &self.layer;
-        let d_normed = Tensor::cat(&[&dk, &dv], 1)?.matmul(&self.kv_weight)?;
+        let d_normed = d_kv.matmul(&self.kv_weight)?;
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
         let d_weight = d_projected.t()?.matmul(&self.frames)?;

@@ -529,3 +529,51 @@ fn linear_cross_entropy_equals_logits_then_cross_entropy() {
         &[hidden],
     );
 }
+
+#[test]
+fn kv_conversion_matches_transpose_rotate_stack_and_inverts() {
+    use pal_nn::ops::{kv_heads_to_rows, kv_rows_to_heads, KvShape};
+    let shape = KvShape {
+        batch: 2,
+        rows: 5,
+        heads: 3,
+        head_dim: 4,
+    };
+    let kv = rand(&[10, 24], 80);
+    let (cos, sin) = (rand(&[2, 5, 2], 81), rand(&[2, 5, 2], 82));
+    let heads = kv_rows_to_heads(&kv, shape, Some((&cos, &sin))).unwrap();
+    let split = |part: usize| {
+        kv.narrow(1, part * 12, 12)
+            .unwrap()
+            .reshape((2, 5, 3, 4))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let k = rope(&split(0), &cos, &sin).unwrap();
+    let reference = Tensor::stack(&[&k, &split(1)], 0).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    assert!(diff(&heads, &reference) < 1e-12);
+    // With a pure rotation (cos^2 + sin^2 = 1) the way back restores the rows.
+    let angle = rand(&[2, 5, 2], 83);
+    let (cos, sin) = (angle.cos().unwrap(), angle.sin().unwrap());
+    let there = kv_rows_to_heads(&kv, shape, Some((&cos, &sin))).unwrap();
+    let back = kv_heads_to_rows(&there, shape, Some((&cos, &sin))).unwrap();
+    assert!(diff(&back, &kv) < 1e-12);
+    let plain =
+        kv_heads_to_rows(&kv_rows_to_heads(&kv, shape, None).unwrap(), shape, None).unwrap();
+    assert!(diff(&plain, &kv) == 0.0);
+}

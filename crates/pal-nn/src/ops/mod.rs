@@ -15,7 +15,7 @@ pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::{cross_entropy, linear_cross_entropy};
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
-pub use rope::rope;
+pub use rope::{kv_heads_to_rows, kv_rows_to_heads, rope, KvShape};
 pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
