@@ -367,6 +367,7 @@ impl AudioLlm {
         };
         let mut out = Vec::with_capacity(adapter.layers.len());
         let shape = (b, na, c.num_key_value_heads, c.head_dim);
+        let mut flat_with_ones = None;
         for (j, &index) in adapter.layers.iter().enumerate() {
             let layer = &self.llm.layers[index];
             if let (LalProjection::Linear(projectors), None) =
@@ -377,10 +378,13 @@ impl AudioLlm {
                     && projector.weight.track_op()
                     && crate::lal_prefix::supported(layer, projector)
                 {
+                    if flat_with_ones.is_none() {
+                        flat_with_ones = Some(crate::lal_prefix::with_ones(&flat)?);
+                    }
                     let (k, v, stacked) = crate::lal_prefix::keys_values(
                         layer,
                         projector,
-                        &flat,
+                        flat_with_ones.as_ref().expect("set above"),
                         rope_tables.as_ref(),
                         shape,
                         c.rms_norm_eps,

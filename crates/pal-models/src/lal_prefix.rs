@@ -19,7 +19,7 @@ struct LalPrefix {
     layer: DecoderLayer,
     /// `[W_k; W_v]`, `(2 * kv_heads * head_dim, d)`.
     kv_weight: Tensor,
-    /// Encoder frames `(b * Na, d_enc)`, constants.
+    /// Encoder frames with a column of ones, `(b * Na, d_enc + 1)`, constants.
     frames: Tensor,
     /// Projected audio `(b * Na, d)`, the RMSNorm's input.
     projected: Tensor,
@@ -42,7 +42,8 @@ pub(crate) fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
         && projector.bias.is_some()
 }
 
-/// Keys and values `(b, kv_heads, Na, head_dim)` of `layer` for `frames` (`(b * Na, d_enc)`)
+/// Keys and values `(b, kv_heads, Na, head_dim)` of `layer` for `frames` given with a column of
+/// ones (`(b * Na, d_enc + 1)`, see [`with_ones`]: the bias rides in the projector's product)
 /// projected by `projector`, rotated by `rope` (cos, sin) when given; and the node's output they
 /// are the halves of, `(2, b, kv_heads, Na, head_dim)`.
 pub(crate) fn keys_values(
@@ -55,13 +56,13 @@ pub(crate) fn keys_values(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, na, heads, dh) = shape;
     let frames = frames.detach();
-    let weight = projector.weight.detach();
-    let bias = projector
-        .bias
-        .as_ref()
-        .expect("checked by supported")
-        .detach();
-    let projected = frames.matmul(&weight.t()?)?.broadcast_add(&bias)?;
+    let bias = projector.bias.as_ref().expect("checked by supported");
+    // `[P | p]`, so that `[E | 1] [P | p]^T = E P^T + p` in one product.
+    let weight = Tensor::cat(
+        &[&projector.weight.detach(), &bias.detach().unsqueeze(1)?],
+        1,
+    )?;
+    let projected = frames.matmul(&weight.t()?)?;
     let normed = rms_norm(&projected, &layer.input_layernorm, eps)?;
     // Keys and values with one matrix product: `[W_k; W_v]`.
     let kv_weight = Tensor::cat(&[&layer.k_proj.weight, &layer.v_proj.weight], 0)?;
@@ -91,6 +92,12 @@ pub(crate) fn keys_values(
         .weight
         .apply_op2(projector.bias.as_ref().expect("checked"), node)?;
     Ok((kv.get(0)?, kv.get(1)?, kv))
+}
+
+/// `frames` `(rows, d_enc)` with a column of ones appended, as [`keys_values`] takes them.
+pub(crate) fn with_ones(frames: &Tensor) -> Result<Tensor> {
+    let ones = Tensor::ones((frames.dim(0)?, 1), frames.dtype(), frames.device())?;
+    Ok(Tensor::cat(&[&frames.detach(), &ones], 1)?)
 }
 
 impl LalPrefix {
@@ -161,11 +168,12 @@ impl CustomOp2 for LalPrefix {
         let d_normed = d_kv.matmul(&self.kv_weight)?;
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
-        let d_weight = d_projected.t()?.matmul(&self.frames)?;
-        // The column sums as a product with a row of ones: candle's `sum(0)` walks the rows
-        // one column at a time and takes as long as the weight gradient's matrix product.
-        let ones = Tensor::ones((1, b * na), d_projected.dtype(), d_projected.device())?;
-        let d_bias = ones.matmul(&d_projected)?.squeeze(0)?;
+        // `[dP | dp] = dA^T [E | 1]`: the bias gradient (the column sums of dA) comes with the
+        // weight gradient's product (candle's `sum(0)` alone took as long as that product).
+        let d_both = d_projected.t()?.matmul(&self.frames)?;
+        let d_enc = d_both.dim(1)? - 1;
+        let d_weight = d_both.narrow(1, 0, d_enc)?.contiguous()?;
+        let d_bias = d_both.narrow(1, d_enc, 1)?.squeeze(1)?.contiguous()?;
         Ok((Some(d_weight), Some(d_bias)))
     }
 }
