@@ -7,7 +7,9 @@
 //! add). Same numbers as recording the ops; `frozen_layer_nodes = false` switches both off.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use pal_nn::ops::{kv_heads_to_rows, kv_rows_to_heads, rms_norm, rms_norm_input_grad, KvShape};
+use pal_nn::ops::{
+    kv_heads_to_rows, kv_rows_to_heads, matmul, rms_norm, rms_norm_input_grad, KvShape,
+};
 use pal_nn::Linear;
 
 use crate::error::Result;
@@ -62,11 +64,11 @@ pub(crate) fn keys_values(
         &[&projector.weight.detach(), &bias.detach().unsqueeze(1)?],
         1,
     )?;
-    let projected = frames.matmul(&weight.t()?)?;
+    let projected = matmul(&frames, &weight.t()?)?;
     let normed = rms_norm(&projected, &layer.input_layernorm, eps)?;
     // Keys and values with one matrix product: `[W_k; W_v]`.
     let kv_weight = Tensor::cat(&[&layer.k_proj.weight, &layer.v_proj.weight], 0)?;
-    let mut kv = normed.matmul(&kv_weight.t()?)?;
+    let mut kv = matmul(&normed, &kv_weight.t()?)?;
     if let (Some(kb), Some(vb)) = (&layer.k_proj.bias, &layer.v_proj.bias) {
         kv = kv.broadcast_add(&Tensor::cat(&[kb, vb], 0)?)?;
     }
@@ -165,12 +167,12 @@ impl CustomOp2 for LalPrefix {
         let rope_pair = self.rope.as_ref().map(|(c, s)| (c, s));
         let d_kv = kv_heads_to_rows(grad, kv_shape, rope_pair)?;
         let l = &self.layer;
-        let d_normed = d_kv.matmul(&self.kv_weight)?;
+        let d_normed = matmul(&d_kv, &self.kv_weight)?;
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
         // `[dP | dp] = dA^T [E | 1]`: the bias gradient (the column sums of dA) comes with the
         // weight gradient's product (candle's `sum(0)` alone took as long as that product).
-        let d_both = d_projected.t()?.matmul(&self.frames)?;
+        let d_both = matmul(&d_projected.t()?, &self.frames)?;
         let d_enc = d_both.dim(1)? - 1;
         let d_weight = d_both.narrow(1, 0, d_enc)?.contiguous()?;
         let d_bias = d_both.narrow(1, d_enc, 1)?.squeeze(1)?.contiguous()?;

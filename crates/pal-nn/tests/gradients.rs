@@ -577,3 +577,41 @@ fn kv_conversion_matches_transpose_rotate_stack_and_inverts() {
         kv_heads_to_rows(&kv_rows_to_heads(&kv, shape, None).unwrap(), shape, None).unwrap();
     assert!(diff(&plain, &kv) == 0.0);
 }
+
+#[test]
+fn column_split_matmul_equals_candle_matmul() {
+    use pal_nn::ops::matmul;
+    for dtype in [DType::F32, DType::F64] {
+        let a = rand(&[37, 19], 90).to_dtype(dtype).unwrap();
+        let b = rand(&[19, 53], 91).to_dtype(dtype).unwrap();
+        let bt = rand(&[53, 19], 92).to_dtype(dtype).unwrap();
+        let at = rand(&[19, 37], 93).to_dtype(dtype).unwrap();
+        // Narrow matrices (fewer columns than one part), wide ones, transposed views.
+        let narrow = rand(&[19, 3], 94).to_dtype(dtype).unwrap();
+        for (x, y) in [
+            (a.clone(), b.clone()),
+            (a.clone(), bt.t().unwrap()),
+            (at.t().unwrap(), b.clone()),
+            (a.clone(), narrow),
+        ] {
+            let diff = (matmul(&x, &y).unwrap() - x.matmul(&y).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                diff < 1e-5,
+                "{dtype:?} {:?} x {:?}: differs by {diff}",
+                x.dims(),
+                y.dims()
+            );
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub fn constant_input_linear(input: &Tensor, weight: &Tensor) -> Result<Tensor> 
         );
     }
     if !weight.track_op() {
-        return input.matmul(&weight.t()?);
+        return super::matmul(input, &weight.t()?);
     }
     weight.contiguous()?.apply_op1(ConstantInputMatmul {
         input: input.detach().contiguous()?,
@@ -66,6 +66,6 @@ impl CustomOp1 for ConstantInputMatmul {
     }
 
     fn bwd(&self, _w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.t()?.matmul(&self.input)?))
+        Ok(Some(super::matmul(&grad.t()?, &self.input)?))
     }
 }

@@ -29,7 +29,7 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = out_dim;
-        return x2.matmul(&weight.t()?)?.reshape(out_dims);
+        return super::matmul(&x2, &weight.t()?)?.reshape(out_dims);
     }
     let y = x2.apply_op1(FrozenMatmul {
         weight: weight.contiguous()?,
@@ -99,6 +99,9 @@ impl CustomOp1 for FrozenMatmul {
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         let w_t = self.weight_t(w_layout)?;
         let out = match &*w_storage {
+            Storage::Cpu(w) if bmnk.0 == 1 && self.weight.rank() == 2 => {
+                super::batched_matmul::matmul_cpu(storage, layout, w, &w_t)?.0
+            }
             Storage::Cpu(w) => storage.matmul(w, bmnk, layout, &w_t)?,
             _ => candle_core::bail!("frozen_linear: weight and input on different devices"),
         };
@@ -122,6 +125,9 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if grad.rank() == 2 && self.weight.rank() == 2 {
+            return Ok(Some(super::matmul(grad, &self.weight)?));
+        }
         Ok(Some(grad.matmul(&self.weight)?))
     }
 }

@@ -162,7 +162,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) 
     if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
     }
-    let logits = hidden.detach().matmul(&weight.t()?)?;
+    let logits = super::matmul(&hidden.detach(), &weight.t()?)?;
     let per_row = {
         let (storage, layout) = logits.storage_and_layout();
         let name = "cross_entropy";
@@ -246,6 +246,6 @@ impl CustomOp1 for LinearCrossEntropy {
                 _ => candle_core::bail!("{name}: logits off the CPU"),
             }
         };
-        Ok(Some(d_logits.matmul(&self.weight)?))
+        Ok(Some(super::matmul(&d_logits, &self.weight)?))
     }
 }

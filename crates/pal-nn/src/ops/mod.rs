@@ -10,7 +10,7 @@ mod rms_norm;
 mod rope;
 mod softmax;
 
-pub use batched_matmul::batched_matmul;
+pub use batched_matmul::{batched_matmul, matmul};
 pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::{cross_entropy, linear_cross_entropy};
