@@ -129,6 +129,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `PREFIX.ext`: the prefix may contain dots (`modes-llama-3.2-1b`), which `with_extension`
+/// would cut.
+fn with_suffix(prefix: &Path, ext: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -211,7 +220,7 @@ fn write_llm_report(prefix: &Path, result: &serde_json::Value) -> anyhow::Result
     if let Some(dir) = prefix.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let json_path = prefix.with_extension("json");
+    let json_path = with_suffix(prefix, "json");
     std::fs::write(&json_path, serde_json::to_string_pretty(result)?)?;
     let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64());
     let mut md = format!(
@@ -239,7 +248,7 @@ fn write_llm_report(prefix: &Path, result: &serde_json::Value) -> anyhow::Result
             pd / td
         ));
     }
-    std::fs::write(prefix.with_extension("md"), md)?;
+    std::fs::write(with_suffix(prefix, "md"), md)?;
     Ok(())
 }
 
@@ -330,7 +339,7 @@ fn bench_audio(args: AudioBenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(
-        args.out.with_extension("json"),
+        with_suffix(&args.out, "json"),
         serde_json::to_string_pretty(&result)?,
     )?;
     let mut md = format!(
@@ -340,7 +349,7 @@ fn bench_audio(args: AudioBenchArgs) -> anyhow::Result<()> {
     for (k, v) in &rows {
         md.push_str(&format!("| {k} | {v:.1} |\n"));
     }
-    std::fs::write(args.out.with_extension("md"), md)?;
+    std::fs::write(with_suffix(&args.out, "md"), md)?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }
@@ -796,12 +805,12 @@ fn bench_modes(args: ModesBenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(
-        args.out.with_extension("json"),
+        with_suffix(&args.out, "json"),
         serde_json::to_string_pretty(&result)?,
     )?;
-    std::fs::write(args.out.with_extension("md"), modes_markdown(&result))?;
+    std::fs::write(with_suffix(&args.out, "md"), modes_markdown(&result))?;
     if args.audio_tokens.len() > 1 && trainables.iter().any(|t| t == "adapter") {
-        modes_plot(&result, &args.out.with_extension("png"))?;
+        modes_plot(&result, &with_suffix(&args.out, "png"))?;
     }
     println!("{}", modes_markdown(&result));
     Ok(())
