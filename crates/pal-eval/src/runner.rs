@@ -166,7 +166,7 @@ pub fn evaluate_with(
                 .collect();
             let mut scores = vec![];
             for chunk in candidates.chunks(batch_size.max(1)) {
-                let mut batch = built.model.prepare(chunk, Padding::Right)?;
+                let mut batch = built.model.prepare(chunk, Padding::Right)?.detach();
                 scores.extend(built.model.target_log_probs(&mut batch)?);
             }
             let best = scores

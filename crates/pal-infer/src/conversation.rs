@@ -150,7 +150,7 @@ impl<'m> Conversation<'m> {
                     segments,
                     audio: self.audio.clone(),
                 };
-                let mut batch = self.model.prepare(&[example], Padding::Left)?;
+                let mut batch = self.model.prepare(&[example], Padding::Left)?.detach();
                 let hidden = self.model.llm.forward_embeds(
                     &batch.embeds,
                     Some(&batch.valid),

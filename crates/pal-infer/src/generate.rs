@@ -167,7 +167,7 @@ pub fn generate_batch(
             params.len()
         )));
     }
-    let mut batch = model.prepare(examples, Padding::Left)?;
+    let mut batch = model.prepare(examples, Padding::Left)?.detach();
     let hidden = model
         .llm
         .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;

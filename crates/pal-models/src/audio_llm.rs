@@ -257,6 +257,24 @@ fn validity(lengths: &[usize], n: usize, device: &candle_core::Device) -> Result
     Ok(Tensor::from_vec(v, (lengths.len(), n), device)?)
 }
 
+impl PreparedBatch {
+    /// The batch cut from the autograd graph, for inference. The adapter's parameters are
+    /// trainable tensors even when serving, so a prepared batch records how its embeddings and
+    /// LAL prefixes were made; without this, running the LLM on it would record every layer too
+    /// (and keep the activations for a backward that never comes).
+    pub fn detach(mut self) -> Self {
+        self.embeds = self.embeds.detach();
+        for layer in &mut self.cache.layers {
+            if let Some(p) = &mut layer.prefix {
+                p.k = p.k.detach();
+                p.v = p.v.detach();
+                p.stacked = None;
+            }
+        }
+        self
+    }
+}
+
 impl AudioLlm {
     /// Builds the adapter modules (parameters created in `params` under each attachment's name).
     pub fn new(llm: Llama, attachments: &[Attachment], params: &Params) -> Result<Self> {

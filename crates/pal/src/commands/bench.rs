@@ -486,7 +486,7 @@ fn modes_child(args: &ModesBenchArgs, spec: &str) -> anyhow::Result<()> {
             let (mut prefills, mut decodes) = (vec![], vec![]);
             for run in 0..=args.steps {
                 let start = Instant::now();
-                let mut batch = model.prepare(&examples, Padding::Left)?;
+                let mut batch = model.prepare(&examples, Padding::Left)?.detach();
                 let hidden = model.llm.forward_embeds(
                     &batch.embeds,
                     Some(&batch.valid),
