@@ -10,10 +10,8 @@
 //! q/k/v projections and the input RMSNorm, each as input gradients only. Same numbers as
 //! recording every op (tests compare both in f64), with far less memory traffic.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope};
+use pal_nn::ops::{rms_norm, rms_norm_input_grad, rope, Precomputed};
 use pal_nn::{attention_backward, attention_with_probs, Linear};
 
 use crate::error::Result;
@@ -67,7 +65,7 @@ struct Saved {
 struct FrozenLayer {
     layer: DecoderLayer,
     saved: Saved,
-    output: Mutex<Option<Tensor>>,
+    output: Precomputed,
     prefix_rows: usize,
     /// The prefix came as one stacked `(2, ...)` input (second input), not as k and v.
     stacked_prefix: bool,
@@ -175,7 +173,7 @@ impl Llama {
                 cos: cos.clone(),
                 sin: sin.clone(),
             },
-            output: Mutex::new(Some(y)),
+            output: Precomputed::new("frozen layer", y),
             prefix_rows,
             stacked_prefix,
             scale,
@@ -186,14 +184,6 @@ impl Llama {
 }
 
 impl FrozenLayer {
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        self.output
-            .lock()
-            .expect("frozen layer lock")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("frozen layer output used twice".into()))
-    }
-
     /// `(dx, d prefix k, d prefix v)` for the output gradient `dy`.
     fn gradients(&self, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (s, l) = (&self.saved, &self.layer);
@@ -248,13 +238,7 @@ impl CustomOp3 for FrozenLayer {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("frozen layer: output on another device"),
-        }
+        self.output.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -267,13 +251,7 @@ impl CustomOp3 for FrozenLayer {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("frozen layer: output on another device"),
-        }
+        self.output.cuda()
     }
 
     fn bwd(

@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use pal_nn::ops::{
-    kv_heads_to_rows, kv_rows_to_heads, matmul, rms_norm, rms_norm_input_grad, KvShape,
+    kv_heads_to_rows, kv_rows_to_heads, matmul, rms_norm, rms_norm_input_grad, KvShape, Precomputed,
 };
 use pal_nn::Linear;
 
@@ -29,7 +29,7 @@ struct LalPrefix {
     /// `(b, Na, kv_heads, head_dim)`.
     shape: (usize, usize, usize, usize),
     eps: f64,
-    output: std::sync::Mutex<Option<Tensor>>,
+    output: Precomputed,
 }
 
 /// Whether layer `layer`'s prefix with `projector` can run as one node.
@@ -88,7 +88,7 @@ pub(crate) fn keys_values(
         rope: rope_tables.cloned(),
         shape,
         eps,
-        output: std::sync::Mutex::new(Some(stacked)),
+        output: Precomputed::new("lal prefix", stacked),
     };
     let kv = projector
         .weight
@@ -100,16 +100,6 @@ pub(crate) fn keys_values(
 pub(crate) fn with_ones(frames: &Tensor) -> Result<Tensor> {
     let ones = Tensor::ones((frames.dim(0)?, 1), frames.dtype(), frames.device())?;
     Ok(Tensor::cat(&[&frames.detach(), &ones], 1)?)
-}
-
-impl LalPrefix {
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        self.output
-            .lock()
-            .expect("lal prefix lock")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("lal prefix output used twice".into()))
-    }
 }
 
 impl CustomOp2 for LalPrefix {
@@ -124,13 +114,7 @@ impl CustomOp2 for LalPrefix {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("lal prefix: output on another device"),
-        }
+        self.output.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -141,13 +125,7 @@ impl CustomOp2 for LalPrefix {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("lal prefix: output on another device"),
-        }
+        self.output.cuda()
     }
 
     fn bwd(

@@ -886,7 +886,7 @@ impl Llama {
         let op = CheckpointedLayer {
             llm: self.clone(),
             index,
-            output: std::sync::Mutex::new(Some(y)),
+            output: pal_nn::ops::Precomputed::new("checkpointed layer", y),
             cos: cos.clone(),
             sin: sin.clone(),
             mask: mask.cloned(),
@@ -994,21 +994,11 @@ impl Llama {
 struct CheckpointedLayer {
     llm: Llama,
     index: usize,
-    output: std::sync::Mutex<Option<Tensor>>,
+    output: pal_nn::ops::Precomputed,
     cos: Tensor,
     sin: Tensor,
     mask: Option<Tensor>,
     prefix_valid: Option<Tensor>,
-}
-
-impl CheckpointedLayer {
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        self.output
-            .lock()
-            .expect("checkpoint lock")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("checkpointed layer output used twice".into()))
-    }
 }
 
 impl candle_core::CustomOp3 for CheckpointedLayer {
@@ -1025,13 +1015,7 @@ impl candle_core::CustomOp3 for CheckpointedLayer {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("checkpointed layer: output on another device"),
-        }
+        self.output.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -1044,13 +1028,7 @@ impl candle_core::CustomOp3 for CheckpointedLayer {
         _: &candle_core::CudaStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let y = self.take_output()?.contiguous()?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("checkpointed layer: output on another device"),
-        }
+        self.output.cuda()
     }
 
     fn bwd(

@@ -16,6 +16,22 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(pseudo_random(n, seed), shape, &Device::Cpu).unwrap()
 }
 
+/// Largest absolute elementwise difference of two tensors of one shape, as f64.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 fn assert_grads<F: Fn(&[Tensor]) -> Result<Tensor>>(name: &str, f: F, inputs: &[Tensor]) {
     let report = check_gradients(f, inputs, EPS, 64).unwrap();
     assert!(report.checked > 0);
@@ -355,8 +371,7 @@ fn closed_form_attention_backward_equals_autograd() {
     let (dq, dk, dv) = attention_backward(&q, &k, &v, &probs, &d_out, 0.5).unwrap();
     for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
         let auto = grads.get(var.as_tensor()).unwrap();
-        let diff = (closed - auto).unwrap().abs().unwrap().max_all().unwrap();
-        let diff = diff.to_scalar::<f64>().unwrap();
+        let diff = max_abs_diff(&closed, auto);
         assert!(
             diff < 1e-12,
             "d{name}: closed form differs from autograd by {diff}"
@@ -371,14 +386,7 @@ fn rms_norm_input_gradient_equals_autograd() {
     let y = rms_norm(xv.as_tensor(), &w, 1e-5).unwrap();
     let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     let closed = rms_norm_input_grad(&x, &w, &g, 1e-5).unwrap();
-    let diff = (closed - grads.get(xv.as_tensor()).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = max_abs_diff(&closed, grads.get(xv.as_tensor()).unwrap());
     assert!(diff < 1e-12, "rms_norm input gradient differs by {diff}");
 }
 
@@ -393,18 +401,6 @@ fn f32_row_kernels_match_candle_on_large_inputs() {
             .to_dtype(DType::F32)
             .unwrap()
     };
-    let max_diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     // Scores (b=2, heads=3, rows=40, keys=300); mask hides the last 7 keys of batch item 1.
     let scores = f32s(&[2, 3, 40, 300], 50);
     let valid: Vec<f32> = (0..600)
@@ -416,7 +412,7 @@ fn f32_row_kernels_match_candle_on_large_inputs() {
     let reference =
         candle_nn::ops::softmax_last_dim(&(scores * 0.125).unwrap().broadcast_add(&mask).unwrap())
             .unwrap();
-    let d = max_diff(&ours, &reference);
+    let d = max_abs_diff(&ours, &reference);
     assert!(d < 1e-6, "masked softmax differs from candle's by {d}");
     let hidden = ours.get(1).unwrap().narrow(2, 293, 7).unwrap();
     assert_eq!(
@@ -431,7 +427,7 @@ fn f32_row_kernels_match_candle_on_large_inputs() {
     );
     // RMSNorm over (600, 576) and RoPE over (2, 9, 300, 64).
     let (x, w) = (f32s(&[600, 576], 51), f32s(&[576], 52));
-    let d = max_diff(
+    let d = max_abs_diff(
         &rms_norm(&x, &w, 1e-5).unwrap(),
         &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
     );
@@ -441,7 +437,7 @@ fn f32_row_kernels_match_candle_on_large_inputs() {
         f32s(&[300, 32], 54),
         f32s(&[300, 32], 55),
     );
-    let d = max_diff(
+    let d = max_abs_diff(
         &rope(&x, &cos, &sin).unwrap(),
         &candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap(),
     );
@@ -471,18 +467,7 @@ fn batched_matmul_equals_candle_matmul_for_plain_and_transposed_operands() {
             let ours = batched_matmul(&x, &y).unwrap();
             let reference = x.matmul(&y).unwrap();
             assert_eq!(ours.dims(), reference.dims());
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = max_abs_diff(&ours, &reference);
             assert!(diff < 1e-5, "{dtype:?} {:?}: differs by {diff}", x.dims());
         }
     }
@@ -512,16 +497,7 @@ fn linear_cross_entropy_equals_logits_then_cross_entropy() {
         .clone();
     let value_diff = (fused.to_scalar::<f64>().unwrap() - plain.to_scalar::<f64>().unwrap()).abs();
     assert!(value_diff < 1e-12, "loss differs by {value_diff}");
-    let grad_diff = (fused_grad - plain_grad)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let grad_diff = max_abs_diff(&fused_grad, &plain_grad);
     assert!(grad_diff < 1e-12, "hidden gradient differs by {grad_diff}");
     assert_grads(
         "linear_cross_entropy",
@@ -554,28 +530,16 @@ fn kv_conversion_matches_transpose_rotate_stack_and_inverts() {
     };
     let k = rope(&split(0), &cos, &sin).unwrap();
     let reference = Tensor::stack(&[&k, &split(1)], 0).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    assert!(diff(&heads, &reference) < 1e-12);
+    assert!(max_abs_diff(&heads, &reference) < 1e-12);
     // With a pure rotation (cos^2 + sin^2 = 1) the way back restores the rows.
     let angle = rand(&[2, 5, 2], 83);
     let (cos, sin) = (angle.cos().unwrap(), angle.sin().unwrap());
     let there = kv_rows_to_heads(&kv, shape, Some((&cos, &sin))).unwrap();
     let back = kv_heads_to_rows(&there, shape, Some((&cos, &sin))).unwrap();
-    assert!(diff(&back, &kv) < 1e-12);
+    assert!(max_abs_diff(&back, &kv) < 1e-12);
     let plain =
         kv_heads_to_rows(&kv_rows_to_heads(&kv, shape, None).unwrap(), shape, None).unwrap();
-    assert!(diff(&plain, &kv) == 0.0);
+    assert!(max_abs_diff(&plain, &kv) == 0.0);
 }
 
 #[test]
@@ -594,18 +558,7 @@ fn column_split_matmul_equals_candle_matmul() {
             (at.t().unwrap(), b.clone()),
             (a.clone(), narrow),
         ] {
-            let diff = (matmul(&x, &y).unwrap() - x.matmul(&y).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = max_abs_diff(&matmul(&x, &y).unwrap(), &x.matmul(&y).unwrap());
             assert!(
                 diff < 1e-5,
                 "{dtype:?} {:?} x {:?}: differs by {diff}",

@@ -40,6 +40,44 @@ struct Shared<T>(*mut T);
 // SAFETY: the threads write disjoint blocks (one batch item each).
 unsafe impl<T> Sync for Shared<T> {}
 
+/// `dst = a b` for one `m x k` by `k x n` block on the calling thread; `a` and `b` are given by
+/// (row, column) strides, `dst` is row-major with row stride `dst_row`.
+///
+/// # Safety
+/// The pointers and strides must describe blocks inside their buffers, and no other thread may
+/// touch this block of `dst` meanwhile.
+unsafe fn gemm_block<T: candle_core::WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_row: usize,
+    a: *const T,
+    (a_row, a_col): (usize, usize),
+    b: *const T,
+    (b_row, b_col): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row as isize,
+        false,
+        a,
+        a_col as isize,
+        a_row as isize,
+        b,
+        b_col as isize,
+        b_row as isize,
+        T::zero(),
+        T::one(),
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 fn run<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     let r = la.dims().len();
     let (m, k, n) = (la.dims()[r - 2], la.dims()[r - 1], lb.dims()[r - 1]);
@@ -55,26 +93,14 @@ fn run<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) ->
             // SAFETY: offsets and strides come from the operands' layouts, which candle checked
             // against their storages; batch item `i` of the output is written by this thread only.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
+                gemm_block(
+                    (m, n, k),
                     dst.0.add(i * m * n),
-                    1,
-                    n as isize,
-                    false,
+                    n,
                     a.as_ptr().add(a_off + i * a_batch),
-                    sa[r - 1] as isize,
-                    sa[r - 2] as isize,
+                    (sa[r - 2], sa[r - 1]),
                     b.as_ptr().add(b_off + i * b_batch),
-                    sb[r - 1] as isize,
-                    sb[r - 2] as isize,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    (sb[r - 2], sb[r - 1]),
                 )
             }
         }
@@ -182,26 +208,14 @@ fn split_columns<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &
             // against their storages; columns `first..first + cols` of the output are written by
             // this part only.
             unsafe {
-                gemm::gemm(
-                    m,
-                    cols,
-                    k,
+                gemm_block(
+                    (m, cols, k),
                     dst.0.add(first),
-                    1,
-                    n as isize,
-                    false,
+                    n,
                     a.as_ptr().add(a_off),
-                    sa[1] as isize,
-                    sa[0] as isize,
+                    (sa[0], sa[1]),
                     b.as_ptr().add(b_off + first * sb[1]),
-                    sb[1] as isize,
-                    sb[0] as isize,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    (sb[0], sb[1]),
                 )
             }
         }

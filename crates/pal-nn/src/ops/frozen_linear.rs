@@ -9,7 +9,7 @@ use candle_core::{
 /// when it is a constant.
 ///
 /// A stacked weight `(groups, out, in)` applies group `g` to `x[g]` (`x` is `(groups, rows, in)`):
-/// one batched matmul for several frozen layers at once (LAL's keys and values of all layers).
+/// one batched matmul for several frozen layers at once.
 pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if weight.rank() == 3 {
         return frozen_grouped_linear(x, weight);

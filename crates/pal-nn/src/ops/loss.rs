@@ -9,16 +9,7 @@ use super::{contiguous_slice, lane_max, lane_sum, par_rows, Exp};
 /// differentiable candle ops.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (rows, vocab) = logits.dims2()?;
-    if rows == 0 {
-        candle_core::bail!("cross_entropy: no rows");
-    }
-    let targets: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
-    if targets.len() != rows {
-        candle_core::bail!("cross_entropy: {} targets for {rows} rows", targets.len());
-    }
-    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
-    }
+    let targets = checked_targets(targets, rows, vocab)?;
     let logits = if logits.dtype() == DType::F64 {
         logits.clone()
     } else {
@@ -36,6 +27,21 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let index = Tensor::new(targets.as_slice(), logits.device())?.unsqueeze(1)?;
     let picked = shifted.gather(&index, 1)?;
     (lse - picked)?.mean_all()
+}
+
+/// `targets` as ids, checked: one per row (at least one row), each inside the vocabulary.
+fn checked_targets(targets: &Tensor, rows: usize, vocab: usize) -> Result<Vec<u32>> {
+    if rows == 0 {
+        candle_core::bail!("cross_entropy: no rows");
+    }
+    let targets: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
+    if targets.len() != rows {
+        candle_core::bail!("cross_entropy: {} targets for {rows} rows", targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
+    }
+    Ok(targets)
 }
 
 /// Per-row cross-entropy `(rows, 1)`; backward `g_row * (softmax(row) - onehot(target))`.
@@ -155,13 +161,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) 
     }
     let (rows, _) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
-    let targets: Vec<u32> = targets.to_dtype(DType::U32)?.to_vec1()?;
-    if targets.len() != rows || rows == 0 {
-        candle_core::bail!("cross_entropy: {} targets for {rows} rows", targets.len());
-    }
-    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("cross_entropy: target {bad} outside the vocabulary of {vocab}");
-    }
+    let targets = checked_targets(targets, rows, vocab)?;
     let logits = super::matmul(&hidden.detach(), &weight.t()?)?;
     let per_row = {
         let (storage, layout) = logits.storage_and_layout();
@@ -184,7 +184,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) 
         logits,
         weight: weight.clone(),
         targets,
-        per_row: std::sync::Mutex::new(Some(per_row)),
+        per_row: super::Precomputed::new("cross-entropy", per_row),
     };
     hidden.apply_op1(node)?.mean_all()
 }
@@ -194,7 +194,7 @@ struct LinearCrossEntropy {
     logits: Tensor,
     weight: Tensor,
     targets: Vec<u32>,
-    per_row: std::sync::Mutex<Option<Tensor>>,
+    per_row: super::Precomputed,
 }
 
 impl CustomOp1 for LinearCrossEntropy {
@@ -203,17 +203,7 @@ impl CustomOp1 for LinearCrossEntropy {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = self
-            .per_row
-            .lock()
-            .expect("cross-entropy lock")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("cross-entropy output used twice".into()))?;
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, y.shape().clone())),
-            _ => candle_core::bail!("cross-entropy: output off the CPU"),
-        }
+        self.per_row.cpu()
     }
 
     fn bwd(&self, _hidden: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
