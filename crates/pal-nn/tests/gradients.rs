@@ -568,3 +568,29 @@ fn column_split_matmul_equals_candle_matmul() {
         }
     }
 }
+
+#[test]
+fn cross_entropy_refuses_targets_outside_the_vocabulary_or_of_the_wrong_count() {
+    use pal_nn::ops::linear_cross_entropy;
+    let (hidden, weight) = (rand(&[2, 8], 100), rand(&[11, 8], 101));
+    let logits = frozen_linear(&hidden, &weight).unwrap();
+    let too_big = Tensor::new(&[3u32, 11], &Device::Cpu).unwrap();
+    let too_few = Tensor::new(&[3u32], &Device::Cpu).unwrap();
+    for err in [
+        cross_entropy(&logits, &too_big).unwrap_err(),
+        linear_cross_entropy(&hidden, &weight, &too_big).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(
+            msg.contains("target 11 outside the vocabulary of 11"),
+            "{msg}"
+        );
+    }
+    for err in [
+        cross_entropy(&logits, &too_few).unwrap_err(),
+        linear_cross_entropy(&hidden, &weight, &too_few).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(msg.contains("1 targets for 2 rows"), "{msg}");
+    }
+}
