@@ -5,6 +5,8 @@
 //! - [`whisper_mel`]: Whisper's log-mel spectrogram (80 or 128 bins).
 //! - [`fbank`]: Kaldi filterbank features (as `torchaudio.compliance.kaldi.fbank`), for ViT encoders.
 
+#![warn(missing_docs)]
+
 pub mod decode;
 pub mod fbank;
 pub mod resample;

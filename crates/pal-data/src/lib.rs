@@ -1,10 +1,11 @@
 //! Data for training and evaluation: JSONL manifests of (audio, conversation) examples and
 //! length-bucketed, seeded, resumable batching.
 
+#![warn(missing_docs)]
+
 pub mod batching;
 pub mod instruct;
 pub mod manifest;
-pub mod segments;
 pub mod shared;
 
 pub use batching::{BatchOrder, BatchState};

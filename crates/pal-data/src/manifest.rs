@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use pal_models::chat_template::Message;
+pub use pal_models::text::chat_template::Message;
 
 /// One example.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,57 +82,6 @@ fn empty_or_missing_manifest_is_an_error() {
     assert!(err.contains("none.jsonl"), "{err}");
 }
 
-#[test]
-fn conversation_segments_mark_the_audio_and_the_trained_answer() {
-    use pal_models::audio_llm::Segment;
-    use pal_models::chat_template::{ChatTemplate, Message};
-    let Some(path) = pal_models::assets::for_test(&pal_models::assets::SMOLLM2_135M) else {
-        return;
-    };
-    let tokenizer = pal_models::gguf::GgufFile::open(&path)
-        .unwrap()
-        .tokenizer()
-        .unwrap();
-    let template = ChatTemplate::for_tokenizer(&tokenizer).unwrap();
-    let messages = vec![
-        Message::new("user", "Which digit is spoken?"),
-        Message::new("assistant", "seven"),
-    ];
-    let segs = pal_data::segments::training_segments(&template, &tokenizer, &messages).unwrap();
-    let audio_at = segs
-        .iter()
-        .position(|s| *s == Segment::Audio)
-        .expect("audio placeholder");
-    let Segment::Text {
-        ids,
-        trained: false,
-    } = &segs[audio_at - 1]
-    else {
-        panic!("{segs:?}")
-    };
-    assert!(tokenizer
-        .decode(ids, false)
-        .unwrap()
-        .ends_with("<|im_start|>user\n"));
-    let Segment::Text { ids, trained: true } = segs.last().unwrap() else {
-        panic!("{segs:?}")
-    };
-    assert_eq!(tokenizer.decode(ids, false).unwrap(), "seven<|im_end|>\n");
-    let prompt =
-        pal_data::segments::prompt_segments(&template, &tokenizer, &messages[..1]).unwrap();
-    let Segment::Text {
-        ids,
-        trained: false,
-    } = prompt.last().unwrap()
-    else {
-        panic!()
-    };
-    assert!(tokenizer
-        .decode(ids, false)
-        .unwrap()
-        .ends_with("<|im_start|>assistant\n"));
-}
-
 /// The generated part of the instruction set is reproducible from its seed: the same seed gives
 /// byte-identical manifests and clips, another seed gives other clips; every clip decodes.
 #[test]

@@ -1,5 +1,7 @@
 //! Evaluation: batched generation over a manifest, answers judged against references.
 
+#![warn(missing_docs)]
+
 pub mod metrics;
 pub mod runner;
 

@@ -4,11 +4,12 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use pal_data::load_manifest;
-use pal_data::segments::prompt_segments;
 use pal_infer::{generate_with_audio, GenerationParams};
-use pal_models::audio_llm::{Example, Padding, Segment};
-use pal_models::chat_template::ChatTemplate;
-use pal_models::model_config::BuiltModel;
+use pal_models::audio_llm::BuiltModel;
+use pal_models::audio_llm::{Example, Padding};
+use pal_models::text::chat_template::ChatTemplate;
+use pal_models::text::segments::prompt_segments;
+use pal_models::text::Segment;
 use serde::Serialize;
 
 use crate::metrics::{bleu4, cider_d, closed_answer_correct, word_error_rate};
@@ -113,10 +114,7 @@ pub fn evaluate_with(
             .and_then(|a| a.to_16k(&r.audio.display().to_string()))
             .map_err(|e| fail(e.to_string()))?;
         let outputs: Vec<Tensor> = built
-            .encoders
-            .iter()
-            .map(|e| e.encode(&audio.samples))
-            .collect::<Result<_, _>>()
+            .encode_clip(&audio.samples)
             .map_err(|e| fail(e.to_string()))?;
         let segments = prompt_segments(&template, &built.tokenizer, &r.messages[..last])
             .map_err(|e| fail(e.to_string()))?;

@@ -3,9 +3,10 @@
 //! new tokens through the LLM, on the KV cache kept from the turns before.
 
 use candle_core::Tensor;
-use pal_data::segments::prompt_segments;
-use pal_models::audio_llm::{AudioLlm, Example, Padding, Segment};
-use pal_models::encoder::AudioEncoder;
+use pal_models::audio_llm::{AudioLlm, Example, Padding};
+use pal_models::encoders::{encode_clip, AudioEncoder};
+use pal_models::text::segments::prompt_segments;
+use pal_models::text::Segment;
 use pal_models::{KvCache, Tokenizer};
 
 use crate::generate::{decode, Generation, GenerationParams};
@@ -87,10 +88,7 @@ impl<'m> Conversation<'m> {
         encoders: &[Box<dyn AudioEncoder>],
         samples: &[f32],
     ) -> Result<Self> {
-        let audio = encoders
-            .iter()
-            .map(|e| e.encode(samples))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let audio = encode_clip(encoders, samples)?;
         Self::new(model, tokenizer, audio)
     }
 

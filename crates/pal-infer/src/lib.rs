@@ -1,6 +1,8 @@
 //! Text generation shared by `pal chat`, `ask`, `serve` and `eval`: chat-template rendering, sampling
 //! and batched generation with a KV cache.
 
+#![warn(missing_docs)]
+
 pub mod conversation;
 pub mod generate;
 pub mod sampling;
@@ -10,7 +12,7 @@ pub use conversation::Conversation;
 pub use generate::{
     generate, generate_batch, generate_with_audio, FinishReason, Generation, GenerationParams,
 };
-pub use pal_models::chat_template::{ChatTemplate, Message};
+pub use pal_models::text::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;
 pub use transcribe::transcribe;
 

@@ -3,8 +3,8 @@
 use candle_core::{Device, Tensor};
 use pal_audio::whisper_mel::WHISPER_WINDOW_SAMPLES;
 use pal_audio::WhisperMel;
-use pal_models::encoder::LayerSelection;
-use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
+use pal_models::encoders::LayerSelection;
 
 use crate::sampling::argmax;
 use crate::Result;

@@ -4,8 +4,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use pal_infer::{generate, generate_with_audio, ChatTemplate, GenerationParams, Message};
-use pal_models::audio_llm::{Attachment, AudioLlm, Example, Route, Segment};
-use pal_models::{assets, load_llm};
+use pal_models::audio_llm::{Attachment, AudioLlm, Example, Route};
+use pal_models::load_llm;
+use pal_models::text::Segment;
 use pal_nn::gradcheck::pseudo_random;
 use pal_nn::Params;
 
@@ -18,7 +19,7 @@ fn frames(n: usize, seed: u64) -> Tensor {
 
 #[test]
 fn audio_generation_matches_text_generation_and_is_batch_invariant() {
-    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else {
+    let Some(path) = pal_assets::for_test(&pal_assets::SMOLLM2_135M) else {
         return;
     };
     let (llm, tokenizer) = load_llm(&path, DType::F32, &Device::Cpu).unwrap();

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use pal_data::segments::prompt_segments;
 use pal_infer::{generate_with_audio, ChatTemplate, Conversation, GenerationParams, Message};
 use pal_models::audio_llm::{Attachment, AudioLlm, Example, Route};
-use pal_models::encoder::AudioEncoder;
-use pal_models::{assets, load_llm};
+use pal_models::encoders::AudioEncoder;
+use pal_models::load_llm;
+use pal_models::text::segments::prompt_segments;
 use pal_nn::gradcheck::pseudo_random;
 use pal_nn::Params;
 
@@ -35,7 +35,7 @@ impl AudioEncoder for CountingEncoder {
 
 #[test]
 fn conversation_reuses_the_clip_and_answers_like_a_fresh_generation() {
-    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else {
+    let Some(path) = pal_assets::for_test(&pal_assets::SMOLLM2_135M) else {
         return;
     };
     let (llm, tokenizer) = load_llm(&path, DType::F32, &Device::Cpu).unwrap();

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use pal_infer::{generate, ChatTemplate, FinishReason, GenerationParams, Message};
-use pal_models::{assets, load_llm, Llama, Tokenizer};
+use pal_models::{load_llm, Llama, Tokenizer};
 
 fn load() -> Option<(Llama, Tokenizer)> {
-    let path = assets::for_test(&assets::SMOLLM2_135M)?;
+    let path = pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
     Some(load_llm(&path, DType::F32, &Device::Cpu).unwrap())
 }
 

@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use pal_models::assets;
-use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 
 fn clip(name: &str) -> Vec<f32> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,10 +17,10 @@ fn clip(name: &str) -> Vec<f32> {
 
 #[test]
 fn whisper_tiny_en_transcribes_jfk_and_beckett_exactly() {
-    if assets::for_test(&assets::WHISPER_TINY_EN).is_none() {
+    if pal_assets::for_test(&pal_assets::WHISPER_TINY_EN).is_none() {
         return;
     }
-    let folder = assets::WHISPER_TINY_EN.dir();
+    let folder = pal_assets::WHISPER_TINY_EN.dir();
     let model = Whisper::from_folder(&folder, true, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(model.config.vocab_size, 51864);
     let tokenizer = WhisperTokenizer::from_folder(&folder, &model.config, "en").unwrap();

@@ -1,13 +1,15 @@
 //! The properties of PLITS, LAL and PAL from PAPER.md, on the tiny random Llama fixture.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
-use pal_models::audio_llm::{
-    Attachment, AudioLlm, Example, LalProjection, Padding, Route, Segment,
-};
-use pal_models::connector::ConnectorConfig;
+use common::{fixture, max_diff};
+use pal_models::audio_llm::config::ConnectorConfig;
+use pal_models::audio_llm::lal::LalProjection;
+use pal_models::audio_llm::{Attachment, AudioLlm, Example, Padding, Route};
+use pal_models::text::Segment;
 use pal_models::{Llama, LlamaConfig, Weights};
 use pal_nn::gradcheck::pseudo_random;
 use pal_nn::Params;
@@ -15,7 +17,7 @@ use pal_nn::Params;
 const D_ENC: usize = 8;
 
 fn tiny_llm(dtype: DType) -> Llama {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let dir = fixture("tiny-llama");
     let config = LlamaConfig::from_hf_folder(&dir).unwrap();
     Llama::load(
         config,
@@ -60,21 +62,6 @@ fn model(route: Route, dtype: DType, edit: impl FnOnce(&mut Attachment)) -> (Aud
         AudioLlm::new(tiny_llm(dtype), &[a], &params).unwrap(),
         params,
     )
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 #[test]

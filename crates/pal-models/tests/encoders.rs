@@ -2,34 +2,18 @@
 //! scripts/make_encoder_fixtures.py), the CTranslate2 loader, layer selection, long-clip policy and
 //! the encoder-output cache.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{fixture, max_diff};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use pal_models::ast::Ast;
-use pal_models::encoder::{AudioEncoder, CachedEncoder, LayerSelection, WindowPolicy};
-use pal_models::whisper::Whisper;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use pal_models::encoders::ast::Ast;
+use pal_models::encoders::whisper::Whisper;
+use pal_models::encoders::{AudioEncoder, CachedEncoder, LayerSelection, WindowPolicy};
 
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("golden.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// The deterministic mel input of the Whisper fixture: 0.5 sin(0.37 c + 0.011 t (1 + c / 80)).
@@ -91,12 +75,11 @@ fn ctranslate2_whisper_holds_the_same_weights_as_the_hf_folder() {
     let hf =
         pal_models::Weights::from_hf_folder(&fixture("tiny-whisper"), DType::F32, &Device::Cpu)
             .unwrap();
-    let (config, ct2) = pal_models::ct2::load_whisper(
-        &fixture("tiny-whisper-ct2").join("model.bin"),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let bin = fixture("tiny-whisper-ct2").join("model.bin");
+    let loaded = pal_models::formats::ct2::load_whisper(&bin, DType::F32, &Device::Cpu).unwrap();
+    let config =
+        pal_models::encoders::whisper::WhisperConfig::from_json(loaded.config_json, &bin).unwrap();
+    let ct2 = loaded.weights;
     assert_eq!(config.d_model, 64);
     assert_eq!((config.encoder_layers, config.decoder_layers), (2, 2));
     assert_eq!(
@@ -182,7 +165,8 @@ fn ast_matches_transformers() {
 fn long_clips_are_windowed_up_to_a_limit_then_refused() {
     let model =
         Whisper::from_folder(&fixture("tiny-whisper"), false, DType::F32, &Device::Cpu).unwrap();
-    let mut enc = pal_models::encoder::WhisperAudioEncoder::new(model.encoder, 80, "tiny".into());
+    let mut enc =
+        pal_models::encoders::whisper::WhisperAudioEncoder::new(model.encoder, 80, "tiny".into());
     // 31 s -> two windows: 1500 + 50 tokens.
     let samples: Vec<f32> = (0..31 * 16000)
         .map(|i| (i as f32 * 0.01).sin() * 0.1)

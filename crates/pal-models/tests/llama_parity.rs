@@ -1,16 +1,12 @@
 //! Parity with transformers on tiny random Llama, Qwen2 and Qwen3 models (fixtures made by
 //! `scripts/make_llm_fixtures.py`), KV-cache consistency, and clear errors on bad model files.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixture;
 
 use candle_core::{DType, Device, Tensor};
 use pal_models::{load_llm, Llama, LlamaConfig, ModelError, Weights};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn load_tiny(name: &str) -> Llama {
     let dir = fixture(name);

@@ -1,16 +1,15 @@
 //! The model config file, and a forward + backward step of every route with the real
 //! SmolLM2-135M-Instruct and Whisper tiny.en (randomly initialised adapters).
 
-use std::path::Path;
+mod common;
+
+use common::repo;
 
 use candle_core::{DType, Device};
-use pal_models::audio_llm::{Example, Padding, Route, Segment};
-use pal_models::model_config::{build, ModelConfig};
-use pal_models::{assets, ModelError};
-
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use pal_models::audio_llm::{build, ModelConfig};
+use pal_models::audio_llm::{Example, Padding, Route};
+use pal_models::text::Segment;
+use pal_models::ModelError;
 
 #[test]
 fn shipped_config_parses_and_round_trips() {
@@ -53,8 +52,8 @@ fn config_errors_name_the_file_and_field() {
 
 #[test]
 fn every_route_runs_forward_and_backward_on_the_real_models() {
-    if assets::for_test(&assets::SMOLLM2_135M).is_none()
-        || assets::for_test(&assets::WHISPER_TINY_EN).is_none()
+    if pal_assets::for_test(&pal_assets::SMOLLM2_135M).is_none()
+        || pal_assets::for_test(&pal_assets::WHISPER_TINY_EN).is_none()
     {
         return;
     }
@@ -115,4 +114,66 @@ fn every_route_runs_forward_and_backward_on_the_real_models() {
             );
         }
     }
+}
+
+/// A misspelt key in any table of a model config is refused, naming the key and its table (a
+/// misspelt `lal.start` would otherwise silently put audio in every layer).
+#[test]
+fn a_misspelt_key_in_any_nested_table_is_refused_with_key_and_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.toml");
+    let text = std::fs::read_to_string(repo().join("configs/smollm2-whisper-pal.toml")).unwrap();
+    let cases = [
+        (
+            "lal = { start = 15",
+            "lal = { strat = 15",
+            "strat",
+            "encoders[0].lal",
+        ),
+        (
+            "queries = 16",
+            "querys = 16",
+            "querys",
+            "encoders[0].summary",
+        ),
+        (
+            "path = \"asset:smollm2",
+            "pth = \"asset:smollm2",
+            "pth",
+            "llm",
+        ),
+        (
+            "real_length = true",
+            "real_lenght = true",
+            "real_lenght",
+            "encoders[0]",
+        ),
+        ("frozen_ffn = false", "frozen_fn = false", "frozen_fn", ""),
+    ];
+    for (good, bad, key, table) in cases {
+        assert!(text.contains(good), "{good}");
+        std::fs::write(&path, text.replacen(good, bad, 1)).unwrap();
+        let err = ModelConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains(&format!("unknown field `{key}`")), "{err}");
+        if !table.is_empty() {
+            assert!(err.contains(&format!("in table {table}")), "{err}");
+        }
+    }
+    // The PLITS connector table too.
+    let plits = std::fs::read_to_string(repo().join("configs/smollm2-whisper-plits.toml")).unwrap();
+    let connector = plits
+        .lines()
+        .find(|l| l.starts_with("connector"))
+        .expect("the PLITS config names its connector");
+    std::fs::write(
+        &path,
+        plits.replace(connector, "connector = { type = \"mlp\", stak = 2 }"),
+    )
+    .unwrap();
+    let err = ModelConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown field `stak`") && err.contains("in table encoders[0].connector"),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use pal_models::{assets, load_llm};
+use pal_models::load_llm;
 
 fn golden() -> (Tensor, Tensor, Tensor, serde_json::Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -23,7 +23,7 @@ fn golden() -> (Tensor, Tensor, Tensor, serde_json::Value) {
 
 #[test]
 fn smollm2_gguf_logits_and_tokenizer_match_transformers() {
-    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else {
+    let Some(path) = pal_assets::for_test(&pal_assets::SMOLLM2_135M) else {
         return;
     };
     let (model, tokenizer) = load_llm(&path, DType::F32, &Device::Cpu).unwrap();
@@ -86,7 +86,7 @@ fn smollm2_gguf_logits_and_tokenizer_match_transformers() {
 
 #[test]
 fn truncated_gguf_names_the_file_and_tensor() {
-    let Some(path) = assets::for_test(&assets::SMOLLM2_135M) else {
+    let Some(path) = pal_assets::for_test(&pal_assets::SMOLLM2_135M) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -8,7 +8,9 @@
 //! candle's backward also gives every recorded op a zero-filled gradient buffer plus an add (even
 //! a reshape or a copy). The closed-form pieces here ([`attention_backward`],
 //! [`ops::rms_norm_input_grad`], [`ops::softmax_backward`]) let model code record a whole frozen
-//! block as one op with a written-out backward (see `pal_models::frozen_layer`).
+//! block as one op with a written-out backward (see `pal_models::llm::frozen_layer`).
+
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod gradcheck;

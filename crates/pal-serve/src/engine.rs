@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pal_infer::{generate_batch, FinishReason, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, Example, Segment};
-use pal_models::encoder::AudioEncoder;
-use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::audio_llm::{AudioLlm, Example};
+use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
+use pal_models::encoders::{encode_clip, AudioEncoder};
+use pal_models::text::Segment;
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
 
@@ -215,11 +216,7 @@ fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let audio = bundle
-            .encoders
-            .iter()
-            .map(|e| e.encode(&job.samples))
-            .collect::<Result<Vec<_>, _>>();
+        let audio = encode_clip(&bundle.encoders, &job.samples);
         match audio {
             Ok(audio) => {
                 examples.push(Example {

@@ -10,6 +10,8 @@
 //! Requests are checked and their audio decoded on the async side ([`routes`]); one model thread
 //! batches and runs them ([`engine`]).
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod engine;
 pub mod routes;
@@ -19,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use pal_models::model_config::{load_run, resolve_path, EncoderKind, ModelConfig};
-use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::audio_llm::{build::resolve_path, config::EncoderKind, load_run, ModelConfig};
+use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 
 pub use engine::{Batching, Bundle, Counters, Queue};
 pub use routes::{router, AppState};

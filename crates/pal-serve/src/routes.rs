@@ -349,13 +349,13 @@ async fn chat_completions(
         ));
     };
     let segments =
-        pal_data::segments::prompt_segments(&state.template, &state.tokenizer, &messages)
+        pal_models::text::segments::prompt_segments(&state.template, &state.tokenizer, &messages)
             .map_err(|e| ApiError::bad("messages".to_string(), e.to_string()))?;
     let prompt_tokens: usize = segments
         .iter()
         .map(|s| match s {
-            pal_models::audio_llm::Segment::Text { ids, .. } => ids.len(),
-            pal_models::audio_llm::Segment::Audio => 0,
+            pal_models::text::Segment::Text { ids, .. } => ids.len(),
+            pal_models::text::Segment::Audio => 0,
         })
         .sum();
     if prompt_tokens > state.limits.max_prompt_tokens {

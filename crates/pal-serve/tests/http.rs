@@ -11,9 +11,8 @@ use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use pal_infer::{generate_with_audio, ChatTemplate, GenerationParams, Message};
-use pal_models::assets;
 use pal_models::audio_llm::Example;
-use pal_models::model_config::{write_untrained_run, ModelConfig};
+use pal_models::audio_llm::{write_untrained_run, ModelConfig};
 use pal_serve::engine::{self, Batching, Bundle, Queue};
 use pal_serve::{router, AppState, Limits};
 use serde_json::{json, Value};
@@ -38,8 +37,8 @@ fn bundle() -> Option<Arc<Bundle>> {
     static BUNDLE: OnceLock<Option<Arc<Bundle>>> = OnceLock::new();
     BUNDLE
         .get_or_init(|| {
-            assets::for_test(&assets::SMOLLM2_135M)?;
-            assets::for_test(&assets::WHISPER_TINY_EN)?;
+            pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
+            pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
             let dir = tempfile::tempdir().unwrap().keep();
             let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
             write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
@@ -178,7 +177,7 @@ async fn answers_streams_and_refuses_bad_requests() {
         &bundle.model,
         &bundle.tokenizer,
         &[Example {
-            segments: pal_data::segments::prompt_segments(
+            segments: pal_models::text::segments::prompt_segments(
                 &template,
                 &bundle.tokenizer,
                 &[Message::new("user", question)],

@@ -68,7 +68,7 @@ fn one() -> f64 {
 /// What a stage trains. In TOML: `"adapter"`, `"full"`, or
 /// `{ lora = { rank = 8, alpha = 16.0, targets = ["q_proj", "v_proj"] } }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Trainable {
     /// Projectors and connectors only (LLM and encoders frozen).
     Adapter,
@@ -166,8 +166,8 @@ impl Curriculum {
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| TrainError::Io(path.to_path_buf(), e))?;
-        let c: Curriculum = toml::from_str(&text)
-            .map_err(|e| TrainError::Config(path.to_path_buf(), e.to_string()))?;
+        let c: Curriculum = pal_models::formats::config_toml::parse(&text)
+            .map_err(|e| TrainError::Config(path.to_path_buf(), e))?;
         if c.stages.is_empty() {
             return Err(TrainError::Config(
                 path.to_path_buf(),

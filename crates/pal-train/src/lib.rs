@@ -2,6 +2,8 @@
 //! warmup and cosine decay, gradient accumulation and clipping, crash-safe checkpoints that resume
 //! exactly, a progress bar, a metrics log and a loss plot.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod curriculum;
 pub mod metrics;

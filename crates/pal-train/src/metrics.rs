@@ -160,3 +160,18 @@ pub fn plot(metrics: &[StepMetrics], out: &Path) -> Result<(), TrainError> {
     )?;
     root.present().map_err(|e| err(e.to_string()))
 }
+
+/// Peak and current resident memory of this process, in bytes (Linux `/proc`; zeros elsewhere).
+pub fn memory_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use pal_data::segments::training_segments;
 use pal_data::{load_manifest, BatchOrder};
-use pal_models::audio_llm::{Example, Padding, Segment};
-use pal_models::chat_template::ChatTemplate;
-use pal_models::encoder::{AudioEncoder, CachedEncoder};
-use pal_models::model_config::{build, BuiltModel, ModelConfig};
+use pal_models::audio_llm::{build, BuiltModel, ModelConfig};
+use pal_models::audio_llm::{Example, Padding};
+use pal_models::encoders::{encode_clip, AudioEncoder, CachedEncoder};
+use pal_models::text::chat_template::ChatTemplate;
+use pal_models::text::segments::training_segments;
+use pal_models::text::Segment;
 use pal_models::Tokenizer;
 
 use crate::checkpoint::{self, TrainState};
@@ -66,7 +67,7 @@ fn load_stage_items(
     stage: &Stage,
     base: &Path,
     tokenizer: &Tokenizer,
-    encoders: &[CachedEncoder<BoxedEncoder>],
+    encoders: &[CachedEncoder<Box<dyn AudioEncoder>>],
     options: &TrainOptions,
     seed: u64,
 ) -> Result<(Vec<Item>, usize), TrainError> {
@@ -102,10 +103,7 @@ fn load_stage_items(
                 let result = (|| -> Result<Encoded, TrainError> {
                     let audio = pal_audio::load_audio(&record.audio)?;
                     let audio = audio.to_16k(&record.audio.display().to_string())?;
-                    let outputs = encoders
-                        .iter()
-                        .map(|e| e.encode(&audio.samples))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let outputs = encode_clip(encoders, &audio.samples)?;
                     let segments = training_segments(&template, tokenizer, &record.messages)?;
                     Ok((segments, outputs))
                 })();
@@ -145,21 +143,6 @@ fn load_stage_items(
         ));
     }
     Ok((items, skipped))
-}
-
-/// A boxed encoder that can sit inside [`CachedEncoder`].
-pub struct BoxedEncoder(Box<dyn AudioEncoder>);
-
-impl AudioEncoder for BoxedEncoder {
-    fn id(&self) -> String {
-        self.0.id()
-    }
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn encode(&self, samples: &[f32]) -> pal_models::Result<Tensor> {
-        self.0.encode(samples)
-    }
 }
 
 /// Sets up what `trainable` needs in the model: LoRA adapters or trainable LLM weights
@@ -291,9 +274,9 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
     }
     let log = MetricsLog::open(&run, state.global_step)?;
     // Frozen encoders: every clip is encoded once, and the outputs are cached on disk.
-    let encoders: Vec<CachedEncoder<BoxedEncoder>> = encoders
+    let encoders: Vec<CachedEncoder<Box<dyn AudioEncoder>>> = encoders
         .into_iter()
-        .map(|e| CachedEncoder::new(BoxedEncoder(e), run.join("cache").join("encoders")))
+        .map(|e| CachedEncoder::new(e, run.join("cache").join("encoders")))
         .collect();
     let mut skipped_total = 0;
     let mut final_loss = f64::NAN;

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use pal_models::audio_llm::{Attachment, AudioLlm, Example, Route, Segment};
+use pal_models::audio_llm::{Attachment, AudioLlm, Example, Route};
+use pal_models::text::Segment;
 use pal_models::{Llama, LlamaConfig, Weights};
 use pal_nn::gradcheck::pseudo_random;
 use pal_nn::Params;

@@ -3,22 +3,16 @@
 //! that has `openai`; `.ci/run` makes one). Its answers equal `pal ask` for the same clip, question
 //! and seed; SIGTERM lets a request in flight finish and then stops the server.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use pal_models::assets;
-use pal_models::model_config::{write_untrained_run, ModelConfig};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn pal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pal"))
-}
+use common::{models_present, pal, repo};
+use pal_models::audio_llm::{write_untrained_run, ModelConfig};
 
 /// The venv Python with `openai`, or None to skip (an error when models are required).
 fn python() -> Option<String> {
@@ -93,9 +87,7 @@ fn sigterm(child: &Child) {
 
 #[test]
 fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
-    if assets::for_test(&assets::SMOLLM2_135M).is_none()
-        || assets::for_test(&assets::WHISPER_TINY_EN).is_none()
-    {
+    if !models_present() {
         return;
     }
     let Some(python) = python() else { return };

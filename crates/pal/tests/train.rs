@@ -2,19 +2,11 @@
 //! a run killed with SIGKILL resumes to the same losses as an uninterrupted run; a truncated
 //! checkpoint is reported and the previous one stays intact; bad manifest lines are named.
 
+mod common;
+
+use common::{models_present, pal};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn pal() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pal"))
-}
-
-fn models_present() -> bool {
-    use pal_models::assets;
-    assets::for_test(&assets::SMOLLM2_135M).is_some()
-        && assets::for_test(&assets::WHISPER_TINY_EN).is_some()
-}
 
 /// A 16 kHz mono PCM16 WAV of a sine.
 fn write_tone(path: &Path, hz: f32, seconds: f32, amplitude: f32) {
@@ -326,7 +318,7 @@ trainable = "full"
         "an FFN weight was trained"
     );
     let (base, _) = pal_models::load_llm(
-        &pal_models::assets::SMOLLM2_135M.main_file(),
+        &pal_assets::SMOLLM2_135M.main_file(),
         candle_core::DType::F32,
         &candle_core::Device::Cpu,
     )

@@ -28,17 +28,14 @@ pub struct AskArgs {
 
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    let built = pal_models::model_config::load_run(&args.model, DType::F32, &Device::Cpu)
+    let built = pal_models::audio_llm::load_run(&args.model, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let audio = pal_audio::load_audio(&args.audio)?.to_16k(&args.audio.display().to_string())?;
     let outputs = built
-        .encoders
-        .iter()
-        .map(|e| e.encode(&audio.samples))
-        .collect::<Result<Vec<_>, _>>()
+        .encode_clip(&audio.samples)
         .with_context(|| format!("encoding {}", args.audio.display()))?;
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
-    let segments = pal_data::segments::prompt_segments(
+    let segments = pal_models::text::segments::prompt_segments(
         &template,
         &built.tokenizer,
         &[Message::new("user", args.question)],

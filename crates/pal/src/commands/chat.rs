@@ -86,12 +86,9 @@ fn turns(
 /// A chat about one clip with a trained audio-LLM.
 fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context;
-    let built = pal_models::model_config::load_run(
-        &model,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .with_context(|| format!("loading the run folder {}", model.display()))?;
+    let built =
+        pal_models::audio_llm::load_run(&model, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .with_context(|| format!("loading the run folder {}", model.display()))?;
     let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
     let mut conversation = Conversation::from_clip(
         &built.model,

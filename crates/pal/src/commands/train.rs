@@ -41,7 +41,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let resumed = args.resume;
     let summary = train(&args.config, &options)?;
     // What this invocation cost, for comparing modes (`scripts/results.sh` reads it).
-    let (peak_rss_bytes, _) = super::memory_bytes();
+    let (peak_rss_bytes, _) = pal_train::metrics::memory_bytes();
     std::fs::write(
         summary.run_dir.join("train_summary.json"),
         serde_json::to_string_pretty(&serde_json::json!({

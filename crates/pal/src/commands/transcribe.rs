@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::Args;
-use pal_models::assets;
-use pal_models::whisper::{Whisper, WhisperTokenizer};
+use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 
 /// Arguments of `pal transcribe`.
 #[derive(Args)]
@@ -29,10 +28,10 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => {
             anyhow::ensure!(
-                assets::WHISPER_TINY_EN.is_present(),
+                pal_assets::WHISPER_TINY_EN.is_present(),
                 "no --whisper given and Whisper tiny.en is not fetched: run `pal fetch`"
             );
-            assets::WHISPER_TINY_EN.dir()
+            pal_assets::WHISPER_TINY_EN.dir()
         }
     };
     let model = Whisper::from_folder(&folder, true, DType::F32, &Device::Cpu)

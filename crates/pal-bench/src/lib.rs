@@ -1,0 +1,37 @@
+//! pal's benchmarks. Each writes `PREFIX.json` and `PREFIX.md` (and a plot where it sweeps), and
+//! none is ever a timed test: the figures in `docs/bench/` come from here.
+//!
+//! - [`llm`]: prefill and decode tokens/s of an LLM (optionally against transformers).
+//! - [`audio`]: feature extraction and encoder throughput.
+//! - [`modes`]: PLITS, LAL and PAL training and inference steps side by side, each measurement in
+//!   its own process, next to the [`cost`] model (and optionally PyTorch).
+//! - [`report`]: what the reports share (medians, output files).
+
+#![warn(missing_docs)]
+
+pub mod audio;
+pub mod cost;
+pub mod llm;
+pub mod modes;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+
+/// The LLM at `path`, or the fetched SmolLM2-135M-Instruct when none is given.
+pub fn llm_or_default(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(pal_assets::llm_or_default(path)?)
+}
+
+/// Loads an LLM (folder or .gguf) in f32 on the CPU.
+pub fn load_llm(path: &Path) -> anyhow::Result<(pal_models::Llama, pal_models::Tokenizer)> {
+    use anyhow::Context;
+    pal_models::load_llm(path, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading the LLM from {}", path.display()))
+}
+
+/// Threads the benchmarks run on.
+pub fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,302 @@
+//! `pal bench modes`: the training step (forward + backward, frozen backbone) and inference of
+//! PLITS, LAL and PAL side by side. Every measurement runs in a process of its own (so peak
+//! memory is that measurement's), the measurements are interleaved over rounds (machines are
+//! noisy), and the report puts them next to the [`crate::cost`] model and, optionally, the
+//! PyTorch reference (`scripts/bench_modes_torch.py`) timed in the same rounds.
+//!
+//! The child-process protocol: the parent sends a [`ChildJob`] as one JSON argument, the child
+//! ([`run_child`]) prints one JSON line, a [`ChildResult`]. How the child is launched is the
+//! caller's (the `pal` binary re-runs itself).
+
+pub mod measure;
+pub mod plot;
+pub mod report;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use pal_models::audio_llm::Route;
+use pal_models::LlamaConfig;
+use serde::{Deserialize, Serialize};
+
+pub use measure::run_child;
+pub use report::ModesReport;
+
+use crate::report::{json_child, script};
+
+/// What trains in a training measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// The adapter only (frozen LLM).
+    Adapter,
+    /// The adapter and rank-8 LoRA on the q/v projections.
+    Lora,
+}
+
+impl std::str::FromStr for Trainable {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "adapter" => Ok(Self::Adapter),
+            "lora" => Ok(Self::Lora),
+            other => anyhow::bail!("--trainable takes adapter or lora, got '{other}'"),
+        }
+    }
+}
+
+/// Models the benchmark can build with random weights (their real weights are not at hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RandomShapes {
+    /// Llama-3.2-1B.
+    #[serde(rename = "llama-3.2-1b")]
+    Llama32_1b,
+}
+
+impl std::str::FromStr for RandomShapes {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "llama-3.2-1b" => Ok(Self::Llama32_1b),
+            other => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b)"),
+        }
+    }
+}
+
+/// Llama-3.2-1B's `config.json` (shapes only).
+const LLAMA_32_1B_CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
+ "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 64, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 8192,
+ "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+ "original_max_position_embeddings": 8192}, "tie_word_embeddings": true}"#;
+
+impl RandomShapes {
+    /// The model's config.
+    pub fn config(self) -> anyhow::Result<LlamaConfig> {
+        match self {
+            Self::Llama32_1b => Ok(LlamaConfig::from_hf_json(LLAMA_32_1B_CONFIG)?),
+        }
+    }
+
+    /// How reports name the model.
+    pub fn report_name(self) -> &'static str {
+        match self {
+            Self::Llama32_1b => "Llama-3.2-1B shapes, random weights",
+        }
+    }
+
+    /// The name the PyTorch reference script takes for these shapes.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::Llama32_1b => "llama-3.2-1b",
+        }
+    }
+}
+
+/// The model and shapes every measurement of a run shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
+    /// LLM file or folder; `None` with no `shapes`: the fetched SmolLM2-135M-Instruct.
+    pub llm: Option<PathBuf>,
+    /// Random weights with these shapes instead of a real LLM.
+    pub shapes: Option<RandomShapes>,
+    /// Text tokens per example (all trained).
+    pub text_tokens: usize,
+    /// Examples per training batch.
+    pub batch: usize,
+    /// Encoder width.
+    pub d_enc: usize,
+    /// First LAL layer (LAL and PAL).
+    pub lal_start: usize,
+    /// PAL's latent summary tokens.
+    pub summary: usize,
+    /// Timed steps per process (after one warm-up step).
+    pub steps: usize,
+    /// Tokens decoded per inference run.
+    pub decode_tokens: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "task")]
+pub enum Measurement {
+    /// Training steps.
+    Train {
+        /// The mode.
+        route: Route,
+        /// Encoder tokens per clip.
+        audio_tokens: usize,
+        /// What trains.
+        trainable: Trainable,
+    },
+    /// Batched prefill and greedy decoding.
+    Infer {
+        /// The mode.
+        route: Route,
+        /// Encoder tokens per clip.
+        audio_tokens: usize,
+        /// Sequences per batch.
+        batch: usize,
+    },
+}
+
+/// What the parent sends a child process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildJob {
+    /// Shared setup.
+    pub setup: Setup,
+    /// The one measurement to make.
+    pub measurement: Measurement,
+}
+
+/// What a child process (pal's own, or the PyTorch reference script) prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChildResult {
+    /// Median seconds of a training step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_seconds: Option<f64>,
+    /// Median seconds of a training step's forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_seconds: Option<f64>,
+    /// Median seconds of an inference prefill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_seconds: Option<f64>,
+    /// Decoded tokens per second (all sequences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_tokens_per_second: Option<f64>,
+    /// Sequences per second (prefill and decode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<f64>,
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: f64,
+    /// Resident memory before the measurement (after loading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_before_bytes: Option<f64>,
+}
+
+/// A whole run: the sweep and the setup.
+pub struct ModesBench {
+    /// Shared setup.
+    pub setup: Setup,
+    /// Encoder tokens per clip; several make a sweep and a plot.
+    pub audio_tokens: Vec<usize>,
+    /// What trains, one training measurement each.
+    pub trainable: Vec<Trainable>,
+    /// Inference batch sizes; empty skips inference.
+    pub infer_batches: Vec<usize>,
+    /// Rounds; each runs every measurement once.
+    pub rounds: usize,
+    /// A Python with torch: also time the PyTorch reference (PLITS and LAL, adapter only).
+    pub compare_python: Option<PathBuf>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// The modes, in report order.
+pub const ROUTES: [Route; 3] = [Route::Plits, Route::Lal, Route::Pal];
+
+impl ModesBench {
+    /// Runs every measurement `rounds` times, each in a child started by `launch` (which must run
+    /// [`run_child`] on the job and print its result), and builds the report.
+    pub fn run(&self, launch: &dyn Fn(&ChildJob) -> Command) -> anyhow::Result<ModesReport> {
+        if let Some(shapes) = self.setup.shapes {
+            shapes.config()?;
+        }
+        let torch_shapes = match (&self.setup.shapes, &self.setup.llm) {
+            (Some(s), _) => Some(s.torch_name().to_string()),
+            (None, None) => Some("smollm2-135m".to_string()),
+            (None, Some(_)) => None,
+        };
+        let mut runs = report::Runs::default();
+        for round in 0..self.rounds.max(1) {
+            for &na in &self.audio_tokens {
+                for &trainable in &self.trainable {
+                    for route in ROUTES {
+                        let m = Measurement::Train {
+                            route,
+                            audio_tokens: na,
+                            trainable,
+                        };
+                        let result = self.child(launch, m)?;
+                        eprintln!(
+                            "round {round} {m:?}: {:.3} s/step",
+                            result.step_seconds.unwrap_or(f64::NAN)
+                        );
+                        runs.record(report::Implementation::Pal, m, result);
+                    }
+                    if let (Some(python), Some(shapes), Trainable::Adapter) =
+                        (&self.compare_python, &torch_shapes, trainable)
+                    {
+                        for route in [Route::Plits, Route::Lal] {
+                            let m = Measurement::Train {
+                                route,
+                                audio_tokens: na,
+                                trainable,
+                            };
+                            let result = self.torch(python, shapes, route, na)?;
+                            eprintln!(
+                                "round {round} torch {route:?} Na {na}: {:.3} s/step",
+                                result.step_seconds.unwrap_or(f64::NAN)
+                            );
+                            runs.record(report::Implementation::Pytorch, m, result);
+                        }
+                    }
+                }
+                for &batch in &self.infer_batches {
+                    for route in ROUTES {
+                        let m = Measurement::Infer {
+                            route,
+                            audio_tokens: na,
+                            batch,
+                        };
+                        let result = self.child(launch, m)?;
+                        eprintln!(
+                            "round {round} {m:?}: {:.2} samples/s",
+                            result.samples_per_second.unwrap_or(f64::NAN)
+                        );
+                        runs.record(report::Implementation::Pal, m, result);
+                    }
+                }
+            }
+        }
+        ModesReport::new(self, runs)
+    }
+
+    fn child(
+        &self,
+        launch: &dyn Fn(&ChildJob) -> Command,
+        measurement: Measurement,
+    ) -> anyhow::Result<ChildResult> {
+        let job = ChildJob {
+            setup: self.setup.clone(),
+            measurement,
+        };
+        json_child(launch(&job), &format!("{measurement:?}"))
+    }
+
+    fn torch(
+        &self,
+        python: &std::path::Path,
+        shapes: &str,
+        route: Route,
+        na: usize,
+    ) -> anyhow::Result<ChildResult> {
+        let s = &self.setup;
+        let mode = match route {
+            Route::Plits => "plits",
+            Route::Lal => "lal",
+            Route::Pal => anyhow::bail!("the PyTorch reference has no PAL"),
+        };
+        let mut cmd = Command::new(python);
+        cmd.arg(script("bench_modes_torch.py"))
+            .args(["--mode", mode, "--shapes", shapes])
+            .args(["--batch", &s.batch.to_string()])
+            .args(["--audio-tokens", &na.to_string()])
+            .args(["--text-tokens", &s.text_tokens.to_string()])
+            .args(["--d-enc", &s.d_enc.to_string()])
+            .args(["--lal-start", &s.lal_start.to_string()])
+            .args(["--steps", &s.steps.to_string()])
+            .args(["--threads", &crate::threads().to_string()]);
+        json_child(cmd, &format!("torch {mode} Na {na}"))
+    }
+}

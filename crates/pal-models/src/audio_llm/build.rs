@@ -1,0 +1,151 @@
+//! Building a model from its config: the LLM and encoders loaded from where the config says,
+//! the adapter created (or loaded from a run folder), the tokenizer beside them.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use pal_nn::Params;
+
+use crate::audio_llm::config::{Attachment, EncoderKind, ModelConfig};
+use crate::audio_llm::model::AudioLlm;
+use crate::encoders::ast::{Ast, AstEncoder};
+use crate::encoders::audio_encoder::{encode_clip, AudioEncoder};
+use crate::encoders::whisper::{Whisper, WhisperAudioEncoder};
+use crate::encoders::windows::WindowPolicy;
+use crate::error::{ModelError, Result};
+use crate::llm::load::load_llm;
+use crate::text::tokenizer::Tokenizer;
+
+/// Resolves `asset:NAME` to the fetched asset and relative paths against `base`.
+pub fn resolve_path(spec: &str, base: &Path) -> Result<PathBuf> {
+    if let Some(name) = spec.strip_prefix("asset:") {
+        let asset = pal_assets::ALL
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| ModelError::Unsupported(format!("unknown asset '{name}'")))?;
+        if !asset.is_present() {
+            return Err(ModelError::Unsupported(format!(
+                "asset '{name}' is not fetched: run `pal fetch`"
+            )));
+        }
+        return Ok(if asset.files.len() == 1 {
+            asset.main_file()
+        } else {
+            asset.dir()
+        });
+    }
+    let p = PathBuf::from(spec);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// A built model: the audio-LLM, its encoders, the tokenizer and the adapter parameters.
+pub struct BuiltModel {
+    /// The audio-LLM.
+    pub model: AudioLlm,
+    /// One encoder per attachment, same order.
+    pub encoders: Vec<Box<dyn AudioEncoder>>,
+    /// The LLM's tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Trainable adapter parameters.
+    pub params: Params,
+}
+
+impl BuiltModel {
+    /// The clip (16 kHz mono samples) encoded by every encoder of the model, in order: the
+    /// `audio` of one [`crate::audio_llm::Example`].
+    pub fn encode_clip(&self, samples: &[f32]) -> Result<Vec<Tensor>> {
+        encode_clip(&self.encoders, samples)
+    }
+}
+
+/// Loads everything a config names (paths relative to `base`) and creates the adapter parameters.
+pub fn build(
+    config: &ModelConfig,
+    base: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<BuiltModel> {
+    let llm_path = resolve_path(&config.llm.path, base)?;
+    let (llm, tokenizer) = load_llm(&llm_path, dtype, device)?;
+    let mut encoders: Vec<Box<dyn AudioEncoder>> = vec![];
+    let mut attachments = vec![];
+    for spec in &config.encoders {
+        let path = resolve_path(&spec.path, base)?;
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let encoder: Box<dyn AudioEncoder> = match spec.kind {
+            EncoderKind::Whisper => {
+                let w = Whisper::from_folder(&path, false, dtype, device)?;
+                let mut e = WhisperAudioEncoder::new(w.encoder, w.config.num_mel_bins, id);
+                e.layer = spec.layer;
+                e.real_length = spec.real_length;
+                e.windows = WindowPolicy {
+                    max_windows: spec.max_windows,
+                };
+                Box::new(e)
+            }
+            EncoderKind::Ast => {
+                let mut e = AstEncoder::new(Ast::from_folder(&path, dtype, device)?, id);
+                e.layer = spec.layer;
+                e.real_length = spec.real_length;
+                e.windows = WindowPolicy {
+                    max_windows: spec.max_windows,
+                };
+                Box::new(e)
+            }
+        };
+        attachments.push(Attachment {
+            name: spec.name.clone(),
+            d_enc: encoder.dim(),
+            route: spec.route,
+            connector: spec.connector.clone(),
+            summary: spec.summary.clone(),
+            lal: spec.lal.clone(),
+        });
+        encoders.push(encoder);
+    }
+    let params = Params::new(config.seed, dtype, device);
+    let model = AudioLlm::new(llm, &attachments, &params)?;
+    Ok(BuiltModel {
+        model,
+        encoders,
+        tokenizer,
+        params,
+    })
+}
+
+/// Loads a run folder (`model.toml` + `adapter.safetensors`, as `pal train` writes them): the
+/// model with its trained adapter.
+pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel> {
+    let config = ModelConfig::load(&dir.join("model.toml"))?;
+    let built = build(&config, dir, dtype, device)?;
+    let adapter = dir.join("adapter.safetensors");
+    if !adapter.exists() {
+        return Err(ModelError::NotFound(adapter));
+    }
+    built
+        .params
+        .load(&adapter)
+        .map_err(|e| ModelError::format(&adapter, e))?;
+    Ok(built)
+}
+
+/// Writes a run folder for `config` (paths relative to `base`) with a freshly initialised,
+/// untrained adapter: what a server or a protocol test needs before any training.
+pub fn write_untrained_run(config: &ModelConfig, base: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    config
+        .with_absolute_paths(base)
+        .save(&dir.join("model.toml"))?;
+    let built = build(config, base, DType::F32, &Device::Cpu)?;
+    let adapter = dir.join("adapter.safetensors");
+    built
+        .params
+        .save(&adapter)
+        .map_err(|e| ModelError::format(&adapter, e))
+}

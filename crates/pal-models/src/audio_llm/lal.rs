@@ -1,0 +1,162 @@
+//! LAL: an encoder's tokens as extra keys/values at selected LLM layers. Per layer,
+//! `A_l = Proj_l(E)`, the layer's input norm (or an own LayerNorm), then the layer's own (frozen,
+//! or LoRA-tuned) key/value projections ([`DecoderLayer::keys_values`], the same as for text).
+//! Every LAL key/value is made by [`LalAdapter::keys_values`]; in the usual training setup it
+//! runs as one node with a written-out backward ([`crate::llm::lal_prefix`]).
+
+use candle_core::Tensor;
+use pal_nn::ops::rms_norm;
+use pal_nn::{Linear, Params};
+
+use crate::audio_llm::config::{Attachment, LalAudioNorm, LalProjector, LalRope};
+use crate::encoders::blocks::{GeluFfn, LayerNorm};
+use crate::error::Result;
+use crate::llm::decoder::Llama;
+use crate::llm::lal_prefix;
+
+/// Per-layer LAL projection of one encoder.
+#[derive(Clone, Debug)]
+pub struct LalAdapter {
+    /// LLM layers that receive this encoder's keys/values, ascending.
+    pub layers: Vec<usize>,
+    /// Projector of each layer.
+    pub projector: LalProjection,
+    /// Own norms (one per layer), if configured.
+    pub own_norms: Option<Vec<LayerNorm>>,
+    /// RoPE mode.
+    pub rope: LalRope,
+}
+
+/// The projector parameters of [`LalAdapter`], one module per LAL layer (named
+/// `{encoder}.lal.layers.{layer}.proj`).
+#[derive(Clone, Debug)]
+pub enum LalProjection {
+    /// `Linear(d_enc, d)` per layer.
+    Linear(Vec<Linear>),
+    /// Linear-GELU-Linear per layer.
+    Mlp(Vec<GeluFfn>),
+}
+
+/// One LAL layer's key/value prefix, as [`LalAdapter::keys_values`] returns it.
+pub struct LalLayerPrefix {
+    /// The LLM layer.
+    pub layer: usize,
+    /// Keys `(b, kv_heads, Na, head_dim)`, rotated in prefix mode.
+    pub k: Tensor,
+    /// Values `(b, kv_heads, Na, head_dim)`.
+    pub v: Tensor,
+    /// `k` and `v` stacked, when they are the halves of one training node's output (see
+    /// [`crate::llm::KeyValuePrefix::stacked`]).
+    pub stacked: Option<Tensor>,
+}
+
+impl LalAdapter {
+    /// Creates (or fetches) the LAL parameters of attachment `a` in `params`, for an LLM of
+    /// `num_layers` layers and width `d`.
+    pub fn new(params: &Params, a: &Attachment, num_layers: usize, d: usize) -> Result<Self> {
+        let layers = a.lal.resolve_layers(num_layers)?;
+        let p = format!("{}.lal", a.name);
+        let projector_name = |i: &usize| format!("{p}.layers.{i}.proj");
+        let projector = match a.lal.projector {
+            LalProjector::Linear => LalProjection::Linear(
+                layers
+                    .iter()
+                    .map(|i| Ok(params.linear(&projector_name(i), a.d_enc, d, true)?))
+                    .collect::<Result<_>>()?,
+            ),
+            LalProjector::Mlp => LalProjection::Mlp(
+                layers
+                    .iter()
+                    .map(|i| GeluFfn::trainable(params, &projector_name(i), a.d_enc, d, d))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        let own_norms = match a.lal.audio_norm {
+            LalAudioNorm::LayerInputNorm => None,
+            LalAudioNorm::Own => Some(
+                layers
+                    .iter()
+                    .map(|i| LayerNorm::trainable(params, &format!("{p}.layers.{i}.norm"), d))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        Ok(Self {
+            layers,
+            projector,
+            own_norms,
+            rope: a.lal.rope,
+        })
+    }
+
+    /// Keys and values of encoder frames `(b, Na, d_enc)` at each LAL layer of `llm`, keys
+    /// rotated to `positions` (`(b, Na)`) in prefix mode.
+    ///
+    /// Each layer has its own parameters and its own small graph. (One stacked tensor for all
+    /// layers, sliced per layer, would make every slice's backward a full-size zero-padded
+    /// gradient: quadratic in the number of LAL layers.)
+    pub fn keys_values(
+        &self,
+        llm: &Llama,
+        frames: &Tensor,
+        positions: &Tensor,
+    ) -> Result<Vec<LalLayerPrefix>> {
+        let c = &llm.config;
+        let (b, na, d_enc) = frames.dims3()?;
+        // The frames are constants: the projectors compute weight gradients only.
+        let flat = frames.reshape((b * na, d_enc))?;
+        let rope_tables = match self.rope {
+            LalRope::Prefix => Some(llm.rope.at(positions)?),
+            LalRope::None => None,
+        };
+        let mut out = Vec::with_capacity(self.layers.len());
+        let shape = (b, na, c.num_key_value_heads, c.head_dim);
+        let mut flat_with_ones = None;
+        for (j, &index) in self.layers.iter().enumerate() {
+            let layer = &llm.layers[index];
+            if let (LalProjection::Linear(projectors), None) = (&self.projector, &self.own_norms) {
+                let projector = &projectors[j];
+                if llm.frozen_layer_nodes
+                    && projector.weight.track_op()
+                    && lal_prefix::supported(layer, projector)
+                {
+                    if flat_with_ones.is_none() {
+                        flat_with_ones = Some(lal_prefix::with_ones(&flat)?);
+                    }
+                    let (k, v, stacked) = lal_prefix::keys_values(
+                        layer,
+                        projector,
+                        flat_with_ones.as_ref().expect("set above"),
+                        rope_tables.as_ref(),
+                        shape,
+                        c.rms_norm_eps,
+                    )?;
+                    out.push(LalLayerPrefix {
+                        layer: index,
+                        k,
+                        v,
+                        stacked: Some(stacked),
+                    });
+                    continue;
+                }
+            }
+            let projected = match &self.projector {
+                LalProjection::Linear(projectors) => projectors[j].forward(&flat)?,
+                LalProjection::Mlp(projectors) => projectors[j].forward(&flat)?,
+            };
+            let normed = match &self.own_norms {
+                Some(norms) => norms[j].forward(&projected)?,
+                None => rms_norm(&projected, &layer.input_layernorm, c.rms_norm_eps)?,
+            };
+            let normed = normed.reshape((b, na, c.hidden_size))?;
+            let rope_pair = rope_tables.as_ref().map(|(cos, sin)| (cos, sin));
+            let (k, v) = layer.keys_values(c, &normed, rope_pair)?;
+            out.push(LalLayerPrefix {
+                layer: index,
+                k,
+                v,
+                stacked: None,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,291 @@
+//! The audio-LLM: encoders joined to a Llama-family backbone by PLITS, LAL or PAL
+//! (see the project's PAPER.md). One model, switchable by configuration; every encoder has a route:
+//!
+//! - `plits`: connector tokens go into the input sequence at the audio placeholder.
+//! - `lal`: per-layer projections of the encoder tokens become extra keys/values (a fixed prefix)
+//!   at the selected layers; queries are text only, audio never reaches an FFN ([`crate::audio_llm::lal`]).
+//! - `pal`: latent summary tokens through PLITS plus the full sequence through LAL.
+//!
+//! The model works on encoder outputs (`(Na, d_enc)` per clip), so encoders can be cached or
+//! run elsewhere; [`crate::encoders`] produces them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use pal_nn::Params;
+
+use crate::audio_llm::batch::{sequence_rows, validity, Example, Padding, PreparedBatch};
+use crate::audio_llm::config::{Attachment, LalRope, Route};
+use crate::audio_llm::connector::Connector;
+use crate::audio_llm::lal::{LalAdapter, LalLayerPrefix};
+use crate::error::{ModelError, Result};
+use crate::llm::cache::KeyValuePrefix;
+use crate::llm::decoder::Llama;
+
+/// Modules of one attached encoder.
+#[derive(Clone, Debug)]
+pub struct AttachedEncoder {
+    /// Its configuration.
+    pub config: Attachment,
+    /// Connector whose tokens enter the sequence (`plits`: the connector; `pal`: the summary).
+    pub in_sequence: Option<Connector>,
+    /// LAL projection (`lal`, `pal`).
+    pub lal: Option<LalAdapter>,
+}
+
+/// The audio-LLM: a frozen (or LoRA-tuned) LLM with attached encoders.
+#[derive(Clone)]
+pub struct AudioLlm {
+    /// The backbone.
+    pub llm: Llama,
+    /// Attached encoders, in order.
+    pub encoders: Vec<AttachedEncoder>,
+    /// How many times LAL key/value prefixes were computed (one count per encoder and batch);
+    /// lets tests prove that a conversation computes its clip's prefix once.
+    pub lal_prefix_computations: Arc<AtomicUsize>,
+}
+
+impl AudioLlm {
+    /// Builds the adapter modules (parameters created in `params` under each attachment's name).
+    pub fn new(llm: Llama, attachments: &[Attachment], params: &Params) -> Result<Self> {
+        let d = llm.config.hidden_size;
+        let n_layers = llm.config.num_hidden_layers;
+        let mut encoders = vec![];
+        for a in attachments {
+            let in_sequence = match a.route {
+                Route::Plits => Some(Connector::new(
+                    &a.connector,
+                    params,
+                    &format!("{}.connector", a.name),
+                    a.d_enc,
+                    d,
+                )?),
+                Route::Pal => Some(Connector::new(
+                    &a.summary,
+                    params,
+                    &format!("{}.summary", a.name),
+                    a.d_enc,
+                    d,
+                )?),
+                Route::Lal => None,
+            };
+            let lal = match a.route {
+                Route::Plits => None,
+                Route::Lal | Route::Pal => Some(LalAdapter::new(params, a, n_layers, d)?),
+            };
+            encoders.push(AttachedEncoder {
+                config: a.clone(),
+                in_sequence,
+                lal,
+            });
+        }
+        Ok(Self {
+            llm,
+            encoders,
+            lal_prefix_computations: Default::default(),
+        })
+    }
+
+    /// LAL keys and values of one encoder's frames `(b, Na, d_enc)` at its LAL layers (see
+    /// [`LalAdapter::keys_values`]), counted in [`AudioLlm::lal_prefix_computations`].
+    pub fn lal_keys_values(
+        &self,
+        adapter: &LalAdapter,
+        frames: &Tensor,
+        positions: &Tensor,
+    ) -> Result<Vec<LalLayerPrefix>> {
+        if adapter.layers.is_empty() {
+            return Ok(vec![]);
+        }
+        self.lal_prefix_computations.fetch_add(1, Ordering::Relaxed);
+        adapter.keys_values(&self.llm, frames, positions)
+    }
+
+    /// Assembles a batch: in-sequence audio tokens at each example's placeholder, LAL prefixes in
+    /// a fresh cache, padding on `padding`'s side.
+    pub fn prepare(&self, examples: &[Example], padding: Padding) -> Result<PreparedBatch> {
+        let b = examples.len();
+        let device = self.llm.device().clone();
+        let dtype = self.llm.dtype();
+        for (i, e) in examples.iter().enumerate() {
+            if e.audio.len() != self.encoders.len() {
+                return Err(ModelError::Unsupported(format!(
+                    "example {i} has {} encoder outputs, the model has {} encoders",
+                    e.audio.len(),
+                    self.encoders.len()
+                )));
+            }
+        }
+        // Per encoder: pad its outputs to a batch (b, Na_max, d_enc) with validity.
+        let mut in_seq: Vec<Vec<Tensor>> = vec![vec![]; b];
+        // layer, k, v, valid, k and v stacked
+        let mut prefix_parts: Vec<(usize, Tensor, Tensor, Tensor, Option<Tensor>)> = vec![];
+        let mut lal_rows_before = vec![0usize; b];
+        for (j, enc) in self.encoders.iter().enumerate() {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.audio[j].dims()[0]).collect();
+            let na = lengths.iter().copied().max().unwrap_or(0);
+            let frames: Vec<Tensor> = examples
+                .iter()
+                .map(|e| {
+                    let t = e.audio[j].to_dtype(dtype)?.to_device(&device)?;
+                    let pad = na - t.dims()[0];
+                    if pad == 0 {
+                        Ok(t)
+                    } else {
+                        Ok(Tensor::cat(
+                            &[&t, &Tensor::zeros((pad, enc.config.d_enc), dtype, &device)?],
+                            0,
+                        )?)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let frames = Tensor::stack(&frames, 0)?;
+            let valid = validity(&lengths, na, &device)?;
+            if let Some(conn) = &enc.in_sequence {
+                let (tokens, tok_valid) = conn.forward(&frames, &valid)?;
+                let tok_valid = tok_valid.to_vec2::<f32>()?;
+                for (i, row) in tok_valid.iter().enumerate() {
+                    let count = row.iter().filter(|v| **v > 0.5).count();
+                    in_seq[i].push(tokens.get(i)?.narrow(0, 0, count)?);
+                }
+            }
+            if let Some(adapter) = &enc.lal {
+                // Audio keys sit at positions continuing after earlier LAL encoders' real rows
+                // (padding rows repeat the last position; they are masked).
+                let mut positions = Vec::with_capacity(b * na);
+                for i in 0..b {
+                    for r in 0..na {
+                        positions.push(
+                            (lal_rows_before[i] + r.min(lengths[i].saturating_sub(1))) as u32,
+                        );
+                    }
+                }
+                let positions = Tensor::from_vec(positions, (b, na), &device)?;
+                for p in self.lal_keys_values(adapter, &frames, &positions)? {
+                    prefix_parts.push((p.layer, p.k, p.v, valid.clone(), p.stacked));
+                }
+                if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
+                    for (before, len) in lal_rows_before.iter_mut().zip(&lengths) {
+                        *before += len;
+                    }
+                }
+            }
+        }
+
+        let rows = sequence_rows(&self.llm, examples, &in_seq, padding)?;
+        let mut cache = self.llm.new_cache();
+        // Text positions start after the real audio rows of prefix-RoPE LAL encoders.
+        cache.next_position = lal_rows_before.iter().map(|&r| r as u32).collect();
+        // Several LAL encoders on one layer: their prefixes are concatenated.
+        for (layer, k, v, valid_rows, stacked) in prefix_parts {
+            let slot = &mut cache.layers[layer].prefix;
+            *slot = Some(match slot.take() {
+                None => KeyValuePrefix {
+                    k,
+                    v,
+                    valid: valid_rows,
+                    stacked,
+                },
+                Some(p) => KeyValuePrefix {
+                    k: Tensor::cat(&[&p.k, &k], 2)?,
+                    v: Tensor::cat(&[&p.v, &v], 2)?,
+                    valid: Tensor::cat(&[&p.valid, &valid_rows], 1)?,
+                    stacked: None,
+                },
+            });
+        }
+        Ok(PreparedBatch {
+            embeds: rows.embeds,
+            valid: rows.valid,
+            targets: rows.targets,
+            cache,
+        })
+    }
+
+    /// Mean cross-entropy over the batch's target rows; the output projection runs on those rows
+    /// only. Returns the loss and the number of target tokens.
+    pub fn loss(&self, batch: &mut PreparedBatch) -> Result<(Tensor, usize)> {
+        let hidden =
+            self.llm
+                .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+        let (b, n, d) = hidden.dims3()?;
+        let mut rows = vec![];
+        let mut targets = vec![];
+        for (i, row_targets) in batch.targets.iter().enumerate() {
+            for (p, t) in row_targets.iter().enumerate() {
+                if let Some(t) = t {
+                    rows.push((i * n + p) as u32);
+                    targets.push(*t);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Err(ModelError::Unsupported(
+                "the batch has no trained tokens".into(),
+            ));
+        }
+        let device = hidden.device();
+        let picked = hidden
+            .reshape((b * n, d))?
+            .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+        let loss = self
+            .llm
+            .cross_entropy(&picked, &Tensor::new(targets.as_slice(), device)?)?;
+        Ok((loss, targets.len()))
+    }
+
+    /// Sum of the log-probabilities of each example's trained tokens (teacher forcing): how
+    /// likely the model finds each example's answer. Used to score a closed set of labels.
+    pub fn target_log_probs(&self, batch: &mut PreparedBatch) -> Result<Vec<f64>> {
+        let hidden =
+            self.llm
+                .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+        let mut sums = Vec::with_capacity(batch.targets.len());
+        for (i, row_targets) in batch.targets.iter().enumerate() {
+            let rows: Vec<u32> = (0..row_targets.len())
+                .filter(|&p| row_targets[p].is_some())
+                .map(|p| p as u32)
+                .collect();
+            if rows.is_empty() {
+                sums.push(0.0);
+                continue;
+            }
+            let ids: Vec<u32> = row_targets.iter().flatten().copied().collect();
+            let device = hidden.device();
+            let picked = hidden
+                .get(i)?
+                .index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+            let logits = self
+                .llm
+                .logits(&picked)?
+                .to_dtype(candle_core::DType::F32)?;
+            let log_probs = log_softmax_rows(&logits)?;
+            let chosen =
+                log_probs.gather(&Tensor::new(ids.as_slice(), device)?.unsqueeze(1)?, 1)?;
+            sums.push(
+                chosen
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?,
+            );
+        }
+        Ok(sums)
+    }
+
+    /// Logits `(b, n, vocab)` of a prepared batch (the cache then holds the text keys/values too).
+    pub fn forward(&self, batch: &mut PreparedBatch) -> Result<Tensor> {
+        let hidden =
+            self.llm
+                .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+        self.llm.logits(&hidden)
+    }
+}
+
+/// `log_softmax` over the last dimension from primitive ops.
+fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(candle_core::D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(candle_core::D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}

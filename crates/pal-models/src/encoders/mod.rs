@@ -1,0 +1,21 @@
+//! Audio encoders.
+//!
+//! - [`audio_encoder`]: [`AudioEncoder`], the one interface between audio and the audio-LLM: 16 kHz
+//!   mono samples in, `Na x d_enc` tokens out.
+//! - [`selection`]: which hidden state is the output; [`windows`]: clips longer than a window.
+//! - [`blocks`]: LayerNorm, multi-head attention and GELU MLP shared by encoders and connectors.
+//! - [`whisper`]: Whisper (encoder, decoder for transcription); [`ast`]: the AST/EAT ViT family.
+//! - [`cache`]: an on-disk cache of a frozen encoder's outputs.
+
+pub mod ast;
+pub mod audio_encoder;
+pub mod blocks;
+pub mod cache;
+pub mod selection;
+pub mod whisper;
+pub mod windows;
+
+pub use audio_encoder::{encode_clip, AudioEncoder};
+pub use cache::CachedEncoder;
+pub use selection::LayerSelection;
+pub use windows::WindowPolicy;

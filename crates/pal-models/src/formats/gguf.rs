@@ -1,0 +1,194 @@
+//! GGUF files (llama.cpp's format): typed metadata access and the tensors, dequantized and
+//! renamed to Hugging Face names at this boundary. The model config is read from the metadata by
+//! [`crate::llm::LlamaConfig::from_gguf`], the tokenizer by [`crate::text::Tokenizer::from_gguf`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::formats::weights::Weights;
+
+/// An opened GGUF file: its metadata and tensor directory.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+}
+
+impl GgufFile {
+    /// Reads the header, metadata and tensor directory of a GGUF file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ModelError::NotFound(path.to_path_buf()),
+            _ => ModelError::io(path, e),
+        })?;
+        let content = Content::read(&mut BufReader::new(file))
+            .map_err(|e| ModelError::format(path, format!("not a valid GGUF file: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+        })
+    }
+
+    /// The file's path (for error messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file holds a tensor of this GGUF name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// A string-array metadata value.
+    pub fn strings_of(&self, key: &str) -> Result<Vec<String>> {
+        match self.required(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| v.to_string().cloned())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| ModelError::format(&self.path, format!("{key}: {e}"))),
+            _ => Err(ModelError::format(
+                &self.path,
+                format!("{key} is not an array"),
+            )),
+        }
+    }
+
+    /// The metadata value under `key`.
+    pub fn metadata(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    /// The metadata value under `key`, or an error naming the file and the key.
+    pub fn required(&self, key: &str) -> Result<&Value> {
+        self.metadata(key).ok_or_else(|| {
+            ModelError::format(&self.path, format!("metadata key '{key}' is missing"))
+        })
+    }
+
+    /// An integer metadata value.
+    pub fn usize_of(&self, key: &str) -> Result<usize> {
+        let v = self.required(key)?;
+        v.to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
+            .map(|x| x as usize)
+            .map_err(|e| ModelError::format(&self.path, format!("metadata key '{key}': {e}")))
+    }
+
+    /// A floating-point metadata value.
+    pub fn f64_of(&self, key: &str) -> Result<f64> {
+        let v = self.required(key)?;
+        v.to_f32()
+            .map(f64::from)
+            .or_else(|_| v.to_f64())
+            .map_err(|e| ModelError::format(&self.path, format!("metadata key '{key}': {e}")))
+    }
+
+    /// A string metadata value.
+    pub fn string_of(&self, key: &str) -> Result<String> {
+        let v = self.required(key)?;
+        v.to_string()
+            .cloned()
+            .map_err(|e| ModelError::format(&self.path, format!("metadata key '{key}': {e}")))
+    }
+
+    /// The architecture (`general.architecture`): `llama`, `qwen2` or `qwen3`.
+    pub fn architecture(&self) -> Result<String> {
+        self.string_of("general.architecture")
+    }
+
+    /// One tensor by its GGUF name, dequantized to f32.
+    pub fn dequantize(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        let q = self
+            .content
+            .tensor(&mut BufReader::new(file), name, device)
+            .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
+        q.dequantize(device)
+            .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))
+    }
+
+    /// All tensors, dequantized to `dtype` and renamed to Hugging Face names. With
+    /// `rotary_heads = Some((query heads, key/value heads))` (the `llama` architecture), q/k
+    /// projections are un-permuted from llama.cpp's rotary layout back to the Hugging Face one.
+    pub fn weights(
+        &self,
+        rotary_heads: Option<(usize, usize)>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Weights> {
+        let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        let mut reader = BufReader::new(file);
+        let mut tensors = HashMap::new();
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(hf_name) = hf_tensor_name(name) else {
+                continue;
+            };
+            let q = self
+                .content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
+            let mut t = q
+                .dequantize(&Device::Cpu)
+                .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
+            if let Some((q_heads, kv_heads)) = rotary_heads {
+                if hf_name.ends_with("q_proj.weight") {
+                    t = unpermute_rotary(&t, q_heads)?;
+                } else if hf_name.ends_with("k_proj.weight") {
+                    t = unpermute_rotary(&t, kv_heads)?;
+                }
+            }
+            tensors.insert(hf_name, t.to_dtype(dtype)?.to_device(device)?);
+        }
+        Ok(Weights::from_tensors(&self.path, tensors, dtype, device))
+    }
+}
+
+/// Hugging Face name of a llama.cpp tensor name; `None` for tensors pal does not use.
+pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    let direct = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(n) = direct {
+        return Some(n.to_string());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undoes llama.cpp's rotary permutation of a q or k projection `(heads * head_dim, in)`.
+fn unpermute_rotary(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let half = out / heads / 2;
+    Ok(w.reshape((heads, half, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
+}

@@ -1,0 +1,284 @@
+//! The shape and options of a Llama-family model (Llama 3.x, SmolLM2, Qwen2/2.5, Qwen3), read
+//! from a Hugging Face `config.json` or from GGUF metadata, and the RoPE frequencies they imply.
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::error::{ModelError, Result};
+use crate::formats::gguf::GgufFile;
+
+/// Rope frequency scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1+ scaling: long wavelengths divided by `factor`, smooth in between.
+    Llama3 {
+        /// Frequency divisor for long wavelengths.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are fully scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// Context length the model was trained at before scaling.
+        original_max_position_embeddings: usize,
+    },
+    /// Positions divided by `factor`.
+    Linear {
+        /// Position divisor.
+        factor: f64,
+    },
+    /// One divisor per frequency (llama.cpp's `rope_freqs.weight`, how GGUF stores llama3 scaling).
+    Factors {
+        /// Divisor of each inverse frequency.
+        factors: Vec<f64>,
+    },
+}
+
+/// The shape and options of a Llama-family model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Family name as in config.json (`llama`, `qwen2`, `qwen3`).
+    pub model_type: String,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual width `d`.
+    pub hidden_size: usize,
+    /// FFN width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// RoPE frequency scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Longest context the model was trained for (size of the RoPE table).
+    pub max_position_embeddings: usize,
+    /// Output projection shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have a bias (Qwen2).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+    pub qk_norm: bool,
+}
+
+/// config.json as written by transformers 4.x and 5.x (fields we read).
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+}
+
+impl LlamaConfig {
+    /// Reads `config.json` from a Hugging Face model folder.
+    pub fn from_hf_folder(folder: &Path) -> Result<Self> {
+        let path = folder.join("config.json");
+        if !path.exists() {
+            return Err(ModelError::NotFound(path));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        Self::from_hf_json(&text).map_err(|e| match e {
+            ModelError::Unsupported(m) => ModelError::format(&path, m),
+            other => other,
+        })
+    }
+
+    /// Parses the text of a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let raw: HfConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Unsupported(format!("invalid config.json: {e}")))?;
+        let model_type = raw.model_type.unwrap_or_else(|| "llama".into());
+        let (attention_bias, qk_norm) = match model_type.as_str() {
+            "llama" | "mistral" => (raw.attention_bias.unwrap_or(false), false),
+            "qwen2" => (true, false),
+            "qwen3" => (raw.attention_bias.unwrap_or(false), true),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "model_type '{other}' is not supported (llama, mistral, qwen2, qwen3 are)"
+                )))
+            }
+        };
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" {
+                return Err(ModelError::Unsupported(format!(
+                    "hidden_act '{act}' (only silu)"
+                )));
+            }
+        }
+        // transformers 5 writes `rope_parameters` (with rope_theta inside), 4.x `rope_scaling`.
+        let rope = raw.rope_parameters.or(raw.rope_scaling);
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| {
+                rope.as_ref()
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or(10000.0);
+        let rope_scaling = match rope {
+            Some(r) => parse_rope_scaling(&r)?,
+            None => None,
+        };
+        Ok(Self {
+            model_type,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            attention_bias,
+            qk_norm,
+        })
+    }
+
+    /// The config from a GGUF file's `{arch}.*` metadata keys (llama, qwen2 or qwen3).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch = file.architecture()?;
+        let (attention_bias, qk_norm) = match arch.as_str() {
+            "llama" => (false, false),
+            "qwen2" => (true, false),
+            "qwen3" => (false, true),
+            other => {
+                return Err(ModelError::format(
+                    file.path(),
+                    format!("architecture '{other}' is not supported (llama, qwen2, qwen3 are)"),
+                ))
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden_size = file.usize_of(&key("embedding_length"))?;
+        let heads = file.usize_of(&key("attention.head_count"))?;
+        let vocab_size = match file.usize_of(&key("vocab_size")) {
+            Ok(v) => v,
+            Err(_) => file.strings_of("tokenizer.ggml.tokens")?.len(),
+        };
+        let rope_scaling = if file.has_tensor("rope_freqs.weight") {
+            let factors = file.dequantize("rope_freqs.weight", &Device::Cpu)?;
+            Some(RopeScaling::Factors {
+                factors: factors.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            model_type: arch.clone(),
+            vocab_size,
+            hidden_size,
+            intermediate_size: file.usize_of(&key("feed_forward_length"))?,
+            num_hidden_layers: file.usize_of(&key("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: file
+                .usize_of(&key("attention.head_count_kv"))
+                .unwrap_or(heads),
+            head_dim: file
+                .usize_of(&key("attention.key_length"))
+                .unwrap_or(hidden_size / heads),
+            rms_norm_eps: file.f64_of(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: file.f64_of(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: file.usize_of(&key("context_length")).unwrap_or(4096),
+            tie_word_embeddings: !file.has_tensor("output.weight"),
+            attention_bias,
+            qk_norm,
+        })
+    }
+
+    /// Inverse RoPE frequencies (`head_dim / 2` of them), with scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64))
+            .collect();
+        match &self.rope_scaling {
+            None => base,
+            Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Factors { factors }) => {
+                base.iter().zip(factors).map(|(f, s)| f / s).collect()
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&freq| {
+                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        if wavelen < high_wavelen {
+                            freq
+                        } else if wavelen > low_wavelen {
+                            freq / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * freq / factor + smooth * freq
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn parse_rope_scaling(value: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    let kind = value
+        .get("rope_type")
+        .or_else(|| value.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        value
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| ModelError::Unsupported(format!("rope scaling '{kind}' needs '{key}'")))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        })),
+        other => Err(ModelError::Unsupported(format!(
+            "rope scaling type '{other}' is not supported (default, linear, llama3 are)"
+        ))),
+    }
+}

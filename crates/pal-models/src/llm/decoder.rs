@@ -1,0 +1,370 @@
+//! The Llama-family decoder: Llama 3.x (rope scaling "llama3"), SmolLM2 (tied embeddings),
+//! Qwen2/Qwen2.5 (q/k/v bias) and Qwen3 (q/k RMSNorm). Weights are named as in Hugging Face
+//! checkpoints (`model.layers.N.self_attn.q_proj.weight`, ...).
+//!
+//! All ops come from `pal-nn`, so the same code runs inference and training: a weight that is a
+//! candle `Var` is trained, any other weight is frozen and gets no gradient. Each layer runs
+//! through [`DecoderLayer::forward`]; in training, a frozen layer runs as one node with a
+//! written-out backward ([`frozen_layer`]) or checkpointed ([`checkpointed_layer`]).
+
+use std::sync::atomic::Ordering;
+
+use candle_core::{DType, Device, Tensor};
+use pal_nn::ops::rms_norm;
+use pal_nn::{causal_mask, Linear};
+
+use crate::error::{ModelError, Result};
+use crate::formats::weights::{load_linear, Weights};
+use crate::llm::cache::{KeyValuePrefix, KvCache};
+use crate::llm::config::LlamaConfig;
+use crate::llm::layer::DecoderLayer;
+use crate::llm::rope::RopeTable;
+use crate::llm::{checkpointed_layer, frozen_layer};
+
+/// A Llama-family decoder.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    /// Shape and options.
+    pub config: LlamaConfig,
+    /// `(vocab, d)` token embeddings.
+    pub embed_tokens: Tensor,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: Tensor,
+    /// Output projection (the embedding matrix when tied).
+    pub lm_head: Linear,
+    /// RoPE tables.
+    pub rope: RopeTable,
+    /// Rows that went through an FFN since the model was built (instrumentation: LAL's audio must
+    /// never reach an FFN).
+    pub ffn_rows: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Activation checkpointing: when training with frozen LLM weights, keep only each layer's
+    /// inputs and output and recompute the layer in backward (see [`checkpointed_layer`]).
+    pub checkpoint_layers: bool,
+    /// Train layers whose weights are all frozen as single graph nodes with a written-out
+    /// backward (see [`frozen_layer`]): the same gradients with far less memory traffic.
+    /// On by default; off records every op of the layer (the reference the tests compare with).
+    pub frozen_layer_nodes: bool,
+}
+
+impl Llama {
+    /// A model with `config`'s shapes and random weights (normal, std 0.02; norms 1): for
+    /// benchmarks at the shapes of models that are not at hand.
+    pub fn random(config: LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let c = &config;
+        let (d, dh, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
+        let mut shapes: Vec<(String, Vec<usize>)> =
+            vec![("model.embed_tokens.weight".into(), vec![c.vocab_size, d])];
+        shapes.push(("model.norm.weight".into(), vec![d]));
+        if !c.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![c.vocab_size, d]));
+        }
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (name, shape) in [
+                ("input_layernorm", vec![d]),
+                ("post_attention_layernorm", vec![d]),
+                ("self_attn.q_proj", vec![q_dim, d]),
+                ("self_attn.k_proj", vec![kv_dim, d]),
+                ("self_attn.v_proj", vec![kv_dim, d]),
+                ("self_attn.o_proj", vec![d, q_dim]),
+                ("mlp.gate_proj", vec![ff, d]),
+                ("mlp.up_proj", vec![ff, d]),
+                ("mlp.down_proj", vec![d, ff]),
+            ] {
+                shapes.push((format!("{p}.{name}.weight"), shape));
+            }
+            if c.attention_bias {
+                for (name, n) in [("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
+                    shapes.push((format!("{p}.self_attn.{name}.bias"), vec![n]));
+                }
+            }
+            if c.qk_norm {
+                shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![dh]));
+                shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![dh]));
+            }
+        }
+        let tensors = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = if shape.len() == 1 {
+                    Tensor::ones(shape, DType::F32, device)?
+                } else {
+                    Tensor::randn(0f32, 0.02, shape, device)?
+                };
+                Ok((name, t.to_dtype(dtype)?))
+            })
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let weights = Weights::from_tensors("random weights", tensors, dtype, device);
+        Self::load(config, &weights)
+    }
+
+    /// Builds the model from weights named as in Hugging Face checkpoints.
+    pub fn load(config: LlamaConfig, weights: &Weights) -> Result<Self> {
+        let c = &config;
+        let (d, dh) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| {
+            load_linear(weights, name, out, inp, bias)
+        };
+        let embed_tokens = weights.get("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let qk_norm = |n: &str| -> Result<Option<Tensor>> {
+                if c.qk_norm {
+                    Ok(Some(
+                        weights.get(&format!("{p}.self_attn.{n}.weight"), &[dh])?,
+                    ))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, d, c.attention_bias)?,
+                k_proj: linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    kv_dim,
+                    d,
+                    c.attention_bias,
+                )?,
+                v_proj: linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    kv_dim,
+                    d,
+                    c.attention_bias,
+                )?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"), d, q_dim, false)?,
+                q_norm: qk_norm("q_norm")?,
+                k_norm: qk_norm("k_norm")?,
+                post_attention_layernorm: weights
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
+                up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+            });
+        }
+        let norm = weights.get("model.norm.weight", &[d])?;
+        let lm_head = match weights.get_opt("lm_head.weight", &[c.vocab_size, d])? {
+            Some(w) if !c.tie_word_embeddings => Linear::new(w, None),
+            _ if c.tie_word_embeddings => Linear::new(embed_tokens.clone(), None),
+            _ => {
+                return Err(ModelError::MissingTensor {
+                    path: weights.path().to_path_buf(),
+                    name: "lm_head.weight".into(),
+                })
+            }
+        };
+        let rope_len = c.max_position_embeddings.max(4096);
+        let rope = RopeTable::new(c, rope_len, weights.dtype(), weights.device())?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            ffn_rows: Default::default(),
+            checkpoint_layers: false,
+            frozen_layer_nodes: true,
+        })
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings of `tokens` (`(batch, rows)`, u32) as `(batch, rows, d)`.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, n) = tokens.dims2()?;
+        let flat = tokens.flatten_all()?;
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, n, self.config.hidden_size))?)
+    }
+
+    /// Logits of final hidden states: `(.., d)` to `(.., vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?)
+    }
+
+    /// Mean cross-entropy of the next-token predictions from final hidden rows `(rows, d)`
+    /// against `targets` `(rows)`. A frozen output projection without bias or LoRA runs with the
+    /// loss as one node ([`pal_nn::ops::linear_cross_entropy`]); otherwise logits, then loss.
+    pub fn cross_entropy(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let head = &self.lm_head;
+        if self.frozen_layer_nodes
+            && !head.weight.is_variable()
+            && head.bias.is_none()
+            && head.lora.is_none()
+        {
+            return Ok(pal_nn::ops::linear_cross_entropy(
+                hidden,
+                &head.weight,
+                targets,
+            )?);
+        }
+        Ok(pal_nn::ops::cross_entropy(&self.logits(hidden)?, targets)?)
+    }
+
+    /// Logits for every row of `tokens` (`(batch, rows)`, u32). `valid` is `(batch, rows)` with 1
+    /// for real tokens and 0 for padding (left or right); `None` means all real.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        valid: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_embeds(&self.embed(tokens)?, valid, cache)?;
+        self.logits(&hidden)
+    }
+
+    /// Runs the decoder over input embeddings `(batch, rows, d)` and returns the final-normed hidden
+    /// states. New rows are appended to `cache`; positions continue from the cache, counting only
+    /// real rows, so left and right padding give each real token its unpadded position.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, n, _) = embeds.dims3()?;
+        let device = embeds.device();
+        let valid_rows: Vec<Vec<u32>> = match valid {
+            Some(v) => v.to_dtype(DType::U32)?.to_vec2::<u32>()?,
+            None => vec![vec![1; n]; b],
+        };
+        if valid_rows.len() != b || valid_rows.iter().any(|r| r.len() != n) {
+            return Err(ModelError::Unsupported(format!(
+                "valid mask must be ({b}, {n}), got {:?}",
+                valid.map(|v| v.dims().to_vec())
+            )));
+        }
+        if cache.next_position.is_empty() {
+            cache.next_position = vec![0; b];
+        }
+        if cache.next_position.len() != b {
+            return Err(ModelError::Unsupported(format!(
+                "cache holds a batch of {}, input has {b}",
+                cache.next_position.len()
+            )));
+        }
+        let mut positions = Vec::with_capacity(b * n);
+        for (row, next) in valid_rows.iter().zip(cache.next_position.iter_mut()) {
+            for &is_real in row {
+                positions.push(*next);
+                *next += is_real.min(1);
+            }
+        }
+        let max_pos = positions.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.rope.len() {
+            return Err(ModelError::Unsupported(format!(
+                "position {max_pos} exceeds the model's RoPE table ({} positions)",
+                self.rope.len()
+            )));
+        }
+        let positions = Tensor::from_vec(positions, (b, n), device)?;
+        let (cos, sin) = self.rope.at(&positions)?;
+
+        let new_valid =
+            Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
+        let key_valid = match &cache.key_valid {
+            Some(old) => Tensor::cat(&[old, &new_valid], 1)?,
+            None => new_valid,
+        };
+        let any_padding = key_valid.min_all()?.to_scalar::<f32>()? < 0.5;
+        let mask = if n == 1 && !any_padding {
+            None
+        } else {
+            let keys = key_valid.dims()[1];
+            Some(causal_mask(
+                n,
+                keys,
+                any_padding.then_some(&key_valid),
+                self.dtype(),
+                device,
+            )?)
+        };
+        let keys = key_valid.dims()[1];
+        cache.key_valid = Some(key_valid);
+
+        let mut x = embeds.clone();
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
+            let prefix_mask = match &layer_cache.prefix {
+                Some(prefix) => Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?),
+                None => None,
+            };
+            let layer_mask = prefix_mask.as_ref().or(mask.as_ref());
+            let prefix_trains = layer_cache
+                .prefix
+                .as_ref()
+                .is_some_and(|p| p.k.track_op() || p.v.track_op());
+            self.ffn_rows.fetch_add(b * n, Ordering::Relaxed);
+            let c = &self.config;
+            x = if self.checkpoint_layers && x.track_op() {
+                checkpointed_layer::forward(layer, c, &x, &cos, &sin, layer_mask, layer_cache)?
+            } else if self.frozen_layer_nodes
+                && (x.track_op() || prefix_trains)
+                && layer_cache.k.is_none()
+                && frozen_layer::supported(layer)
+            {
+                frozen_layer::forward(layer, c, &x, &cos, &sin, layer_mask, layer_cache)?
+            } else {
+                layer.forward(c, &x, &cos, &sin, layer_mask, layer_cache)?
+            };
+        }
+        Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// The mask of a layer with a key prefix: `[prefix validity ; text mask]` along the keys.
+    fn prefix_mask(
+        &self,
+        prefix: &KeyValuePrefix,
+        text_mask: Option<&Tensor>,
+        b: usize,
+        n: usize,
+        keys: usize,
+    ) -> Result<Tensor> {
+        let dtype = self.dtype();
+        let rows = prefix.valid.dims()[1];
+        let neg = pal_nn::mask_value(DType::F32);
+        let hidden = ((1.0 - prefix.valid.to_dtype(DType::F32)?)? * neg)?.to_dtype(dtype)?;
+        let prefix_part = hidden
+            .reshape((b, 1, 1, rows))?
+            .broadcast_as((b, 1, n, rows))?;
+        let text_part = match text_mask {
+            Some(m) => m.broadcast_as((b, 1, n, keys))?,
+            None => Tensor::zeros((b, 1, n, keys), dtype, self.device())?,
+        };
+        Ok(Tensor::cat(
+            &[&prefix_part.contiguous()?, &text_part.contiguous()?],
+            3,
+        )?)
+    }
+
+    /// Log-probabilities over the vocabulary for the last row of `logits` `(batch, rows, vocab)`.
+    pub fn last_row(logits: &Tensor) -> Result<Tensor> {
+        let n = logits.dim(1)?;
+        Ok(logits
+            .narrow(1, n - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?)
+    }
+}

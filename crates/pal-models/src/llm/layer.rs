@@ -1,0 +1,248 @@
+//! One Llama decoder layer: its weights, and its forward, written once. Every way the decoder
+//! runs a layer goes through [`DecoderLayer::forward`]: the plain path (inference, and training
+//! that records every op), the frozen-layer node (which keeps the activations its written-out
+//! backward needs, see [`crate::llm::frozen_layer`]) and the checkpointed node (which reruns it in
+//! backward, see [`crate::llm::checkpointed_layer`]). Audio keys/values at LAL layers are made by
+//! the same [`DecoderLayer::keys_values`] as the layer's own.
+
+use candle_core::Tensor;
+use pal_nn::ops::{rms_norm, rope};
+use pal_nn::{attention_with_probs, Linear};
+
+use crate::error::Result;
+use crate::llm::cache::LayerCache;
+use crate::llm::config::LlamaConfig;
+
+/// One decoder layer's weights.
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    /// RMSNorm before attention.
+    pub input_layernorm: Tensor,
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Per-head query RMSNorm (Qwen3).
+    pub q_norm: Option<Tensor>,
+    /// Per-head key RMSNorm (Qwen3).
+    pub k_norm: Option<Tensor>,
+    /// RMSNorm before the FFN.
+    pub post_attention_layernorm: Tensor,
+    /// SwiGLU gate.
+    pub gate_proj: Linear,
+    /// SwiGLU up projection.
+    pub up_proj: Linear,
+    /// SwiGLU down projection.
+    pub down_proj: Linear,
+}
+
+/// Linear layers of a decoder layer that LoRA can target (Hugging Face names).
+pub const LORA_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The FFN's linear layers.
+pub const FFN_LINEARS: &[&str] = &["gate_proj", "up_proj", "down_proj"];
+
+impl DecoderLayer {
+    /// The linear layer named as in Hugging Face checkpoints (`q_proj`, ..., `down_proj`).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "q_proj" => &mut self.q_proj,
+            "k_proj" => &mut self.k_proj,
+            "v_proj" => &mut self.v_proj,
+            "o_proj" => &mut self.o_proj,
+            "gate_proj" => &mut self.gate_proj,
+            "up_proj" => &mut self.up_proj,
+            "down_proj" => &mut self.down_proj,
+            _ => return None,
+        })
+    }
+}
+
+/// What the frozen-layer node's backward needs from a forward, all outside the graph.
+pub struct LayerActivations {
+    /// Layer input `(b, n, d)`.
+    pub x: Tensor,
+    /// Rotated queries `(b, q_heads, n, head_dim)`.
+    pub q: Tensor,
+    /// The layer's own keys (rotated) and values `(b, kv_heads, n, head_dim)`.
+    pub k: Tensor,
+    /// See `k`.
+    pub v: Tensor,
+    /// The prefix keys and values the queries also saw (detached), if any: the concatenation is
+    /// rebuilt in backward rather than kept.
+    pub prefix: Option<(Tensor, Tensor)>,
+    /// Attention probabilities (see [`attention_with_probs`]).
+    pub probs: Tensor,
+    /// Hidden states after the attention block `(b, n, d)`.
+    pub x1: Tensor,
+    /// Gate projection, before the SiLU `(b, n, intermediate)`.
+    pub gate: Tensor,
+    /// Up projection `(b, n, intermediate)`.
+    pub up: Tensor,
+}
+
+impl DecoderLayer {
+    /// The seven linear layers.
+    pub fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    /// Whether nothing in the layer trains: no trainable weight or norm, no LoRA. Only then may
+    /// the layer run outside the graph (frozen-layer node, activation checkpointing).
+    pub fn is_frozen(&self) -> bool {
+        let norms = [
+            Some(&self.input_layernorm),
+            Some(&self.post_attention_layernorm),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+        ];
+        self.linears()
+            .iter()
+            .all(|l| !l.weight.is_variable() && l.lora.is_none())
+            && norms.iter().flatten().all(|n| !n.is_variable())
+    }
+
+    /// Keys and values `(b, kv_heads, n, head_dim)` of normed rows `h` `(b, n, d)`: `k_proj`, the
+    /// per-head key norm (Qwen3), RoPE with `rope_tables` (cos, sin) when given; `v_proj`. The
+    /// layer's own keys and LAL's audio keys are both made here.
+    pub fn keys_values(
+        &self,
+        config: &LlamaConfig,
+        h: &Tensor,
+        rope_tables: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let kv_heads = config.num_key_value_heads;
+        let mut k = split_heads(&self.k_proj.forward(h)?, kv_heads, config.head_dim)?;
+        let v = split_heads(&self.v_proj.forward(h)?, kv_heads, config.head_dim)?;
+        if let Some(kn) = &self.k_norm {
+            k = rms_norm(&k, kn, config.rms_norm_eps)?;
+        }
+        if let Some((cos, sin)) = rope_tables {
+            k = rope(&k, cos, sin)?;
+        }
+        Ok((k, v))
+    }
+
+    /// The layer on `x` `(b, n, d)`: pre-norm attention over `[prefix ; cached ; new rows]`, then
+    /// the SwiGLU FFN on the new rows only. The new rows' keys and values are appended to `cache`.
+    pub fn forward(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        Ok(self.run(config, x, cos, sin, mask, cache, false)?.0)
+    }
+
+    /// [`DecoderLayer::forward`] outside the autograd graph (input and prefix detached), keeping
+    /// the activations a written-out backward needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_saving(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<(Tensor, LayerActivations)> {
+        let (y, saved) = self.run(config, &x.detach(), cos, sin, mask, cache, true)?;
+        Ok((y, saved.expect("kept when asked")))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+        keep: bool,
+    ) -> Result<(Tensor, Option<LayerActivations>)> {
+        let c = config;
+        let (b, n, _) = x.dims3()?;
+        let eps = c.rms_norm_eps;
+        // Attention block: x1 = x + o(attention(rope(q), [prefix; rope(k)], [prefix; v])).
+        let h = rms_norm(x, &self.input_layernorm, eps)?;
+        let mut q = split_heads(&self.q_proj.forward(&h)?, c.num_attention_heads, c.head_dim)?;
+        if let Some(qn) = &self.q_norm {
+            q = rms_norm(&q, qn, eps)?;
+        }
+        let q = rope(&q, cos, sin)?;
+        let (k_own, v_own) = self.keys_values(c, &h, Some((cos, sin)))?;
+        let (k, v) = match (&cache.k, &cache.v) {
+            (Some(pk), Some(pv)) => (
+                Tensor::cat(&[pk, &k_own], 2)?,
+                Tensor::cat(&[pv, &v_own], 2)?,
+            ),
+            _ => (k_own.clone(), v_own.clone()),
+        };
+        cache.k = Some(k.clone());
+        cache.v = Some(v.clone());
+        let prefix = cache.prefix.as_ref().map(|p| match keep {
+            true => (p.k.detach(), p.v.detach()),
+            false => (p.k.clone(), p.v.clone()),
+        });
+        let (k, v) = match &prefix {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let (attn, probs) = attention_with_probs(&q, &k, &v, mask, scale)?;
+        drop((k, v));
+        let attn = attn
+            .transpose(1, 2)?
+            .reshape((b, n, c.num_attention_heads * c.head_dim))?;
+        let x1 = (x + self.o_proj.forward(&attn)?)?;
+        // FFN: y = x1 + down(silu(gate) * up), with gate, up = W h2, h2 = rmsnorm(x1).
+        let h2 = rms_norm(&x1, &self.post_attention_layernorm, eps)?;
+        let gate = self.gate_proj.forward(&h2)?;
+        let up = self.up_proj.forward(&h2)?;
+        let y = (&x1 + self.down_proj.forward(&(gate.silu()? * &up)?)?)?;
+        let saved = keep.then(|| LayerActivations {
+            x: x.clone(),
+            q,
+            k: k_own,
+            v: v_own,
+            prefix,
+            probs,
+            x1,
+            gate,
+            up,
+        });
+        Ok((y, saved))
+    }
+}
+
+/// `(b, n, heads * head_dim)` to `(b, heads, n, head_dim)`.
+fn split_heads(t: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, n, _) = t.dims3()?;
+    Ok(t.reshape((b, n, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
