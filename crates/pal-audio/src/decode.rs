@@ -13,6 +13,12 @@ use symphonia::core::probe::Hint;
 
 use crate::{resample, AudioError, AudioErrorKind, Result, SAMPLE_RATE};
 
+/// Most channels a file may declare (FLAC's limit; surround formats stay within it).
+const MAX_CHANNELS: usize = 8;
+
+/// Most frames per packet a header may declare (FLAC's largest block is 65,535).
+const MAX_FRAMES_PER_PACKET: u64 = 1 << 20;
+
 /// Mono audio samples in [-1, 1] at `sample_rate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audio {
@@ -47,6 +53,20 @@ pub fn load_audio(path: &Path) -> Result<Audio> {
 /// Decodes an in-memory file. `extension` (like `"wav"`) is a hint for the container probe;
 /// `origin` names the input in errors (a path, or a request field).
 pub fn decode_bytes(bytes: Vec<u8>, extension: Option<&str>, origin: &str) -> Result<Audio> {
+    decode_bytes_limited(bytes, extension, origin, None)
+}
+
+/// [`decode_bytes`] that refuses audio longer than `max_seconds` without decoding (or holding)
+/// more than that: a header that declares more is refused before decoding, and decoding stops at
+/// the first packet past the limit, whatever the header claims. Memory stays within
+/// `max_seconds` of mono samples at the file's rate plus one packet, at any rate and channel
+/// count (what a server needs: a small, highly compressed file can hold hours of audio).
+pub fn decode_bytes_limited(
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    origin: &str,
+    max_seconds: Option<f64>,
+) -> Result<Audio> {
     let err = |kind| AudioError::new(origin, kind);
     if bytes.is_empty() {
         return Err(err(AudioErrorKind::Empty));
@@ -87,6 +107,36 @@ pub fn decode_bytes(bytes: Vec<u8>, extension: Option<&str>, origin: &str) -> Re
     if !(1000..=384_000).contains(&sample_rate) {
         return Err(err(AudioErrorKind::SampleRate(sample_rate)));
     }
+    // What a decoder reserves follows the header: refuse headers no real recording has before
+    // any codec sizes its buffers by them.
+    let channels = params.channels.map_or(1, |c| c.count());
+    if channels > MAX_CHANNELS {
+        return Err(err(AudioErrorKind::Corrupt(format!(
+            "the header declares {channels} channels; at most {MAX_CHANNELS} are supported"
+        ))));
+    }
+    if params
+        .max_frames_per_packet
+        .is_some_and(|f| f > MAX_FRAMES_PER_PACKET)
+    {
+        return Err(err(AudioErrorKind::Corrupt(format!(
+            "the header declares packets of {} frames; at most {MAX_FRAMES_PER_PACKET} are supported",
+            params.max_frames_per_packet.unwrap_or_default()
+        ))));
+    }
+    // Most frames the limit allows (None: no limit).
+    let max_frames = max_seconds.map(|s| (s * sample_rate as f64).floor() as u64);
+    let too_long = |frames: u64| {
+        err(AudioErrorKind::TooLong {
+            seconds: frames as f64 / sample_rate as f64,
+            limit: max_seconds.unwrap_or(f64::INFINITY),
+        })
+    };
+    if let (Some(declared), Some(max)) = (params.n_frames, max_frames) {
+        if declared > max {
+            return Err(too_long(declared));
+        }
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| err(AudioErrorKind::UnsupportedCodec(e.to_string())))?;
@@ -115,6 +165,11 @@ pub fn decode_bytes(bytes: Vec<u8>, extension: Option<&str>, origin: &str) -> Re
         };
         let spec = *decoded.spec();
         let channels = spec.channels.count().max(1);
+        if let Some(max) = max_frames {
+            if frames + decoded.frames() as u64 > max {
+                return Err(too_long(frames + decoded.frames() as u64));
+            }
+        }
         let needed = decoded.capacity() as u64;
         let buf = match &mut buffer {
             Some(b) if b.capacity() as u64 >= needed * channels as u64 => b,

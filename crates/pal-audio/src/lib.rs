@@ -4,17 +4,19 @@
 //! - [`resample`]: any rate to the 16 kHz the encoders expect.
 //! - [`whisper_mel`]: Whisper's log-mel spectrogram (80 or 128 bins).
 //! - [`fbank`]: Kaldi filterbank features (as `torchaudio.compliance.kaldi.fbank`), for ViT encoders.
+//! - [`hostile`]: well-formed hostile inputs (hours of audio in megabytes, lying lengths) for tests.
 
 #![warn(missing_docs)]
 
 pub mod decode;
 pub mod fbank;
+pub mod hostile;
 pub mod resample;
 mod spectrum;
 pub mod wav;
 pub mod whisper_mel;
 
-pub use decode::{decode_bytes, load_audio, Audio};
+pub use decode::{decode_bytes, decode_bytes_limited, load_audio, Audio};
 pub use fbank::{KaldiFbank, WindowType};
 pub use resample::resample;
 pub use wav::{wav_bytes, write_wav};
@@ -70,8 +72,9 @@ pub enum AudioErrorKind {
     /// A sample rate outside what any real recording uses.
     #[error("sample rate {0} Hz is outside the supported range 1000..=384000 Hz")]
     SampleRate(u32),
-    /// Longer than a configured limit.
-    #[error("{seconds:.1} s of audio exceeds the limit of {limit:.1} s")]
+    /// Longer than a configured limit (`seconds` is at least the length; decoding stops at the
+    /// limit).
+    #[error("{seconds:.1} s of audio (or more) exceeds the limit of {limit:.1} s")]
     TooLong {
         /// Duration of the input.
         seconds: f64,

@@ -249,3 +249,74 @@ fn absurd_sample_rates_are_refused() {
         );
     }
 }
+
+/// The in-memory FLAC writer makes files symphonia decodes to exactly the silence asked for.
+#[test]
+fn silent_flac_decodes_to_the_silence_it_declares() {
+    let audio = decode_bytes(
+        pal_audio::hostile::silent_flac(2.5, 48_000, 2),
+        Some("flac"),
+        "silence.flac",
+    )
+    .unwrap();
+    assert_eq!(audio.sample_rate, 48_000);
+    assert_eq!(audio.samples.len(), 120_000);
+    assert!(audio.samples.iter().all(|&s| s == 0.0));
+}
+
+/// Ten hours of 48 kHz stereo silence are about 7 MB of FLAC; with a limit, decoding refuses it
+/// (from the header, or at the limit when the header does not say) instead of producing 6.9
+/// GB of samples.
+#[test]
+fn a_limit_refuses_long_audio_without_decoding_it_all() {
+    let flac = pal_audio::hostile::silent_flac(36_000.0, 48_000, 2);
+    assert!(flac.len() < 10 << 20, "{} bytes", flac.len());
+    let err =
+        pal_audio::decode_bytes_limited(flac.clone(), Some("flac"), "ten-hours.flac", Some(120.0))
+            .unwrap_err();
+    assert!(
+        matches!(err.kind, AudioErrorKind::TooLong { seconds, limit } if seconds >= 36_000.0 && limit == 120.0),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("ten-hours.flac"), "{err}");
+    // The same file with the length left out of its header (0 = unknown): refused at the limit.
+    let mut unknown = flac;
+    unknown[18 + 3] &= 0xF0;
+    unknown[18 + 4..18 + 8].copy_from_slice(&[0; 4]);
+    let err = pal_audio::decode_bytes_limited(unknown, Some("flac"), "no-length.flac", Some(120.0))
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, AudioErrorKind::TooLong { seconds, .. } if (120.0..121.0).contains(&seconds)),
+        "{err}"
+    );
+}
+
+/// Headers that claim more channels than any recording has are refused before a decoder sizes
+/// its buffers by them: an Ogg Vorbis identification header claiming 24 channels, and a WAV
+/// header claiming 64.
+#[test]
+fn headers_that_lie_about_their_channels_are_refused() {
+    let ogg = std::fs::read(fixture("tone.ogg")).unwrap();
+    let lying = pal_audio::hostile::ogg_claiming_channels(&ogg, 24);
+    let err = decode_bytes(lying, Some("ogg"), "lying.ogg").unwrap_err();
+    assert!(
+        matches!(
+            err.kind,
+            AudioErrorKind::Corrupt(_) | AudioErrorKind::UnsupportedCodec(_)
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("lying.ogg"), "{err}");
+    // The same file with its true header decodes.
+    let honest = pal_audio::hostile::ogg_claiming_channels(&ogg, 1);
+    decode_bytes(honest, Some("ogg"), "honest.ogg").unwrap();
+
+    let data = vec![0u8; 64 * 2 * 100];
+    let err = decode_bytes(
+        wav(1, 64, 16_000, 16, data.len() as u32, &data),
+        Some("wav"),
+        "many.wav",
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("many.wav"), "{err}");
+}

@@ -2,10 +2,16 @@
 //! first, waits a short while for more, and generates for all of them in one batch
 //! ([`pal_infer::generate_batch`]). A full queue is refused at once (the server answers 503), and
 //! a request whose client went away is dropped from the batch.
+//!
+//! Nothing one request does takes the others down: each is checked against the model's real
+//! position limit after encoding and before it joins a batch; a batch that fails is retried one
+//! request at a time, so the request at fault fails alone; a panic fails its batch with 500 and
+//! the thread carries on (counted, and reported by `/health`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pal_infer::{generate_batch, FinishReason, GenerationParams};
@@ -27,7 +33,17 @@ pub struct Bundle {
     pub tokenizer: Tokenizer,
     /// Whisper with its decoder, for `/v1/audio/transcriptions`.
     pub whisper: Option<(Whisper, WhisperTokenizer)>,
+    /// For tests of the server's resilience only: panics the model thread in the middle of a
+    /// batch holding a request whose prompt this matches. `None` in every real server.
+    pub fault_injection: Option<FaultInjection>,
 }
+
+/// Decides from a request's prompt whether the model thread panics on it (see [`FaultInjection`]).
+pub type PanicWhen = dyn Fn(&[Segment]) -> bool + Send + Sync;
+
+/// A test hook that decides, from a request's prompt, whether the model thread panics on it.
+#[derive(Clone)]
+pub struct FaultInjection(pub Arc<PanicWhen>);
 
 /// What the worker tells a chat request, in order: text pieces, then `Done` or `Failed`.
 #[derive(Debug)]
@@ -43,8 +59,16 @@ pub enum Event {
         /// Generated tokens.
         completion_tokens: usize,
     },
-    /// Generation failed.
+    /// Generation failed (the server's fault: 500).
     Failed(String),
+    /// The request cannot be served as asked (the client's: 400), found once its audio was
+    /// encoded (its positions exceed the model's context).
+    Refused {
+        /// What is wrong, for a person.
+        message: String,
+        /// OpenAI's code.
+        code: &'static str,
+    },
 }
 
 /// Work for the model thread.
@@ -103,6 +127,14 @@ pub struct Counters {
     pub transcriptions: AtomicUsize,
     /// Requests refused because the queue was full.
     pub refused: AtomicUsize,
+    /// Requests refused after encoding because they would not fit the model's context.
+    pub too_long: AtomicUsize,
+    /// Batches that panicked (their requests got 500; the thread carried on).
+    pub panics: AtomicUsize,
+    /// The last panic's message.
+    pub last_panic: Mutex<Option<String>>,
+    /// Set when the model thread has stopped (shutdown, or a failure it could not survive).
+    pub stopped: AtomicBool,
 }
 
 /// The sending side of the queue.
@@ -149,7 +181,10 @@ pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::Jo
     let worker_counters = queue.counters.clone();
     let handle = std::thread::Builder::new()
         .name("pal-model".into())
-        .spawn(move || run(&bundle, &receiver, batching, &worker_counters))
+        .spawn(move || {
+            run(&bundle, &receiver, batching, &worker_counters);
+            worker_counters.stopped.store(true, Ordering::Relaxed);
+        })
         .expect("spawn the model thread");
     (queue, handle)
 }
@@ -206,8 +241,38 @@ fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
     pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
 }
 
-/// Encodes each clip and generates every answer in one batch.
+/// Runs one batch of chats; a panic anywhere in it fails the batch's requests with 500 and is
+/// counted, and the thread goes on with the next batch.
 fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
+    let senders: Vec<mpsc::UnboundedSender<Event>> =
+        chats.iter().map(|c| c.events.clone()).collect();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run_batch(bundle, chats, counters);
+    }));
+    if let Err(panic) = outcome {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        counters.panics.fetch_add(1, Ordering::Relaxed);
+        *counters
+            .last_panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+        for events in senders {
+            let _ = events.send(Event::Failed(format!(
+                "internal error while generating (the request was not at fault): {message}"
+            )));
+        }
+    }
+}
+
+/// Encodes each clip, refuses the requests that would not fit the model's context, and generates
+/// every other answer in one batch (one at a time when the batch fails, so that the request at
+/// fault fails alone).
+fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
+    let positions = bundle.model.llm.rope.len();
     let mut live = vec![];
     let mut examples = vec![];
     for job in chats {
@@ -216,31 +281,72 @@ fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let audio = encode_clip(&bundle.encoders, &job.samples);
-        match audio {
-            Ok(audio) => {
-                examples.push(Example {
-                    segments: job.segments.clone(),
-                    audio,
-                });
-                live.push(job);
-            }
+        let audio = match encode_clip(&bundle.encoders, &job.samples) {
+            Ok(audio) => audio,
             Err(e) => {
                 let _ = job
                     .events
                     .send(Event::Failed(format!("encoding the audio: {e}")));
+                continue;
+            }
+        };
+        let example = Example {
+            segments: job.segments.clone(),
+            audio,
+        };
+        let needed = bundle
+            .model
+            .prompt_positions(&example)
+            .map(|p| p + job.params.max_tokens);
+        match needed {
+            Ok(needed) if needed > positions => {
+                counters.too_long.fetch_add(1, Ordering::Relaxed);
+                let _ = job.events.send(Event::Refused {
+                    message: format!(
+                        "the audio, the prompt and max_tokens take {needed} positions; the model has {positions} (send a shorter clip or prompt, or fewer max_tokens)"
+                    ),
+                    code: "context_length_exceeded",
+                });
+            }
+            Ok(_) => {
+                examples.push(example);
+                live.push(job);
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
             }
         }
     }
     if live.is_empty() {
         return;
     }
+    if let Some(fault) = &bundle.fault_injection {
+        if live.iter().any(|j| (fault.0)(&j.segments)) {
+            panic!("fault injected for a test");
+        }
+    }
     counters.batches.fetch_add(1, Ordering::Relaxed);
+    if generate_and_send(bundle, &live, &examples, counters).is_err() && live.len() > 1 {
+        for (job, example) in live.iter().zip(&examples) {
+            let one = std::slice::from_ref(job);
+            let _ = generate_and_send(bundle, one, std::slice::from_ref(example), counters);
+        }
+    }
+}
+
+/// Generates the answers of `live` in one batch and sends them; on an error the requests get
+/// nothing yet, unless there is one (it gets the error), and the error is returned.
+fn generate_and_send(
+    bundle: &Bundle,
+    live: &[ChatJob],
+    examples: &[Example],
+    counters: &Counters,
+) -> Result<(), ()> {
     let params: Vec<GenerationParams> = live.iter().map(|j| j.params.clone()).collect();
     let result = generate_batch(
         &bundle.model,
         &bundle.tokenizer,
-        &examples,
+        examples,
         &params,
         |i, piece| {
             let events = &live[i].events;
@@ -262,11 +368,13 @@ fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
                     completion_tokens: g.tokens.len(),
                 });
             }
+            Ok(())
         }
         Err(e) => {
-            for job in &live {
+            if let [job] = live {
                 let _ = job.events.send(Event::Failed(e.to_string()));
             }
+            Err(())
         }
     }
 }

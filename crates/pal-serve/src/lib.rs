@@ -24,7 +24,7 @@ use candle_core::{DType, Device};
 use pal_models::audio_llm::{build::resolve_path, config::EncoderKind, load_run, ModelConfig};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 
-pub use engine::{Batching, Bundle, Counters, Queue};
+pub use engine::{Batching, Bundle, Counters, FaultInjection, Queue};
 pub use routes::{router, AppState};
 
 /// Request limits.
@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Longest prompt in tokens, audio excluded (400 above).
     pub max_prompt_tokens: usize,
+    /// Requests whose body is read and whose audio is decoded at once; more wait their turn
+    /// before their body is read (bounds the memory of uploads and decoding).
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_audio_seconds: 120.0,
             max_tokens: 512,
             max_prompt_tokens: 2048,
+            max_concurrent_decodes: 4,
         }
     }
 }
@@ -82,6 +86,17 @@ pub fn load_bundle(run: &Path) -> Result<Bundle, ServeError> {
         encoders: built.encoders,
         tokenizer: built.tokenizer,
         whisper,
+        fault_injection: None,
+    })
+}
+
+/// A warning for serving on `addr` without an API key when that address is reachable from other
+/// machines (anything but loopback); `None` when there is nothing to warn about.
+pub fn exposure_warning(addr: &SocketAddr, has_api_key: bool) -> Option<String> {
+    (!addr.ip().is_loopback() && !has_api_key).then(|| {
+        format!(
+            "warning: serving on {addr} without an API key: anyone who can reach this address can use the model (set --api-key or PAL_API_KEY)"
+        )
     })
 }
 

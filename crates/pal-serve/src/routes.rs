@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -44,6 +44,42 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Numbers response ids.
     pub next_id: AtomicU64,
+    /// Admission: requests reading their body or decoding audio (see
+    /// [`Limits::max_concurrent_decodes`]).
+    pub decodes: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    /// The state of a server for `bundle`'s model under `model_name`, with its queue.
+    pub fn new(
+        model_name: String,
+        bundle: &crate::Bundle,
+        queue: Queue,
+        limits: Limits,
+        api_key: Option<String>,
+    ) -> Result<Self, pal_models::ModelError> {
+        let tokenizer = Arc::new(bundle.tokenizer.clone());
+        Ok(Self {
+            model_name,
+            can_transcribe: bundle.whisper.is_some(),
+            template: ChatTemplate::for_tokenizer(&tokenizer)?,
+            tokenizer,
+            queue,
+            decodes: tokio::sync::Semaphore::new(limits.max_concurrent_decodes.max(1)),
+            limits,
+            api_key,
+            next_id: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Whether two byte strings are equal, in time that depends only on their lengths (an API key
+/// compared with `==` leaks, through timing, how much of a guess is right).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The routes, with authentication and the body limit.
@@ -71,7 +107,7 @@ async fn authenticate(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or incorrect API key: send `Authorization: Bearer <key>`",
@@ -90,17 +126,39 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// `ok`; `degraded` once a batch has panicked (the server goes on; the count and the last
+/// message say what happened); `stopped` (with 503) when the model thread has ended.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     let c = &state.queue.counters;
-    Json(json!({
-        "status": "ok",
+    let panics = c.panics.load(Ordering::Relaxed);
+    let stopped = c.stopped.load(Ordering::Relaxed);
+    let status = match (stopped, panics) {
+        (true, _) => "stopped",
+        (false, 0) => "ok",
+        (false, _) => "degraded",
+    };
+    let last_panic = c
+        .last_panic
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let body = Json(json!({
+        "status": status,
         "model": state.model_name,
         "chats": c.chats.load(Ordering::Relaxed),
         "batches": c.batches.load(Ordering::Relaxed),
         "cancelled": c.cancelled.load(Ordering::Relaxed),
         "transcriptions": c.transcriptions.load(Ordering::Relaxed),
         "refused": c.refused.load(Ordering::Relaxed),
-    }))
+        "too_long": c.too_long.load(Ordering::Relaxed),
+        "panics": panics,
+        "last_panic": last_panic,
+    }));
+    if stopped {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -125,7 +183,9 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| rejected(r.status(), r.body_text()))
 }
 
-/// Decodes a clip (any supported format) to 16 kHz mono and checks its duration.
+/// Decodes a clip (any supported format) to 16 kHz mono. The duration limit is applied inside
+/// the decoder, which stops at it: a small file that holds hours of audio never becomes hours of
+/// samples in memory.
 async fn decode_clip(
     bytes: Vec<u8>,
     format: Option<String>,
@@ -134,29 +194,25 @@ async fn decode_clip(
 ) -> Result<Vec<f32>, ApiError> {
     let origin = param.to_string();
     let decoded = tokio::task::spawn_blocking(move || {
-        let audio = pal_audio::decode_bytes(bytes, format.as_deref(), &origin)?;
-        if audio.duration() > limits.max_audio_seconds {
-            return Ok(Err(audio.duration()));
-        }
-        audio.to_16k(&origin).map(|a| Ok(a.samples))
+        let limit = Some(limits.max_audio_seconds);
+        let audio = pal_audio::decode_bytes_limited(bytes, format.as_deref(), &origin, limit)?;
+        audio.to_16k(&origin).map(|a| a.samples)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match decoded {
-        Ok(Ok(samples)) => Ok(samples),
-        Ok(Err(seconds)) => Err(ApiError::bad(
+    decoded.map_err(|e| match e.kind {
+        pal_audio::AudioErrorKind::TooLong { seconds, limit } => ApiError::bad(
             param.to_string(),
             format!(
-                "the clip is {seconds:.1} s long; this server takes at most {} s",
-                limits.max_audio_seconds
+                "the clip is {seconds:.1} s long or longer; this server takes at most {limit} s"
             ),
         )
-        .with_code("audio_too_long")),
-        Err(e) => Err(ApiError::bad(
+        .with_code("audio_too_long"),
+        _ => ApiError::bad(
             param.to_string(),
             format!("could not decode the audio: {e}"),
-        )),
-    }
+        ),
+    })
 }
 
 /// The conversation as messages, and the one clip's bytes and format.
@@ -323,13 +379,25 @@ fn submit(state: &AppState, job: Job) -> Result<(), ApiError> {
     })
 }
 
+/// Waits for a decoding slot (before the body is read, so that waiting requests hold no body).
+async fn admit(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state.decodes.acquire().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+    })
+}
+
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    raw: Result<Bytes, BytesRejection>,
+    http: Request,
 ) -> Result<Response, ApiError> {
-    let raw = body(raw)?;
+    let admitted = admit(&state).await?;
+    let raw = body(Bytes::from_request(http, &()).await)?;
     let request: ChatRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad(None, format!("malformed JSON request: {e}")))?;
+    drop(raw);
     if request.model != state.model_name {
         return Err(ApiError::bad(
             "model".to_string(),
@@ -368,7 +436,9 @@ async fn chat_completions(
         )
         .with_code("context_length_exceeded"));
     }
+    drop(request.messages);
     let samples = decode_clip(bytes, Some(format), &param, state.limits).await?;
+    drop(admitted);
     let (events, mut receiver) = mpsc::unbounded_channel();
     submit(
         &state,
@@ -403,6 +473,9 @@ async fn chat_completions(
                 Event::Failed(message) => {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).body()
                 }
+                Event::Refused { message, code } => ApiError::bad("messages".to_string(), message)
+                    .with_code(code)
+                    .body(),
             };
             Ok::<_, Infallible>(SseEvent::default().data(data.to_string()))
         });
@@ -438,6 +511,9 @@ async fn chat_completions(
             Event::Failed(message) => {
                 return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message))
             }
+            Event::Refused { message, code } => {
+                return Err(ApiError::bad("messages".to_string(), message).with_code(code))
+            }
         }
     }
     Err(ApiError::new(
@@ -448,7 +524,7 @@ async fn chat_completions(
 
 async fn transcriptions(
     State(state): State<Arc<AppState>>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    http: Request,
 ) -> Result<Response, ApiError> {
     if !state.can_transcribe {
         return Err(ApiError::bad(
@@ -456,7 +532,10 @@ async fn transcriptions(
             "this model has no Whisper decoder, so it cannot transcribe",
         ));
     }
-    let mut multipart = multipart.map_err(|r| rejected(r.status(), r.body_text()))?;
+    let admitted = admit(&state).await?;
+    let mut multipart = Multipart::from_request(http, &())
+        .await
+        .map_err(|r| rejected(r.status(), r.body_text()))?;
     let mut file: Option<(Vec<u8>, Option<String>)> = None;
     let mut response_format = "json".to_string();
     loop {
@@ -499,6 +578,7 @@ async fn transcriptions(
         ));
     }
     let samples = decode_clip(bytes, extension, "file", state.limits).await?;
+    drop(admitted);
     let (reply, answer) = oneshot::channel();
     submit(&state, Job::Transcribe { samples, reply })?;
     let text = answer

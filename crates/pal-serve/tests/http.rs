@@ -3,124 +3,21 @@
 //! whole answer, every bad request gets its status and an OpenAI-style error, a full queue
 //! answers 503, and a client that leaves mid-stream is cancelled.
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::*;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use base64::Engine as _;
 use http_body_util::BodyExt;
 use pal_infer::{generate_with_audio, ChatTemplate, GenerationParams, Message};
 use pal_models::audio_llm::Example;
-use pal_models::audio_llm::{write_untrained_run, ModelConfig};
-use pal_serve::engine::{self, Batching, Bundle, Queue};
-use pal_serve::{router, AppState, Limits};
+use pal_serve::engine::{self, Batching};
+use pal_serve::{router, Limits};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-const MODEL_TOML: &str = r#"
-seed = 0
-[llm]
-path = "asset:smollm2-135m-instruct"
-[[encoders]]
-name = "whisper"
-kind = "whisper"
-path = "asset:whisper-tiny.en"
-real_length = true
-route = "pal"
-summary = { type = "latent", queries = 4, layers = 1 }
-lal = { start = 24 }
-"#;
-
-/// The bundle, loaded once for all tests (None when the models are not fetched).
-fn bundle() -> Option<Arc<Bundle>> {
-    static BUNDLE: OnceLock<Option<Arc<Bundle>>> = OnceLock::new();
-    BUNDLE
-        .get_or_init(|| {
-            pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
-            pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
-            let dir = tempfile::tempdir().unwrap().keep();
-            let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
-            write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-            Some(Arc::new(pal_serve::load_bundle(&dir.join("run")).unwrap()))
-        })
-        .clone()
-}
-
-fn state(
-    bundle: &Arc<Bundle>,
-    queue: Queue,
-    limits: Limits,
-    api_key: Option<&str>,
-) -> Arc<AppState> {
-    let tokenizer = Arc::new(bundle.tokenizer.clone());
-    Arc::new(AppState {
-        model_name: "test-model".into(),
-        can_transcribe: bundle.whisper.is_some(),
-        template: ChatTemplate::for_tokenizer(&tokenizer).unwrap(),
-        tokenizer,
-        queue,
-        limits,
-        api_key: api_key.map(String::from),
-        next_id: Default::default(),
-    })
-}
-
-fn clip_wav() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../assets/clips/jfk_16k.wav"
-    ))
-    .unwrap()
-}
-
-/// A 16 kHz mono PCM16 WAV of `seconds` of a 440 Hz tone.
-fn tone_wav(seconds: f32) -> Vec<u8> {
-    let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
-        .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin())
-        .collect();
-    pal_audio::wav_bytes(&samples, 16000)
-}
-
-fn chat_body(audio: &[u8], question: &str, extra: Value) -> Value {
-    let mut body = json!({
-        "model": "test-model",
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": question},
-            {"type": "input_audio", "input_audio": {
-                "data": base64::engine::general_purpose::STANDARD.encode(audio),
-                "format": "wav"}},
-        ]}],
-        "temperature": 0,
-        "max_tokens": 12,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    body
-}
-
-fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path)
-        .header("content-type", "application/json")
-        .body(body.into())
-        .unwrap()
-}
-
-async fn send(app: &axum::Router, request: Request<Body>) -> (StatusCode, Vec<u8>) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, bytes.to_vec())
-}
-
-/// The status and the error message of a request that must fail.
-async fn error(app: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
-    let (status, body) = send(app, request).await;
-    let v: Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("error body is not JSON: {}", String::from_utf8_lossy(&body)));
-    (status, v["error"]["message"].as_str().unwrap().to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_streams_and_refuses_bad_requests() {
@@ -131,6 +28,7 @@ async fn answers_streams_and_refuses_bad_requests() {
         max_audio_seconds: 20.0,
         max_tokens: 64,
         max_prompt_tokens: 200,
+        ..Limits::default()
     };
     let app = router(state(&bundle, queue, limits, None));
 

@@ -108,6 +108,14 @@ impl Connector {
         }
     }
 
+    /// How many tokens `na` frames become.
+    pub fn output_len(&self, na: usize) -> usize {
+        match self {
+            Self::Mlp { stack, .. } => na.div_ceil(*stack),
+            Self::Latent { queries, .. } => queries.dims()[0],
+        }
+    }
+
     /// Maps frames `(b, Na, d_enc)` with validity `(b, Na)` to tokens `(b, N', d)` and their
     /// validity `(b, N')`.
     pub fn forward(&self, frames: &Tensor, valid: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -22,6 +22,7 @@ use crate::audio_llm::lal::{LalAdapter, LalLayerPrefix};
 use crate::error::{ModelError, Result};
 use crate::llm::cache::KeyValuePrefix;
 use crate::llm::decoder::Llama;
+use crate::text::segments::Segment;
 
 /// Modules of one attached encoder.
 #[derive(Clone, Debug)]
@@ -201,6 +202,41 @@ impl AudioLlm {
             targets: rows.targets,
             cache,
         })
+    }
+
+    /// Positions an example's prompt takes: the rows of its prefix-RoPE LAL audio, its
+    /// in-sequence audio tokens and its text. With the tokens to generate, this must stay within
+    /// the LLM's RoPE table ([`crate::llm::rope::RopeTable::len`]); a server checks it before a
+    /// request joins a batch.
+    pub fn prompt_positions(&self, example: &Example) -> Result<usize> {
+        if example.audio.len() != self.encoders.len() {
+            return Err(ModelError::Unsupported(format!(
+                "the example has {} encoder outputs, the model has {} encoders",
+                example.audio.len(),
+                self.encoders.len()
+            )));
+        }
+        let mut rows = 0;
+        for (enc, audio) in self.encoders.iter().zip(&example.audio) {
+            let na = audio.dims()[0];
+            if let Some(lal) = &enc.lal {
+                if lal.rope == LalRope::Prefix && !lal.layers.is_empty() {
+                    rows += na;
+                }
+            }
+            if let Some(connector) = &enc.in_sequence {
+                rows += connector.output_len(na);
+            }
+        }
+        let text: usize = example
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text { ids, .. } => ids.len(),
+                Segment::Audio => 0,
+            })
+            .sum();
+        Ok(rows + text)
     }
 
     /// Mean cross-entropy over the batch's target rows; the output projection runs on those rows

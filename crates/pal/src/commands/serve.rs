@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Longest prompt in text tokens.
     #[arg(long, default_value_t = 2048)]
     max_prompt_tokens: usize,
+    /// Requests reading their body and decoding audio at once; others wait before their body is
+    /// read (bounds memory under many concurrent uploads).
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_decodes: usize,
 }
 
 /// Loads the bundle and serves until SIGTERM or Ctrl-C.
@@ -63,29 +67,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "pal".into()),
     };
     let can_transcribe = bundle.whisper.is_some();
-    let tokenizer = Arc::new(bundle.tokenizer.clone());
-    let template = pal_infer::ChatTemplate::for_tokenizer(&tokenizer)?;
+    let bundle = Arc::new(bundle);
     let batching = Batching {
         max_batch: args.max_batch.max(1),
         wait: Duration::from_millis(args.batch_wait_ms),
         queue_capacity: args.queue.max(1),
     };
-    let (queue, worker) = pal_serve::engine::start(Arc::new(bundle), batching);
-    let state = Arc::new(AppState {
-        model_name: model_name.clone(),
-        can_transcribe,
-        tokenizer,
-        template,
+    let (queue, worker) = pal_serve::engine::start(bundle.clone(), batching);
+    let limits = Limits {
+        max_body_bytes: args.max_body_mb * 1024 * 1024,
+        max_audio_seconds: args.max_audio_seconds,
+        max_tokens: args.max_tokens,
+        max_prompt_tokens: args.max_prompt_tokens,
+        max_concurrent_decodes: args.max_concurrent_decodes.max(1),
+    };
+    let has_key = args.api_key.is_some();
+    let state = Arc::new(AppState::new(
+        model_name.clone(),
+        &bundle,
         queue,
-        limits: Limits {
-            max_body_bytes: args.max_body_mb * 1024 * 1024,
-            max_audio_seconds: args.max_audio_seconds,
-            max_tokens: args.max_tokens,
-            max_prompt_tokens: args.max_prompt_tokens,
-        },
-        api_key: args.api_key,
-        next_id: Default::default(),
-    });
+        limits,
+        args.api_key,
+    )?);
+    drop(bundle);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,6 +99,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
+        if let Some(warning) = pal_serve::exposure_warning(&addr, has_key) {
+            eprintln!("{warning}");
+        }
         eprintln!(
             "serving '{model_name}' on http://{addr} (transcription {})",
             if can_transcribe { "on" } else { "off" }
