@@ -2,7 +2,7 @@
 //! unfinished sequence, with stop tokens, stop strings and a token limit.
 
 use candle_core::{Device, Tensor};
-use pal_models::audio_llm::{AudioLlm, Example, Padding};
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
 use pal_models::{KvCache, Llama, Tokenizer};
 
 use crate::sampling::Sampler;
@@ -157,6 +157,20 @@ pub fn generate_batch(
     params: &[GenerationParams],
     on_event: impl FnMut(usize, &str) -> bool,
 ) -> Result<Vec<Generation>> {
+    generate_batch_cached(model, tokenizer, examples, &[], params, on_event)
+}
+
+/// [`generate_batch`] with each example's LAL keys and values taken from `cached` (one per
+/// example, from [`AudioLlm::clip_lal`]; empty: computed), as a server with an audio cache runs
+/// it.
+pub fn generate_batch_cached(
+    model: &AudioLlm,
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    cached: &[Option<&ClipLal>],
+    params: &[GenerationParams],
+    on_event: impl FnMut(usize, &str) -> bool,
+) -> Result<Vec<Generation>> {
     if examples.is_empty() {
         return Ok(vec![]);
     }
@@ -167,7 +181,9 @@ pub fn generate_batch(
             params.len()
         )));
     }
-    let mut batch = model.prepare(examples, Padding::Left)?.detach();
+    let mut batch = model
+        .prepare_cached(examples, Padding::Left, cached)?
+        .detach();
     let hidden = model
         .llm
         .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;

@@ -10,7 +10,8 @@ pub mod transcribe;
 
 pub use conversation::Conversation;
 pub use generate::{
-    generate, generate_batch, generate_with_audio, FinishReason, Generation, GenerationParams,
+    generate, generate_batch, generate_batch_cached, generate_with_audio, FinishReason, Generation,
+    GenerationParams,
 };
 pub use pal_models::text::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;

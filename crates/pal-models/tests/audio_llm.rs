@@ -488,3 +488,66 @@ fn frozen_layer_nodes_give_the_recorded_gradients() {
         }
     }
 }
+
+/// A clip's LAL keys and values computed alone and reused in a later batch give the logits the
+/// batch computes itself (what a server's audio cache relies on), for uneven clips and both
+/// paddings; they are computed once per clip.
+#[test]
+fn cached_clip_prefixes_give_the_batch_its_own_logits() {
+    for route in [Route::Lal, Route::Pal] {
+        for padding in [Padding::Left, Padding::Right] {
+            let (m, _) = model(route, DType::F32, |_| {});
+            let items = vec![
+                example(&[4, 5], &[6, 7, 8], frames(3, 30, DType::F32)),
+                example(&[9], &[10, 11, 12, 13, 14], frames(7, 31, DType::F32)),
+            ];
+            let mut computed = m.prepare(&items, padding).unwrap().detach();
+            let expected = m.forward(&mut computed).unwrap();
+            let before = m.lal_prefix_computations.load(Ordering::Relaxed);
+            let clips: Vec<_> = items
+                .iter()
+                .map(|e| m.clip_lal(&e.audio).unwrap())
+                .collect();
+            assert_eq!(
+                m.lal_prefix_computations.load(Ordering::Relaxed) - before,
+                2,
+                "one computation per clip"
+            );
+            let cached: Vec<_> = clips.iter().map(Some).collect();
+            let mut reused = m.prepare_cached(&items, padding, &cached).unwrap();
+            assert_eq!(
+                m.lal_prefix_computations.load(Ordering::Relaxed) - before,
+                2,
+                "a batch of cached clips computes no prefix"
+            );
+            let got = m.forward(&mut reused).unwrap();
+            let valid = computed.valid.unsqueeze(2).unwrap();
+            let d = max_diff(
+                &got.broadcast_mul(&valid).unwrap(),
+                &expected.broadcast_mul(&valid).unwrap(),
+            );
+            assert!(d < 1e-5, "{route:?} {padding:?}: {d}");
+        }
+    }
+}
+
+/// `prompt_positions` counts the positions a prompt really takes (what a server checks against
+/// the RoPE table before batching): the cache's next position after the prompt.
+#[test]
+fn prompt_positions_are_the_positions_the_prompt_takes() {
+    for route in [Route::Plits, Route::Lal, Route::Pal] {
+        let (m, _) = model(route, DType::F32, |a| {
+            a.connector = ConnectorConfig::Mlp { stack: 2 }
+        });
+        let item = example(&[4, 5], &[6, 7, 8], frames(7, 40, DType::F32));
+        let mut batch = m
+            .prepare(std::slice::from_ref(&item), Padding::Left)
+            .unwrap();
+        m.forward(&mut batch).unwrap();
+        assert_eq!(
+            batch.cache.next_position[0] as usize,
+            m.prompt_positions(&item).unwrap(),
+            "{route:?}"
+        );
+    }
+}

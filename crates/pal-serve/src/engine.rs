@@ -14,11 +14,14 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pal_infer::{generate_batch, FinishReason, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, Example};
+use candle_core::Tensor;
+use pal_infer::{generate_batch_cached, FinishReason, GenerationParams};
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::Segment;
+
+use crate::audio_cache::{AudioCache, CachedClip};
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,6 +105,9 @@ pub struct Batching {
     pub wait: Duration,
     /// Most requests waiting; more are refused with 503.
     pub queue_capacity: usize,
+    /// Bytes of the audio cache (encoder outputs and LAL keys/values of recent clips); 0 turns
+    /// it off.
+    pub audio_cache_bytes: usize,
 }
 
 impl Default for Batching {
@@ -110,6 +116,7 @@ impl Default for Batching {
             max_batch: 8,
             wait: Duration::from_millis(5),
             queue_capacity: 64,
+            audio_cache_bytes: 512 << 20,
         }
     }
 }
@@ -135,6 +142,10 @@ pub struct Counters {
     pub last_panic: Mutex<Option<String>>,
     /// Set when the model thread has stopped (shutdown, or a failure it could not survive).
     pub stopped: AtomicBool,
+    /// Clips found in the audio cache (encoder and LAL prefix skipped).
+    pub audio_cache_hits: AtomicUsize,
+    /// Clips encoded (and kept, when the cache is on).
+    pub audio_cache_misses: AtomicUsize,
 }
 
 /// The sending side of the queue.
@@ -198,6 +209,7 @@ struct ChatJob {
 }
 
 fn run(bundle: &Bundle, receiver: &Receiver<Job>, batching: Batching, counters: &Counters) {
+    let mut cache = AudioCache::new(batching.audio_cache_bytes);
     while let Ok(first) = receiver.recv() {
         let mut chats = vec![];
         let take = |job: Job, chats: &mut Vec<ChatJob>| match job {
@@ -228,7 +240,7 @@ fn run(bundle: &Bundle, receiver: &Receiver<Job>, batching: Batching, counters: 
             }
         }
         if !chats.is_empty() {
-            run_chats(bundle, chats, counters);
+            run_chats(bundle, chats, &mut cache, counters);
         }
     }
 }
@@ -243,11 +255,11 @@ fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
 
 /// Runs one batch of chats; a panic anywhere in it fails the batch's requests with 500 and is
 /// counted, and the thread goes on with the next batch.
-fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
+fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, cache: &mut AudioCache, counters: &Counters) {
     let senders: Vec<mpsc::UnboundedSender<Event>> =
         chats.iter().map(|c| c.events.clone()).collect();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        run_batch(bundle, chats, counters);
+        run_batch(bundle, chats, cache, counters);
     }));
     if let Err(panic) = outcome {
         let message = panic
@@ -271,18 +283,19 @@ fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
 /// Encodes each clip, refuses the requests that would not fit the model's context, and generates
 /// every other answer in one batch (one at a time when the batch fails, so that the request at
 /// fault fails alone).
-fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
+fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, cache: &mut AudioCache, counters: &Counters) {
     let positions = bundle.model.llm.rope.len();
     let mut live = vec![];
     let mut examples = vec![];
+    let mut clips: Vec<Option<Arc<CachedClip>>> = vec![];
     for job in chats {
         counters.chats.fetch_add(1, Ordering::Relaxed);
         if job.events.is_closed() {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let audio = match encode_clip(&bundle.encoders, &job.samples) {
-            Ok(audio) => audio,
+        let clip = match clip_audio(bundle, cache, &job.samples, counters) {
+            Ok(clip) => clip,
             Err(e) => {
                 let _ = job
                     .events
@@ -292,7 +305,10 @@ fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
         };
         let example = Example {
             segments: job.segments.clone(),
-            audio,
+            audio: match &clip {
+                Clip::Kept(c) => c.audio.clone(),
+                Clip::Encoded(audio) => audio.clone(),
+            },
         };
         let needed = bundle
             .model
@@ -311,6 +327,10 @@ fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
             Ok(_) => {
                 examples.push(example);
                 live.push(job);
+                clips.push(match clip {
+                    Clip::Kept(c) => Some(c),
+                    Clip::Encoded(_) => None,
+                });
             }
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e.to_string()));
@@ -326,12 +346,51 @@ fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, counters: &Counters) {
         }
     }
     counters.batches.fetch_add(1, Ordering::Relaxed);
-    if generate_and_send(bundle, &live, &examples, counters).is_err() && live.len() > 1 {
-        for (job, example) in live.iter().zip(&examples) {
+    // Kept clips bring their LAL keys/values; without the cache the batch computes them.
+    let lal: Vec<Option<&ClipLal>> = if clips.iter().all(Option::is_some) {
+        clips.iter().map(|c| c.as_deref().map(|c| &c.lal)).collect()
+    } else {
+        vec![]
+    };
+    if generate_and_send(bundle, &live, &examples, &lal, counters).is_err() && live.len() > 1 {
+        for (i, job) in live.iter().enumerate() {
             let one = std::slice::from_ref(job);
-            let _ = generate_and_send(bundle, one, std::slice::from_ref(example), counters);
+            let example = std::slice::from_ref(&examples[i]);
+            let lal = lal.get(i).map(std::slice::from_ref).unwrap_or(&[]);
+            let _ = generate_and_send(bundle, one, example, lal, counters);
         }
     }
+}
+
+/// A request's clip: kept from an earlier request, or just encoded (the cache is off).
+enum Clip {
+    Kept(Arc<CachedClip>),
+    Encoded(Vec<Tensor>),
+}
+
+/// The clip's encoder outputs and LAL keys/values: from the cache, or computed (and kept when
+/// the cache is on).
+fn clip_audio(
+    bundle: &Bundle,
+    cache: &mut AudioCache,
+    samples: &[f32],
+    counters: &Counters,
+) -> pal_models::Result<Clip> {
+    if !cache.enabled() {
+        counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
+        return Ok(Clip::Encoded(encode_clip(&bundle.encoders, samples)?));
+    }
+    let key = AudioCache::key(samples);
+    if let Some(clip) = cache.get(&key) {
+        counters.audio_cache_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(Clip::Kept(clip));
+    }
+    counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
+    let audio = encode_clip(&bundle.encoders, samples)?;
+    let lal = bundle.model.clip_lal(&audio)?;
+    let clip = Arc::new(CachedClip { audio, lal });
+    cache.insert(key, clip.clone());
+    Ok(Clip::Kept(clip))
 }
 
 /// Generates the answers of `live` in one batch and sends them; on an error the requests get
@@ -340,13 +399,15 @@ fn generate_and_send(
     bundle: &Bundle,
     live: &[ChatJob],
     examples: &[Example],
+    lal: &[Option<&ClipLal>],
     counters: &Counters,
 ) -> Result<(), ()> {
     let params: Vec<GenerationParams> = live.iter().map(|j| j.params.clone()).collect();
-    let result = generate_batch(
+    let result = generate_batch_cached(
         &bundle.model,
         &bundle.tokenizer,
         examples,
+        lal,
         &params,
         |i, piece| {
             let events = &live[i].events;

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audio_cache;
 pub mod engine;
 pub mod routes;
 

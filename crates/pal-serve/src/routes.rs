@@ -151,6 +151,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "transcriptions": c.transcriptions.load(Ordering::Relaxed),
         "refused": c.refused.load(Ordering::Relaxed),
         "too_long": c.too_long.load(Ordering::Relaxed),
+        "audio_cache_hits": c.audio_cache_hits.load(Ordering::Relaxed),
+        "audio_cache_misses": c.audio_cache_misses.load(Ordering::Relaxed),
         "panics": panics,
         "last_panic": last_panic,
     }));

@@ -38,6 +38,7 @@ pub enum LalProjection {
 }
 
 /// One LAL layer's key/value prefix, as [`LalAdapter::keys_values`] returns it.
+#[derive(Clone, Debug)]
 pub struct LalLayerPrefix {
     /// The LLM layer.
     pub layer: usize,

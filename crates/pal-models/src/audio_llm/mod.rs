@@ -17,4 +17,4 @@ pub mod model;
 pub use batch::{Example, Padding, PreparedBatch};
 pub use build::{build, load_run, write_untrained_run, BuiltModel};
 pub use config::{Attachment, LalConfig, ModelConfig, Route};
-pub use model::AudioLlm;
+pub use model::{AudioLlm, ClipLal};

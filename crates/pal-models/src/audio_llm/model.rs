@@ -103,9 +103,66 @@ impl AudioLlm {
         adapter.keys_values(&self.llm, frames, positions)
     }
 
+    /// One clip's LAL keys and values, computed alone (a batch of one, detached) so that they can
+    /// be kept and reused by [`AudioLlm::prepare_cached`] in any later batch: a server asked
+    /// several questions about one clip computes them once.
+    pub fn clip_lal(&self, audio: &[Tensor]) -> Result<ClipLal> {
+        if audio.len() != self.encoders.len() {
+            return Err(ModelError::Unsupported(format!(
+                "{} encoder outputs for a model with {} encoders",
+                audio.len(),
+                self.encoders.len()
+            )));
+        }
+        let device = self.llm.device().clone();
+        let mut rows_before = 0usize;
+        let mut encoders = Vec::with_capacity(audio.len());
+        for (enc, clip) in self.encoders.iter().zip(audio) {
+            let Some(adapter) = &enc.lal else {
+                encoders.push(None);
+                continue;
+            };
+            let na = clip.dims()[0];
+            let frames = clip
+                .to_dtype(self.llm.dtype())?
+                .to_device(&device)?
+                .unsqueeze(0)?;
+            let positions: Vec<u32> = (rows_before..rows_before + na).map(|p| p as u32).collect();
+            let positions = Tensor::from_vec(positions, (1, na), &device)?;
+            let prefixes = self
+                .lal_keys_values(adapter, &frames, &positions)?
+                .into_iter()
+                .map(|p| LalLayerPrefix {
+                    layer: p.layer,
+                    k: p.k.detach(),
+                    v: p.v.detach(),
+                    stacked: None,
+                })
+                .collect();
+            encoders.push(Some(prefixes));
+            if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
+                rows_before += na;
+            }
+        }
+        Ok(ClipLal { encoders })
+    }
+
     /// Assembles a batch: in-sequence audio tokens at each example's placeholder, LAL prefixes in
     /// a fresh cache, padding on `padding`'s side.
     pub fn prepare(&self, examples: &[Example], padding: Padding) -> Result<PreparedBatch> {
+        self.prepare_cached(examples, padding, &[])
+    }
+
+    /// [`AudioLlm::prepare`] with each example's LAL keys and values taken from `cached` (from
+    /// [`AudioLlm::clip_lal`], one per example) instead of computed; with `cached` empty, or
+    /// missing any example's, they are computed as in `prepare`. The same numbers either way:
+    /// LAL rows are computed row by row, and padding rows are masked.
+    pub fn prepare_cached(
+        &self,
+        examples: &[Example],
+        padding: Padding,
+        cached: &[Option<&ClipLal>],
+    ) -> Result<PreparedBatch> {
         let b = examples.len();
         let device = self.llm.device().clone();
         let dtype = self.llm.dtype();
@@ -163,7 +220,19 @@ impl AudioLlm {
                     }
                 }
                 let positions = Tensor::from_vec(positions, (b, na), &device)?;
-                for p in self.lal_keys_values(adapter, &frames, &positions)? {
+                let kept: Option<Vec<&Vec<LalLayerPrefix>>> = (cached.len() == b)
+                    .then(|| {
+                        cached
+                            .iter()
+                            .map(|c| c.and_then(|c| c.encoders.get(j)?.as_ref()))
+                            .collect()
+                    })
+                    .flatten();
+                let prefixes = match kept {
+                    Some(kept) => batch_of_clip_prefixes(&kept, adapter.layers.len(), na)?,
+                    None => self.lal_keys_values(adapter, &frames, &positions)?,
+                };
+                for p in prefixes {
                     prefix_parts.push((p.layer, p.k, p.v, valid.clone(), p.stacked));
                 }
                 if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
@@ -324,4 +393,62 @@ fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(candle_core::D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// One clip's LAL keys and values (see [`AudioLlm::clip_lal`]): per attached encoder, its LAL
+/// layers' prefixes, each `(1, kv_heads, Na, head_dim)`; `None` for encoders without LAL.
+#[derive(Clone, Debug)]
+pub struct ClipLal {
+    /// Per encoder, in the model's order.
+    pub encoders: Vec<Option<Vec<LalLayerPrefix>>>,
+}
+
+impl ClipLal {
+    /// Bytes the keys and values take (for a memory-bounded cache).
+    pub fn bytes(&self) -> usize {
+        self.encoders
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| (p.k.elem_count() + p.v.elem_count()) * p.k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// Each layer's prefixes of several clips as one batch, rows padded with zeros to `na` (padding
+/// rows are masked by the batch's validity).
+fn batch_of_clip_prefixes(
+    clips: &[&Vec<LalLayerPrefix>],
+    layers: usize,
+    na: usize,
+) -> Result<Vec<LalLayerPrefix>> {
+    let pad = |t: &Tensor| -> Result<Tensor> {
+        let (b, h, n, dh) = t.dims4()?;
+        if n == na {
+            return Ok(t.clone());
+        }
+        let zeros = Tensor::zeros((b, h, na - n, dh), t.dtype(), t.device())?;
+        Ok(Tensor::cat(&[t, &zeros], 2)?)
+    };
+    (0..layers)
+        .map(|l| {
+            let mut ks = Vec::with_capacity(clips.len());
+            let mut vs = Vec::with_capacity(clips.len());
+            for clip in clips {
+                let p = clip.get(l).ok_or_else(|| {
+                    ModelError::Unsupported(
+                        "a cached clip has fewer LAL layers than the model".into(),
+                    )
+                })?;
+                ks.push(pad(&p.k)?);
+                vs.push(pad(&p.v)?);
+            }
+            Ok(LalLayerPrefix {
+                layer: clips[0][l].layer,
+                k: Tensor::cat(&ks, 0)?,
+                v: Tensor::cat(&vs, 0)?,
+                stacked: None,
+            })
+        })
+        .collect()
 }

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// read (bounds memory under many concurrent uploads).
     #[arg(long, default_value_t = 4)]
     max_concurrent_decodes: usize,
+    /// Memory for the audio cache in MiB: encoder outputs and LAL keys/values of recent clips,
+    /// so that more questions about a clip skip the encoder (0 turns it off).
+    #[arg(long, default_value_t = 512)]
+    audio_cache_mb: usize,
 }
 
 /// Loads the bundle and serves until SIGTERM or Ctrl-C.
@@ -72,6 +76,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_batch: args.max_batch.max(1),
         wait: Duration::from_millis(args.batch_wait_ms),
         queue_capacity: args.queue.max(1),
+        audio_cache_bytes: args.audio_cache_mb << 20,
     };
     let (queue, worker) = pal_serve::engine::start(bundle.clone(), batching);
     let limits = Limits {
