@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Load test of `pal serve` with and without dynamic batching, on loopback, one after the other on
-# the same machine: 200 chat completions with audio, 16 at a time, through the openai client.
-# Writes docs/bench/serve.{json,md}.
+# Load test of `pal serve`, every setting one after the other on the same machine, on loopback:
+# 200 streamed chat completions with audio, 16 at a time, through the openai client, over the
+# bundled clips. Settings: max batch 8 and 1, with the audio cache off, then on and warm (one
+# untimed question per clip first). Writes docs/bench/serve.{json,md}.
 #   scripts/bench_serve.sh RUN_DIR PYTHON_WITH_OPENAI [REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,18 +10,22 @@ run=$1 python=$2 requests=${3:-200} concurrency=${4:-16}
 cargo build --release -q -p pal
 mkdir -p docs/bench
 results=()
-for batch in 8 1; do
-  log=$(mktemp)
-  target/release/pal serve --model "$run" --port 0 --model-name bench --max-batch "$batch" --queue 64 2> "$log" &
-  pid=$!
-  until grep -q "on http://" "$log"; do sleep 0.2; kill -0 $pid; done
-  addr=$(grep -o "http://[0-9.:]*" "$log" | head -1)
-  echo "max_batch=$batch: $addr" >&2
-  report=$("$python" scripts/load_test.py --base-url "$addr/v1" --model bench \
-    --requests "$requests" --concurrency "$concurrency" assets/clips/*.wav)
-  health=$(curl -s "$addr/health")
-  kill -TERM $pid; wait $pid
-  results+=("{\"max_batch\": $batch, \"load\": $report, \"server\": $health}")
+for cache in 0 512; do
+  for batch in 8 1; do
+    log=$(mktemp)
+    target/release/pal serve --model "$run" --port 0 --model-name bench --max-batch "$batch" \
+      --queue 64 --audio-cache-mb "$cache" 2> "$log" &
+    pid=$!
+    until grep -q "on http://" "$log"; do sleep 0.2; kill -0 $pid; done
+    addr=$(grep -o "http://[0-9.:]*" "$log" | head -1)
+    warm=$([ "$cache" -gt 0 ] && echo --warm || true)
+    echo "max_batch=$batch audio_cache_mb=$cache: $addr" >&2
+    report=$("$python" scripts/load_test.py --base-url "$addr/v1" --model bench $warm \
+      --requests "$requests" --concurrency "$concurrency" assets/clips/*.wav)
+    health=$(curl -s "$addr/health")
+    kill -TERM $pid; wait $pid
+    results+=("{\"max_batch\": $batch, \"audio_cache_mb\": $cache, \"load\": $report, \"server\": $health}")
+  done
 done
 json="[$(IFS=,; echo "${results[*]}")]"
 echo "$json" > docs/bench/serve.json
@@ -28,13 +33,30 @@ echo "$json" > docs/bench/serve.json
 import json, sys
 rows = json.loads(sys.argv[1])
 print("# pal serve load test\n")
-print("`scripts/bench_serve.sh RUN_DIR PYTHON` (loopback, openai client, greedy, max_tokens 16).\n")
-print("| max batch | requests | concurrent | failed | requests/s | p50 latency (s) | p95 latency (s) | batches run | mean batch |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("`scripts/bench_serve.sh RUN_DIR PYTHON`: loopback, openai client, streamed, greedy, max_tokens 16, "
+      "200 requests 16 at a time over the bundled clips, every setting in one run on one machine. "
+      "With the cache on, one untimed question per clip comes first (the cache is warm).\n")
+print("| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | batches | mean batch | cache hits |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     l, s = r["load"], r["server"]
-    print(f"| {r['max_batch']} | {l['requests']} | {l['concurrency']} | {l['failed']} | {l['requests_per_s']} | {l['p50_s']} | {l['p95_s']} | {s['batches']} | {s['chats'] / max(s['batches'], 1):.1f} |")
-base = rows[-1]["load"]["requests_per_s"]
-print(f"\nBatching speed-up (requests/s, max batch {rows[0]['max_batch']} vs 1, same run): {rows[0]['load']['requests_per_s'] / base:.2f}x")
+    cache = "off" if r["audio_cache_mb"] == 0 else f"{r['audio_cache_mb']} MiB, warm"
+    print(f"| {cache} | {r['max_batch']} | {l['failed']} | {l['requests_per_s']} | {l['p50_s']} | {l['p95_s']} | "
+          f"{l['ttft_p50_s']} | {l['ttft_p95_s']} | {s['batches']} | {s['chats'] / max(s['batches'], 1):.1f} | {s.get('audio_cache_hits', 0)} |")
+by = {(r["audio_cache_mb"], r["max_batch"]): r["load"]["requests_per_s"] for r in rows}
+for cache, name in ((0, "cache off"), (512, "cache warm")):
+    if (cache, 8) in by and (cache, 1) in by:
+        print(f"\nBatching speed-up, {name} (requests/s, max batch 8 vs 1, same run): {by[(cache, 8)] / by[(cache, 1)]:.2f}x")
+if (512, 8) in by and (0, 1) in by:
+    print(f"\nBatching and a warm cache against neither: {by[(512, 8)] / by[(0, 1)]:.2f}x")
+print("""
+## Earlier figures (2026-11, before the audio cache; static batches, encoder on the model thread)
+
+| max batch | requests | concurrent | failed | requests/s | p50 latency (s) | p95 latency (s) | batches run | mean batch |
+|---|---|---|---|---|---|---|---|---|
+| 8 | 200 | 16 | 0 | 1.443 | 10.914 | 11.537 | 25 | 8.0 |
+| 1 | 200 | 16 | 0 | 1.119 | 14.218 | 15.524 | 200 | 1.0 |
+
+Batching speed-up then: 1.29x.""")
 PY
 cat docs/bench/serve.md

@@ -260,50 +260,33 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
                             }
                             text.push_str(t);
                         }
-                        Some("input_audio") => {
+                        Some(kind @ ("input_audio" | "audio_url")) => {
                             if clip.is_some() {
                                 return Err(ApiError::bad(
                                     at,
-                                    "only one input_audio part per request is supported",
+                                    "only one audio part per request is supported (this model takes one clip)",
                                 ));
                             }
-                            let data = part
-                                .pointer("/input_audio/data")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| {
-                                    ApiError::bad(
-                                        format!("{at}.input_audio.data"),
-                                        "input_audio needs base64 `data`",
-                                    )
-                                })?;
-                            let format = part
-                                .pointer("/input_audio/format")
-                                .and_then(Value::as_str)
-                                .unwrap_or("wav")
-                                .to_lowercase();
-                            if !["wav", "mp3", "flac", "ogg"].contains(&format.as_str()) {
-                                return Err(ApiError::bad(
-                                    format!("{at}.input_audio.format"),
-                                    format!(
-                                        "unsupported audio format '{format}' (wav, mp3, flac or ogg)"
-                                    ),
-                                ));
-                            }
+                            let (data, format, field) = if kind == "input_audio" {
+                                input_audio(part, &at)?
+                            } else {
+                                audio_url(part, &at)?
+                            };
                             let bytes = base64::engine::general_purpose::STANDARD
                                 .decode(data.trim())
                                 .map_err(|e| {
                                     ApiError::bad(
-                                        format!("{at}.input_audio.data"),
-                                        format!("input_audio.data is not valid base64: {e}"),
+                                        field.clone(),
+                                        format!("the audio is not valid base64: {e}"),
                                     )
                                 })?;
-                            clip = Some((bytes, format, format!("{at}.input_audio")));
+                            clip = Some((bytes, format, format!("{at}.{kind}")));
                         }
                         other => {
                             return Err(ApiError::bad(
                                 format!("{at}.type"),
                                 format!(
-                                    "unsupported content part type {other:?} (text or input_audio)"
+                                    "unsupported content part type {other:?} (text, input_audio or audio_url)"
                                 ),
                             ))
                         }
@@ -314,6 +297,67 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
         messages.push(Message::new(role, text));
     }
     Ok((messages, clip))
+}
+
+/// An `input_audio` part's base64 data and format (and the field to name in errors).
+fn input_audio<'a>(part: &'a Value, at: &str) -> Result<(&'a str, String, String), ApiError> {
+    let data = part
+        .pointer("/input_audio/data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad(
+                format!("{at}.input_audio.data"),
+                "input_audio needs base64 `data`",
+            )
+        })?;
+    let format = part
+        .pointer("/input_audio/format")
+        .and_then(Value::as_str)
+        .unwrap_or("wav")
+        .to_lowercase();
+    if !["wav", "mp3", "flac", "ogg"].contains(&format.as_str()) {
+        return Err(ApiError::bad(
+            format!("{at}.input_audio.format"),
+            format!("unsupported audio format '{format}' (wav, mp3, flac or ogg)"),
+        ));
+    }
+    Ok((data, format, format!("{at}.input_audio.data")))
+}
+
+/// An `audio_url` part's base64 data and format: only `data:` URLs (`data:audio/wav;base64,...`);
+/// the server fetches nothing remote.
+fn audio_url<'a>(part: &'a Value, at: &str) -> Result<(&'a str, String, String), ApiError> {
+    let field = format!("{at}.audio_url.url");
+    let url = part
+        .pointer("/audio_url/url")
+        .or_else(|| part.get("audio_url").filter(|v| v.is_string()))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad(field.clone(), "audio_url needs a `url`"))?;
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Err(ApiError::bad(
+            field,
+            "only data: URLs are accepted (data:audio/wav;base64,...); this server fetches nothing remote",
+        ));
+    };
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| ApiError::bad(field.clone(), "a data: URL needs a comma before its data"))?;
+    let mime = meta
+        .strip_suffix(";base64")
+        .ok_or_else(|| ApiError::bad(field.clone(), "the data: URL must be base64 (`;base64,`)"))?;
+    let format = match mime.to_lowercase().as_str() {
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "wav",
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/flac" | "audio/x-flac" => "flac",
+        "audio/ogg" | "application/ogg" => "ogg",
+        other => return Err(ApiError::bad(
+            field,
+            format!(
+                "unsupported audio type '{other}' (audio/wav, audio/mpeg, audio/flac or audio/ogg)"
+            ),
+        )),
+    };
+    Ok((data, format.to_string(), field))
 }
 
 fn generation_params(request: &ChatRequest, limits: &Limits) -> Result<GenerationParams, ApiError> {

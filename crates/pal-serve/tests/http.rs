@@ -11,6 +11,7 @@ use common::*;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use base64::Engine as _;
 use http_body_util::BodyExt;
 use pal_infer::{generate_with_audio, ChatTemplate, GenerationParams, Message};
 use pal_models::audio_llm::Example;
@@ -338,5 +339,85 @@ async fn a_client_leaving_mid_stream_is_cancelled() {
             "the abandoned request was never cancelled"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `audio_url` parts with `data:` URLs answer what `input_audio` answers; remote URLs, other
+/// types and a second clip are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_urls_carry_audio_and_remote_urls_are_refused() {
+    let Some(bundle) = bundle() else { return };
+    let (queue, _worker) = engine::start(bundle.clone(), Batching::default());
+    let app = router(state(&bundle, queue, Limits::default(), None));
+    let wav = clip_wav();
+    let with_part = |part: Value| {
+        json!({
+            "model": "test-model", "temperature": 0, "max_tokens": 12,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is said?"}, part]}],
+        })
+        .to_string()
+    };
+    let url = format!(
+        "data:audio/wav;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&wav)
+    );
+    let (status, by_url) = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            with_part(json!({"type": "audio_url", "audio_url": {"url": url}})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&by_url)
+    );
+    let (_, by_part) = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(&wav, "What is said?", json!({})).to_string(),
+        ),
+    )
+    .await;
+    let content = |b: &[u8]| {
+        serde_json::from_slice::<Value>(b).unwrap()["choices"][0]["message"]["content"].clone()
+    };
+    assert_eq!(content(&by_url), content(&by_part));
+
+    let cases = [
+        (
+            with_part(
+                json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.wav"}}),
+            ),
+            "fetches nothing remote",
+        ),
+        (
+            with_part(
+                json!({"type": "audio_url", "audio_url": {"url": "data:video/mp4;base64,AAAA"}}),
+            ),
+            "unsupported audio type 'video/mp4'",
+        ),
+        (
+            {
+                let mut b = chat_body(&wav, "q", json!({}));
+                let part = b["messages"][0]["content"][1].clone();
+                b["messages"][0]["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(part);
+                b.to_string()
+            },
+            "only one audio part",
+        ),
+    ];
+    for (body, message) in cases {
+        let (status, text) = error(&app, post("/v1/chat/completions", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains(message), "expected '{message}' in '{text}'");
     }
 }
