@@ -350,12 +350,14 @@ fn audio_url<'a>(part: &'a Value, at: &str) -> Result<(&'a str, String, String),
         "audio/mpeg" | "audio/mp3" => "mp3",
         "audio/flac" | "audio/x-flac" => "flac",
         "audio/ogg" | "application/ogg" => "ogg",
-        other => return Err(ApiError::bad(
-            field,
-            format!(
+        other => {
+            return Err(ApiError::bad(
+                field,
+                format!(
                 "unsupported audio type '{other}' (audio/wav, audio/mpeg, audio/flac or audio/ogg)"
             ),
-        )),
+            ))
+        }
     };
     Ok((data, format.to_string(), field))
 }
