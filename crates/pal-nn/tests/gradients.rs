@@ -569,6 +569,43 @@ fn column_split_matmul_equals_candle_matmul() {
     }
 }
 
+/// Few-row products against a transposed weight (decoding: `x W^T` for one row per sequence)
+/// take their own kernel; it agrees with candle's matmul for 1 to 16 rows, inner sizes that are
+/// and are not multiples of the vector width, and column counts below and above one part, with
+/// the frozen linear layer going through it too.
+#[test]
+fn few_row_products_equal_candle_matmul() {
+    use pal_nn::ops::{frozen_linear, matmul};
+    for (m, k, n) in [
+        (1, 576, 1536),
+        (3, 37, 5),
+        (8, 576, 193),
+        (16, 64, 640),
+        (17, 40, 70),
+    ] {
+        let x = rand(&[m, k], 200 + m as u64).to_dtype(DType::F32).unwrap();
+        let w = rand(&[n, k], 300 + n as u64).to_dtype(DType::F32).unwrap();
+        let expected = x.matmul(&w.t().unwrap()).unwrap();
+        let scale = expected
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        for got in [
+            matmul(&x, &w.t().unwrap()).unwrap(),
+            frozen_linear(&x, &w).unwrap(),
+        ] {
+            let diff = max_abs_diff(&got, &expected);
+            assert!(
+                diff < 1e-5 * scale.max(1.0),
+                "({m}, {k}, {n}): differs by {diff}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_refuses_targets_outside_the_vocabulary_or_of_the_wrong_count() {
     use pal_nn::ops::linear_cross_entropy;

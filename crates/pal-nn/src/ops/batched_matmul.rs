@@ -179,7 +179,9 @@ pub(crate) fn matmul_cpu(
         candle_core::bail!("matmul: {:?} x {:?} do not fit", l1.dims(), l2.dims());
     }
     let out = match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(split_columns(a, l1, b, l2)),
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
+            super::few_rows::few_rows(a, l1, b, l2).unwrap_or_else(|| split_columns(a, l1, b, l2)),
+        ),
         (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(split_columns(a, l1, b, l2)),
         _ => candle_core::bail!("matmul: f32 or f64 operands of one dtype"),
     };

@@ -4,6 +4,7 @@
 
 mod batched_matmul;
 mod constant_input_linear;
+mod few_rows;
 mod frozen_linear;
 mod loss;
 mod precomputed;

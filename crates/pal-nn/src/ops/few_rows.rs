@@ -1,0 +1,113 @@
+//! `x W^T` for a few rows of `x` (decoding: one row per sequence), f32 on the CPU. gemm packs
+//! its operands for large products; with one to a dozen rows that packing and its bookkeeping
+//! cost more than the product, which should read each weight once and be limited by memory
+//! bandwidth. Here each weight row is read once and multiplied with every row of `x` while it is
+//! in L1, with AVX2/FMA when the CPU has them (checked at run time) and a portable loop
+//! otherwise. The columns are split over candle's thread pool.
+
+use candle_core::Layout;
+
+/// Most rows this kernel takes; larger products go to gemm.
+pub(crate) const MAX_ROWS: usize = 16;
+
+/// A raw pointer shared by the pool's threads, each writing its own columns.
+struct Shared(*mut f32);
+// SAFETY: the threads write disjoint columns of the output (below).
+unsafe impl Sync for Shared {}
+
+/// `a (m x k) · b (k x n)` when `a` is row-major, `b` is the transposed view of a row-major
+/// `(n x k)` weight and `m <= MAX_ROWS`; `None` for any other shape or layout.
+pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
+    let (m, k, n) = (la.dims()[0], la.dims()[1], lb.dims()[1]);
+    let (sa, sb) = (la.stride(), lb.stride());
+    if m == 0 || m > MAX_ROWS || sa != [k, 1] || sb != [1, k] {
+        return None;
+    }
+    let x = &a[la.start_offset()..la.start_offset() + m * k];
+    let w = &b[lb.start_offset()..lb.start_offset() + n * k];
+    let mut out = vec![0f32; m * n];
+    let dst = Shared(out.as_mut_ptr());
+    let dst = &dst;
+    // Parts of at least 64 columns; as many as threads.
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let parts = threads.min(n.div_ceil(64)).max(1);
+    let width = n.div_ceil(parts);
+    candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
+        for p in range {
+            let first = (p * width).min(n);
+            let last = (first + width).min(n);
+            for j in first..last {
+                let row = &w[j * k..(j + 1) * k];
+                for i in 0..m {
+                    let value = dot(&x[i * k..(i + 1) * k], row);
+                    // SAFETY: `i < m`, `j < n`, and column `j` is written by this part only.
+                    unsafe { *dst.0.add(i * n + j) = value };
+                }
+            }
+        }
+    });
+    Some(out)
+}
+
+/// `sum(a * b)` for slices of one length.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// Eight independent sums (so that the compiler can vectorize), then their total.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // Four accumulators hide the FMA latency.
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (l, sum) in acc.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pa.add(i + 8 * l));
+            let y = _mm256_loadu_ps(pb.add(i + 8 * l));
+            *sum = _mm256_fmadd_ps(x, y, *sum);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(pa.add(i));
+        let y = _mm256_loadu_ps(pb.add(i));
+        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    let one = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
+    let mut total = _mm_cvtss_f32(one);
+    while i < n {
+        total += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    total
+}
