@@ -38,9 +38,21 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
             let last = (first + width).min(n);
             for j in first..last {
                 let row = &w[j * k..(j + 1) * k];
-                for i in 0..m {
+                // Four rows of `x` at a time share each load of the weight row.
+                let mut i = 0;
+                while i + 4 <= m {
+                    let rows = [0, 1, 2, 3].map(|r| &x[(i + r) * k..(i + r + 1) * k]);
+                    let values = dot4(rows, row);
+                    for (r, value) in values.into_iter().enumerate() {
+                        // SAFETY: `i + r < m`, `j < n`, and column `j` is written by this part
+                        // only.
+                        unsafe { *dst.0.add((i + r) * n + j) = value };
+                    }
+                    i += 4;
+                }
+                for i in i..m {
                     let value = dot(&x[i * k..(i + 1) * k], row);
-                    // SAFETY: `i < m`, `j < n`, and column `j` is written by this part only.
+                    // SAFETY: as above.
                     unsafe { *dst.0.add(i * n + j) = value };
                 }
             }
@@ -57,6 +69,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { dot_avx2(a, b) };
     }
     dot_portable(a, b)
+}
+
+/// `sum(x_r * w)` for four rows `x_r` of the length of `w`.
+fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { dot4_avx2(x, w) };
+    }
+    x.map(|row| dot_portable(row, w))
 }
 
 /// Eight independent sums (so that the compiler can vectorize), then their total.
@@ -101,13 +123,52 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         i += 8;
     }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let one = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-    let mut total = _mm_cvtss_f32(one);
+    let mut total = hsum(sum);
     while i < n {
         total += *pa.add(i) * *pb.add(i);
         i += 1;
     }
     total
+}
+
+/// The horizontal sum of eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    assert!(x.iter().all(|r| r.len() == n));
+    let pw = w.as_ptr();
+    let px = x.map(|r| r.as_ptr());
+    // Two accumulators per row (eight in all) hide the FMA latency.
+    let mut lo = [_mm256_setzero_ps(); 4];
+    let mut hi = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        let w0 = _mm256_loadu_ps(pw.add(i));
+        let w1 = _mm256_loadu_ps(pw.add(i + 8));
+        for r in 0..4 {
+            lo[r] = _mm256_fmadd_ps(_mm256_loadu_ps(px[r].add(i)), w0, lo[r]);
+            hi[r] = _mm256_fmadd_ps(_mm256_loadu_ps(px[r].add(i + 8)), w1, hi[r]);
+        }
+        i += 16;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut total = hsum(_mm256_add_ps(lo[r], hi[r]));
+        for t in i..n {
+            total += *px[r].add(t) * *pw.add(t);
+        }
+        out[r] = total;
+    }
+    out
 }
