@@ -20,10 +20,10 @@ use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::Segment;
-
-use crate::audio_cache::{AudioCache, CachedClip};
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::audio_cache::{AudioCache, CachedClip};
 
 /// A loaded model bundle: the audio-LLM, its encoders, its tokenizer, and a Whisper with its
 /// decoder when the bundle's encoder is one (for transcriptions).

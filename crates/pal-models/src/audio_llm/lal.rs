@@ -89,6 +89,16 @@ impl LalAdapter {
         })
     }
 
+    /// Positions `na` audio rows take in the sequence: all of them when keys are rotated as a
+    /// prefix (text then starts after them), none without RoPE or without LAL layers.
+    pub fn positions_taken(&self, na: usize) -> usize {
+        if self.rope == LalRope::Prefix && !self.layers.is_empty() {
+            na
+        } else {
+            0
+        }
+    }
+
     /// Keys and values of encoder frames `(b, Na, d_enc)` at each LAL layer of `llm`, keys
     /// rotated to `positions` (`(b, Na)`) in prefix mode.
     ///

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use pal_nn::Params;
 
 use crate::audio_llm::batch::{sequence_rows, validity, Example, Padding, PreparedBatch};
-use crate::audio_llm::config::{Attachment, LalRope, Route};
+use crate::audio_llm::config::{Attachment, Route};
 use crate::audio_llm::connector::Connector;
 use crate::audio_llm::lal::{LalAdapter, LalLayerPrefix};
 use crate::error::{ModelError, Result};
@@ -140,9 +140,7 @@ impl AudioLlm {
                 })
                 .collect();
             encoders.push(Some(prefixes));
-            if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
-                rows_before += na;
-            }
+            rows_before += adapter.positions_taken(na);
         }
         Ok(ClipLal { encoders })
     }
@@ -209,17 +207,6 @@ impl AudioLlm {
                 }
             }
             if let Some(adapter) = &enc.lal {
-                // Audio keys sit at positions continuing after earlier LAL encoders' real rows
-                // (padding rows repeat the last position; they are masked).
-                let mut positions = Vec::with_capacity(b * na);
-                for i in 0..b {
-                    for r in 0..na {
-                        positions.push(
-                            (lal_rows_before[i] + r.min(lengths[i].saturating_sub(1))) as u32,
-                        );
-                    }
-                }
-                let positions = Tensor::from_vec(positions, (b, na), &device)?;
                 let kept: Option<Vec<&Vec<LalLayerPrefix>>> = (cached.len() == b)
                     .then(|| {
                         cached
@@ -230,15 +217,25 @@ impl AudioLlm {
                     .flatten();
                 let prefixes = match kept {
                     Some(kept) => batch_of_clip_prefixes(&kept, adapter.layers.len(), na)?,
-                    None => self.lal_keys_values(adapter, &frames, &positions)?,
+                    None => {
+                        // Audio keys sit at positions continuing after earlier LAL encoders' real
+                        // rows (padding rows repeat the last position; they are masked).
+                        let mut positions = Vec::with_capacity(b * na);
+                        for i in 0..b {
+                            for r in 0..na {
+                                let row = r.min(lengths[i].saturating_sub(1));
+                                positions.push((lal_rows_before[i] + row) as u32);
+                            }
+                        }
+                        let positions = Tensor::from_vec(positions, (b, na), &device)?;
+                        self.lal_keys_values(adapter, &frames, &positions)?
+                    }
                 };
                 for p in prefixes {
                     prefix_parts.push((p.layer, p.k, p.v, valid.clone(), p.stacked));
                 }
-                if adapter.rope == LalRope::Prefix && !adapter.layers.is_empty() {
-                    for (before, len) in lal_rows_before.iter_mut().zip(&lengths) {
-                        *before += len;
-                    }
+                for (before, &len) in lal_rows_before.iter_mut().zip(&lengths) {
+                    *before += adapter.positions_taken(len);
                 }
             }
         }
@@ -289,9 +286,7 @@ impl AudioLlm {
         for (enc, audio) in self.encoders.iter().zip(&example.audio) {
             let na = audio.dims()[0];
             if let Some(lal) = &enc.lal {
-                if lal.rope == LalRope::Prefix && !lal.layers.is_empty() {
-                    rows += na;
-                }
+                rows += lal.positions_taken(na);
             }
             if let Some(connector) = &enc.in_sequence {
                 rows += connector.output_len(na);

@@ -25,6 +25,7 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
     }
     let x = &a[la.start_offset()..la.start_offset() + m * k];
     let w = &b[lb.start_offset()..lb.start_offset() + n * k];
+    let simd = avx2_fma();
     let mut out = vec![0f32; m * n];
     let dst = Shared(out.as_mut_ptr());
     let dst = &dst;
@@ -42,7 +43,7 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
                 let mut i = 0;
                 while i + 4 <= m {
                     let rows = [0, 1, 2, 3].map(|r| &x[(i + r) * k..(i + r + 1) * k]);
-                    let values = dot4(rows, row);
+                    let values = dot4(simd, rows, row);
                     for (r, value) in values.into_iter().enumerate() {
                         // SAFETY: `i + r < m`, `j < n`, and column `j` is written by this part
                         // only.
@@ -51,7 +52,7 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
                     i += 4;
                 }
                 for i in i..m {
-                    let value = dot(&x[i * k..(i + 1) * k], row);
+                    let value = dot(simd, &x[i * k..(i + 1) * k], row);
                     // SAFETY: as above.
                     unsafe { *dst.0.add(i * n + j) = value };
                 }
@@ -61,23 +62,34 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
     Some(out)
 }
 
-/// `sum(a * b)` for slices of one length.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Whether the CPU has AVX2 and FMA (checked once per product, not per dot product).
+fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `sum(a * b)`; `simd` from [`avx2_fma`].
+fn dot(simd: bool, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` comes from `avx2_fma`).
         return unsafe { dot_avx2(a, b) };
     }
+    let _ = simd;
     dot_portable(a, b)
 }
 
-/// `sum(x_r * w)` for four rows `x_r` of the length of `w`.
-fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+/// `sum(x_r * w)` for four rows `x_r` of the length of `w`; `simd` from [`avx2_fma`].
+fn dot4(simd: bool, x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+    if simd {
+        // SAFETY: the CPU has AVX2 and FMA (`simd` comes from `avx2_fma`).
         return unsafe { dot4_avx2(x, w) };
     }
+    let _ = simd;
     x.map(|row| dot_portable(row, w))
 }
 
