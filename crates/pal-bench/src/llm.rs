@@ -1,11 +1,15 @@
-//! `pal bench llm`: prefill and decode tokens/s of an LLM at batch 1 (greedy), optionally next to
-//! transformers on the same model and shapes (`scripts/bench_llm_transformers.py`).
+//! `pal bench llm`: prefill and decode tokens/s of an LLM (greedy) at several batch sizes, for
+//! each weight form pal can hold the frozen weights in, and optionally next to transformers
+//! (`scripts/bench_llm_transformers.py`) and llama.cpp (`scripts/bench_llm_llamacpp.py`, through
+//! llama-cpp-python) on the same model, shapes, token ids and threads, in the same run. Every
+//! measurement runs in its own process, so that each reports its own peak memory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use candle_core::Tensor;
+use pal_models::WeightForm;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{json_child, median, script};
@@ -20,17 +24,57 @@ pub struct LlmBench {
     pub decode_tokens: usize,
     /// Runs per measurement; the median is reported.
     pub repeats: usize,
-    /// A Python with torch + transformers, to run the reference in the same run.
-    pub compare_python: Option<PathBuf>,
+    /// Batch sizes (sequences decoded together).
+    pub batches: Vec<usize>,
+    /// pal's weight forms to measure.
+    pub forms: Vec<WeightForm>,
+    /// A Python with torch + transformers, to run that reference in the same run.
+    pub transformers_python: Option<PathBuf>,
+    /// A Python with llama-cpp-python, to run llama.cpp on the same GGUF in the same run.
+    pub llama_cpp_python: Option<PathBuf>,
 }
 
-/// Throughput of one implementation.
+/// One measurement a child process makes: one engine (and weight form) at every batch size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlmChildJob {
+    /// The LLM.
+    pub llm: PathBuf,
+    /// pal's weight form.
+    pub form: String,
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Decoded tokens per run.
+    pub decode_tokens: usize,
+    /// Runs per measurement.
+    pub repeats: usize,
+    /// Batch sizes.
+    pub batches: Vec<usize>,
+}
+
+/// Throughput of one engine at one batch size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Throughput {
-    /// Prompt tokens per second (one forward over the prompt).
+    /// Batch size.
+    pub batch: usize,
+    /// Prompt tokens per second over the batch (one forward over every prompt).
     pub prefill_tokens_per_s: f64,
-    /// Decoded tokens per second (one token per step, KV cache).
+    /// Decoded tokens per second over the batch (one token per sequence per step, KV cache).
     pub decode_tokens_per_s: f64,
+}
+
+/// What a child process prints: one engine at every batch size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineResult {
+    /// Engine and weight form, as reported (`pal auto`, `llama.cpp`, ...).
+    #[serde(default)]
+    pub engine: String,
+    /// The weights it multiplies with, in words.
+    #[serde(default)]
+    pub weights: String,
+    /// One entry per batch size.
+    pub throughput: Vec<Throughput>,
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: f64,
 }
 
 /// The report (`PREFIX.json`).
@@ -46,43 +90,60 @@ pub struct LlmReport {
     pub repeats: usize,
     /// Threads.
     pub threads: usize,
-    /// pal's figures.
-    pub pal: Throughput,
-    /// transformers' figures, when compared.
-    pub transformers: Option<Throughput>,
+    /// The command that made the report.
+    pub command: String,
+    /// Every engine measured.
+    pub engines: Vec<EngineResult>,
 }
 
 impl LlmBench {
-    /// Runs the benchmark.
-    pub fn run(&self) -> anyhow::Result<LlmReport> {
+    /// Runs every measurement, each in a child started by `launch` (which must run [`run_child`]
+    /// on the job and print its result).
+    pub fn run(
+        &self,
+        launch: &dyn Fn(&LlmChildJob) -> Command,
+        command: String,
+    ) -> anyhow::Result<LlmReport> {
         let path = crate::llm_or_default(self.llm.as_deref())?;
-        let (model, _tokenizer) = crate::load_llm(&path)?;
-        let vocab = model.config.vocab_size as u32;
-        let prompt: Vec<u32> = (0..self.prompt_tokens as u32)
-            .map(|i| (i * 7919 + 13) % vocab)
-            .collect();
-        let ids = Tensor::from_vec(prompt, (1, self.prompt_tokens), model.device())?;
-        let mut prefill = Vec::new();
-        let mut decode = Vec::new();
-        for _ in 0..self.repeats.max(1) {
-            let mut cache = model.new_cache();
-            let start = Instant::now();
-            let hidden = model.forward_embeds(&model.embed(&ids)?, None, &mut cache)?;
-            let logits = model.logits(&hidden.narrow(1, self.prompt_tokens - 1, 1)?)?;
-            let mut next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
-            prefill.push(self.prompt_tokens as f64 / start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            for _ in 0..self.decode_tokens {
-                let step = Tensor::new(&[[next]], model.device())?;
-                let logits = model.forward(&step, None, &mut cache)?;
-                next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
-            }
-            decode.push(self.decode_tokens as f64 / start.elapsed().as_secs_f64());
-        }
-        let transformers = match &self.compare_python {
-            Some(python) => Some(self.run_transformers(python, &path)?),
-            None => None,
+        let job = |form: &WeightForm| LlmChildJob {
+            llm: path.clone(),
+            form: form.to_string(),
+            prompt_tokens: self.prompt_tokens,
+            decode_tokens: self.decode_tokens,
+            repeats: self.repeats,
+            batches: self.batches.clone(),
         };
+        let mut engines = vec![];
+        for form in &self.forms {
+            let job = job(form);
+            let mut result: EngineResult = json_child(launch(&job), &format!("pal ({form})"))?;
+            result.engine = format!("pal {form}");
+            engines.push(result);
+        }
+        let batches = self
+            .batches
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let reference = |python: &Path, name: &str| -> anyhow::Result<EngineResult> {
+            let mut cmd = Command::new(python);
+            cmd.arg(script(name))
+                .arg("--model")
+                .arg(&path)
+                .args(["--prompt-tokens", &self.prompt_tokens.to_string()])
+                .args(["--decode-tokens", &self.decode_tokens.to_string()])
+                .args(["--repeats", &self.repeats.to_string()])
+                .args(["--batches", &batches])
+                .args(["--threads", &crate::threads().to_string()]);
+            json_child(cmd, name)
+        };
+        if let Some(python) = &self.transformers_python {
+            engines.push(reference(python, "bench_llm_transformers.py")?);
+        }
+        if let Some(python) = &self.llama_cpp_python {
+            engines.push(reference(python, "bench_llm_llamacpp.py")?);
+        }
         Ok(LlmReport {
             model: path
                 .file_name()
@@ -92,47 +153,131 @@ impl LlmBench {
             decode_tokens: self.decode_tokens,
             repeats: self.repeats,
             threads: crate::threads(),
-            pal: Throughput {
-                prefill_tokens_per_s: median(prefill),
-                decode_tokens_per_s: median(decode),
-            },
-            transformers,
+            command,
+            engines,
         })
     }
+}
 
-    fn run_transformers(&self, python: &Path, model: &Path) -> anyhow::Result<Throughput> {
-        let mut cmd = Command::new(python);
-        cmd.arg(script("bench_llm_transformers.py"))
-            .arg("--model")
-            .arg(model)
-            .args(["--prompt-tokens", &self.prompt_tokens.to_string()])
-            .args(["--decode-tokens", &self.decode_tokens.to_string()])
-            .args(["--repeats", &self.repeats.to_string()]);
-        json_child(cmd, "the transformers benchmark")
+/// The prompt of sequence `s`: token ids every engine uses alike.
+pub fn prompt_ids(s: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((i * 7919 + 13 + s * 104_729) % vocab) as u32)
+        .collect()
+}
+
+/// One measurement in this process: pal in the job's weight form at every batch size.
+pub fn run_child(job: &LlmChildJob) -> anyhow::Result<EngineResult> {
+    let form: WeightForm = job.form.parse().map_err(anyhow::Error::msg)?;
+    let (mut model, _tokenizer) = crate::load_llm(&job.llm)?;
+    let used = pal_models::llm::weight_form::apply(&mut model, &job.llm, form)?;
+    let vocab = model.config.vocab_size;
+    let mut throughput = vec![];
+    for &b in &job.batches {
+        let prompts: Vec<u32> = (0..b)
+            .flat_map(|s| prompt_ids(s, job.prompt_tokens, vocab))
+            .collect();
+        let ids = Tensor::from_vec(prompts, (b, job.prompt_tokens), model.device())?;
+        let mut prefill = Vec::new();
+        let mut decode = Vec::new();
+        // One warm-up run, then the measured ones.
+        for run in 0..=job.repeats.max(1) {
+            let mut cache = model.new_cache();
+            let start = Instant::now();
+            let hidden = model.forward_embeds(&model.embed(&ids)?, None, &mut cache)?;
+            let last = hidden.narrow(1, job.prompt_tokens - 1, 1)?;
+            let mut next = model.logits(&last)?.squeeze(1)?.argmax(1)?;
+            let prefill_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            for _ in 0..job.decode_tokens {
+                let logits = model.forward(&next.unsqueeze(1)?, None, &mut cache)?;
+                next = logits.squeeze(1)?.argmax(1)?;
+            }
+            next.to_vec1::<u32>()?;
+            if run > 0 {
+                prefill.push((b * job.prompt_tokens) as f64 / prefill_s);
+                decode.push((b * job.decode_tokens) as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        throughput.push(Throughput {
+            batch: b,
+            prefill_tokens_per_s: median(prefill),
+            decode_tokens_per_s: median(decode),
+        });
     }
+    let (peak, _) = pal_train::metrics::memory_bytes();
+    Ok(EngineResult {
+        engine: format!("pal {form}"),
+        weights: used.to_string(),
+        throughput,
+        peak_rss_bytes: peak as f64,
+    })
 }
 
 impl LlmReport {
     /// The report as markdown.
     pub fn markdown(&self) -> String {
         let mut md = format!(
-            "# LLM benchmark\n\nModel `{}`, batch 1, prompt {} tokens, decode {} tokens, median of {} runs, {} threads.\n\n| | prefill tokens/s | decode tokens/s |\n|---|---|---|\n",
-            self.model, self.prompt_tokens, self.decode_tokens, self.repeats, self.threads
+            "# LLM benchmark\n\nModel `{}`, prompt {} tokens, {} decoded tokens per sequence, \
+             median of {} runs (after one warm-up), {} threads, greedy; batch `b` decodes `b` \
+             sequences together (tokens/s count every sequence). Each engine runs in its own \
+             process.\n\n```sh\n{}\n```\n\n\
+             | engine | weights | batch | prefill tokens/s | decode tokens/s | peak memory |\n\
+             |---|---|---|---|---|---|\n",
+            self.model,
+            self.prompt_tokens,
+            self.decode_tokens,
+            self.repeats,
+            self.threads,
+            self.command
         );
-        let mut row = |name: &str, t: &Throughput| {
-            md.push_str(&format!(
-                "| {name} | {:.1} | {:.1} |\n",
-                t.prefill_tokens_per_s, t.decode_tokens_per_s
-            ))
+        for e in &self.engines {
+            for t in &e.throughput {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.0} MB |\n",
+                    e.engine,
+                    e.weights,
+                    t.batch,
+                    t.prefill_tokens_per_s,
+                    t.decode_tokens_per_s,
+                    e.peak_rss_bytes / 1e6
+                ));
+            }
+        }
+        let find = |engine: &str, batch: usize| {
+            self.engines
+                .iter()
+                .find(|e| e.engine == engine)
+                .and_then(|e| e.throughput.iter().find(|t| t.batch == batch))
         };
-        row("pal", &self.pal);
-        if let Some(t) = &self.transformers {
-            row("transformers", t);
-            md.push_str(&format!(
-                "| pal / transformers | {:.2}x | {:.2}x |\n",
-                self.pal.prefill_tokens_per_s / t.prefill_tokens_per_s,
-                self.pal.decode_tokens_per_s / t.decode_tokens_per_s
-            ));
+        let mut ratios = String::new();
+        for pal in self.engines.iter().filter(|e| e.engine.starts_with("pal")) {
+            for other in ["llama.cpp", "transformers"] {
+                if let (Some(p), Some(o)) = (find(&pal.engine, 1), find(other, 1)) {
+                    ratios.push_str(&format!(
+                        "- {} / {other} at batch 1: prefill {:.2}x, decode {:.2}x\n",
+                        pal.engine,
+                        p.prefill_tokens_per_s / o.prefill_tokens_per_s,
+                        p.decode_tokens_per_s / o.decode_tokens_per_s
+                    ));
+                }
+            }
+            let batches: Vec<usize> = pal.throughput.iter().map(|t| t.batch).collect();
+            if let (Some(&lo), Some(&hi)) = (batches.iter().min(), batches.iter().max()) {
+                if let (Some(a), Some(b)) = (find(&pal.engine, lo), find(&pal.engine, hi)) {
+                    if hi > lo {
+                        ratios.push_str(&format!(
+                            "- {}: batch-{hi} decode / batch-{lo} decode: {:.2}x\n",
+                            pal.engine,
+                            b.decode_tokens_per_s / a.decode_tokens_per_s
+                        ));
+                    }
+                }
+            }
+        }
+        if !ratios.is_empty() {
+            md.push('\n');
+            md.push_str(&ratios);
         }
         md
     }

@@ -54,7 +54,14 @@ pub fn attention_with_probs(
     let q = q
         .contiguous()?
         .reshape((b, kv_heads, group * q_rows, head_dim))?;
-    let scores = batched_matmul(&q, &k.contiguous()?.t()?)?;
+    // On the CPU, batched_matmul reads strided keys and values (views into a KV cache's
+    // buffers) where they lie; candle's matmul elsewhere wants them contiguous.
+    let in_place = q.device().is_cpu() && !(q.track_op() || k.track_op() || v.track_op());
+    let (k, v) = match in_place {
+        true => (k.clone(), v.clone()),
+        false => (k.contiguous()?, v.contiguous()?),
+    };
+    let scores = batched_matmul(&q, &k.t()?)?;
     // The mask as `(batch or 1, q_rows, k_rows)`: one row per query, shared by the heads.
     let mask = match mask {
         Some(mask) => {
@@ -67,7 +74,7 @@ pub fn attention_with_probs(
         None => None,
     };
     let probs = scaled_masked_softmax(&scores, mask.as_ref(), scale)?;
-    let out = batched_matmul(&probs, &v.contiguous()?)?.reshape((b, q_heads, q_rows, head_dim))?;
+    let out = batched_matmul(&probs, &v)?.reshape((b, q_heads, q_rows, head_dim))?;
     Ok((out, probs))
 }
 

@@ -20,5 +20,5 @@ pub mod params;
 pub mod rng;
 
 pub use attention::{attention, attention_backward, attention_with_probs, causal_mask, mask_value};
-pub use linear::{Linear, Lora};
+pub use linear::{Linear, Lora, QuantizedForm};
 pub use params::{Init, Params};

@@ -8,6 +8,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -150,6 +151,66 @@ impl GgufFile {
         }
         Ok(Weights::from_tensors(&self.path, tensors, dtype, device))
     }
+}
+
+impl GgufFile {
+    /// The tensors stored in a quantized type (not f32, f16 or bf16), as stored (no
+    /// dequantization), renamed to Hugging Face names; q/k projections get their rows
+    /// un-permuted as in [`GgufFile::weights`]. Inference multiplies these directly.
+    pub fn quantized_tensors(
+        &self,
+        rotary_heads: Option<(usize, usize)>,
+    ) -> Result<HashMap<String, QTensor>> {
+        let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
+        let mut reader = BufReader::new(file);
+        let mut out = HashMap::new();
+        for (name, info) in &self.content.tensor_infos {
+            let Some(hf_name) = hf_tensor_name(name) else {
+                continue;
+            };
+            if matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            ) {
+                continue;
+            }
+            let bad = |e: candle_core::Error| {
+                ModelError::format(&self.path, format!("tensor '{name}': {e}"))
+            };
+            let mut q = self
+                .content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(bad)?;
+            let heads = match rotary_heads {
+                Some((q_heads, _)) if hf_name.ends_with("q_proj.weight") => Some(q_heads),
+                Some((_, kv_heads)) if hf_name.ends_with("k_proj.weight") => Some(kv_heads),
+                _ => None,
+            };
+            if let Some(heads) = heads {
+                let rows = q.shape().dims()[0];
+                q = pal_nn::ops::QuantizedWeight::permute_rows(q, &unpermuted_rows(rows, heads))
+                    .map_err(bad)?;
+            }
+            out.insert(hf_name, q);
+        }
+        Ok(out)
+    }
+}
+
+/// The row order that undoes llama.cpp's rotary permutation of `rows = heads * head_dim` rows
+/// (the same reordering as [`unpermute_rotary`]): row `(h, t, i)` of the result is row
+/// `(h, i, t)` of the file, `t` in 0..2, `i` in 0..head_dim / 2.
+fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for t in 0..2 {
+            for i in 0..half {
+                order.push(h * 2 * half + i * 2 + t);
+            }
+        }
+    }
+    order
 }
 
 /// Hugging Face name of a llama.cpp tensor name; `None` for tensors pal does not use.

@@ -31,6 +31,114 @@ pub struct LayerCache {
     pub k: Option<Tensor>,
     /// Cached values.
     pub v: Option<Tensor>,
+    /// At inference, `[prefix ; k]` and `[prefix ; v]` in buffers with room to grow: a decoding
+    /// step writes its row in place instead of copying the whole cache (and the prefix) into a
+    /// new tensor; `k` and `v` are then views into it.
+    store: Option<KvStore>,
+}
+
+/// Buffers `(batch, kv_heads, capacity, head_dim)` holding a layer's prefix and cached rows.
+#[derive(Debug)]
+struct KvStore {
+    k: Tensor,
+    v: Tensor,
+    /// Rows of the prefix at the start of the buffers.
+    prefix_rows: usize,
+    /// Rows filled (prefix included).
+    rows: usize,
+    /// The prefix tensor the buffers were built with.
+    prefix_id: Option<candle_core::TensorId>,
+}
+
+impl Clone for KvStore {
+    /// A copy of the filled rows, with the same room: two caches cloned from one must never
+    /// write into the same buffer.
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| -> Tensor {
+            let fresh = t
+                .zeros_like()
+                .expect("a buffer of an existing shape allocates");
+            let filled = t
+                .narrow(2, 0, self.rows)
+                .and_then(|f| f.contiguous())
+                .expect("filled rows lie inside the buffer");
+            fresh
+                .slice_set(&filled, 2, 0)
+                .expect("same shapes but the row count");
+            fresh
+        };
+        Self {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            prefix_rows: self.prefix_rows,
+            rows: self.rows,
+            prefix_id: self.prefix_id,
+        }
+    }
+}
+
+/// Rows a new buffer gets room for, beyond what it must hold.
+const STORE_HEADROOM: usize = 64;
+
+impl LayerCache {
+    /// An empty cache after `prefix`.
+    pub fn with_prefix(prefix: Option<KeyValuePrefix>) -> Self {
+        Self {
+            prefix,
+            ..Default::default()
+        }
+    }
+
+    /// Appends new keys and values `(batch, kv_heads, n, head_dim)` in place (inference: nothing
+    /// may need a gradient) and returns `[prefix ; cached ; new]` keys and values as views of the
+    /// buffers. The buffers are (re)built when missing, full, or made for another prefix.
+    pub fn append_in_place(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
+        let prefix_rows = self.prefix.as_ref().map_or(0, |p| p.k.dims()[2]);
+        let cached = self.k.as_ref().map_or(0, |k| k.dims()[2]);
+        let new = k_new.dims()[2];
+        let needed = prefix_rows + cached + new;
+        let prefix_id = self.prefix.as_ref().map(|p| p.k.id());
+        let usable = self.store.as_ref().is_some_and(|s| {
+            s.prefix_id == prefix_id
+                && s.rows == prefix_rows + cached
+                && s.k.dims()[0] == k_new.dims()[0]
+                && s.k.dims()[2] >= needed
+        });
+        if !usable {
+            self.store = Some(self.rebuild_store(k_new, needed + STORE_HEADROOM.max(needed / 2))?);
+        }
+        let store = self.store.as_mut().expect("built above");
+        store.k.slice_set(&k_new.contiguous()?, 2, store.rows)?;
+        store.v.slice_set(&v_new.contiguous()?, 2, store.rows)?;
+        store.rows += new;
+        self.k = Some(store.k.narrow(2, prefix_rows, cached + new)?);
+        self.v = Some(store.v.narrow(2, prefix_rows, cached + new)?);
+        Ok((store.k.narrow(2, 0, needed)?, store.v.narrow(2, 0, needed)?))
+    }
+
+    /// New buffers of `capacity` rows holding the prefix and the cached rows (shaped as `like`).
+    fn rebuild_store(&self, like: &Tensor, capacity: usize) -> Result<KvStore> {
+        let (b, heads, _, head_dim) = like.dims4()?;
+        let zeros = || Tensor::zeros((b, heads, capacity, head_dim), like.dtype(), like.device());
+        let (k, v) = (zeros()?, zeros()?);
+        let mut rows = 0;
+        let parts = [
+            self.prefix.as_ref().map(|p| (&p.k, &p.v)),
+            self.k.as_ref().zip(self.v.as_ref()),
+        ];
+        for (pk, pv) in parts.into_iter().flatten() {
+            k.slice_set(&pk.contiguous()?, 2, rows)?;
+            v.slice_set(&pv.contiguous()?, 2, rows)?;
+            rows += pk.dims()[2];
+        }
+        Ok(KvStore {
+            k,
+            v,
+            prefix_rows: self.prefix.as_ref().map_or(0, |p| p.k.dims()[2]),
+            rows,
+            prefix_id: self.prefix.as_ref().map(|p| p.k.id()),
+        })
+    }
 }
 
 /// The KV cache of a whole model, plus which cached rows are real (not padding) and the next
@@ -88,6 +196,10 @@ impl KvCache {
         for layer in &mut self.layers {
             layer.k = layer.k.as_ref().map(|k| k.narrow(2, 0, rows)).transpose()?;
             layer.v = layer.v.as_ref().map(|v| v.narrow(2, 0, rows)).transpose()?;
+            if let Some(store) = &mut layer.store {
+                // The next append writes over the dropped rows.
+                store.rows = store.prefix_rows + rows;
+            }
         }
         Ok(())
     }

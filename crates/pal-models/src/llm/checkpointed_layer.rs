@@ -33,11 +33,7 @@ pub fn forward(
         valid: p.valid.clone(),
         stacked: None,
     });
-    let mut scratch = LayerCache {
-        prefix: detached_prefix,
-        k: None,
-        v: None,
-    };
+    let mut scratch = LayerCache::with_prefix(detached_prefix);
     let y = layer.forward(config, &x.detach(), cos, sin, mask, &mut scratch)?;
     cache.k = scratch.k;
     cache.v = scratch.v;
@@ -119,11 +115,7 @@ impl CustomOp3 for CheckpointedLayer {
             valid: valid.clone(),
             stacked: None,
         });
-        let mut cache = LayerCache {
-            prefix,
-            k: None,
-            v: None,
-        };
+        let mut cache = LayerCache::with_prefix(prefix);
         let y = self
             .layer
             .forward(

@@ -195,22 +195,33 @@ impl DecoderLayer {
         }
         let q = rope(&q, cos, sin)?;
         let (k_own, v_own) = self.keys_values(c, &h, Some((cos, sin)))?;
-        let (k, v) = match (&cache.k, &cache.v) {
-            (Some(pk), Some(pv)) => (
-                Tensor::cat(&[pk, &k_own], 2)?,
-                Tensor::cat(&[pv, &v_own], 2)?,
-            ),
-            _ => (k_own.clone(), v_own.clone()),
-        };
-        cache.k = Some(k.clone());
-        cache.v = Some(v.clone());
+        let prefix_tracks = cache
+            .prefix
+            .as_ref()
+            .is_some_and(|p| p.k.track_op() || p.v.track_op());
+        let in_place = !keep && !x.track_op() && !k_own.track_op() && !prefix_tracks;
         let prefix = cache.prefix.as_ref().map(|p| match keep {
             true => (p.k.detach(), p.v.detach()),
             false => (p.k.clone(), p.v.clone()),
         });
-        let (k, v) = match &prefix {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
+        let (k, v) = if in_place {
+            // Inference: the new rows are written into the cache's buffers, which already hold
+            // the prefix.
+            cache.append_in_place(&k_own, &v_own)?
+        } else {
+            let (k, v) = match (&cache.k, &cache.v) {
+                (Some(pk), Some(pv)) => (
+                    Tensor::cat(&[pk, &k_own], 2)?,
+                    Tensor::cat(&[pv, &v_own], 2)?,
+                ),
+                _ => (k_own.clone(), v_own.clone()),
+            };
+            cache.k = Some(k.clone());
+            cache.v = Some(v.clone());
+            match &prefix {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            }
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let (attn, probs) = attention_with_probs(&q, &k, &v, mask, scale)?;

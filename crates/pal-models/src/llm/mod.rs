@@ -6,7 +6,8 @@
 //! - [`frozen_layer`], [`checkpointed_layer`], [`lal_prefix`]: autograd nodes with a written-out
 //!   (or recomputing) backward, for frozen-backbone training.
 //! - [`decoder`]: the model ([`Llama`]); [`lora`]: LoRA and full fine-tuning.
-//! - [`load`]: a model and its tokenizer from a folder or a `.gguf` file.
+//! - [`load`]: a model and its tokenizer from a folder or a `.gguf` file; [`weight_form`]: the
+//!   frozen weights held quantized (as in the GGUF file) for decoding.
 
 pub mod cache;
 pub mod checkpointed_layer;
@@ -18,9 +19,11 @@ pub mod layer;
 pub mod load;
 pub mod lora;
 pub mod rope;
+pub mod weight_form;
 
 pub use cache::{KeyValuePrefix, KvCache, LayerCache};
 pub use config::{LlamaConfig, RopeScaling};
 pub use decoder::Llama;
 pub use layer::DecoderLayer;
 pub use load::load_llm;
+pub use weight_form::{WeightForm, WeightsInUse};

@@ -55,6 +55,18 @@ unsafe fn gemm_block<T: candle_core::WithDType>(
     b: *const T,
     (b_row, b_col): (usize, usize),
 ) {
+    if m <= SMALL_ROWS && m * n * k <= SMALL_WORK && (b_row == 1 || b_col == 1) {
+        small_block(
+            (m, n, k),
+            dst,
+            dst_row,
+            a,
+            (a_row, a_col),
+            b,
+            (b_row, b_col),
+        );
+        return;
+    }
     gemm::gemm(
         m,
         n,
@@ -76,6 +88,61 @@ unsafe fn gemm_block<T: candle_core::WithDType>(
         false,
         gemm::Parallelism::None,
     )
+}
+
+/// Products with at most this many rows of `a`, and [`SMALL_WORK`] multiply-adds, skip gemm:
+/// attention of one decoded row per sequence is a few thousand multiply-adds per head, less than
+/// gemm's dispatch and packing cost.
+const SMALL_ROWS: usize = 16;
+/// See [`SMALL_ROWS`].
+const SMALL_WORK: usize = 1 << 18;
+
+/// [`gemm_block`] for small products, in plain loops that read memory in order: dot products
+/// when the columns of `b` are contiguous (`q k^T`), row updates when its rows are (`p v`).
+///
+/// # Safety
+/// As [`gemm_block`]; `b_row == 1` or `b_col == 1`.
+unsafe fn small_block<T: candle_core::WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_row: usize,
+    a: *const T,
+    (a_row, a_col): (usize, usize),
+    b: *const T,
+    (b_row, b_col): (usize, usize),
+) {
+    if b_row == 1 && a_col == 1 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked above); the caller's contract covers the rows.
+        super::few_rows::dot_products(
+            super::few_rows::avx2_fma(),
+            (m, n, k),
+            (a as *const f32, a_row),
+            (b as *const f32, b_col),
+            (dst as *mut f32, dst_row),
+        );
+        return;
+    }
+    let mut a_row_buf = vec![T::zero(); k];
+    for i in 0..m {
+        for (kk, v) in a_row_buf.iter_mut().enumerate() {
+            *v = *a.add(i * a_row + kk * a_col);
+        }
+        let out = std::slice::from_raw_parts_mut(dst.add(i * dst_row), n);
+        if b_row == 1 {
+            for (j, o) in out.iter_mut().enumerate() {
+                let column = std::slice::from_raw_parts(b.add(j * b_col), k);
+                *o = super::lane_dot(&a_row_buf, column);
+            }
+        } else {
+            out.fill(T::zero());
+            for (kk, &scale) in a_row_buf.iter().enumerate() {
+                let row = std::slice::from_raw_parts(b.add(kk * b_row), n);
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o += scale * v;
+                }
+            }
+        }
+    }
 }
 
 fn run<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
@@ -191,7 +258,7 @@ pub(crate) fn matmul_cpu(
 fn split_columns<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     let (m, k, n) = (la.dims()[0], la.dims()[1], lb.dims()[1]);
     let (sa, sb) = (la.stride(), lb.stride());
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = super::pool_threads();
     // Parts of at least 16 columns; as many as threads.
     let parts = threads.min(n.div_ceil(16)).max(1);
     let width = n.div_ceil(parts);

@@ -30,40 +30,61 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
     let dst = Shared(out.as_mut_ptr());
     let dst = &dst;
     // Parts of at least 64 columns; as many as threads.
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = super::pool_threads();
     let parts = threads.min(n.div_ceil(64)).max(1);
     let width = n.div_ceil(parts);
     candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
         for p in range {
             let first = (p * width).min(n);
             let last = (first + width).min(n);
-            for j in first..last {
-                let row = &w[j * k..(j + 1) * k];
-                // Four rows of `x` at a time share each load of the weight row.
-                let mut i = 0;
-                while i + 4 <= m {
-                    let rows = [0, 1, 2, 3].map(|r| &x[(i + r) * k..(i + r + 1) * k]);
-                    let values = dot4(simd, rows, row);
-                    for (r, value) in values.into_iter().enumerate() {
-                        // SAFETY: `i + r < m`, `j < n`, and column `j` is written by this part
-                        // only.
-                        unsafe { *dst.0.add((i + r) * n + j) = value };
-                    }
-                    i += 4;
-                }
-                for i in i..m {
-                    let value = dot(simd, &x[i * k..(i + 1) * k], row);
-                    // SAFETY: as above.
-                    unsafe { *dst.0.add(i * n + j) = value };
-                }
-            }
+            // SAFETY: rows `first..last` of `w` lie inside it, and columns `first..last` of the
+            // output are written by this part only.
+            unsafe {
+                dot_products(
+                    simd,
+                    (m, last - first, k),
+                    (x.as_ptr(), k),
+                    (w.as_ptr().add(first * k), k),
+                    (dst.0.add(first), n),
+                )
+            };
         }
     });
     Some(out)
 }
 
+/// `out[i * out_row + j] = x_i . w_j` for `m` rows `x_i` and `n` rows `w_j` of length `k`, each
+/// given by its first element and row stride, on the calling thread; `simd` from
+/// [`avx2_fma`]. Each row of `w` is read once for every four rows of `x`.
+///
+/// # Safety
+/// The rows must lie inside their buffers, and no other thread may write the output meanwhile.
+pub(crate) unsafe fn dot_products(
+    simd: bool,
+    (m, n, k): (usize, usize, usize),
+    (x, x_row): (*const f32, usize),
+    (w, w_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    let x_at = |i: usize| std::slice::from_raw_parts(x.add(i * x_row), k);
+    for j in 0..n {
+        let row = std::slice::from_raw_parts(w.add(j * w_row), k);
+        let mut i = 0;
+        while i + 4 <= m {
+            let values = dot4(simd, [0, 1, 2, 3].map(|r| x_at(i + r)), row);
+            for (r, value) in values.into_iter().enumerate() {
+                *out.add((i + r) * out_row + j) = value;
+            }
+            i += 4;
+        }
+        for i in i..m {
+            *out.add(i * out_row + j) = dot(simd, x_at(i), row);
+        }
+    }
+}
+
 /// Whether the CPU has AVX2 and FMA (checked once per product, not per dot product).
-fn avx2_fma() -> bool {
+pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma");

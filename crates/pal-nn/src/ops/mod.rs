@@ -8,6 +8,7 @@ mod few_rows;
 mod frozen_linear;
 mod loss;
 mod precomputed;
+mod quantized;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -17,11 +18,19 @@ pub use constant_input_linear::constant_input_linear;
 pub use frozen_linear::frozen_linear;
 pub use loss::{cross_entropy, linear_cross_entropy};
 pub use precomputed::Precomputed;
+pub use quantized::QuantizedWeight;
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
 pub use rope::{kv_heads_to_rows, kv_rows_to_heads, rope, KvShape};
 pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+
+/// Threads of candle's CPU pool, read once: candle's `get_num_threads` reads the environment
+/// and `/proc/cpuinfo` on every call, which costs more than a decoding step's small products.
+pub(crate) fn pool_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
 
 /// The contiguous slice of a CPU storage described by `layout`, or an error naming `op`.
 pub(crate) fn contiguous_slice<'a, T: WithDType>(

@@ -5,14 +5,15 @@ use std::process::Command;
 
 use clap::{Args, Subcommand};
 use pal_bench::audio::AudioBench;
-use pal_bench::llm::LlmBench;
+use pal_bench::llm::{LlmBench, LlmChildJob};
 use pal_bench::modes::{ChildJob, ModesBench, RandomShapes, Setup, Trainable};
 use pal_bench::report::{with_suffix, write};
 
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Prefill and decode tokens/s of an LLM on the CPU (batch 1, greedy).
+    /// Prefill and decode tokens/s of an LLM on the CPU (greedy), per weight form and batch size,
+    /// optionally next to transformers and llama.cpp.
     Llm(LlmBenchArgs),
     /// Feature extraction and encoder throughput, in seconds of audio per second.
     Audio(AudioBenchArgs),
@@ -103,36 +104,66 @@ pub struct LlmBenchArgs {
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
-    /// Decoded tokens per run.
+    /// Decoded tokens per sequence and run.
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
-    /// Runs per measurement; the median is reported.
+    /// Runs per measurement (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Batch sizes (sequences decoded together).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// pal's weight forms to measure (auto, f32, quantized).
+    #[arg(long, value_delimiter = ',', default_value = "f32,auto,quantized")]
+    weights: Vec<pal_models::WeightForm>,
     /// Output prefix: writes PREFIX.json and PREFIX.md.
     #[arg(long, default_value = "docs/bench/llm")]
     out: PathBuf,
     /// A Python with torch + transformers: also run scripts/bench_llm_transformers.py on the same
-    /// model and shapes, in this run, and report the ratio.
+    /// model and shapes, in this run.
     #[arg(long)]
     compare_python: Option<PathBuf>,
+    /// A Python with llama-cpp-python: also run scripts/bench_llm_llamacpp.py on the same GGUF,
+    /// shapes and threads, in this run.
+    #[arg(long)]
+    llama_cpp_python: Option<PathBuf>,
+    /// Internal: run one measurement (a JSON job) and print its result as one JSON line.
+    #[arg(long, hide = true)]
+    child: Option<String>,
 }
 
 /// Runs a benchmark and prints its report.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Llm(args) => {
-            let report = LlmBench {
-                llm: args.llm,
-                prompt_tokens: args.prompt_tokens,
-                decode_tokens: args.decode_tokens,
-                repeats: args.repeats,
-                compare_python: args.compare_python,
+        BenchCommand::Llm(args) => match &args.child {
+            Some(job) => {
+                let job: LlmChildJob = serde_json::from_str(job)?;
+                let result = pal_bench::llm::run_child(&job)?;
+                println!("{}", serde_json::to_string(&result)?);
             }
-            .run()?;
-            write(&args.out, &report, &report.markdown())?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
+            None => {
+                let bench = LlmBench {
+                    llm: args.llm,
+                    prompt_tokens: args.prompt_tokens,
+                    decode_tokens: args.decode_tokens,
+                    repeats: args.repeats,
+                    batches: args.batches,
+                    forms: args.weights,
+                    transformers_python: args.compare_python,
+                    llama_cpp_python: args.llama_cpp_python,
+                };
+                let exe = std::env::current_exe()?;
+                let launch = |job: &LlmChildJob| {
+                    let mut cmd = Command::new(&exe);
+                    let job = serde_json::to_string(job).expect("a job serializes");
+                    cmd.args(["bench", "llm", "--child", &job]);
+                    cmd
+                };
+                let report = bench.run(&launch, command_line())?;
+                write(&args.out, &report, &report.markdown())?;
+                println!("{}", report.markdown());
+            }
+        },
         BenchCommand::Audio(args) => {
             let report = AudioBench {
                 whisper: args.whisper,
@@ -179,10 +210,7 @@ fn modes(args: ModesBenchArgs) -> anyhow::Result<()> {
         infer_batches: args.infer_batches,
         rounds: args.rounds,
         compare_python: args.compare_python,
-        command: format!(
-            "pal {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-        ),
+        command: command_line(),
     };
     let exe = std::env::current_exe()?;
     let launch = |job: &ChildJob| {
@@ -198,4 +226,12 @@ fn modes(args: ModesBenchArgs) -> anyhow::Result<()> {
     }
     println!("{}", report.markdown());
     Ok(())
+}
+
+/// This process's command line, for a report.
+fn command_line() -> String {
+    format!(
+        "pal {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    )
 }

@@ -1,0 +1,194 @@
+//! The form a frozen LLM's linear weights are held in at inference (`--weights`). Decoding
+//! multiplies one row per sequence by every weight, so its speed is the bytes it reads: a GGUF
+//! file's Q4_1 weights are a sixth of their f32 form. A prefill of many rows is compute-bound,
+//! and fastest in f32.
+//!
+//! - `f32`: every weight dequantized to f32 (what training uses).
+//! - `auto` (the default): a GGUF file's quantized weights as stored, for products of up to
+//!   [`DECODE_ROWS`] rows (decoding), and f32 for longer ones (prefill, the audio's LAL keys).
+//!   A safetensors model stays in its f32 form.
+//! - `quantized`: the quantized weights for every product, and no f32 copy of them: the least
+//!   memory. A safetensors model is quantized to Q8_0 at load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+use pal_nn::ops::QuantizedWeight;
+use pal_nn::QuantizedForm;
+
+use crate::error::{ModelError, Result};
+use crate::formats::gguf::GgufFile;
+use crate::llm::decoder::Llama;
+use crate::llm::layer::{FFN_LINEARS, LORA_TARGETS};
+
+/// Products of up to this many rows use the quantized weights in the `auto` form.
+pub const DECODE_ROWS: usize = 16;
+
+/// How frozen linear weights are held at inference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightForm {
+    /// Quantized for decoding, f32 for prefill (see the module docs).
+    #[default]
+    Auto,
+    /// f32 only.
+    F32,
+    /// Quantized only.
+    Quantized,
+}
+
+impl std::str::FromStr for WeightForm {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "quantized" => Ok(Self::Quantized),
+            other => Err(format!(
+                "unknown weight form '{other}' (auto, f32, quantized)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Quantized => "quantized",
+        })
+    }
+}
+
+/// What [`apply`] did: how many linear weights are held in which quantized type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeightsInUse {
+    /// The form asked for.
+    pub form: WeightForm,
+    /// Quantized type (`Q4_1`, ...) and how many linear weights are held in it.
+    pub quantized: BTreeMap<String, usize>,
+    /// Linear weights held only in f32.
+    pub f32_only: usize,
+}
+
+impl std::fmt::Display for WeightsInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.quantized.is_empty() {
+            return write!(f, "f32");
+        }
+        let types: Vec<String> = self
+            .quantized
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        match self.form {
+            WeightForm::Quantized => write!(f, "quantized ({})", types.join(", ")),
+            _ => write!(
+                f,
+                "{} for up to {DECODE_ROWS} rows (decoding), f32 for more (prefill)",
+                types.join(", ")
+            ),
+        }?;
+        if self.f32_only > 0 {
+            write!(f, "; {} linear weights f32 only", self.f32_only)?;
+        }
+        Ok(())
+    }
+}
+
+/// Holds `llm`'s frozen linear weights in `form`, reading quantized ones from `source` (the
+/// `.gguf` file or model folder the model was loaded from). Trainable or LoRA-less weights alike
+/// keep their f32 tensor unless the form is `quantized`; a trainable weight is never quantized.
+pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<WeightsInUse> {
+    let mut used = WeightsInUse {
+        form,
+        ..Default::default()
+    };
+    if form == WeightForm::F32 || !llm.device().is_cpu() || llm.dtype() != DType::F32 {
+        return Ok(used);
+    }
+    let mut from_file: Option<std::collections::HashMap<String, QTensor>> =
+        if source.extension().is_some_and(|e| e == "gguf") {
+            let file = GgufFile::open(source)?;
+            let rotary_heads = (llm.config.model_type == "llama").then_some((
+                llm.config.num_attention_heads,
+                llm.config.num_key_value_heads,
+            ));
+            Some(file.quantized_tensors(rotary_heads)?)
+        } else {
+            None
+        };
+    if from_file.is_none() && form == WeightForm::Auto {
+        return Ok(used);
+    }
+    let max_rows = match form {
+        WeightForm::Quantized => usize::MAX,
+        _ => DECODE_ROWS,
+    };
+    let mut attach = |name: &str, linear: &mut pal_nn::Linear| -> Result<()> {
+        if linear.weight.is_variable() {
+            used.f32_only += 1;
+            return Ok(());
+        }
+        let bad = |e: candle_core::Error| ModelError::format(source, format!("{name}: {e}"));
+        let weight = match from_file.as_mut().and_then(|tensors| tensors.remove(name)) {
+            Some(q) => QuantizedWeight::from_qtensor(q).map_err(bad)?,
+            None if form == WeightForm::Quantized => {
+                Some(QuantizedWeight::quantize(&linear.weight, GgmlDType::Q8_0).map_err(bad)?)
+            }
+            None => None,
+        };
+        let Some(weight) = weight else {
+            used.f32_only += 1;
+            return Ok(());
+        };
+        if weight.dims() != (linear.dims().1, linear.dims().0) {
+            return Err(ModelError::format(
+                source,
+                format!(
+                    "{name}: quantized {:?}, f32 {:?}",
+                    weight.dims(),
+                    linear.weight.dims()
+                ),
+            ));
+        }
+        *used
+            .quantized
+            .entry(format!("{:?}", weight.dtype()))
+            .or_default() += 1;
+        if form == WeightForm::Quantized {
+            // Nothing reads the f32 weight any more: a zero-stride stand-in of its shape frees it.
+            let (inp, out) = linear.dims();
+            linear.weight = Tensor::zeros((), DType::F32, &candle_core::Device::Cpu)?
+                .broadcast_as((out, inp))?;
+        }
+        linear.quantized = Some(QuantizedForm {
+            weight: Arc::new(weight),
+            max_rows,
+        });
+        Ok(())
+    };
+    for (i, layer) in llm.layers.iter_mut().enumerate() {
+        for name in LORA_TARGETS {
+            let block = if FFN_LINEARS.contains(name) {
+                "mlp"
+            } else {
+                "self_attn"
+            };
+            let linear = layer
+                .linear_mut(name)
+                .expect("every LoRA target is a linear layer");
+            attach(&format!("model.layers.{i}.{block}.{name}.weight"), linear)?;
+        }
+    }
+    let head = match llm.config.tie_word_embeddings {
+        true => "model.embed_tokens.weight",
+        false => "lm_head.weight",
+    };
+    attach(head, &mut llm.lm_head)?;
+    Ok(used)
+}
