@@ -95,13 +95,24 @@ impl Linear {
         }
     }
 
-    /// The quantized weight when it serves this product: a frozen weight, an input that needs
-    /// no gradient, on the CPU, with at most `max_rows` rows.
+    /// The quantized weight when it serves this product: a frozen weight on the CPU, with at
+    /// most `max_rows` rows, and an input that needs no gradient, or no f32 weight to give one
+    /// with (the quantized-only form is for inference: its products record no gradient).
     fn quantized_for(&self, x: &Tensor) -> Option<&QuantizedWeight> {
         let q = self.quantized.as_ref()?;
         let rows = x.elem_count() / self.dims().0.max(1);
-        let usable = !self.weight.is_variable() && !x.track_op() && x.device().is_cpu();
+        let usable = !self.weight.is_variable()
+            && x.device().is_cpu()
+            && (!x.track_op() || !self.holds_f32());
         (usable && rows <= q.max_rows).then_some(q.weight.as_ref())
+    }
+
+    /// Whether the f32 weight is held: not when only the quantized form is (then `weight` is a
+    /// zero-stride stand-in of its shape, and nothing may multiply with it directly).
+    pub fn holds_f32(&self) -> bool {
+        self.quantized
+            .as_ref()
+            .is_none_or(|q| q.max_rows != usize::MAX)
     }
 
     /// `(in_features, out_features)`.

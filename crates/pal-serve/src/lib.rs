@@ -24,6 +24,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use pal_models::audio_llm::{build::resolve_path, config::EncoderKind, load_run, ModelConfig};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
+use pal_models::WeightForm;
 
 pub use engine::{Batching, Bundle, Counters, FaultInjection, Queue};
 pub use routes::{router, AppState};
@@ -67,10 +68,11 @@ pub enum ServeError {
     Io(String, std::io::Error),
 }
 
-/// Loads a run folder as a servable bundle. Transcription is enabled when the first Whisper
-/// encoder's folder also holds its decoder.
-pub fn load_bundle(run: &Path) -> Result<Bundle, ServeError> {
-    let built = load_run(run, DType::F32, &Device::Cpu)?;
+/// Loads a run folder as a servable bundle, the frozen LLM weights held in `weights`.
+/// Transcription is enabled when the first Whisper encoder's folder also holds its decoder.
+pub fn load_bundle(run: &Path, weights: WeightForm) -> Result<Bundle, ServeError> {
+    let mut built = load_run(run, DType::F32, &Device::Cpu)?;
+    built.hold_weights(weights)?;
     let config = ModelConfig::load(&run.join("model.toml"))?;
     let whisper = config
         .encoders

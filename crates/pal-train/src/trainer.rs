@@ -246,6 +246,7 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
         encoders,
         tokenizer,
         params,
+        ..
     } = built;
 
     let mut state = TrainState::default();

@@ -14,6 +14,7 @@ use crate::encoders::whisper::{Whisper, WhisperAudioEncoder};
 use crate::encoders::windows::WindowPolicy;
 use crate::error::{ModelError, Result};
 use crate::llm::load::load_llm;
+use crate::llm::weight_form::{self, WeightForm, WeightsInUse};
 use crate::text::tokenizer::Tokenizer;
 
 /// Resolves `asset:NAME` to the fetched asset and relative paths against `base`.
@@ -48,6 +49,8 @@ pub struct BuiltModel {
     pub tokenizer: Tokenizer,
     /// Trainable adapter parameters.
     pub params: Params,
+    /// Where the LLM was loaded from (its quantized weights are read from there again).
+    pub llm_path: PathBuf,
 }
 
 impl BuiltModel {
@@ -55,6 +58,12 @@ impl BuiltModel {
     /// `audio` of one [`crate::audio_llm::Example`].
     pub fn encode_clip(&self, samples: &[f32]) -> Result<Vec<Tensor>> {
         encode_clip(&self.encoders, samples)
+    }
+
+    /// Holds the frozen LLM's linear weights in `form` for inference (see
+    /// [`crate::llm::weight_form`]).
+    pub fn hold_weights(&mut self, form: WeightForm) -> Result<WeightsInUse> {
+        weight_form::apply(&mut self.model.llm, &self.llm_path, form)
     }
 }
 
@@ -113,6 +122,7 @@ pub fn build(
         encoders,
         tokenizer,
         params,
+        llm_path,
     })
 }
 

@@ -210,6 +210,7 @@ impl Llama {
         let head = &self.lm_head;
         if self.frozen_layer_nodes
             && !head.weight.is_variable()
+            && head.holds_f32()
             && head.bias.is_none()
             && head.lora.is_none()
         {

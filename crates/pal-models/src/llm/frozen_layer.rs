@@ -23,7 +23,10 @@ use crate::llm::layer::{DecoderLayer, LayerActivations};
 /// Whether `layer` can run as one node: [`DecoderLayer::is_frozen`], and no per-head q/k norms
 /// (Qwen3's, which the written-out backward does not cover).
 pub fn supported(layer: &DecoderLayer) -> bool {
-    layer.is_frozen() && layer.q_norm.is_none() && layer.k_norm.is_none()
+    layer.is_frozen()
+        && layer.q_norm.is_none()
+        && layer.k_norm.is_none()
+        && layer.linears().iter().all(|l| l.holds_f32())
 }
 
 /// The graph node: inputs `(hidden, prefix keys, prefix values)`, output the layer's output.

@@ -34,7 +34,7 @@ struct LalPrefix {
 
 /// Whether layer `layer`'s prefix with `projector` can run as one node.
 pub fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
-    let frozen = |l: &Linear| !l.weight.is_variable() && l.lora.is_none();
+    let frozen = |l: &Linear| !l.weight.is_variable() && l.lora.is_none() && l.holds_f32();
     frozen(&layer.k_proj)
         && frozen(&layer.v_proj)
         && layer.k_norm.is_none()

@@ -39,7 +39,9 @@ pub fn bundle() -> Option<Arc<Bundle>> {
             let dir = tempfile::tempdir().unwrap().keep();
             let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
             write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-            Some(Arc::new(pal_serve::load_bundle(&dir.join("run")).unwrap()))
+            Some(Arc::new(
+                pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap(),
+            ))
         })
         .clone()
 }
@@ -131,5 +133,5 @@ pub fn fresh_bundle() -> Option<Bundle> {
     let dir = tempfile::tempdir().unwrap().keep();
     let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
     write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-    Some(pal_serve::load_bundle(&dir.join("run")).unwrap())
+    Some(pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap())
 }

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use clap::Args;
 use pal_infer::{generate_with_audio, ChatTemplate, Message};
 use pal_models::audio_llm::Example;
@@ -24,12 +23,13 @@ pub struct AskArgs {
     question: String,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    weights: super::WeightsArg,
 }
 
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    let built = pal_models::audio_llm::load_run(&args.model, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading the run folder {}", args.model.display()))?;
+    let built = super::load_run(&args.model, args.weights)?;
     let audio = pal_audio::load_audio(&args.audio)?.to_16k(&args.audio.display().to_string())?;
     let outputs = built
         .encode_clip(&audio.samples)

@@ -26,6 +26,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    weights: super::WeightsArg,
 }
 
 /// Sampling options shared by the generating commands.
@@ -86,9 +88,7 @@ fn turns(
 /// A chat about one clip with a trained audio-LLM.
 fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context;
-    let built =
-        pal_models::audio_llm::load_run(&model, candle_core::DType::F32, &candle_core::Device::Cpu)
-            .with_context(|| format!("loading the run folder {}", model.display()))?;
+    let built = super::load_run(&model, args.weights)?;
     let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
     let mut conversation = Conversation::from_clip(
         &built.model,
@@ -118,7 +118,8 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<()> {
         return run_audio(args, model, audio);
     }
     let path = super::resolve_llm(args.llm)?;
-    let (model, tokenizer) = super::load_llm(&path)?;
+    let (mut model, tokenizer) = super::load_llm(&path)?;
+    pal_models::llm::weight_form::apply(&mut model, &path, args.weights.weights)?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
     let params = args.sampling.params();
     let mut messages: Vec<Message> = args

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use clap::Args;
 
 /// The repository's bundled files, found from the source tree or the working directory.
@@ -28,6 +27,8 @@ pub struct DemoArgs {
     /// Manifest of clips, questions and expected answers (default: assets/clips/demo.jsonl).
     #[arg(long)]
     clips: Option<PathBuf>,
+    #[command(flatten)]
+    weights: super::WeightsArg,
 }
 
 /// Answers every clip's question and prints it next to the expected answer.
@@ -38,7 +39,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let clips = args
         .clips
         .unwrap_or_else(|| bundled("assets/clips/demo.jsonl"));
-    let built = pal_models::audio_llm::load_run(&model, DType::F32, &Device::Cpu)
+    let built = super::load_run(&model, args.weights)
         .with_context(|| format!("loading {} (run `pal fetch` first)", model.display()))?;
     let records = pal_data::load_manifest(&clips, false)?.records;
     let report = pal_eval::evaluate(&built, &clips, 8, 64)?;

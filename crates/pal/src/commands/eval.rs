@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use clap::Args;
 
 /// Arguments of `pal eval`.
@@ -29,12 +28,13 @@ pub struct EvalArgs {
     /// Closed answers by scoring every label's log-likelihood instead of generating.
     #[arg(long)]
     loglik: bool,
+    #[command(flatten)]
+    weights: super::WeightsArg,
 }
 
 /// Evaluates and prints the summary.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let built = pal_models::audio_llm::load_run(&args.model, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading the run folder {}", args.model.display()))?;
+    let built = super::load_run(&args.model, args.weights)?;
     let scoring = if args.loglik {
         pal_eval::Scoring::LogLikelihood
     } else {

@@ -55,11 +55,13 @@ pub struct ServeArgs {
     /// so that more questions about a clip skip the encoder (0 turns it off).
     #[arg(long, default_value_t = 512)]
     audio_cache_mb: usize,
+    #[command(flatten)]
+    weights: super::WeightsArg,
 }
 
 /// Loads the bundle and serves until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let bundle = pal_serve::load_bundle(&args.model)
+    let bundle = pal_serve::load_bundle(&args.model, args.weights.weights)
         .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let model_name = match args.model_name {
         Some(n) => n,

@@ -8,8 +8,12 @@
 //! after block. So a 32-byte load of a full chunk's group gives block `l` in lane `l`, and a
 //! dot product of 4-byte lanes (`vpdpbusd`) accumulates each block's sum in its own lane: no
 //! horizontal reduction per block. The chunk takes exactly the bytes of its blocks in the file.
-//! An activation chunk is always eight blocks of 32 bytes per group (lanes past `c` zero), with
-//! its scales and sums, zero past `c`.
+//! Activations are quantized to 16 bits per value (scale `amax / 32767` per block of 32: about
+//! 1.5e-5 of the block's largest value, so products match the f32 path's to about 1e-5, and
+//! greedy answers with them). An activation chunk is always eight blocks: for each group `g`
+//! (values `4g..4g+4` of every block) two vectors of sixteen 16-bit values, laid out as the
+//! kernels' 8-to-16-bit unpacking lays out the weights (see [`act_offset`]); then its scales and
+//! sums, zero past `c`.
 
 use candle_core::quantized::GgmlDType;
 
@@ -138,11 +142,24 @@ pub(super) fn weight_chunks(format: BlockFormat, row: &[u8]) -> Vec<WeightChunk>
     chunks
 }
 
-/// Rows of `x` quantized to 8 bits per block of 32 (scale `amax / 127`), in chunks (see the
-/// module docs): per chunk, eight groups of 32 bytes, and eight scales and eight sums (scale
-/// times the sum of the block's values).
+/// 16-bit values per activation chunk: eight groups, two vectors of sixteen each.
+pub(super) const CHUNK_VALUES: usize = CHUNK * BLOCK;
+
+/// Where value `4 g + e` (`e` in 0..4) of block `l` of a chunk lies among the chunk's 16-bit
+/// activation values. Unpacking a group's 32 bytes (four per block) to 16 bits gives two
+/// vectors: the low halves of each 128-bit lane hold blocks 0, 1, 4, 5 (vector 0 of the group)
+/// and the high halves blocks 2, 3, 6, 7 (vector 1), each block's four values in two 32-bit
+/// lanes; the activations are stored in that order.
+pub(super) fn act_offset(g: usize, l: usize, e: usize) -> usize {
+    let vector = 2 * g + (l / 2) % 2;
+    16 * vector + 4 * (l % 2) + 8 * (l / 4) + e
+}
+
+/// Rows of `x` quantized to 16 bits per value with a scale per block of 32 (`amax / 32767`),
+/// in chunks (see the module docs): per chunk, [`CHUNK_VALUES`] values, eight scales and eight
+/// sums (scale times the sum of the block's values).
 pub(super) struct QuantizedRows {
-    values: Vec<i8>,
+    values: Vec<i16>,
     scales: Vec<f32>,
     sums: Vec<f32>,
     chunks: usize,
@@ -151,8 +168,8 @@ pub(super) struct QuantizedRows {
 /// One quantized row of `x`.
 #[derive(Clone, Copy)]
 pub(super) struct Row<'a> {
-    /// `chunks * 256` values.
-    pub values: &'a [i8],
+    /// `chunks * CHUNK_VALUES` values.
+    pub values: &'a [i16],
     /// `chunks * 8` scales.
     pub scales: &'a [f32],
     /// `chunks * 8` sums.
@@ -165,26 +182,28 @@ impl QuantizedRows {
         let rows = x.len() / cols;
         let blocks = cols / BLOCK;
         let chunks = blocks.div_ceil(CHUNK);
-        let mut values = vec![0i8; rows * chunks * CHUNK * BLOCK];
+        let mut values = vec![0i16; rows * chunks * CHUNK_VALUES];
         let mut scales = vec![0f32; rows * chunks * CHUNK];
         let mut sums = vec![0f32; rows * chunks * CHUNK];
         // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties to even) in a
-        // form the compiler vectorizes; |v * inv| <= 127.
+        // form the compiler vectorizes; |v * inv| <= 32767.
         const ROUND: f32 = 12_582_912.0;
         for (r, row) in x.chunks_exact(cols).enumerate() {
             for (b, block) in row.chunks_exact(BLOCK).enumerate() {
                 let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
+                let d = amax / 32767.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let mut ints = [0i32; BLOCK];
                 for (q, &v) in ints.iter_mut().zip(block) {
                     *q = ((v * inv + ROUND) - ROUND) as i32;
                 }
-                let bytes: [i8; BLOCK] = std::array::from_fn(|i| ints[i] as i8);
                 let (chunk, lane) = (b / CHUNK, b % CHUNK);
-                let base = (r * chunks + chunk) * CHUNK * BLOCK + 4 * lane;
-                for (group, four) in bytes.chunks_exact(4).enumerate() {
-                    values[base + group * 32..base + group * 32 + 4].copy_from_slice(four);
+                let base = (r * chunks + chunk) * CHUNK_VALUES;
+                for (g, four) in ints.chunks_exact(4).enumerate() {
+                    let at = base + act_offset(g, lane, 0);
+                    for (v, &q) in values[at..at + 4].iter_mut().zip(four) {
+                        *v = q as i16;
+                    }
                 }
                 let at = (r * chunks + chunk) * CHUNK + lane;
                 scales[at] = d;
@@ -201,7 +220,7 @@ impl QuantizedRows {
 
     /// Row `i`.
     pub(super) fn row(&self, i: usize) -> Row<'_> {
-        let (v, s) = (self.chunks * CHUNK * BLOCK, self.chunks * CHUNK);
+        let (v, s) = (self.chunks * CHUNK_VALUES, self.chunks * CHUNK);
         Row {
             values: &self.values[i * v..(i + 1) * v],
             scales: &self.scales[i * s..(i + 1) * s],
@@ -220,7 +239,7 @@ pub(super) fn dot_portable(format: BlockFormat, w: &[u8], x: &Row) -> f32 {
             let at = c * CHUNK + l;
             let mut dot = 0i32;
             for (i, &q) in chunk.ints[l].iter().enumerate() {
-                let p = x.values[c * CHUNK * BLOCK + (i / 4) * 32 + 4 * l + i % 4];
+                let p = x.values[c * CHUNK_VALUES + act_offset(i / 4, l, i % 4)];
                 dot += q * i32::from(p);
             }
             total += d * x.scales[at] * dot as f32 + m * x.sums[at];

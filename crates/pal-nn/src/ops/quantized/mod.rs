@@ -4,10 +4,10 @@
 //!
 //! Q4_0, Q4_1 and Q8_0 (blocks of 32 weights with an f16 scale) run on the kernels here: the
 //! weights are repacked at load ([`layout`]: eight blocks side by side, same bytes as the file),
-//! each row of `x` is quantized to 8 bits per block of 32 (scale `amax / 127`, as llama.cpp does
-//! with its activations), and each weight row is read once and multiplied with up to eight rows
-//! of `x` in integers ([`x86`]: AVX-512 VNNI or AVX2, chosen at run time; a portable loop
-//! elsewhere). The other quantized GGUF types (the k-quants, Q5_0, Q5_1) go through candle's
+//! each row of `x` is quantized to 16 bits per value with a scale per block of 32 (near-exact:
+//! 8 bits, as llama.cpp uses, changed SmolLM2's answers), and each weight row is read once and
+//! multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI or AVX2, chosen at
+//! run time; a portable loop elsewhere). The other quantized GGUF types (the k-quants, Q5_0, Q5_1) go through candle's
 //! quantized matmul.
 //!
 //! For a Q4_1 block with scale `d`, offset `m` and 4-bit values `q`, against an activation block
@@ -229,14 +229,14 @@ impl CustomOp1 for BlockMatmul<'_> {
     }
 }
 
-/// The instructions the CPU offers the kernel (checked once per product).
+/// The instructions the CPU offers the kernels (checked once per product).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Simd {
     /// No AVX2: the portable loop.
     None,
-    /// AVX2, FMA, F16C: `vpmaddubsw`.
+    /// AVX2, FMA, F16C: `vpmaddwd`.
     Avx2,
-    /// And AVX-512 VNNI on 256-bit vectors: `vpdpbusd`.
+    /// And AVX-512 VNNI on 256-bit vectors: `vpdpwssd`.
     Vnni,
 }
 
@@ -262,28 +262,25 @@ fn dot_rows(simd: Simd, format: BlockFormat, w: &[u8], x: &[Row; GROUP], n: usiz
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! by_rows {
-            ($($kernel:ident)::+, $q8:literal) => {
+            ($($kernel:ident)::+) => {
                 match n {
-                    1 => $($kernel)::+::<1, $q8>(format, w, x),
-                    2 => $($kernel)::+::<2, $q8>(format, w, x),
-                    3 => $($kernel)::+::<3, $q8>(format, w, x),
-                    4 => $($kernel)::+::<4, $q8>(format, w, x),
-                    5 => $($kernel)::+::<5, $q8>(format, w, x),
-                    6 => $($kernel)::+::<6, $q8>(format, w, x),
-                    7 => $($kernel)::+::<7, $q8>(format, w, x),
-                    _ => $($kernel)::+::<8, $q8>(format, w, x),
+                    1 => $($kernel)::+::<1>(format, w, x),
+                    2 => $($kernel)::+::<2>(format, w, x),
+                    3 => $($kernel)::+::<3>(format, w, x),
+                    4 => $($kernel)::+::<4>(format, w, x),
+                    5 => $($kernel)::+::<5>(format, w, x),
+                    6 => $($kernel)::+::<6>(format, w, x),
+                    7 => $($kernel)::+::<7>(format, w, x),
+                    _ => $($kernel)::+::<8>(format, w, x),
                 }
             };
         }
-        let q8 = format == BlockFormat::Q8_0;
         // SAFETY: the CPU has the instructions each kernel is compiled for (`simd` comes from
         // `simd_level`); `w` is a whole repacked row and every row of `x` holds its chunks.
-        match (simd, q8) {
-            (Simd::Vnni, true) => return unsafe { by_rows!(x86::dot_vnni, true) },
-            (Simd::Vnni, false) => return unsafe { by_rows!(x86::dot_vnni, false) },
-            (Simd::Avx2, true) => return unsafe { by_rows!(x86::dot_avx2, true) },
-            (Simd::Avx2, false) => return unsafe { by_rows!(x86::dot_avx2, false) },
-            (Simd::None, _) => {}
+        match simd {
+            Simd::Vnni => return unsafe { by_rows!(x86::dot_vnni) },
+            Simd::Avx2 => return unsafe { by_rows!(x86::dot_avx2) },
+            Simd::None => {}
         }
     }
     let _ = simd;

@@ -1,16 +1,13 @@
 //! The x86-64 kernels: one repacked weight row against up to eight quantized rows of `x`, a
-//! chunk of eight blocks at a time. Each chunk's values are loaded (and, for 4-bit formats,
-//! split into nibbles) once and used for every row; per row, eight 4-byte-lane dot products
-//! accumulate each block's integer sum in its own lane, then one multiply by the eight scales.
-//!
-//! `vpdpbusd` (AVX-512 VNNI) and `vpmaddubsw` (AVX2) multiply unsigned by signed bytes. Q8_0's
-//! signed weights are made unsigned by adding 128 for VNNI (`-128 d` joins the offset term) and
-//! by moving their signs onto the activations for AVX2 (whose 16-bit pair sums would overflow
-//! with weights up to 255).
+//! chunk of eight blocks at a time. Each chunk's weights are loaded, split into nibbles (4-bit
+//! formats) and widened to 16 bits once, and used for every row; per row, sixteen products of
+//! 16-bit pairs summed into 32-bit lanes (`vpdpwssd` with AVX-512 VNNI, `vpmaddwd` and an add
+//! with AVX2) accumulate each block's integer sum in its own two lanes, then one multiply by the
+//! blocks' scales.
 
 use std::arch::x86_64::*;
 
-use super::layout::{BlockFormat, Row, BLOCK, CHUNK};
+use super::layout::{BlockFormat, Row, CHUNK, CHUNK_VALUES};
 use super::GROUP;
 
 /// The horizontal sum of eight lanes.
@@ -51,10 +48,10 @@ unsafe fn group(p: *const u8, count: usize, mask: __m256i) -> __m256i {
 }
 
 macro_rules! kernel {
-    ($name:ident, $features:literal, $vnni:literal, $dot:expr) => {
-        /// One repacked weight row against `R` quantized rows (`Q8`: the format is Q8_0).
+    ($name:ident, $features:literal, $dot:expr) => {
+        /// One repacked weight row against `R` quantized rows.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn $name<const R: usize, const Q8: bool>(
+        pub(super) unsafe fn $name<const R: usize>(
             format: BlockFormat,
             w: &[u8],
             x: &[Row; GROUP],
@@ -62,6 +59,11 @@ macro_rules! kernel {
             let blocks = w.len() / format.bytes();
             let low = _mm256_set1_epi8(0x0F);
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            // Which block each 32-bit lane of a group's two widened vectors holds.
+            let blocks_of = [
+                _mm256_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5),
+                _mm256_setr_epi32(2, 2, 3, 3, 6, 6, 7, 7),
+            ];
             let mut acc = [_mm256_setzero_ps(); R];
             let mut at = w.as_ptr();
             let (mut first, mut chunk) = (0, 0);
@@ -77,43 +79,42 @@ macro_rules! kernel {
                         m
                     }
                     BlockFormat::Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                    BlockFormat::Q8_0 if $vnni => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
                     BlockFormat::Q8_0 => _mm256_setzero_ps(),
                 };
-                // The eight groups of unsigned values (and, Q8_0 on AVX2, the weights' signs).
-                let mut q = [_mm256_setzero_si256(); 8];
-                let mut signs = [_mm256_setzero_si256(); 8];
-                if Q8 {
-                    for t in 0..8 {
-                        let v = group(at.add(t * 4 * count), count, mask);
-                        if $vnni {
-                            q[t] = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
-                        } else {
-                            q[t] = _mm256_sign_epi8(v, v);
-                            signs[t] = v;
-                        }
+                // Group g (values 4g..4g+4 of every block) as two vectors of 16-bit weights.
+                let mut q = [_mm256_setzero_si256(); 16];
+                let zero = _mm256_setzero_si256();
+                let mut widen = |g: usize, bytes: __m256i, high: __m256i| {
+                    q[2 * g] = _mm256_unpacklo_epi8(bytes, high);
+                    q[2 * g + 1] = _mm256_unpackhi_epi8(bytes, high);
+                };
+                if format == BlockFormat::Q8_0 {
+                    for g in 0..8 {
+                        let v = group(at.add(g * 4 * count), count, mask);
+                        widen(g, v, _mm256_cmpgt_epi8(zero, v));
                     }
                 } else {
                     for u in 0..4 {
                         let v = group(at.add(u * 4 * count), count, mask);
-                        q[u] = _mm256_and_si256(v, low);
-                        q[u + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        widen(u, _mm256_and_si256(v, low), zero);
+                        widen(u + 4, _mm256_and_si256(_mm256_srli_epi16(v, 4), low), zero);
                     }
                 }
                 at = at.add(format.value_bytes() * count);
                 for r in 0..R {
-                    let p = x[r].values.as_ptr().add(chunk * CHUNK * BLOCK);
-                    let mut sums = _mm256_setzero_si256();
-                    for t in 0..8 {
-                        let mut pt = _mm256_loadu_si256(p.add(32 * t) as *const __m256i);
-                        if Q8 && !$vnni {
-                            pt = _mm256_sign_epi8(pt, signs[t]);
-                        }
-                        sums = $dot(sums, q[t], pt);
+                    let p = x[r].values.as_ptr().add(chunk * CHUNK_VALUES);
+                    let mut sums = [_mm256_setzero_si256(); 2];
+                    for (v, qv) in q.iter().enumerate() {
+                        let pv = _mm256_loadu_si256(p.add(16 * v) as *const __m256i);
+                        sums[v % 2] = $dot(sums[v % 2], *qv, pv);
                     }
                     let a = _mm256_loadu_ps(x[r].scales.as_ptr().add(chunk * CHUNK));
                     let s = _mm256_loadu_ps(x[r].sums.as_ptr().add(chunk * CHUNK));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, a), acc[r]);
+                    let scale = _mm256_mul_ps(d, a);
+                    for k in 0..2 {
+                        let per_lane = _mm256_permutevar8x32_ps(scale, blocks_of[k]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[k]), per_lane, acc[r]);
+                    }
                     acc[r] = _mm256_fmadd_ps(m, s, acc[r]);
                 }
                 first += count;
@@ -128,15 +129,12 @@ macro_rules! kernel {
     };
 }
 
-kernel!(dot_avx2, "avx2,fma,f16c", false, |sums, q, p| {
-    _mm256_add_epi32(
-        sums,
-        _mm256_madd_epi16(_mm256_maddubs_epi16(q, p), _mm256_set1_epi16(1)),
-    )
-});
+kernel!(dot_avx2, "avx2,fma,f16c", |sums, q, p| _mm256_add_epi32(
+    sums,
+    _mm256_madd_epi16(q, p)
+));
 kernel!(
     dot_vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
-    true,
-    |sums, q, p| _mm256_dpbusd_epi32(sums, q, p)
+    |sums, q, p| _mm256_dpwssd_epi32(sums, q, p)
 );
