@@ -73,8 +73,12 @@ pub struct EngineResult {
     pub weights: String,
     /// One entry per batch size.
     pub throughput: Vec<Throughput>,
-    /// Peak resident memory of the process.
+    /// Peak resident memory of the process (for pal: while loading, when every weight is
+    /// dequantized once).
     pub peak_rss_bytes: f64,
+    /// Resident memory after the measurement: what the weights in their form take to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<f64>,
 }
 
 /// The report (`PREFIX.json`).
@@ -205,12 +209,13 @@ pub fn run_child(job: &LlmChildJob) -> anyhow::Result<EngineResult> {
             decode_tokens_per_s: median(decode),
         });
     }
-    let (peak, _) = pal_train::metrics::memory_bytes();
+    let (peak, resident) = pal_train::metrics::memory_bytes();
     Ok(EngineResult {
         engine: format!("pal {form}"),
         weights: used.to_string(),
         throughput,
         peak_rss_bytes: peak as f64,
+        resident_bytes: Some(resident as f64),
     })
 }
 
@@ -222,8 +227,8 @@ impl LlmReport {
              median of {} runs (after one warm-up), {} threads, greedy; batch `b` decodes `b` \
              sequences together (tokens/s count every sequence). Each engine runs in its own \
              process.\n\n```sh\n{}\n```\n\n\
-             | engine | weights | batch | prefill tokens/s | decode tokens/s | peak memory |\n\
-             |---|---|---|---|---|---|\n",
+             | engine | weights | batch | prefill tokens/s | decode tokens/s | peak memory | \
+             resident after |\n|---|---|---|---|---|---|---|\n",
             self.model,
             self.prompt_tokens,
             self.decode_tokens,
@@ -233,8 +238,12 @@ impl LlmReport {
         );
         for e in &self.engines {
             for t in &e.throughput {
+                let resident = e
+                    .resident_bytes
+                    .map(|b| format!("{:.0} MB", b / 1e6))
+                    .unwrap_or_else(|| "-".into());
                 md.push_str(&format!(
-                    "| {} | {} | {} | {:.1} | {:.1} | {:.0} MB |\n",
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.0} MB | {resident} |\n",
                     e.engine,
                     e.weights,
                     t.batch,

@@ -190,5 +190,18 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
         false => "lm_head.weight",
     };
     attach(head, &mut llm.lm_head)?;
+    if form == WeightForm::Quantized {
+        release_freed_memory();
+    }
     Ok(used)
+}
+
+/// Hands memory freed by dropping the f32 weights back to the system: glibc keeps freed blocks
+/// of these sizes in its heap, so the process would go on holding them.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

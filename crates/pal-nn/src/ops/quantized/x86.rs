@@ -103,11 +103,16 @@ macro_rules! kernel {
                 at = at.add(format.value_bytes() * count);
                 for r in 0..R {
                     let p = x[r].values.as_ptr().add(chunk * CHUNK_VALUES);
-                    let mut sums = [_mm256_setzero_si256(); 2];
+                    // Four independent sums (two per lane order) shorten the dependency chains.
+                    let mut sums = [_mm256_setzero_si256(); 4];
                     for (v, qv) in q.iter().enumerate() {
                         let pv = _mm256_loadu_si256(p.add(16 * v) as *const __m256i);
-                        sums[v % 2] = $dot(sums[v % 2], *qv, pv);
+                        sums[v % 4] = $dot(sums[v % 4], *qv, pv);
                     }
+                    let sums = [
+                        _mm256_add_epi32(sums[0], sums[2]),
+                        _mm256_add_epi32(sums[1], sums[3]),
+                    ];
                     let a = _mm256_loadu_ps(x[r].scales.as_ptr().add(chunk * CHUNK));
                     let s = _mm256_loadu_ps(x[r].sums.as_ptr().add(chunk * CHUNK));
                     let scale = _mm256_mul_ps(d, a);
