@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
 use pal_models::{KvCache, Llama, Tokenizer};
 
-use crate::sampling::Sampler;
+use crate::sequence::SequenceState;
 use crate::{InferError, Result};
 
 /// How to generate.
@@ -222,100 +222,43 @@ pub(crate) fn decode(
     let pad = tokenizer.stop_token_ids.first().copied().unwrap_or(0);
     let n = hidden.dims()[1];
     let mut logits = model.logits(&hidden.narrow(1, n - 1, 1)?)?.squeeze(1)?;
-
-    let mut samplers: Vec<Sampler> = params
+    let mut sequences: Vec<SequenceState> = params
         .iter()
-        .map(|p| Sampler::new(p.temperature, p.top_p, p.seed))
+        .zip(prompt_lengths)
+        .map(|(p, &length)| SequenceState::new(p.clone(), length))
         .collect();
     let longest = params.iter().map(|p| p.max_tokens).max().unwrap_or(0);
-    let mut tokens: Vec<Vec<u32>> = vec![vec![]; b];
-    let mut emitted: Vec<usize> = vec![0; b];
-    let mut finished: Vec<Option<FinishReason>> = vec![None; b];
-    let mut texts: Vec<String> = vec![String::new(); b];
-
-    for step in 0..longest {
+    for _ in 0..longest {
         let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(b);
-        for i in 0..b {
-            if finished[i].is_some() {
+        for (i, sequence) in sequences.iter_mut().enumerate() {
+            if sequence.finished().is_some() {
                 next.push(pad);
                 continue;
             }
-            if step >= params[i].max_tokens {
-                finished[i] = Some(FinishReason::Length);
-                next.push(pad);
-                continue;
-            }
-            let token = samplers[i].sample(&rows[i]);
-            next.push(token);
-            if tokenizer.stop_token_ids.contains(&token) {
-                finished[i] = Some(FinishReason::Stop);
-            } else {
-                tokens[i].push(token);
-                let text = tokenizer.decode(&tokens[i], true)?;
-                if let Some(cut) = params[i]
-                    .stop
-                    .iter()
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                {
-                    texts[i] = text[..cut].to_string();
-                    finished[i] = Some(FinishReason::Stop);
-                } else {
-                    texts[i] = text;
-                }
-            }
-            // Emit text that can no longer change: hold back an incomplete UTF-8 character and
-            // anything that could be the start of a stop string.
-            let text = &texts[i];
-            let mut safe = if finished[i].is_some() {
-                text.len()
-            } else {
-                stable_len(text, &params[i].stop)
-            };
-            while safe > emitted[i] && !text.is_char_boundary(safe) {
-                safe -= 1;
-            }
-            let piece = &text[emitted[i].min(safe)..safe];
-            emitted[i] = emitted[i].max(safe);
-            if !on_event(i, piece) && finished[i].is_none() {
-                finished[i] = Some(FinishReason::Cancelled);
+            let (token, piece) = sequence.step(&rows[i], tokenizer)?;
+            next.push(token.unwrap_or(pad));
+            if !on_event(i, &piece) {
+                sequence.cancel();
             }
         }
-        if finished.iter().all(|f| f.is_some()) {
+        if sequences.iter().all(|s| s.finished().is_some()) {
             break;
         }
         let step = Tensor::from_vec(next, (b, 1), device)?;
         logits = model.forward(&step, None, cache)?.squeeze(1)?;
     }
-    Ok((0..b)
-        .map(|i| {
-            if finished[i].is_none() && emitted[i] < texts[i].len() {
-                on_event(i, &texts[i][emitted[i]..]);
+    Ok(sequences
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut sequence)| {
+            let rest = sequence.rest();
+            if sequence.finished().is_none() && !rest.is_empty() {
+                on_event(i, &rest);
             }
-            Generation {
-                text: texts[i].clone(),
-                tokens: tokens[i].clone(),
-                prompt_tokens: prompt_lengths[i],
-                finish_reason: finished[i].unwrap_or(FinishReason::Length),
-            }
+            sequence.into_generation()
         })
         .collect())
-}
-
-/// Length of the prefix of `text` that is final: it drops a trailing replacement character (an
-/// incomplete UTF-8 sequence) and any suffix that is a prefix of a stop string.
-fn stable_len(text: &str, stop: &[String]) -> usize {
-    let mut len = text.trim_end_matches('\u{FFFD}').len();
-    for s in stop {
-        for k in (1..s.len()).rev() {
-            if s.is_char_boundary(k) && text[..len].ends_with(&s[..k]) {
-                len = len.min(len - k);
-                break;
-            }
-        }
-    }
-    len
 }
 
 #[cfg(test)]
@@ -337,6 +280,7 @@ mod tests {
 
     #[test]
     fn stable_len_holds_back_partial_stop_strings() {
+        use crate::sequence::stable_len;
         assert_eq!(stable_len("Paris. EN", &["END".into()]), 7);
         assert_eq!(stable_len("Paris", &["END".into()]), 5);
         assert_eq!(stable_len("ab\u{FFFD}", &[]), 2);

@@ -3,9 +3,11 @@
 
 #![warn(missing_docs)]
 
+pub mod continuous;
 pub mod conversation;
 pub mod generate;
 pub mod sampling;
+pub mod sequence;
 pub mod transcribe;
 
 pub use conversation::Conversation;

@@ -1,22 +1,25 @@
-//! The one thread that runs the model. Requests wait in a bounded queue; the worker takes the
-//! first, waits a short while for more, and generates for all of them in one batch
-//! ([`pal_infer::generate_batch`]). A full queue is refused at once (the server answers 503), and
-//! a request whose client went away is dropped from the batch.
+//! The two threads behind the server. Requests wait in a bounded queue (a full queue is refused
+//! at once: 503). The encoder thread takes them in order, encodes each clip (or finds it in the
+//! audio cache) and checks the request against the model's real position limit; the model
+//! thread admits ready requests between decoding steps and runs them with continuous batching
+//! ([`pal_infer::continuous`]): a request joins the running batch as soon as it is prefilled,
+//! and leaves it as soon as it ends or its client goes away. So encoding never stalls decoding
+//! steps, and a finished answer never costs another step.
 //!
-//! Nothing one request does takes the others down: each is checked against the model's real
-//! position limit after encoding and before it joins a batch; a batch that fails is retried one
-//! request at a time, so the request at fault fails alone; a panic fails its batch with 500 and
-//! the thread carries on (counted, and reported by `/health`).
+//! Nothing one request does takes the others down: a request past the position limit is refused
+//! before it joins; a step the model fails is retried one sequence at a time, so the request at
+//! fault fails alone; a panic fails the requests of its step (or its encoding) with 500 and the
+//! thread carries on (counted, and reported by `/health`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use pal_infer::{generate_batch_cached, FinishReason, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
+use pal_infer::continuous::{prefill, Running};
+use pal_infer::{FinishReason, Generation, GenerationParams};
+use pal_models::audio_llm::{AudioLlm, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::Segment;
@@ -99,10 +102,8 @@ pub enum Job {
 /// How requests are batched.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Most requests in one batch (1 turns batching off).
+    /// Most requests decoding together (1 turns batching off).
     pub max_batch: usize,
-    /// How long the first request of a batch waits for others.
-    pub wait: Duration,
     /// Most requests waiting; more are refused with 503.
     pub queue_capacity: usize,
     /// Bytes of the audio cache (encoder outputs and LAL keys/values of recent clips); 0 turns
@@ -114,7 +115,6 @@ impl Default for Batching {
     fn default() -> Self {
         Self {
             max_batch: 8,
-            wait: Duration::from_millis(5),
             queue_capacity: 64,
             audio_cache_bytes: 512 << 20,
         }
@@ -126,7 +126,7 @@ impl Default for Batching {
 pub struct Counters {
     /// Chat requests answered (completed, failed or cancelled).
     pub chats: AtomicUsize,
-    /// Batches run.
+    /// Decoding steps run (each over the whole running batch).
     pub batches: AtomicUsize,
     /// Requests cancelled because their client went away.
     pub cancelled: AtomicUsize,
@@ -185,83 +185,250 @@ pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
     (Queue { sender, counters }, receiver)
 }
 
-/// Starts the model thread. It ends when every [`Queue`] clone is dropped and the queue is
-/// drained.
+/// Starts the encoder and model threads. They end when every [`Queue`] clone is dropped and
+/// the queue is drained.
 pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::JoinHandle<()>) {
     let (queue, receiver) = queue(batching.queue_capacity);
-    let worker_counters = queue.counters.clone();
+    // Encoded requests wait here for the model thread; a small buffer keeps the encoder at most
+    // a batch ahead.
+    let (ready_sender, ready) = sync_channel::<Ready>(batching.max_batch.max(1));
+    let encoder_bundle = bundle.clone();
+    let encoder_counters = queue.counters.clone();
+    let encoder = std::thread::Builder::new()
+        .name("pal-encoder".into())
+        .spawn(move || {
+            encode_requests(
+                &encoder_bundle,
+                &receiver,
+                &ready_sender,
+                batching,
+                &encoder_counters,
+            )
+        })
+        .expect("spawn the encoder thread");
+    let model_counters = queue.counters.clone();
     let handle = std::thread::Builder::new()
         .name("pal-model".into())
         .spawn(move || {
-            run(&bundle, &receiver, batching, &worker_counters);
-            worker_counters.stopped.store(true, Ordering::Relaxed);
+            generate_requests(&bundle, &ready, batching, &model_counters);
+            let _ = encoder.join();
+            model_counters.stopped.store(true, Ordering::Relaxed);
         })
         .expect("spawn the model thread");
     (queue, handle)
 }
 
-/// A chat job taken from the queue.
-struct ChatJob {
-    segments: Vec<Segment>,
-    samples: Vec<f32>,
+/// A chat request whose clip is encoded and which fits the model: ready to join the batch.
+struct Ready {
+    example: Example,
+    /// The clip's LAL keys/values, when the audio cache keeps them.
+    clip: Option<Arc<CachedClip>>,
     params: GenerationParams,
     events: mpsc::UnboundedSender<Event>,
 }
 
-fn run(bundle: &Bundle, receiver: &Receiver<Job>, batching: Batching, counters: &Counters) {
+/// The encoder thread: transcriptions, and each chat's clip encoded and checked; a panic fails
+/// the request it happened on.
+fn encode_requests(
+    bundle: &Bundle,
+    receiver: &Receiver<Job>,
+    ready: &SyncSender<Ready>,
+    batching: Batching,
+    counters: &Counters,
+) {
     let mut cache = AudioCache::new(batching.audio_cache_bytes);
-    while let Ok(first) = receiver.recv() {
-        let mut chats = vec![];
-        let take = |job: Job, chats: &mut Vec<ChatJob>| match job {
+    while let Ok(job) = receiver.recv() {
+        match job {
+            Job::Transcribe { samples, reply } => {
+                let result = isolated(counters, || transcribe(bundle, &samples)).and_then(|r| r);
+                counters.transcriptions.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(result);
+            }
             Job::Chat {
                 segments,
                 samples,
                 params,
                 events,
-            } => chats.push(ChatJob {
-                segments,
-                samples,
-                params,
-                events,
-            }),
-            Job::Transcribe { samples, reply } => {
-                let result = transcribe(bundle, &samples);
-                counters.transcriptions.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
+            } => {
+                counters.chats.fetch_add(1, Ordering::Relaxed);
+                if events.is_closed() {
+                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let prepared = isolated(counters, || {
+                    prepare(bundle, &mut cache, segments, &samples, &params, counters)
+                });
+                match prepared {
+                    Ok(Ok((example, clip))) => {
+                        let request = Ready {
+                            example,
+                            clip,
+                            params,
+                            events,
+                        };
+                        if ready.send(request).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(event)) => {
+                        let _ = events.send(event);
+                    }
+                    Err(message) => {
+                        let _ = events.send(Event::Failed(message));
+                    }
+                }
             }
-        };
-        take(first, &mut chats);
-        let deadline = Instant::now() + batching.wait;
-        while chats.len() < batching.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match receiver.recv_timeout(left) {
-                Ok(job) => take(job, &mut chats),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        if !chats.is_empty() {
-            run_chats(bundle, chats, &mut cache, counters);
         }
     }
 }
 
-fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
-    let (model, tokenizer) = bundle
-        .whisper
-        .as_ref()
-        .ok_or_else(|| "this model has no Whisper decoder".to_string())?;
-    pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
+/// The request's example, its clip from the cache or just encoded, once it is known to fit the
+/// model's positions; else the event that tells the client why not.
+fn prepare(
+    bundle: &Bundle,
+    cache: &mut AudioCache,
+    segments: Vec<Segment>,
+    samples: &[f32],
+    params: &GenerationParams,
+    counters: &Counters,
+) -> Result<(Example, Option<Arc<CachedClip>>), Event> {
+    let clip = clip_audio(bundle, cache, samples, counters)
+        .map_err(|e| Event::Failed(format!("encoding the audio: {e}")))?;
+    let (audio, clip) = match clip {
+        Clip::Kept(c) => (c.audio.clone(), Some(c)),
+        Clip::Encoded(audio) => (audio, None),
+    };
+    let example = Example { segments, audio };
+    let positions = bundle.model.llm.rope.len();
+    let needed = bundle
+        .model
+        .prompt_positions(&example)
+        .map_err(|e| Event::Failed(e.to_string()))?
+        + params.max_tokens;
+    if needed > positions {
+        counters.too_long.fetch_add(1, Ordering::Relaxed);
+        return Err(Event::Refused {
+            message: format!(
+                "the audio, the prompt and max_tokens take {needed} positions; the model has {positions} (send a shorter clip or prompt, or fewer max_tokens)"
+            ),
+            code: "context_length_exceeded",
+        });
+    }
+    Ok((example, clip))
 }
 
-/// Runs one batch of chats; a panic anywhere in it fails the batch's requests with 500 and is
-/// counted, and the thread goes on with the next batch.
-fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, cache: &mut AudioCache, counters: &Counters) {
-    let senders: Vec<mpsc::UnboundedSender<Event>> =
-        chats.iter().map(|c| c.events.clone()).collect();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        run_batch(bundle, chats, cache, counters);
-    }));
-    if let Err(panic) = outcome {
+/// The model thread: admits ready requests between steps (waiting only when nothing runs) and
+/// decodes the running batch one step at a time.
+fn generate_requests(
+    bundle: &Bundle,
+    ready: &Receiver<Ready>,
+    batching: Batching,
+    counters: &Counters,
+) {
+    let mut running: Running<mpsc::UnboundedSender<Event>> = Running::default();
+    loop {
+        if running.is_empty() {
+            match ready.recv() {
+                Ok(request) => admit(bundle, &mut running, request, counters),
+                Err(_) => return,
+            }
+        }
+        while running.len() < batching.max_batch.max(1) {
+            match ready.try_recv() {
+                Ok(request) => admit(bundle, &mut running, request, counters),
+                Err(_) => break,
+            }
+        }
+        if running.is_empty() {
+            continue;
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        let outcome = isolated(counters, || {
+            running
+                .step(&bundle.model.llm, &bundle.tokenizer, stream)
+                .map_err(|e| e.to_string())
+        });
+        match outcome {
+            Ok(Ok(outcome)) => {
+                for (events, generation) in outcome.ended {
+                    finish(&events, generation, counters);
+                }
+                for (events, error) in outcome.failed {
+                    let _ = events.send(Event::Failed(error));
+                }
+            }
+            Ok(Err(error)) | Err(error) => {
+                for events in running.drain() {
+                    let _ = events.send(Event::Failed(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Prefills a ready request and adds it to the running batch; a failure or panic fails it
+/// alone.
+fn admit(
+    bundle: &Bundle,
+    running: &mut Running<mpsc::UnboundedSender<Event>>,
+    request: Ready,
+    counters: &Counters,
+) {
+    if request.events.is_closed() {
+        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Ready {
+        example,
+        clip,
+        params,
+        events,
+    } = request;
+    let joined = isolated(counters, || {
+        if let Some(fault) = &bundle.fault_injection {
+            if (fault.0)(&example.segments) {
+                panic!("fault injected for a test");
+            }
+        }
+        let lal = clip.as_deref().map(|c| &c.lal);
+        let prefilled = prefill(&bundle.model, &example, lal).map_err(|e| e.to_string())?;
+        running
+            .join(events.clone(), prefilled, params, &bundle.tokenizer, stream)
+            .map_err(|e| e.to_string())
+    });
+    match joined {
+        Ok(Ok(Some((events, generation)))) => finish(&events, generation, counters),
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) | Err(error) => {
+            let _ = events.send(Event::Failed(error));
+        }
+    }
+}
+
+/// Streams a piece of text; `false` (cancel) once the client has gone away.
+fn stream(events: &mpsc::UnboundedSender<Event>, piece: &str) -> bool {
+    if !piece.is_empty() {
+        let _ = events.send(Event::Text(piece.to_string()));
+    }
+    !events.is_closed()
+}
+
+/// Tells the client its answer is complete.
+fn finish(events: &mpsc::UnboundedSender<Event>, generation: Generation, counters: &Counters) {
+    if generation.finish_reason == FinishReason::Cancelled {
+        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = events.send(Event::Done {
+        finish: generation.finish_reason,
+        prompt_tokens: generation.prompt_tokens,
+        completion_tokens: generation.tokens.len(),
+    });
+}
+
+/// Runs `f`, turning a panic into the message of a 500 (counted, and kept for `/health`): the
+/// thread carries on.
+fn isolated<T>(counters: &Counters, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
         let message = panic
             .downcast_ref::<String>()
             .cloned()
@@ -272,94 +439,16 @@ fn run_chats(bundle: &Bundle, chats: Vec<ChatJob>, cache: &mut AudioCache, count
             .last_panic
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
-        for events in senders {
-            let _ = events.send(Event::Failed(format!(
-                "internal error while generating (the request was not at fault): {message}"
-            )));
-        }
-    }
+        format!("internal error while generating (the request was not at fault): {message}")
+    })
 }
 
-/// Encodes each clip, refuses the requests that would not fit the model's context, and generates
-/// every other answer in one batch (one at a time when the batch fails, so that the request at
-/// fault fails alone).
-fn run_batch(bundle: &Bundle, chats: Vec<ChatJob>, cache: &mut AudioCache, counters: &Counters) {
-    let positions = bundle.model.llm.rope.len();
-    let mut live = vec![];
-    let mut examples = vec![];
-    let mut clips: Vec<Option<Arc<CachedClip>>> = vec![];
-    for job in chats {
-        counters.chats.fetch_add(1, Ordering::Relaxed);
-        if job.events.is_closed() {
-            counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let clip = match clip_audio(bundle, cache, &job.samples, counters) {
-            Ok(clip) => clip,
-            Err(e) => {
-                let _ = job
-                    .events
-                    .send(Event::Failed(format!("encoding the audio: {e}")));
-                continue;
-            }
-        };
-        let example = Example {
-            segments: job.segments.clone(),
-            audio: match &clip {
-                Clip::Kept(c) => c.audio.clone(),
-                Clip::Encoded(audio) => audio.clone(),
-            },
-        };
-        let needed = bundle
-            .model
-            .prompt_positions(&example)
-            .map(|p| p + job.params.max_tokens);
-        match needed {
-            Ok(needed) if needed > positions => {
-                counters.too_long.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::Refused {
-                    message: format!(
-                        "the audio, the prompt and max_tokens take {needed} positions; the model has {positions} (send a shorter clip or prompt, or fewer max_tokens)"
-                    ),
-                    code: "context_length_exceeded",
-                });
-            }
-            Ok(_) => {
-                examples.push(example);
-                live.push(job);
-                clips.push(match clip {
-                    Clip::Kept(c) => Some(c),
-                    Clip::Encoded(_) => None,
-                });
-            }
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
-            }
-        }
-    }
-    if live.is_empty() {
-        return;
-    }
-    if let Some(fault) = &bundle.fault_injection {
-        if live.iter().any(|j| (fault.0)(&j.segments)) {
-            panic!("fault injected for a test");
-        }
-    }
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    // Kept clips bring their LAL keys/values; without the cache the batch computes them.
-    let lal: Vec<Option<&ClipLal>> = if clips.iter().all(Option::is_some) {
-        clips.iter().map(|c| c.as_deref().map(|c| &c.lal)).collect()
-    } else {
-        vec![]
-    };
-    if generate_and_send(bundle, &live, &examples, &lal, counters).is_err() && live.len() > 1 {
-        for (i, job) in live.iter().enumerate() {
-            let one = std::slice::from_ref(job);
-            let example = std::slice::from_ref(&examples[i]);
-            let lal = lal.get(i).map(std::slice::from_ref).unwrap_or(&[]);
-            let _ = generate_and_send(bundle, one, example, lal, counters);
-        }
-    }
+fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
+    let (model, tokenizer) = bundle
+        .whisper
+        .as_ref()
+        .ok_or_else(|| "this model has no Whisper decoder".to_string())?;
+    pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
 }
 
 /// A request's clip: kept from an earlier request, or just encoded (the cache is off).
@@ -391,51 +480,4 @@ fn clip_audio(
     let clip = Arc::new(CachedClip { audio, lal });
     cache.insert(key, clip.clone());
     Ok(Clip::Kept(clip))
-}
-
-/// Generates the answers of `live` in one batch and sends them; on an error the requests get
-/// nothing yet, unless there is one (it gets the error), and the error is returned.
-fn generate_and_send(
-    bundle: &Bundle,
-    live: &[ChatJob],
-    examples: &[Example],
-    lal: &[Option<&ClipLal>],
-    counters: &Counters,
-) -> Result<(), ()> {
-    let params: Vec<GenerationParams> = live.iter().map(|j| j.params.clone()).collect();
-    let result = generate_batch_cached(
-        &bundle.model,
-        &bundle.tokenizer,
-        examples,
-        lal,
-        &params,
-        |i, piece| {
-            let events = &live[i].events;
-            if !piece.is_empty() {
-                let _ = events.send(Event::Text(piece.to_string()));
-            }
-            !events.is_closed()
-        },
-    );
-    match result {
-        Ok(generations) => {
-            for (job, g) in live.iter().zip(generations) {
-                if g.finish_reason == FinishReason::Cancelled {
-                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = job.events.send(Event::Done {
-                    finish: g.finish_reason,
-                    prompt_tokens: g.prompt_tokens,
-                    completion_tokens: g.tokens.len(),
-                });
-            }
-            Ok(())
-        }
-        Err(e) => {
-            if let [job] = live {
-                let _ = job.events.send(Event::Failed(e.to_string()));
-            }
-            Err(())
-        }
-    }
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use pal_models::text::Segment;
@@ -16,10 +15,8 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_position_limit_fails_alone() {
     let Some(bundle) = bundle() else { return };
-    // Both requests wait for each other: one batch.
     let batching = Batching {
         max_batch: 2,
-        wait: Duration::from_secs(5),
         ..Batching::default()
     };
     let (queue, _worker) = engine::start(bundle.clone(), batching);

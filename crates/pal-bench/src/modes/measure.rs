@@ -7,6 +7,7 @@ use pal_models::audio_llm::config::ConnectorConfig;
 use pal_models::audio_llm::{Attachment, AudioLlm, Example, Padding};
 use pal_models::text::Segment;
 use pal_models::Llama;
+use pal_models::WeightForm;
 use pal_nn::Params;
 use pal_train::metrics::memory_bytes;
 
@@ -114,6 +115,11 @@ pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
             batch: batch_size,
             ..
         } => {
+            if setup.shapes.is_none() {
+                // As `pal ask`, `eval` and `serve` hold them by default.
+                let path = crate::llm_or_default(setup.llm.as_deref())?;
+                pal_models::llm::weight_form::apply(&mut model.llm, &path, WeightForm::Auto)?;
+            }
             let examples = examples(setup, vocab, batch_size, audio_tokens, false)?;
             let (mut prefills, mut decodes) = (vec![], vec![]);
             for run in 0..=setup.steps {

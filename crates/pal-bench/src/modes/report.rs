@@ -361,7 +361,7 @@ impl ModesReport {
             .filter(|e| e.task == Task::Infer)
             .collect();
         if !infer.is_empty() {
-            md.push_str(&format!("\n## Inference (greedy, {} decoded tokens)\n\n| mode | Na | batch | prefill (s) | decode tokens/s | samples/s | peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n", self.decode_tokens));
+            md.push_str(&format!("\n## Inference (greedy, {} decoded tokens)\n\nFrozen LLM weights held as `--weights auto` holds them (a GGUF's quantized blocks for decoding, f32 for prefill); random-weight shapes stay in f32.\n\n| mode | Na | batch | prefill (s) | decode tokens/s | samples/s | peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n", self.decode_tokens));
             for e in infer {
                 md.push_str(&format!(
                     "| {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.0} |\n",

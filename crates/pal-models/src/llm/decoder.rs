@@ -333,6 +333,52 @@ impl Llama {
         Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
     }
 
+    /// One decoding step of sequences that each keep their own cache, so that they can join and
+    /// leave a running batch between steps (continuous batching): `tokens[i]` is sequence `i`'s
+    /// next token, `caches[i]` its cache (one sequence, no padding, its LAL prefix in front).
+    /// The linear layers run on all rows at once; each row attends over its own cache. Returns
+    /// logits `(rows, vocab)`. Inference only.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = tokens.len();
+        if caches.len() != b || caches.iter().any(|c| c.next_position.len() != 1) {
+            return Err(ModelError::Unsupported(format!(
+                "decode_step takes one cache of one sequence per token ({b} tokens, {} caches)",
+                caches.len()
+            )));
+        }
+        let device = self.device();
+        let positions: Vec<u32> = caches.iter().map(|c| c.next_position[0]).collect();
+        if let Some(&max) = positions.iter().max() {
+            if max as usize >= self.rope.len() {
+                return Err(ModelError::Unsupported(format!(
+                    "position {max} exceeds the model's RoPE table ({} positions)",
+                    self.rope.len()
+                )));
+            }
+        }
+        let (cos, sin) = self
+            .rope
+            .at(&Tensor::from_vec(positions, (b, 1), device)?)?;
+        let one = Tensor::ones((1, 1), DType::F32, device)?;
+        for cache in caches.iter_mut() {
+            cache.key_valid = Some(match &cache.key_valid {
+                Some(old) => Tensor::cat(&[old, &one], 1)?,
+                None => one.clone(),
+            });
+            cache.next_position[0] += 1;
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), device)?;
+        let mut x = self.embed(&ids)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            self.ffn_rows.fetch_add(b, Ordering::Relaxed);
+            let mut layer_caches: Vec<&mut crate::llm::cache::LayerCache> =
+                caches.iter_mut().map(|c| &mut c.layers[index]).collect();
+            x = layer.decode_rows(&self.config, &x, &cos, &sin, &mut layer_caches)?;
+        }
+        let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
+        Ok(self.logits(&hidden)?.squeeze(1)?)
+    }
+
     /// The mask of a layer with a key prefix: `[prefix validity ; text mask]` along the keys.
     fn prefix_mask(
         &self,

@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::{rms_norm, rope};
-use pal_nn::{attention_with_probs, Linear};
+use pal_nn::{attention, attention_with_probs, Linear};
 
 use crate::error::Result;
 use crate::llm::cache::LayerCache;
@@ -189,11 +189,7 @@ impl DecoderLayer {
         let eps = c.rms_norm_eps;
         // Attention block: x1 = x + o(attention(rope(q), [prefix; rope(k)], [prefix; v])).
         let h = rms_norm(x, &self.input_layernorm, eps)?;
-        let mut q = split_heads(&self.q_proj.forward(&h)?, c.num_attention_heads, c.head_dim)?;
-        if let Some(qn) = &self.q_norm {
-            q = rms_norm(&q, qn, eps)?;
-        }
-        let q = rope(&q, cos, sin)?;
+        let q = self.queries(c, &h, cos, sin)?;
         let (k_own, v_own) = self.keys_values(c, &h, Some((cos, sin)))?;
         let prefix_tracks = cache
             .prefix
@@ -230,11 +226,7 @@ impl DecoderLayer {
             .transpose(1, 2)?
             .reshape((b, n, c.num_attention_heads * c.head_dim))?;
         let x1 = (x + self.o_proj.forward(&attn)?)?;
-        // FFN: y = x1 + down(silu(gate) * up), with gate, up = W h2, h2 = rmsnorm(x1).
-        let h2 = rms_norm(&x1, &self.post_attention_layernorm, eps)?;
-        let gate = self.gate_proj.forward(&h2)?;
-        let up = self.up_proj.forward(&h2)?;
-        let y = (&x1 + self.down_proj.forward(&(gate.silu()? * &up)?)?)?;
+        let (y, gate, up) = self.ffn(c, &x1)?;
         let saved = keep.then(|| LayerActivations {
             x: x.clone(),
             q,
@@ -247,6 +239,61 @@ impl DecoderLayer {
             up,
         });
         Ok((y, saved))
+    }
+}
+
+impl DecoderLayer {
+    /// Rotated queries `(b, q_heads, n, head_dim)` of normed rows `h` `(b, n, d)`: `q_proj`, the
+    /// per-head query norm (Qwen3), RoPE.
+    fn queries(&self, c: &LlamaConfig, h: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let mut q = split_heads(&self.q_proj.forward(h)?, c.num_attention_heads, c.head_dim)?;
+        if let Some(qn) = &self.q_norm {
+            q = rms_norm(&q, qn, c.rms_norm_eps)?;
+        }
+        Ok(rope(&q, cos, sin)?)
+    }
+
+    /// The FFN block on `x1` `(b, n, d)`: `y = x1 + down(silu(gate) * up)`, with gate, up =
+    /// W h2, h2 = rmsnorm(x1). Returns `y`, and `gate` and `up` (which a backward needs).
+    fn ffn(&self, c: &LlamaConfig, x1: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let h2 = rms_norm(x1, &self.post_attention_layernorm, c.rms_norm_eps)?;
+        let gate = self.gate_proj.forward(&h2)?;
+        let up = self.up_proj.forward(&h2)?;
+        let y = (x1 + self.down_proj.forward(&(gate.silu()? * &up)?)?)?;
+        Ok((y, gate, up))
+    }
+
+    /// One decoding step of sequences that each keep their own cache (continuous batching):
+    /// row `i` of `x` `(b, 1, d)` is sequence `i`'s new token, `caches[i]` its cache (batch 1,
+    /// its LAL prefix in front, no padding). The projections and the FFN run on all rows at
+    /// once; each row attends over its own prefix and cache, where its keys and values are
+    /// appended. Inference only.
+    pub fn decode_rows(
+        &self,
+        config: &LlamaConfig,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        let c = config;
+        let b = x.dims3()?.0;
+        let h = rms_norm(x, &self.input_layernorm, c.rms_norm_eps)?;
+        let q = self.queries(c, &h, cos, sin)?;
+        let (k_new, v_new) = self.keys_values(c, &h, Some((cos, sin)))?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut rows = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (k, v) = cache.append_in_place(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
+            rows.push(attention(&q.narrow(0, i, 1)?, &k, &v, None, scale)?);
+        }
+        let attn = Tensor::cat(&rows, 0)?.transpose(1, 2)?.reshape((
+            b,
+            1,
+            c.num_attention_heads * c.head_dim,
+        ))?;
+        let x1 = (x + self.o_proj.forward(&attn)?)?;
+        Ok(self.ffn(c, &x1)?.0)
     }
 }
 

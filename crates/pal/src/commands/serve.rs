@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -29,9 +28,6 @@ pub struct ServeArgs {
     /// Most requests generated together in one batch (1 turns batching off).
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
-    /// How long a batch's first request waits for more, in milliseconds.
-    #[arg(long, default_value_t = 5)]
-    batch_wait_ms: u64,
     /// Most queued requests; more get 503.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -76,7 +72,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let bundle = Arc::new(bundle);
     let batching = Batching {
         max_batch: args.max_batch.max(1),
-        wait: Duration::from_millis(args.batch_wait_ms),
         queue_capacity: args.queue.max(1),
         audio_cache_bytes: args.audio_cache_mb << 20,
     };

@@ -1,0 +1,195 @@
+//! Continuous batching: sequences join a running batch between decoding steps and leave it as
+//! soon as they end (stop, token limit, or cancelled by their caller), so a finished or
+//! cancelled answer never costs another step and a new one need not wait for the batch to end.
+//! Each sequence keeps its own KV cache (its clip's LAL keys/values in front), so sequences at
+//! different positions and about different clips decode together
+//! ([`pal_models::Llama::decode_step`]).
+
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
+use pal_models::{KvCache, Llama, Tokenizer};
+
+use crate::generate::{Generation, GenerationParams};
+use crate::sequence::SequenceState;
+use crate::Result;
+
+/// A sequence after its prompt: its cache and the logits of its first token.
+pub struct Prefilled {
+    cache: KvCache,
+    logits: Vec<f32>,
+    prompt_tokens: usize,
+}
+
+/// Runs the prompt of one example (its LAL keys/values taken from `lal` when given, as a
+/// server's audio cache keeps them; computed otherwise).
+pub fn prefill(model: &AudioLlm, example: &Example, lal: Option<&ClipLal>) -> Result<Prefilled> {
+    let cached: Vec<Option<&ClipLal>> = lal.map(|l| vec![Some(l)]).unwrap_or_default();
+    let mut batch = model
+        .prepare_cached(std::slice::from_ref(example), Padding::Left, &cached)?
+        .detach();
+    let hidden = model
+        .llm
+        .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+    let n = hidden.dims()[1];
+    let logits = model
+        .llm
+        .logits(&hidden.narrow(1, n - 1, 1)?)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok(Prefilled {
+        cache: batch.cache,
+        logits,
+        prompt_tokens: n,
+    })
+}
+
+/// A running sequence, known to its caller by `key`.
+struct Entry<K> {
+    key: K,
+    state: SequenceState,
+    cache: KvCache,
+    /// The token fed at the next step.
+    next: u32,
+}
+
+/// What a decoding step ended.
+pub struct StepOutcome<K> {
+    /// Sequences that ended, with their generations.
+    pub ended: Vec<(K, Generation)>,
+    /// Sequences the model failed on (alone: the others of the step went on), with the error.
+    pub failed: Vec<(K, String)>,
+}
+
+/// The running batch.
+pub struct Running<K> {
+    entries: Vec<Entry<K>>,
+}
+
+impl<K> Default for Running<K> {
+    fn default() -> Self {
+        Self { entries: vec![] }
+    }
+}
+
+impl<K> Running<K> {
+    /// Sequences running.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a prefilled sequence: samples its first token and gives its first text to
+    /// `on_event` (which returns `false` to cancel). Returns the generation when the sequence
+    /// ended at once.
+    pub fn join(
+        &mut self,
+        key: K,
+        prefilled: Prefilled,
+        params: GenerationParams,
+        tokenizer: &Tokenizer,
+        mut on_event: impl FnMut(&K, &str) -> bool,
+    ) -> Result<Option<(K, Generation)>> {
+        let mut state = SequenceState::new(params, prefilled.prompt_tokens);
+        let next = advance(&mut state, &prefilled.logits, tokenizer, |piece| {
+            on_event(&key, piece)
+        })?;
+        match next {
+            Some(next) => {
+                self.entries.push(Entry {
+                    key,
+                    state,
+                    cache: prefilled.cache,
+                    next,
+                });
+                Ok(None)
+            }
+            None => Ok(Some((key, state.into_generation()))),
+        }
+    }
+
+    /// One decoding step of every running sequence; those that end leave the batch. When the
+    /// batch's step fails, each sequence is stepped alone, so only those the model fails on
+    /// fail.
+    pub fn step(
+        &mut self,
+        model: &Llama,
+        tokenizer: &Tokenizer,
+        mut on_event: impl FnMut(&K, &str) -> bool,
+    ) -> Result<StepOutcome<K>> {
+        let mut outcome = StepOutcome {
+            ended: vec![],
+            failed: vec![],
+        };
+        let rows = match logits(model, &mut self.entries) {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(_) if self.entries.len() > 1 => self
+                .entries
+                .iter_mut()
+                .map(|e| logits(model, std::slice::from_mut(e)).map(|mut r| r.remove(0)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for (mut entry, row) in self.entries.drain(..).zip(rows) {
+            let row = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    outcome.failed.push((entry.key, e.to_string()));
+                    continue;
+                }
+            };
+            let key = &entry.key;
+            match advance(&mut entry.state, &row, tokenizer, |p| on_event(key, p))? {
+                Some(next) => {
+                    entry.next = next;
+                    kept.push(entry);
+                }
+                None => outcome
+                    .ended
+                    .push((entry.key, entry.state.into_generation())),
+            }
+        }
+        self.entries = kept;
+        Ok(outcome)
+    }
+
+    /// Removes every running sequence (after a failure the caller could not isolate), returning
+    /// their keys.
+    pub fn drain(&mut self) -> Vec<K> {
+        self.entries.drain(..).map(|e| e.key).collect()
+    }
+}
+
+/// The logits of the next token of each entry (one decoding step).
+fn logits<K>(model: &Llama, entries: &mut [Entry<K>]) -> Result<Vec<Vec<f32>>> {
+    let tokens: Vec<u32> = entries.iter().map(|e| e.next).collect();
+    let mut caches: Vec<&mut KvCache> = entries.iter_mut().map(|e| &mut e.cache).collect();
+    let logits = model.decode_step(&tokens, &mut caches)?;
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// Feeds a sequence its logits and streams its new text; returns the token to feed next, or
+/// `None` when it ended (a sequence at its token limit ends here, without another step).
+fn advance(
+    state: &mut SequenceState,
+    logits: &[f32],
+    tokenizer: &Tokenizer,
+    mut on_event: impl FnMut(&str) -> bool,
+) -> Result<Option<u32>> {
+    let (mut next, mut piece) = state.step(logits, tokenizer)?;
+    if next.is_some() && state.at_limit() {
+        // The limit ends it without sampling: no logits needed.
+        let (_, rest) = state.step(&[], tokenizer)?;
+        piece.push_str(&rest);
+        next = None;
+    }
+    if !on_event(&piece) {
+        state.cancel();
+        next = None;
+    }
+    Ok(next)
+}

@@ -1,0 +1,128 @@
+//! One sequence's decoding state, written once for the batched decoding loop
+//! ([`crate::generate`]) and for continuous batching ([`crate::continuous`]): sampling, stop
+//! tokens, stop strings, the token limit, and which text is final enough to stream.
+
+use pal_models::Tokenizer;
+
+use crate::generate::{FinishReason, Generation, GenerationParams};
+use crate::sampling::Sampler;
+use crate::Result;
+
+/// A sequence being generated.
+pub struct SequenceState {
+    params: GenerationParams,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+    finished: Option<FinishReason>,
+    prompt_tokens: usize,
+}
+
+impl SequenceState {
+    /// A sequence after a prompt of `prompt_tokens` rows, sampled with `params` (its seed as
+    /// given).
+    pub fn new(params: GenerationParams, prompt_tokens: usize) -> Self {
+        Self {
+            sampler: Sampler::new(params.temperature, params.top_p, params.seed),
+            params,
+            tokens: vec![],
+            text: String::new(),
+            emitted: 0,
+            finished: None,
+            prompt_tokens,
+        }
+    }
+
+    /// Why it ended, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finished
+    }
+
+    /// Ends it as cancelled (its client went away), unless it already ended.
+    pub fn cancel(&mut self) {
+        self.finished.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// Takes the logits for its next token: samples it, applies the stop token, stop strings and
+    /// token limit. Returns the token to feed back (`None` once it has ended) and the text that
+    /// became final (to stream; empty when none did).
+    pub fn step(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<(Option<u32>, String)> {
+        if self.finished.is_some() {
+            return Ok((None, String::new()));
+        }
+        if self.tokens.len() >= self.params.max_tokens {
+            self.finished = Some(FinishReason::Length);
+            return Ok((None, self.rest()));
+        }
+        let token = self.sampler.sample(logits);
+        if tokenizer.stop_token_ids.contains(&token) {
+            self.finished = Some(FinishReason::Stop);
+            return Ok((None, self.rest()));
+        }
+        self.tokens.push(token);
+        let text = tokenizer.decode(&self.tokens, true)?;
+        let cut = self
+            .params
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        match cut {
+            Some(cut) => {
+                self.text = text[..cut].to_string();
+                self.finished = Some(FinishReason::Stop);
+                Ok((None, self.rest()))
+            }
+            None => {
+                self.text = text;
+                // Hold back an incomplete UTF-8 character and anything that could be the start
+                // of a stop string.
+                let mut safe = stable_len(&self.text, &self.params.stop);
+                while safe > self.emitted && !self.text.is_char_boundary(safe) {
+                    safe -= 1;
+                }
+                let piece = self.text[self.emitted.min(safe)..safe].to_string();
+                self.emitted = self.emitted.max(safe);
+                Ok((Some(token), piece))
+            }
+        }
+    }
+
+    /// Whether it has its `max_tokens` tokens (its next step ends it).
+    pub fn at_limit(&self) -> bool {
+        self.tokens.len() >= self.params.max_tokens
+    }
+
+    /// The text not streamed yet (all of it is final once the sequence has ended).
+    pub fn rest(&mut self) -> String {
+        let piece = self.text[self.emitted.min(self.text.len())..].to_string();
+        self.emitted = self.text.len();
+        piece
+    }
+
+    /// The finished generation (a sequence that never ended counts as cut by its token limit).
+    pub fn into_generation(self) -> Generation {
+        Generation {
+            text: self.text,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            finish_reason: self.finished.unwrap_or(FinishReason::Length),
+        }
+    }
+}
+
+/// Length of the prefix of `text` that is final: it drops a trailing replacement character (an
+/// incomplete UTF-8 sequence) and any suffix that is a prefix of a stop string.
+pub(crate) fn stable_len(text: &str, stop: &[String]) -> usize {
+    let mut len = text.trim_end_matches('\u{FFFD}').len();
+    for s in stop {
+        for k in (1..s.len()).rev() {
+            if s.is_char_boundary(k) && text[..len].ends_with(&s[..k]) {
+                len = len.min(len - k);
+                break;
+            }
+        }
+    }
+    len
+}
