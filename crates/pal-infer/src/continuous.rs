@@ -23,8 +23,20 @@ pub struct Prefilled {
 /// server's audio cache keeps them; computed otherwise).
 pub fn prefill(model: &AudioLlm, example: &Example, lal: Option<&ClipLal>) -> Result<Prefilled> {
     let cached: Vec<Option<&ClipLal>> = lal.map(|l| vec![Some(l)]).unwrap_or_default();
+    let mut prefilled = prefill_batch(model, std::slice::from_ref(example), &cached)?;
+    Ok(prefilled.remove(0))
+}
+
+/// Runs the prompts of examples that arrive together in one left-padded batch (a long product
+/// is faster per row than several short ones), then gives each its own cache without the
+/// padding. `cached`: each example's LAL keys/values, or empty to compute them.
+pub fn prefill_batch(
+    model: &AudioLlm,
+    examples: &[Example],
+    cached: &[Option<&ClipLal>],
+) -> Result<Vec<Prefilled>> {
     let mut batch = model
-        .prepare_cached(std::slice::from_ref(example), Padding::Left, &cached)?
+        .prepare_cached(examples, Padding::Left, cached)?
         .detach();
     let hidden = model
         .llm
@@ -33,14 +45,28 @@ pub fn prefill(model: &AudioLlm, example: &Example, lal: Option<&ClipLal>) -> Re
     let logits = model
         .llm
         .logits(&hidden.narrow(1, n - 1, 1)?)?
-        .flatten_all()?
+        .squeeze(1)?
         .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()?;
-    Ok(Prefilled {
-        cache: batch.cache,
-        logits,
-        prompt_tokens: n,
-    })
+        .to_vec2::<f32>()?;
+    let prompt_tokens: Vec<usize> = batch
+        .valid
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?
+        .iter()
+        .map(|row| row.iter().filter(|v| **v > 0.5).count())
+        .collect();
+    Ok(batch
+        .cache
+        .split()?
+        .into_iter()
+        .zip(logits)
+        .zip(prompt_tokens)
+        .map(|((cache, logits), prompt_tokens)| Prefilled {
+            cache,
+            logits,
+            prompt_tokens,
+        })
+        .collect())
 }
 
 /// A running sequence, known to its caller by `key`.

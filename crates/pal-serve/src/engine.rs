@@ -17,9 +17,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use pal_infer::continuous::{prefill, Running};
+use pal_infer::continuous::{prefill_batch, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, Example};
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::Segment;
@@ -127,7 +127,9 @@ pub struct Counters {
     /// Chat requests answered (completed, failed or cancelled).
     pub chats: AtomicUsize,
     /// Decoding steps run (each over the whole running batch).
-    pub batches: AtomicUsize,
+    pub decode_steps: AtomicUsize,
+    /// Rows those steps decoded (the running batch's size, summed over steps).
+    pub decoded_rows: AtomicUsize,
     /// Requests cancelled because their client went away.
     pub cancelled: AtomicUsize,
     /// Transcriptions done.
@@ -327,22 +329,27 @@ fn generate_requests(
 ) {
     let mut running: Running<mpsc::UnboundedSender<Event>> = Running::default();
     loop {
+        let mut arrivals = vec![];
         if running.is_empty() {
             match ready.recv() {
-                Ok(request) => admit(bundle, &mut running, request, counters),
+                Ok(request) => arrivals.push(request),
                 Err(_) => return,
             }
         }
-        while running.len() < batching.max_batch.max(1) {
+        while running.len() + arrivals.len() < batching.max_batch.max(1) {
             match ready.try_recv() {
-                Ok(request) => admit(bundle, &mut running, request, counters),
+                Ok(request) => arrivals.push(request),
                 Err(_) => break,
             }
         }
+        admit(bundle, &mut running, arrivals, counters);
         if running.is_empty() {
             continue;
         }
-        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.decode_steps.fetch_add(1, Ordering::Relaxed);
+        counters
+            .decoded_rows
+            .fetch_add(running.len(), Ordering::Relaxed);
         let outcome = isolated(counters, || {
             running
                 .step(&bundle.model.llm, &bundle.tokenizer, stream)
@@ -366,43 +373,86 @@ fn generate_requests(
     }
 }
 
-/// Prefills a ready request and adds it to the running batch; a failure or panic fails it
-/// alone.
+/// Prefills the requests that arrived together in one batch and adds them to the running
+/// batch. When the batch's prefill fails, each is prefilled alone, so only a request the model
+/// fails on fails; a panic fails the requests of this prefill.
 fn admit(
     bundle: &Bundle,
     running: &mut Running<mpsc::UnboundedSender<Event>>,
-    request: Ready,
+    arrivals: Vec<Ready>,
     counters: &Counters,
 ) {
-    if request.events.is_closed() {
-        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    let arrivals: Vec<Ready> = arrivals
+        .into_iter()
+        .filter(|r| {
+            let closed = r.events.is_closed();
+            if closed {
+                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            !closed
+        })
+        .collect();
+    if arrivals.is_empty() {
         return;
     }
-    let Ready {
-        example,
-        clip,
-        params,
-        events,
-    } = request;
-    let joined = isolated(counters, || {
+    let prefilled = isolated(counters, || {
         if let Some(fault) = &bundle.fault_injection {
-            if (fault.0)(&example.segments) {
+            if arrivals.iter().any(|r| (fault.0)(&r.example.segments)) {
                 panic!("fault injected for a test");
             }
         }
-        let lal = clip.as_deref().map(|c| &c.lal);
-        let prefilled = prefill(&bundle.model, &example, lal).map_err(|e| e.to_string())?;
-        running
-            .join(events.clone(), prefilled, params, &bundle.tokenizer, stream)
-            .map_err(|e| e.to_string())
+        match prefill_all(bundle, &arrivals) {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(_) if arrivals.len() > 1 => arrivals
+                .iter()
+                .map(|r| prefill_all(bundle, std::slice::from_ref(r)).map(|mut p| p.remove(0)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        }
     });
-    match joined {
-        Ok(Ok(Some((events, generation)))) => finish(&events, generation, counters),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) | Err(error) => {
-            let _ = events.send(Event::Failed(error));
+    let prefilled: Vec<Result<Prefilled, String>> = match prefilled {
+        Ok(each) => each,
+        Err(message) => {
+            for r in arrivals {
+                let _ = r.events.send(Event::Failed(message.clone()));
+            }
+            return;
+        }
+    };
+    for (request, prefilled) in arrivals.into_iter().zip(prefilled) {
+        let joined = prefilled.and_then(|p| {
+            running
+                .join(
+                    request.events.clone(),
+                    p,
+                    request.params,
+                    &bundle.tokenizer,
+                    stream,
+                )
+                .map_err(|e| e.to_string())
+        });
+        match joined {
+            Ok(Some((events, generation))) => finish(&events, generation, counters),
+            Ok(None) => {}
+            Err(error) => {
+                let _ = request.events.send(Event::Failed(error));
+            }
         }
     }
+}
+
+/// One padded prefill of `requests` (their LAL keys/values from the audio cache when every one
+/// has them).
+fn prefill_all(bundle: &Bundle, requests: &[Ready]) -> Result<Vec<Prefilled>, String> {
+    let examples: Vec<Example> = requests.iter().map(|r| r.example.clone()).collect();
+    let cached: Vec<Option<&ClipLal>> = match requests.iter().all(|r| r.clip.is_some()) {
+        true => requests
+            .iter()
+            .map(|r| r.clip.as_deref().map(|c| &c.lal))
+            .collect(),
+        false => vec![],
+    };
+    prefill_batch(&bundle.model, &examples, &cached).map_err(|e| e.to_string())
 }
 
 /// Streams a piece of text; `false` (cancel) once the client has gone away.

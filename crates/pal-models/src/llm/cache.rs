@@ -204,3 +204,73 @@ impl KvCache {
         Ok(())
     }
 }
+
+impl KvCache {
+    /// The cache of each batch item on its own (batch 1), without its padding: only the key rows
+    /// and prefix rows marked valid are kept, and positions are unchanged (they count real rows
+    /// only). A server prefills the requests that arrive together in one padded batch, then
+    /// decodes each with its own cache (continuous batching).
+    pub fn split(&self) -> Result<Vec<KvCache>> {
+        let b = self.next_position.len();
+        let valid_rows = |valid: &Tensor, i: usize| -> Result<Tensor> {
+            let row: Vec<f32> = valid
+                .narrow(0, i, 1)?
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            let keep: Vec<u32> = (0..row.len() as u32)
+                .filter(|&r| row[r as usize] > 0.5)
+                .collect();
+            Ok(Tensor::new(keep.as_slice(), valid.device())?)
+        };
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            let keys = self
+                .key_valid
+                .as_ref()
+                .map(|v| valid_rows(v, i))
+                .transpose()?;
+            let mut layers = Vec::with_capacity(self.layers.len());
+            for layer in &self.layers {
+                let pick = |t: &Tensor, rows: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, i, 1)?.contiguous()?.index_select(rows, 2)?)
+                };
+                let prefix = match &layer.prefix {
+                    Some(p) => {
+                        let rows = valid_rows(&p.valid, i)?;
+                        let n = rows.dims()[0];
+                        Some(KeyValuePrefix {
+                            k: pick(&p.k, &rows)?,
+                            v: pick(&p.v, &rows)?,
+                            valid: Tensor::ones((1, n), p.valid.dtype(), p.valid.device())?,
+                            stacked: None,
+                        })
+                    }
+                    None => None,
+                };
+                let (k, v) = match (&layer.k, &layer.v, &keys) {
+                    (Some(k), Some(v), Some(rows)) => (Some(pick(k, rows)?), Some(pick(v, rows)?)),
+                    _ => (None, None),
+                };
+                layers.push(LayerCache {
+                    prefix,
+                    k,
+                    v,
+                    store: None,
+                });
+            }
+            let key_valid = match (&self.key_valid, &keys) {
+                (Some(v), Some(rows)) => {
+                    Some(Tensor::ones((1, rows.dims()[0]), v.dtype(), v.device())?)
+                }
+                _ => None,
+            };
+            out.push(KvCache {
+                layers,
+                key_valid,
+                next_position: vec![self.next_position[i]],
+            });
+        }
+        Ok(out)
+    }
+}
