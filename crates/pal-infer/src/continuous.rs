@@ -5,10 +5,10 @@
 //! different positions and about different clips decode together
 //! ([`pal_models::Llama::decode_step`]).
 
-use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::{KvCache, Llama, Tokenizer};
 
-use crate::generate::{Generation, GenerationParams};
+use crate::generate::{prefill_examples, Generation, GenerationParams};
 use crate::sequence::SequenceState;
 use crate::Result;
 
@@ -35,12 +35,7 @@ pub fn prefill_batch(
     examples: &[Example],
     cached: &[Option<&ClipLal>],
 ) -> Result<Vec<Prefilled>> {
-    let mut batch = model
-        .prepare_cached(examples, Padding::Left, cached)?
-        .detach();
-    let hidden = model
-        .llm
-        .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
+    let (cache, hidden, prompt_tokens) = prefill_examples(model, examples, cached)?;
     let n = hidden.dims()[1];
     let logits = model
         .llm
@@ -48,15 +43,7 @@ pub fn prefill_batch(
         .squeeze(1)?
         .to_dtype(candle_core::DType::F32)?
         .to_vec2::<f32>()?;
-    let prompt_tokens: Vec<usize> = batch
-        .valid
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec2::<f32>()?
-        .iter()
-        .map(|row| row.iter().filter(|v| **v > 0.5).count())
-        .collect();
-    Ok(batch
-        .cache
+    Ok(cache
         .split()?
         .into_iter()
         .zip(logits)

@@ -181,6 +181,20 @@ pub fn generate_batch_cached(
             params.len()
         )));
     }
+    let (mut cache, hidden, lengths) = prefill_examples(model, examples, cached)?;
+    decode(
+        &model.llm, tokenizer, &mut cache, &hidden, &lengths, params, on_event,
+    )
+}
+
+/// The prompts of `examples` in one left-padded batch (LAL keys/values from `cached`, one per
+/// example, or computed when it is empty): the cache that holds them, the last layer's hidden
+/// states, and each prompt's length in rows (padding not counted).
+pub(crate) fn prefill_examples(
+    model: &AudioLlm,
+    examples: &[Example],
+    cached: &[Option<&ClipLal>],
+) -> Result<(KvCache, Tensor, Vec<usize>)> {
     let mut batch = model
         .prepare_cached(examples, Padding::Left, cached)?
         .detach();
@@ -189,19 +203,12 @@ pub fn generate_batch_cached(
         .forward_embeds(&batch.embeds, Some(&batch.valid), &mut batch.cache)?;
     let lengths: Vec<usize> = batch
         .valid
+        .to_dtype(candle_core::DType::F32)?
         .to_vec2::<f32>()?
         .iter()
         .map(|row| row.iter().filter(|v| **v > 0.5).count())
         .collect();
-    decode(
-        &model.llm,
-        tokenizer,
-        &mut batch.cache,
-        &hidden,
-        &lengths,
-        params,
-        on_event,
-    )
+    Ok((batch.cache, hidden, lengths))
 }
 
 /// The decoding loop shared by text and audio prompts and conversations: `hidden` is the
