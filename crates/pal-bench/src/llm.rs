@@ -288,7 +288,6 @@ impl LlmReport {
             md.push('\n');
             md.push_str(&ratios);
         }
-        md.push_str("\nEarlier figures, dated: [llm-history.md](llm-history.md).\n");
         md
     }
 }

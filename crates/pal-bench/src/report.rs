@@ -39,7 +39,8 @@ pub fn time_median(
     Ok(median(times))
 }
 
-/// Writes `PREFIX.json` (the report) and `PREFIX.md`, creating the folder.
+/// Writes `PREFIX.json` (the report) and `PREFIX.md`, creating the folder. When the earlier
+/// figures of this report are kept beside it (`PREFIX-history.md`), the markdown links them.
 pub fn write(prefix: &Path, report: &impl Serialize, markdown: &str) -> anyhow::Result<()> {
     if let Some(dir) = prefix.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -48,6 +49,14 @@ pub fn write(prefix: &Path, report: &impl Serialize, markdown: &str) -> anyhow::
     std::fs::write(&json, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let md = with_suffix(prefix, "md");
+    let mut markdown = markdown.to_string();
+    let mut history = prefix.as_os_str().to_owned();
+    history.push("-history.md");
+    let history = PathBuf::from(history);
+    if let Some(name) = history.file_name().filter(|_| history.exists()) {
+        let name = name.to_string_lossy();
+        markdown.push_str(&format!("\nEarlier figures, dated: [{name}]({name}).\n"));
+    }
     std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
     Ok(())
 }
