@@ -64,7 +64,7 @@ macro_rules! kernel {
                 _mm256_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5),
                 _mm256_setr_epi32(2, 2, 3, 3, 6, 6, 7, 7),
             ];
-            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc = [_mm256_setzero_ps(); GROUP];
             let mut at = w.as_ptr();
             let (mut first, mut chunk) = (0, 0);
             while first < blocks {
@@ -101,27 +101,42 @@ macro_rules! kernel {
                     }
                 }
                 at = at.add(format.value_bytes() * count);
-                for r in 0..R {
-                    let p = x[r].values.as_ptr().add(chunk * CHUNK_VALUES);
-                    // Four independent sums (two per lane order) shorten the dependency chains.
-                    let mut sums = [_mm256_setzero_si256(); 4];
-                    for (v, qv) in q.iter().enumerate() {
-                        let pv = _mm256_loadu_si256(p.add(16 * v) as *const __m256i);
-                        sums[v % 4] = $dot(sums[v % 4], *qv, pv);
-                    }
-                    let sums = [
-                        _mm256_add_epi32(sums[0], sums[2]),
-                        _mm256_add_epi32(sums[1], sums[3]),
-                    ];
-                    let a = _mm256_loadu_ps(x[r].scales.as_ptr().add(chunk * CHUNK));
-                    let s = _mm256_loadu_ps(x[r].sums.as_ptr().add(chunk * CHUNK));
-                    let scale = _mm256_mul_ps(d, a);
-                    for k in 0..2 {
-                        let per_lane = _mm256_permutevar8x32_ps(scale, blocks_of[k]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[k]), per_lane, acc[r]);
-                    }
-                    acc[r] = _mm256_fmadd_ps(m, s, acc[r]);
+                // Each row written out (`R` is a constant): the accumulators stay in registers.
+                macro_rules! row {
+                    ($r:literal) => {
+                        if $r < R {
+                            let p = x[$r].values.as_ptr().add(chunk * CHUNK_VALUES);
+                            // Four independent sums (two per lane order) shorten the dependency
+                            // chains.
+                            let mut sums = [_mm256_setzero_si256(); 4];
+                            for (v, qv) in q.iter().enumerate() {
+                                let pv = _mm256_loadu_si256(p.add(16 * v) as *const __m256i);
+                                sums[v % 4] = $dot(sums[v % 4], *qv, pv);
+                            }
+                            let sums = [
+                                _mm256_add_epi32(sums[0], sums[2]),
+                                _mm256_add_epi32(sums[1], sums[3]),
+                            ];
+                            let a = _mm256_loadu_ps(x[$r].scales.as_ptr().add(chunk * CHUNK));
+                            let s = _mm256_loadu_ps(x[$r].sums.as_ptr().add(chunk * CHUNK));
+                            let scale = _mm256_mul_ps(d, a);
+                            for k in 0..2 {
+                                let per_lane = _mm256_permutevar8x32_ps(scale, blocks_of[k]);
+                                acc[$r] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[k]), per_lane, acc[$r]);
+                            }
+                            acc[$r] = _mm256_fmadd_ps(m, s, acc[$r]);
+                        }
+                    };
                 }
+                row!(0);
+                row!(1);
+                row!(2);
+                row!(3);
+                row!(4);
+                row!(5);
+                row!(6);
+                row!(7);
                 first += count;
                 chunk += 1;
             }
