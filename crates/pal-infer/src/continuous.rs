@@ -8,8 +8,9 @@
 use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::{KvCache, Llama, Tokenizer};
 
-use crate::generate::{prefill_examples, Generation, GenerationParams};
+use crate::generate::prefill_examples;
 use crate::sequence::SequenceState;
+use crate::sequence::{Generation, GenerationParams};
 use crate::Result;
 
 /// A sequence after its prompt: its cache and the logits of its first token.

@@ -6,58 +6,8 @@ use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
 use pal_models::{KvCache, Llama, Tokenizer};
 
 use crate::sequence::SequenceState;
+pub use crate::sequence::{FinishReason, Generation, GenerationParams};
 use crate::{InferError, Result};
-
-/// How to generate.
-#[derive(Debug, Clone)]
-pub struct GenerationParams {
-    /// Most new tokens per sequence.
-    pub max_tokens: usize,
-    /// 0 for greedy.
-    pub temperature: f64,
-    /// Nucleus mass kept when sampling.
-    pub top_p: f64,
-    /// Seed of the sampler (sequence `i` of a batch uses `seed + i`).
-    pub seed: u64,
-    /// Generation ends before any of these strings.
-    pub stop: Vec<String>,
-}
-
-impl Default for GenerationParams {
-    fn default() -> Self {
-        Self {
-            max_tokens: 256,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            stop: vec![],
-        }
-    }
-}
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token or stop string.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-    /// The caller cancelled it (for example, its client went away).
-    Cancelled,
-}
-
-/// One generated sequence.
-#[derive(Debug, Clone)]
-pub struct Generation {
-    /// The text (without the stop token or stop string).
-    pub text: String,
-    /// Generated token ids (without the stop token).
-    pub tokens: Vec<u32>,
-    /// Tokens in the prompt.
-    pub prompt_tokens: usize,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-}
 
 /// Left-pads `prompts` into `(batch, longest)` token ids and a validity mask.
 pub fn left_pad(prompts: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -283,13 +233,5 @@ mod tests {
             valid.to_vec2::<u32>().unwrap(),
             vec![vec![1, 1, 1], vec![0, 0, 1]]
         );
-    }
-
-    #[test]
-    fn stable_len_holds_back_partial_stop_strings() {
-        use crate::sequence::stable_len;
-        assert_eq!(stable_len("Paris. EN", &["END".into()]), 7);
-        assert_eq!(stable_len("Paris", &["END".into()]), 5);
-        assert_eq!(stable_len("ab\u{FFFD}", &[]), 2);
     }
 }

@@ -1,12 +1,63 @@
 //! One sequence's decoding state, written once for the batched decoding loop
 //! ([`crate::generate`]) and for continuous batching ([`crate::continuous`]): sampling, stop
-//! tokens, stop strings, the token limit, and which text is final enough to stream.
+//! tokens, stop strings, the token limit, and which text is final enough to stream; and what
+//! a caller asks of a generation and gets back.
 
 use pal_models::Tokenizer;
 
-use crate::generate::{FinishReason, Generation, GenerationParams};
 use crate::sampling::Sampler;
 use crate::Result;
+
+/// How to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    /// Most new tokens per sequence.
+    pub max_tokens: usize,
+    /// 0 for greedy.
+    pub temperature: f64,
+    /// Nucleus mass kept when sampling.
+    pub top_p: f64,
+    /// Seed of the sampler (sequence `i` of a batch uses `seed + i`).
+    pub seed: u64,
+    /// Generation ends before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: vec![],
+        }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller cancelled it (for example, its client went away).
+    Cancelled,
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The text (without the stop token or stop string).
+    pub text: String,
+    /// Generated token ids (without the stop token).
+    pub tokens: Vec<u32>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
 
 /// A sequence being generated.
 pub struct SequenceState {
@@ -114,7 +165,7 @@ impl SequenceState {
 
 /// Length of the prefix of `text` that is final: it drops a trailing replacement character (an
 /// incomplete UTF-8 sequence) and any suffix that is a prefix of a stop string.
-pub(crate) fn stable_len(text: &str, stop: &[String]) -> usize {
+fn stable_len(text: &str, stop: &[String]) -> usize {
     let mut len = text.trim_end_matches('\u{FFFD}').len();
     for s in stop {
         for k in (1..s.len()).rev() {
@@ -125,4 +176,16 @@ pub(crate) fn stable_len(text: &str, stop: &[String]) -> usize {
         }
     }
     len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_len_holds_back_partial_stop_strings() {
+        assert_eq!(stable_len("Paris. EN", &["END".into()]), 7);
+        assert_eq!(stable_len("Paris", &["END".into()]), 5);
+        assert_eq!(stable_len("ab\u{FFFD}", &[]), 2);
+    }
 }
