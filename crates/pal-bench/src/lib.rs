@@ -6,6 +6,7 @@
 //! - [`modes`]: PLITS, LAL and PAL training and inference steps side by side, each measurement in
 //!   its own process, next to the [`cost`] model (and optionally PyTorch).
 //! - [`report`]: what the reports share (medians, output files).
+//! - [`selftest`]: pal's ops, training steps and generation on a device against the CPU in f64.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod cost;
 pub mod llm;
 pub mod modes;
 pub mod report;
+pub mod selftest;
 
 use std::path::{Path, PathBuf};
 

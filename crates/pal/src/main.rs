@@ -33,6 +33,9 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Transcribe audio files with Whisper (greedy, no timestamps).
     Transcribe(commands::transcribe::TranscribeArgs),
+    /// Check that pal computes correctly on a device (ops, training steps, generation, against
+    /// the CPU in f64).
+    Selftest(commands::selftest::SelftestArgs),
     /// Benchmarks; results are written to files.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
+        Command::Selftest(args) => commands::selftest::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     }
 }

@@ -52,6 +52,34 @@ impl Llama {
     /// A model with `config`'s shapes and random weights (normal, std 0.02; norms 1): for
     /// benchmarks at the shapes of models that are not at hand.
     pub fn random(config: LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        Self::generated(config, dtype, device, |_, shape| {
+            Tensor::randn(0f32, 0.02, shape, device).map_err(Into::into)
+        })
+    }
+
+    /// A model with `config`'s shapes and weights that depend only on `seed` (uniform in
+    /// ±0.05; norms 1), the same on every device and dtype: a device can be compared with the
+    /// CPU on one model.
+    pub fn seeded(config: LlamaConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        let mut index = 0u64;
+        Self::generated(config, dtype, device, |_, shape| {
+            index += 1;
+            let n = shape.iter().product();
+            let values: Vec<f64> = pal_nn::gradcheck::pseudo_random(n, seed.wrapping_add(index))
+                .into_iter()
+                .map(|v| v * 0.05)
+                .collect();
+            Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+        })
+    }
+
+    /// A model whose weight matrices come from `matrix(name, shape)` and whose norms are 1.
+    fn generated(
+        config: LlamaConfig,
+        dtype: DType,
+        device: &Device,
+        mut matrix: impl FnMut(&str, Vec<usize>) -> Result<Tensor>,
+    ) -> Result<Self> {
         let c = &config;
         let (d, dh, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q_dim, kv_dim) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
@@ -86,17 +114,15 @@ impl Llama {
                 shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![dh]));
             }
         }
-        let tensors = shapes
-            .into_iter()
-            .map(|(name, shape)| {
-                let t = if shape.len() == 1 {
-                    Tensor::ones(shape, DType::F32, device)?
-                } else {
-                    Tensor::randn(0f32, 0.02, shape, device)?
-                };
-                Ok((name, t.to_dtype(dtype)?))
-            })
-            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let mut tensors = std::collections::HashMap::new();
+        for (name, shape) in shapes {
+            let t = if shape.len() == 1 {
+                Tensor::ones(shape, DType::F32, device)?
+            } else {
+                matrix(&name, shape)?
+            };
+            tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
+        }
         let weights = Weights::from_tensors("random weights", tensors, dtype, device);
         Self::load(config, &weights)
     }

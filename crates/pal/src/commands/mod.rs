@@ -7,6 +7,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod fetch;
+pub mod selftest;
 pub mod serve;
 pub mod train;
 pub mod transcribe;
