@@ -196,9 +196,7 @@ fn advance(
 ) -> Result<Option<u32>> {
     let (mut next, mut piece) = state.step(logits, tokenizer)?;
     if next.is_some() && state.at_limit() {
-        // The limit ends it without sampling: no logits needed.
-        let (_, rest) = state.step(&[], tokenizer)?;
-        piece.push_str(&rest);
+        piece.push_str(&state.end_at_limit());
         next = None;
     }
     if !on_event(&piece) {

@@ -102,9 +102,8 @@ impl SequenceState {
         if self.finished.is_some() {
             return Ok((None, String::new()));
         }
-        if self.tokens.len() >= self.params.max_tokens {
-            self.finished = Some(FinishReason::Length);
-            return Ok((None, self.rest()));
+        if self.at_limit() {
+            return Ok((None, self.end_at_limit()));
         }
         let token = self.sampler.sample(logits);
         if tokenizer.stop_token_ids.contains(&token) {
@@ -143,6 +142,12 @@ impl SequenceState {
     /// Whether it has its `max_tokens` tokens (its next step ends it).
     pub fn at_limit(&self) -> bool {
         self.tokens.len() >= self.params.max_tokens
+    }
+
+    /// Ends it at its token limit (no logits needed) and returns the text not streamed yet.
+    pub fn end_at_limit(&mut self) -> String {
+        self.finished = Some(FinishReason::Length);
+        self.rest()
     }
 
     /// The text not streamed yet (all of it is final once the sequence has ended).

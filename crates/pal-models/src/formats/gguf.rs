@@ -140,12 +140,8 @@ impl GgufFile {
             let mut t = q
                 .dequantize(&Device::Cpu)
                 .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
-            if let Some((q_heads, kv_heads)) = rotary_heads {
-                if hf_name.ends_with("q_proj.weight") {
-                    t = unpermute_rotary(&t, q_heads)?;
-                } else if hf_name.ends_with("k_proj.weight") {
-                    t = unpermute_rotary(&t, kv_heads)?;
-                }
+            if let Some(heads) = permuted_heads(&hf_name, rotary_heads) {
+                t = unpermute_rotary(&t, heads)?;
             }
             tensors.insert(hf_name, t.to_dtype(dtype)?.to_device(device)?);
         }
@@ -181,12 +177,7 @@ impl GgufFile {
                 .content
                 .tensor(&mut reader, name, &Device::Cpu)
                 .map_err(bad)?;
-            let heads = match rotary_heads {
-                Some((q_heads, _)) if hf_name.ends_with("q_proj.weight") => Some(q_heads),
-                Some((_, kv_heads)) if hf_name.ends_with("k_proj.weight") => Some(kv_heads),
-                _ => None,
-            };
-            if let Some(heads) = heads {
+            if let Some(heads) = permuted_heads(&hf_name, rotary_heads) {
                 let rows = q.shape().dims()[0];
                 q = pal_nn::ops::QuantizedWeight::permute_rows(q, &unpermuted_rows(rows, heads))
                     .map_err(bad)?;
@@ -194,6 +185,18 @@ impl GgufFile {
             out.insert(hf_name, q);
         }
         Ok(out)
+    }
+}
+
+/// The heads of a tensor that llama.cpp stores with its rotary halves interleaved: the q or k
+/// projection (by its Hugging Face name), when the file is of the `llama` architecture
+/// (`rotary_heads = Some((query heads, key/value heads))`, see
+/// [`crate::llm::LlamaConfig::gguf_rotary_heads`]).
+fn permuted_heads(hf_name: &str, rotary_heads: Option<(usize, usize)>) -> Option<usize> {
+    match rotary_heads {
+        Some((q_heads, _)) if hf_name.ends_with("q_proj.weight") => Some(q_heads),
+        Some((_, kv_heads)) if hf_name.ends_with("k_proj.weight") => Some(kv_heads),
+        _ => None,
     }
 }
 

@@ -92,6 +92,12 @@ struct HfConfig {
 }
 
 impl LlamaConfig {
+    /// `(query heads, key/value heads)` when this model's GGUF file stores its q/k projections
+    /// with llama.cpp's rotary permutation (the `llama` architecture), which loading undoes.
+    pub fn gguf_rotary_heads(&self) -> Option<(usize, usize)> {
+        (self.model_type == "llama").then_some((self.num_attention_heads, self.num_key_value_heads))
+    }
+
     /// Reads `config.json` from a Hugging Face model folder.
     pub fn from_hf_folder(folder: &Path) -> Result<Self> {
         let path = folder.join("config.json");

@@ -23,9 +23,7 @@ pub fn load_llm(path: &Path, dtype: DType, device: &Device) -> Result<(Llama, To
     } else if path.extension().is_some_and(|e| e == "gguf") {
         let file = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&file)?;
-        let rotary_heads = (config.model_type == "llama")
-            .then_some((config.num_attention_heads, config.num_key_value_heads));
-        let weights = file.weights(rotary_heads, dtype, device)?;
+        let weights = file.weights(config.gguf_rotary_heads(), dtype, device)?;
         let llama = Llama::load(config, &weights)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         Ok((llama, tokenizer))

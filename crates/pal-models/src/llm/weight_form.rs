@@ -114,11 +114,7 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
     let mut from_file: Option<std::collections::HashMap<String, QTensor>> =
         if source.extension().is_some_and(|e| e == "gguf") {
             let file = GgufFile::open(source)?;
-            let rotary_heads = (llm.config.model_type == "llama").then_some((
-                llm.config.num_attention_heads,
-                llm.config.num_key_value_heads,
-            ));
-            Some(file.quantized_tensors(rotary_heads)?)
+            Some(file.quantized_tensors(llm.config.gguf_rotary_heads())?)
         } else {
             None
         };

@@ -1,5 +1,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use super::{column_parts, SharedMut};
+
 /// `a @ b` over leading batch dimensions, `(..., m, k) x (..., k, n)`, for tensors that need no
 /// gradient (inference, and the written-out backwards). Either operand may be a transposed view
 /// of its last two dimensions. On the CPU each thread of candle's pool runs whole products, one
@@ -34,11 +36,6 @@ fn collapsible(t: &Tensor) -> Result<Tensor> {
 }
 
 struct BatchedMatmul;
-
-/// A raw pointer shared by the pool's threads, each writing its own batch item.
-struct Shared<T>(*mut T);
-// SAFETY: the threads write disjoint blocks (one batch item each).
-unsafe impl<T> Sync for Shared<T> {}
 
 /// `dst = a b` for one `m x k` by `k x n` block on the calling thread; `a` and `b` are given by
 /// (row, column) strides, `dst` is row-major with row stride `dst_row`.
@@ -153,7 +150,7 @@ fn run<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) ->
     let (a_batch, b_batch) = (sa[r - 3], sb[r - 3]);
     let (a_off, b_off) = (la.start_offset(), lb.start_offset());
     let mut out = vec![T::zero(); batches * m * n];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SharedMut(out.as_mut_ptr());
     let dst = &dst;
     candle_core::utils::barrier_pool().execute_chunked(batches, |range| {
         for i in range {
@@ -258,35 +255,24 @@ pub(crate) fn matmul_cpu(
 fn split_columns<T: candle_core::WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     let (m, k, n) = (la.dims()[0], la.dims()[1], lb.dims()[1]);
     let (sa, sb) = (la.stride(), lb.stride());
-    let threads = super::pool_threads();
-    // Parts of at least 16 columns; as many as threads.
-    let parts = threads.min(n.div_ceil(16)).max(1);
-    let width = n.div_ceil(parts);
     let mut out = vec![T::zero(); m * n];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = SharedMut(out.as_mut_ptr());
     let dst = &dst;
     let (a_off, b_off) = (la.start_offset(), lb.start_offset());
-    candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
-        for p in range {
-            let first = (p * width).min(n);
-            let cols = width.min(n - first);
-            if cols == 0 {
-                continue;
-            }
-            // SAFETY: offsets and strides come from the operands' layouts, which candle checked
-            // against their storages; columns `first..first + cols` of the output are written by
-            // this part only.
-            unsafe {
-                gemm_block(
-                    (m, cols, k),
-                    dst.0.add(first),
-                    n,
-                    a.as_ptr().add(a_off),
-                    (sa[0], sa[1]),
-                    b.as_ptr().add(b_off + first * sb[1]),
-                    (sb[0], sb[1]),
-                )
-            }
+    // Parts of at least 16 columns; as many as threads.
+    column_parts(n, 16, |columns| {
+        // SAFETY: offsets and strides come from the operands' layouts, which candle checked
+        // against their storages; these columns of the output are written by this part only.
+        unsafe {
+            gemm_block(
+                (m, columns.len(), k),
+                dst.0.add(columns.start),
+                n,
+                a.as_ptr().add(a_off),
+                (sa[0], sa[1]),
+                b.as_ptr().add(b_off + columns.start * sb[1]),
+                (sb[0], sb[1]),
+            )
         }
     });
     out

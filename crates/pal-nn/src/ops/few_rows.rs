@@ -10,11 +10,6 @@ use candle_core::Layout;
 /// Most rows this kernel takes; larger products go to gemm.
 pub(crate) const MAX_ROWS: usize = 16;
 
-/// A raw pointer shared by the pool's threads, each writing its own columns.
-struct Shared(*mut f32);
-// SAFETY: the threads write disjoint columns of the output (below).
-unsafe impl Sync for Shared {}
-
 /// `a (m x k) · b (k x n)` when `a` is row-major, `b` is the transposed view of a row-major
 /// `(n x k)` weight and `m <= MAX_ROWS`; `None` for any other shape or layout.
 pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option<Vec<f32>> {
@@ -27,28 +22,21 @@ pub(crate) fn few_rows(a: &[f32], la: &Layout, b: &[f32], lb: &Layout) -> Option
     let w = &b[lb.start_offset()..lb.start_offset() + n * k];
     let simd = avx2_fma();
     let mut out = vec![0f32; m * n];
-    let dst = Shared(out.as_mut_ptr());
+    let dst = super::SharedMut(out.as_mut_ptr());
     let dst = &dst;
     // Parts of at least 64 columns; as many as threads.
-    let threads = super::pool_threads();
-    let parts = threads.min(n.div_ceil(64)).max(1);
-    let width = n.div_ceil(parts);
-    candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
-        for p in range {
-            let first = (p * width).min(n);
-            let last = (first + width).min(n);
-            // SAFETY: rows `first..last` of `w` lie inside it, and columns `first..last` of the
-            // output are written by this part only.
-            unsafe {
-                dot_products(
-                    simd,
-                    (m, last - first, k),
-                    (x.as_ptr(), k),
-                    (w.as_ptr().add(first * k), k),
-                    (dst.0.add(first), n),
-                )
-            };
-        }
+    super::column_parts(n, 64, |columns| {
+        // SAFETY: these rows of `w` lie inside it, and these columns of the output are written
+        // by this part only.
+        unsafe {
+            dot_products(
+                simd,
+                (m, columns.len(), k),
+                (x.as_ptr(), k),
+                (w.as_ptr().add(columns.start * k), k),
+                (dst.0.add(columns.start), n),
+            )
+        };
     });
     Some(out)
 }

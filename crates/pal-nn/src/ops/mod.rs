@@ -45,6 +45,29 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
     }
 }
 
+/// A raw pointer into an output that candle's pool threads share, each writing its own part
+/// (rows, columns or batch items; every user says which).
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: users hand each pool part a disjoint region of the output.
+unsafe impl<T> Sync for SharedMut<T> {}
+
+/// Runs `f(columns)` over candle's thread pool for consecutive ranges of `0..n`, one per thread
+/// and each at least `min_width` wide (fewer parts when `n` is small); empty ranges are skipped.
+/// The products that split their output by columns (each weight row read by one thread) use it.
+pub(crate) fn column_parts(n: usize, min_width: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let parts = pool_threads().min(n.div_ceil(min_width.max(1))).max(1);
+    let width = n.div_ceil(parts);
+    candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
+        for p in range {
+            let first = (p * width).min(n);
+            let last = (first + width).min(n);
+            if first < last {
+                f(first..last);
+            }
+        }
+    });
+}
+
 /// Runs `f(row_index, row)` over the rows (of `row_len`) of `out`, spread over candle's CPU
 /// thread pool when there is enough work to pay for it.
 pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
@@ -56,10 +79,8 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize,
         }
         return;
     }
-    struct Shared<T>(*mut T);
-    // SAFETY: every chunk of the pool gets a disjoint range of rows (below).
-    unsafe impl<T> Sync for Shared<T> {}
-    let base = Shared(out.as_mut_ptr());
+    // Every chunk of the pool gets a disjoint range of rows (below).
+    let base = SharedMut(out.as_mut_ptr());
     let base = &base;
     candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
         for r in range {

@@ -121,11 +121,6 @@ impl QuantizedWeight {
         self.dtype
     }
 
-    /// Bytes the weight takes in memory.
-    pub fn size_in_bytes(&self) -> usize {
-        self.rows * self.cols / self.dtype.block_size() * self.dtype.type_size()
-    }
-
     /// The weight in f32 `(rows, cols)` (tests, and comparisons against the f32 path).
     pub fn dequantize(&self) -> Result<Tensor> {
         match &self.storage {
@@ -171,11 +166,6 @@ impl QuantizedWeight {
 /// The block product as a candle op (CPU, f32, contiguous `(m, cols)` input).
 struct BlockMatmul<'a>(&'a QuantizedWeight);
 
-/// A raw pointer shared by the pool's threads, each writing its own columns.
-struct Shared(*mut f32);
-// SAFETY: the threads write disjoint columns of the output (below).
-unsafe impl Sync for Shared {}
-
 impl CustomOp1 for BlockMatmul<'_> {
     fn name(&self) -> &'static str {
         "pal-quantized-matmul"
@@ -202,25 +192,19 @@ impl CustomOp1 for BlockMatmul<'_> {
             .collect();
         let n = w.rows;
         let mut out = vec![0f32; m * n];
-        let dst = Shared(out.as_mut_ptr());
+        let dst = super::SharedMut(out.as_mut_ptr());
         let dst = &dst;
         let simd = simd_level();
-        let threads = super::pool_threads();
-        let parts = threads.min(n.div_ceil(32)).max(1);
-        let width = n.div_ceil(parts);
-        candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
-            for p in range {
-                let first = (p * width).min(n);
-                let last = (first + width).min(n);
-                for j in first..last {
-                    let wrow = &data[j * row_bytes..(j + 1) * row_bytes];
-                    for (g, (refs, len)) in groups.iter().enumerate() {
-                        let values = dot_rows(simd, *format, wrow, refs, *len);
-                        for (r, value) in values.iter().take(*len).enumerate() {
-                            // SAFETY: row `GROUP g + r < m`, column `j < n`, and column `j` is
-                            // written by this part only.
-                            unsafe { *dst.0.add((GROUP * g + r) * n + j) = *value };
-                        }
+        // Parts of at least 32 columns; as many as threads.
+        super::column_parts(n, 32, |columns| {
+            for j in columns {
+                let wrow = &data[j * row_bytes..(j + 1) * row_bytes];
+                for (g, (refs, len)) in groups.iter().enumerate() {
+                    let values = dot_rows(simd, *format, wrow, refs, *len);
+                    for (r, value) in values.iter().take(*len).enumerate() {
+                        // SAFETY: row `GROUP g + r < m`, column `j < n`, and column `j` is
+                        // written by this part only.
+                        unsafe { *dst.0.add((GROUP * g + r) * n + j) = *value };
                     }
                 }
             }
