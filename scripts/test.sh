@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -p pal
 cargo run --locked -q -p pal -- fetch
-# The serving test drives `pal serve` with the official openai client, from a venv of its own.
+# The serving test drives `pal serve` with the official openai client, and the shard tests write
+# shards with scripts/write_shards.py (numpy + safetensors), from a venv of their own.
 venv="${PAL_TEST_VENV:-${PAL_HOME:-$HOME/.cache/pal}/test-venv}"
-if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import openai, numpy, safetensors" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q openai==3.57.0
+  "$venv/bin/pip" install -q openai==3.57.0 numpy==2.4.6 safetensors==0.8.0
 fi
 export PAL_TEST_PYTHON="$venv/bin/python"
 cargo fmt --all -- --check

@@ -5,4 +5,4 @@
 pub mod metrics;
 pub mod runner;
 
-pub use runner::{evaluate, evaluate_with, EvalItem, EvalReport, Scoring};
+pub use runner::{evaluate, evaluate_with, EvalData, EvalItem, EvalReport, Scoring};

@@ -1,13 +1,18 @@
-//! `pal eval`: generate an answer for every manifest example (batched) and judge it.
+//! `pal eval`: generate an answer for every example of a manifest or shard set (batched) and
+//! judge it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use pal_data::encoding::{encode_in_order, EncodeOptions};
 use pal_data::load_manifest;
 use pal_infer::{generate_with_audio, GenerationParams};
 use pal_models::audio_llm::BuiltModel;
 use pal_models::audio_llm::{Example, Padding};
+use pal_models::encoders::AudioEncoder;
+use pal_models::formats::feature_shards::FeatureShardSet;
 use pal_models::text::chat_template::ChatTemplate;
+use pal_models::text::chat_template::Message;
 use pal_models::text::segments::prompt_segments;
 use pal_models::text::Segment;
 use serde::Serialize;
@@ -75,6 +80,24 @@ pub enum Scoring {
     LogLikelihood,
 }
 
+/// Where the test examples come from.
+#[derive(Debug, Clone)]
+pub enum EvalData {
+    /// A JSONL manifest: clips are decoded and encoded (in parallel batches) first.
+    Manifest(PathBuf),
+    /// A feature shard set (`pal encode`, `scripts/write_shards.py`): the only way to evaluate
+    /// an external encoder.
+    Shards(PathBuf),
+}
+
+impl std::fmt::Display for EvalData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Manifest(p) | Self::Shards(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// Evaluates `built` on a manifest by generation (see [`evaluate_with`]).
 pub fn evaluate(
     built: &BuiltModel,
@@ -82,43 +105,102 @@ pub fn evaluate(
     batch_size: usize,
     max_tokens: usize,
 ) -> Result<EvalReport, EvalError> {
-    evaluate_with(built, manifest, batch_size, max_tokens, Scoring::Generate)
+    evaluate_with(
+        built,
+        &EvalData::Manifest(manifest.to_path_buf()),
+        batch_size,
+        max_tokens,
+        Scoring::Generate,
+    )
 }
 
-/// Evaluates `built` on a manifest: the question is every message before the last assistant
-/// message, the reference is that message. Closed answers are judged by
-/// [`closed_answer_correct`] with the manifest's distinct references as the label set.
+/// A test example: the conversation up to the last assistant message and that message.
+struct TestCase {
+    origin: String,
+    messages: Vec<Message>,
+    audio: Vec<Tensor>,
+}
+
+/// The test cases of a manifest (clips encoded in batches) or of a shard set.
+fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, EvalError> {
+    let mut cases = vec![];
+    match data {
+        EvalData::Manifest(path) => {
+            let records = load_manifest(path, false)?.records;
+            let files: Vec<PathBuf> = records.iter().map(|r| r.audio.clone()).collect();
+            encode_in_order(
+                &files,
+                0,
+                &built.encoders,
+                &EncodeOptions::default(),
+                |i, outcome| {
+                    let r = &records[i];
+                    let clip = outcome.map_err(|e| EvalError::Example(r.origin.clone(), e))?;
+                    cases.push(TestCase {
+                        origin: r.origin.clone(),
+                        messages: r.messages.clone(),
+                        audio: clip.audio,
+                    });
+                    Ok::<(), EvalError>(())
+                },
+            )?;
+        }
+        EvalData::Shards(dir) => {
+            let set = FeatureShardSet::open(dir)?;
+            let expected: Vec<(String, usize)> =
+                built.encoders.iter().map(|e| (e.id(), e.dim())).collect();
+            set.check_encoders(&expected)?;
+            for s in 0..set.index.shards.len() {
+                let shard = set.open_shard(s)?;
+                for (i, record) in shard.records().iter().enumerate() {
+                    if !record.messages.iter().any(|m| m.role == "assistant") {
+                        return Err(EvalError::Example(
+                            format!("{} record {i}", shard.path().display()),
+                            "no assistant message to compare against".into(),
+                        ));
+                    }
+                    cases.push(TestCase {
+                        origin: if record.origin.is_empty() {
+                            format!("{} record {i}", shard.path().display())
+                        } else {
+                            record.origin.clone()
+                        },
+                        messages: record.messages.clone(),
+                        audio: shard.example_audio(i, &Device::Cpu)?,
+                    });
+                }
+            }
+        }
+    }
+    Ok(cases)
+}
+
+/// Evaluates `built` on a manifest or shard set: the question is every message before the last
+/// assistant message, the reference is that message. Closed answers are judged by
+/// [`closed_answer_correct`] with the data's distinct references as the label set.
 pub fn evaluate_with(
     built: &BuiltModel,
-    manifest: &Path,
+    data: &EvalData,
     batch_size: usize,
     max_tokens: usize,
     scoring: Scoring,
 ) -> Result<EvalReport, EvalError> {
-    let records = load_manifest(manifest, false)?.records;
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
     let mut labels: Vec<String> = vec![];
     let mut prepared: Vec<(Example, EvalItem)> = vec![];
-    for r in &records {
-        let last = r
+    for case in test_cases(built, data)? {
+        let last = case
             .messages
             .iter()
             .rposition(|m| m.role == "assistant")
-            .expect("manifest lines have an assistant turn");
-        let reference = r.messages[last].content.clone();
+            .expect("test cases have an assistant turn");
+        let reference = case.messages[last].content.clone();
         if !labels.contains(&reference) {
             labels.push(reference.clone());
         }
-        let fail = |e: String| EvalError::Example(r.origin.clone(), e);
-        let audio = pal_audio::load_audio(&r.audio)
-            .and_then(|a| a.to_16k(&r.audio.display().to_string()))
-            .map_err(|e| fail(e.to_string()))?;
-        let outputs: Vec<Tensor> = built
-            .encode_clip(&audio.samples)
-            .map_err(|e| fail(e.to_string()))?;
-        let segments = prompt_segments(&template, &built.tokenizer, &r.messages[..last])
-            .map_err(|e| fail(e.to_string()))?;
-        let question = r.messages[..last]
+        let segments = prompt_segments(&template, &built.tokenizer, &case.messages[..last])
+            .map_err(|e| EvalError::Example(case.origin.clone(), e.to_string()))?;
+        let question = case.messages[..last]
             .iter()
             .filter(|m| m.role == "user")
             .map(|m| m.content.as_str())
@@ -127,10 +209,10 @@ pub fn evaluate_with(
         prepared.push((
             Example {
                 segments,
-                audio: outputs,
+                audio: case.audio,
             },
             EvalItem {
-                origin: r.origin.clone(),
+                origin: case.origin,
                 question,
                 reference,
                 answer: String::new(),

@@ -9,7 +9,9 @@
 //!
 //! [[stages]]
 //! name = "projectors"
-//! manifests = [{ path = "data/fsdd/train.jsonl", weight = 1.0 }]
+//! manifests = [{ path = "data/fsdd/train.jsonl", weight = 1.0 }]   # read into memory
+//! shards = [{ path = "features/train" }]     # and/or streamed from `pal encode` shard sets
+//! shuffle_buffer = 10000      # records shuffled together when streaming
 //! epochs = 1                  # or: steps = 300
 //! lr = 1e-3
 //! batch_size = 8
@@ -50,13 +52,15 @@ fn fifty() -> u64 {
     50
 }
 
-/// A manifest and how often its examples appear per epoch relative to the others.
+/// A manifest or a feature shard set, and how often its examples appear per epoch relative to
+/// the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ManifestMix {
-    /// JSONL manifest, relative to the curriculum file.
+pub struct DataMix {
+    /// JSONL manifest, or shard set folder (`pal encode`), relative to the curriculum file.
     pub path: PathBuf,
-    /// Repetitions per epoch (2.0 = every example twice; 0.5 = a seeded half).
+    /// Repetitions per epoch (2.0 = every example twice; 0.5 = a seeded half: of the examples
+    /// for a manifest, of the shards for a shard set).
     #[serde(default = "one")]
     pub weight: f64,
 }
@@ -115,8 +119,17 @@ impl Trainable {
 pub struct Stage {
     /// Name (in logs and checkpoints).
     pub name: String,
-    /// Training data.
-    pub manifests: Vec<ManifestMix>,
+    /// Training data read into memory (clips encoded at the start of the stage, cached).
+    #[serde(default)]
+    pub manifests: Vec<DataMix>,
+    /// Training data streamed from feature shard sets (`pal encode`): memory does not grow
+    /// with their size.
+    #[serde(default)]
+    pub shards: Vec<DataMix>,
+    /// Records shuffled together when streaming (whole shards are added to a group until it
+    /// holds this many); with all data in one group the order is the in-memory order.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
     /// Length in optimizer steps...
     #[serde(default)]
     pub steps: Option<u64>,
@@ -151,6 +164,9 @@ pub struct Stage {
     pub activation_checkpointing: bool,
 }
 
+fn default_shuffle_buffer() -> usize {
+    10_000
+}
 fn one_usize() -> usize {
     1
 }
@@ -190,11 +206,14 @@ impl Curriculum {
                     ),
                 ));
             }
-            if s.batch_size == 0 || s.grad_accum == 0 || s.manifests.is_empty() {
+            if s.batch_size == 0
+                || s.grad_accum == 0
+                || (s.manifests.is_empty() && s.shards.is_empty())
+            {
                 return Err(TrainError::Config(
                     path.to_path_buf(),
                     format!(
-                        "stage '{}': batch_size, grad_accum and manifests must be non-empty",
+                        "stage '{}': batch_size and grad_accum must be positive, and manifests or shards given",
                         s.name
                     ),
                 ));

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod curriculum;
 pub mod metrics;
 pub mod optim;
+pub mod stage_data;
 pub mod trainer;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
-//! The training loop, top to bottom: load the curriculum and the model, encode every clip once
-//! with the frozen encoders (cached on disk), then for each stage: batches, loss, backward,
-//! accumulation, clipping, AdamW, metrics, checkpoints.
+//! The training loop, top to bottom: load the curriculum and the model, then for each stage:
+//! its data ([`crate::stage_data`]: manifests encoded once with the frozen encoders, cached on
+//! disk; feature shards streamed), batches, loss, backward, accumulation, clipping, AdamW,
+//! metrics, checkpoints.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,19 +9,15 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use pal_data::{load_manifest, BatchOrder};
 use pal_models::audio_llm::{build, BuiltModel, ModelConfig};
 use pal_models::audio_llm::{Example, Padding};
-use pal_models::encoders::{encode_clip, AudioEncoder, CachedEncoder};
-use pal_models::text::chat_template::ChatTemplate;
-use pal_models::text::segments::training_segments;
-use pal_models::text::Segment;
-use pal_models::Tokenizer;
+use pal_models::encoders::{AudioEncoder, CachedEncoder};
 
 use crate::checkpoint::{self, TrainState};
 use crate::curriculum::{Curriculum, Stage};
 use crate::metrics::{self, MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, lr_at, named_grads, AdamW, AdamWConfig};
+use crate::stage_data::StageData;
 use crate::TrainError;
 
 /// Options of a training run besides the curriculum.
@@ -52,99 +49,6 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
 }
 
-/// A record's segments and encoder outputs.
-type Encoded = (Vec<Segment>, Vec<Tensor>);
-
-/// An example ready for batching: its segments and encoder outputs.
-struct Item {
-    segments: Vec<Segment>,
-    audio: Vec<Tensor>,
-    length: usize,
-}
-
-/// Everything a stage trains on.
-fn load_stage_items(
-    stage: &Stage,
-    base: &Path,
-    tokenizer: &Tokenizer,
-    encoders: &[CachedEncoder<Box<dyn AudioEncoder>>],
-    options: &TrainOptions,
-    seed: u64,
-) -> Result<(Vec<Item>, usize), TrainError> {
-    let template = ChatTemplate::for_tokenizer(tokenizer)?;
-    let mut items = vec![];
-    let mut skipped = 0;
-    for mix in &stage.manifests {
-        let path = base.join(&mix.path);
-        let manifest = load_manifest(&path, options.skip_bad)?;
-        for bad in &manifest.skipped {
-            eprintln!("warning: skipped {bad}");
-        }
-        skipped += manifest.skipped.len();
-        let records = manifest.records;
-        // Weight: whole repetitions, plus a seeded fraction.
-        let whole = mix.weight.floor() as usize;
-        let frac = mix.weight - whole as f64;
-        let mut chosen: Vec<usize> = (0..whole).flat_map(|_| 0..records.len()).collect();
-        if frac > 0.0 {
-            let mut order: Vec<usize> = (0..records.len()).collect();
-            pal_nn::rng::SplitMix64::new(seed ^ 0x5851_f42d_4c95_7f2d).shuffle(&mut order);
-            chosen.extend(
-                order
-                    .into_iter()
-                    .take((frac * records.len() as f64).round() as usize),
-            );
-        }
-        // Each distinct record is decoded and encoded once, however often the mix repeats it.
-        let mut encoded: HashMap<usize, Option<Encoded>> = HashMap::new();
-        for &r in &chosen {
-            if let std::collections::hash_map::Entry::Vacant(slot) = encoded.entry(r) {
-                let record = &records[r];
-                let result = (|| -> Result<Encoded, TrainError> {
-                    let audio = pal_audio::load_audio(&record.audio)?;
-                    let audio = audio.to_16k(&record.audio.display().to_string())?;
-                    let outputs = encode_clip(encoders, &audio.samples)?;
-                    let segments = training_segments(&template, tokenizer, &record.messages)?;
-                    Ok((segments, outputs))
-                })();
-                slot.insert(match result {
-                    Ok(v) => Some(v),
-                    Err(e) if options.skip_bad => {
-                        eprintln!("warning: skipped {}: {e}", record.origin);
-                        skipped += 1;
-                        None
-                    }
-                    Err(e) => {
-                        return Err(TrainError::Example(record.origin.clone(), e.to_string()))
-                    }
-                });
-            }
-            if let Some((segments, audio)) = encoded[&r].clone() {
-                let length = segments
-                    .iter()
-                    .map(|s| match s {
-                        Segment::Text { ids, .. } => ids.len(),
-                        Segment::Audio => 0,
-                    })
-                    .sum::<usize>()
-                    + audio.iter().map(|a| a.dims()[0]).sum::<usize>();
-                items.push(Item {
-                    segments,
-                    audio,
-                    length,
-                });
-            }
-        }
-    }
-    if items.is_empty() {
-        return Err(TrainError::Config(
-            base.to_path_buf(),
-            format!("stage '{}' has no usable examples", stage.name),
-        ));
-    }
-    Ok((items, skipped))
-}
-
 /// Sets up what `trainable` needs in the model: LoRA adapters or trainable LLM weights
 /// (idempotent: parameters that exist are reused).
 pub fn apply_trainable(
@@ -168,12 +72,12 @@ pub fn apply_trainable(
     Ok(())
 }
 
-/// Optimizer steps of a stage over `items`.
-fn stage_steps(stage: &Stage, items: usize) -> u64 {
+/// Optimizer steps of a stage with `batches` batches per epoch.
+fn stage_steps(stage: &Stage, batches: usize) -> u64 {
     match (stage.steps, stage.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => {
-            let batches = items.div_ceil(stage.batch_size) as f64 * e;
+            let batches = batches as f64 * e;
             (batches / stage.grad_accum as f64).ceil().max(1.0) as u64
         }
         (None, None) => 1,
@@ -300,21 +204,17 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             .into_iter()
             .filter(|(name, _)| stage.trainable.trains(name))
             .collect();
-        let (items, skipped) = load_stage_items(
+        let mut data = StageData::load(
             stage,
+            stage_index,
             &base,
             &tokenizer,
             &encoders,
-            options,
+            options.skip_bad,
             curriculum.seed,
         )?;
-        skipped_total += skipped;
-        let order = BatchOrder::new(
-            items.iter().map(|i| i.length).collect(),
-            stage.batch_size,
-            curriculum.seed ^ stage_index as u64,
-        );
-        let total = stage_steps(stage, items.len());
+        skipped_total += data.skipped;
+        let total = stage_steps(stage, data.batches_per_epoch());
         optimizer.config.weight_decay = stage.weight_decay;
         let bar = if options.quiet {
             ProgressBar::hidden()
@@ -338,17 +238,8 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
                 stage.min_lr_ratio,
             );
             let micro: Vec<Vec<Example>> = (0..stage.grad_accum)
-                .map(|_| {
-                    order
-                        .next(&mut state.batches)
-                        .into_iter()
-                        .map(|i| Example {
-                            segments: items[i].segments.clone(),
-                            audio: items[i].audio.clone(),
-                        })
-                        .collect()
-                })
-                .collect();
+                .map(|_| data.next_batch(&mut state.batches, &tokenizer))
+                .collect::<Result<_, _>>()?;
             let samples: usize = micro.iter().map(|m| m.len()).sum();
             let (grads, loss, tokens) = accumulated_gradients(&model, &params, &micro)?;
             let mut grads: HashMap<String, Tensor> = grads

@@ -25,7 +25,9 @@ enum Command {
     /// Build data manifests.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
-    /// Evaluate a trained model on a manifest (accuracy of closed answers).
+    /// Run a model's frozen encoders over manifests into a feature shard set (resumable).
+    Encode(commands::encode::EncodeArgs),
+    /// Evaluate a trained model on a manifest or shard set (accuracy, WER, BLEU, CIDEr).
     Eval(commands::eval::EvalArgs),
     /// Serve a trained audio-LLM over an OpenAI-compatible HTTP API.
     Serve(commands::serve::ServeArgs),
@@ -74,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ask(args) => commands::ask::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
+        Command::Encode(args) => commands::encode::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),

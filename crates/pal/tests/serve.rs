@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::python;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,17 +15,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{models_present, pal, repo};
 use pal_models::audio_llm::{write_untrained_run, ModelConfig};
-
-/// The venv Python with `openai`, or None to skip (an error when models are required).
-fn python() -> Option<String> {
-    match std::env::var("PAL_TEST_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var("PAL_REQUIRE_MODELS").as_deref() == Ok("1") => {
-            panic!("PAL_TEST_PYTHON must name a Python with the openai package (.ci/run makes one)")
-        }
-        Err(_) => None,
-    }
-}
 
 /// Starts `pal serve` on a free port; returns the child (the caller waits for it) and its address.
 #[allow(clippy::zombie_processes)]

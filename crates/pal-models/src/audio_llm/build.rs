@@ -10,6 +10,7 @@ use crate::audio_llm::config::{Attachment, EncoderKind, ModelConfig};
 use crate::audio_llm::model::AudioLlm;
 use crate::encoders::ast::{Ast, AstEncoder};
 use crate::encoders::audio_encoder::{encode_clip, AudioEncoder};
+use crate::encoders::external::ExternalEncoder;
 use crate::encoders::whisper::{Whisper, WhisperAudioEncoder};
 use crate::encoders::windows::WindowPolicy;
 use crate::error::{ModelError, Result};
@@ -67,6 +68,46 @@ impl BuiltModel {
     }
 }
 
+/// The config's encoders alone (paths relative to `base`), in order: what `pal encode` needs.
+pub fn build_encoders(
+    config: &ModelConfig,
+    base: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Box<dyn AudioEncoder>>> {
+    let mut encoders: Vec<Box<dyn AudioEncoder>> = vec![];
+    for spec in &config.encoders {
+        let path = resolve_path(&spec.path, base)?;
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let windows = WindowPolicy {
+            max_windows: spec.max_windows,
+        };
+        let encoder: Box<dyn AudioEncoder> = match spec.kind {
+            EncoderKind::Whisper => {
+                let w = Whisper::from_folder(&path, false, dtype, device)?;
+                let mut e = WhisperAudioEncoder::new(w.encoder, w.config.num_mel_bins, id);
+                e.layer = spec.layer;
+                e.real_length = spec.real_length;
+                e.windows = windows;
+                Box::new(e)
+            }
+            EncoderKind::Ast => {
+                let mut e = AstEncoder::new(Ast::from_folder(&path, dtype, device)?, id);
+                e.layer = spec.layer;
+                e.real_length = spec.real_length;
+                e.windows = windows;
+                Box::new(e)
+            }
+            EncoderKind::Shards => Box::new(ExternalEncoder::from_shards(&path, &spec.name)?),
+        };
+        encoders.push(encoder);
+    }
+    Ok(encoders)
+}
+
 /// Loads everything a config names (paths relative to `base`) and creates the adapter parameters.
 pub fn build(
     config: &ModelConfig,
@@ -76,45 +117,20 @@ pub fn build(
 ) -> Result<BuiltModel> {
     let llm_path = resolve_path(&config.llm.path, base)?;
     let (llm, tokenizer) = load_llm(&llm_path, dtype, device)?;
-    let mut encoders: Vec<Box<dyn AudioEncoder>> = vec![];
-    let mut attachments = vec![];
-    for spec in &config.encoders {
-        let path = resolve_path(&spec.path, base)?;
-        let id = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let encoder: Box<dyn AudioEncoder> = match spec.kind {
-            EncoderKind::Whisper => {
-                let w = Whisper::from_folder(&path, false, dtype, device)?;
-                let mut e = WhisperAudioEncoder::new(w.encoder, w.config.num_mel_bins, id);
-                e.layer = spec.layer;
-                e.real_length = spec.real_length;
-                e.windows = WindowPolicy {
-                    max_windows: spec.max_windows,
-                };
-                Box::new(e)
-            }
-            EncoderKind::Ast => {
-                let mut e = AstEncoder::new(Ast::from_folder(&path, dtype, device)?, id);
-                e.layer = spec.layer;
-                e.real_length = spec.real_length;
-                e.windows = WindowPolicy {
-                    max_windows: spec.max_windows,
-                };
-                Box::new(e)
-            }
-        };
-        attachments.push(Attachment {
+    let encoders = build_encoders(config, base, dtype, device)?;
+    let attachments: Vec<Attachment> = config
+        .encoders
+        .iter()
+        .zip(&encoders)
+        .map(|(spec, encoder)| Attachment {
             name: spec.name.clone(),
             d_enc: encoder.dim(),
             route: spec.route,
             connector: spec.connector.clone(),
             summary: spec.summary.clone(),
             lal: spec.lal.clone(),
-        });
-        encoders.push(encoder);
-    }
+        })
+        .collect();
     let params = Params::new(config.seed, dtype, device);
     let model = AudioLlm::new(llm, &attachments, &params)?;
     Ok(BuiltModel {

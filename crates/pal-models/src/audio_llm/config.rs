@@ -11,7 +11,7 @@
 //!
 //! [[encoders]]
 //! name = "whisper"
-//! kind = "whisper"                       # whisper | ast
+//! kind = "whisper"                       # whisper | ast | shards (an external encoder's shard set)
 //! path = "asset:whisper-tiny.en"
 //! layer = "last"                         # "last", { index = 3 }, { mean = [2, 4] }
 //! real_length = true
@@ -61,6 +61,9 @@ pub enum EncoderKind {
     Whisper,
     /// AST-family ViT on Kaldi fbank (HF folder).
     Ast,
+    /// An external encoder known by a feature shard set (`path`): its id and width come from
+    /// the set's index; training and evaluation read its features from shards.
+    Shards,
 }
 
 /// One encoder and how it is attached.

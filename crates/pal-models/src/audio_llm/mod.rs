@@ -15,6 +15,6 @@ pub mod lal;
 pub mod model;
 
 pub use batch::{Example, Padding, PreparedBatch};
-pub use build::{build, load_run, write_untrained_run, BuiltModel};
+pub use build::{build, build_encoders, load_run, write_untrained_run, BuiltModel};
 pub use config::{Attachment, LalConfig, ModelConfig, Route};
 pub use model::{AudioLlm, ClipLal};

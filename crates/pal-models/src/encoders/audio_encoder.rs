@@ -13,6 +13,11 @@ pub trait AudioEncoder: Send + Sync {
     fn dim(&self) -> usize;
     /// Encodes one clip.
     fn encode(&self, samples: &[f32]) -> Result<Tensor>;
+    /// Encodes several clips: for each, what [`Self::encode`] gives. Encoders that can run clips
+    /// as one padded batch override it (far better use of the matrix units on short clips).
+    fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
+        clips.iter().map(|c| self.encode(c)).collect()
+    }
 }
 
 impl AudioEncoder for Box<dyn AudioEncoder> {
@@ -27,9 +32,25 @@ impl AudioEncoder for Box<dyn AudioEncoder> {
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         self.as_ref().encode(samples)
     }
+
+    fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
+        self.as_ref().encode_batch(clips)
+    }
 }
 
 /// Encodes one clip with each of `encoders`, in order: the audio of one audio-LLM example.
 pub fn encode_clip<E: AudioEncoder>(encoders: &[E], samples: &[f32]) -> Result<Vec<Tensor>> {
     encoders.iter().map(|e| e.encode(samples)).collect()
+}
+
+/// Encodes several clips with each of `encoders` (each encoder sees all clips as one batch): the
+/// audio of one audio-LLM example per clip, in order.
+pub fn encode_clips<E: AudioEncoder>(encoders: &[E], clips: &[&[f32]]) -> Result<Vec<Vec<Tensor>>> {
+    let mut per_clip: Vec<Vec<Tensor>> = vec![vec![]; clips.len()];
+    for e in encoders {
+        for (clip, tokens) in per_clip.iter_mut().zip(e.encode_batch(clips)?) {
+            clip.push(tokens);
+        }
+    }
+    Ok(per_clip)
 }

@@ -46,26 +46,46 @@ impl<E: AudioEncoder> AudioEncoder for CachedEncoder<E> {
     }
 
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
-        let path = self.path_for(samples);
-        let device = Device::Cpu;
-        if path.exists() {
-            // A damaged entry is recomputed, not trusted.
-            if let Ok(mut t) = candle_core::safetensors::load(&path, &device) {
-                if let Some(tokens) = t.remove("tokens") {
-                    return Ok(tokens);
-                }
+        Ok(self
+            .encode_batch(&[samples])?
+            .pop()
+            .expect("one clip in, one out"))
+    }
+
+    /// Clips found in the cache are read; the others are encoded as one batch and stored.
+    fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
+        let paths: Vec<PathBuf> = clips.iter().map(|c| self.path_for(c)).collect();
+        let mut found: Vec<Option<Tensor>> = paths.iter().map(|p| read_entry(p)).collect();
+        let missing: Vec<usize> = (0..clips.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let batch: Vec<&[f32]> = missing.iter().map(|&i| clips[i]).collect();
+            for (&i, tokens) in missing.iter().zip(self.inner.encode_batch(&batch)?) {
+                write_entry(&paths[i], &tokens)?;
+                found[i] = Some(tokens);
             }
         }
-        let tokens = self.inner.encode(samples)?;
-        let dir = path.parent().expect("cache path has a parent");
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let cpu = tokens.to_dtype(DType::F32)?.to_device(&device)?;
-        candle_core::safetensors::save(
-            &std::collections::HashMap::from([("tokens".to_string(), cpu)]),
-            &tmp,
-        )?;
-        std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
-        Ok(tokens)
+        Ok(found.into_iter().map(|t| t.expect("filled")).collect())
     }
+}
+
+/// A cached entry; a damaged one is recomputed, not trusted.
+fn read_entry(path: &std::path::Path) -> Option<Tensor> {
+    if !path.exists() {
+        return None;
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .ok()
+        .and_then(|mut t| t.remove("tokens"))
+}
+
+fn write_entry(path: &std::path::Path, tokens: &Tensor) -> Result<()> {
+    let dir = path.parent().expect("cache path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let cpu = tokens.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("tokens".to_string(), cpu)]),
+        &tmp,
+    )?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }

@@ -74,10 +74,10 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.self_attn_layer_norm.forward(x)?, None)?;
+            .forward(&self.self_attn_layer_norm.forward(x)?, mask)?;
         let x = (x + h)?;
         let h = self.ffn.forward(&self.final_layer_norm.forward(&x)?)?;
         Ok((x + h)?)
@@ -176,17 +176,62 @@ impl WhisperEncoder {
     /// hidden state chosen by `layer`. Any even number of frames up to [`Self::max_frames`] works: a
     /// short clip need not be padded to 30 s (positions are sliced).
     pub fn forward(&self, mel: &Tensor, layer: LayerSelection) -> Result<Tensor> {
-        let (_, _, frames) = mel.dims3()?;
-        if frames > self.max_frames() || frames < 2 {
+        self.forward_padded(mel, None, layer)
+    }
+
+    /// [`Self::forward`] of a batch of clips padded with zeros to a common length:
+    /// `frames[b]` (even) is clip `b`'s real length. Between the convolutions, positions past a
+    /// clip's end are zeroed (as the convolution's own zero padding would be for that clip
+    /// alone), and attention does not see them, so each clip's first `frames[b] / 2` tokens are
+    /// what it gets encoded alone.
+    pub fn forward_padded(
+        &self,
+        mel: &Tensor,
+        frames: Option<&[usize]>,
+        layer: LayerSelection,
+    ) -> Result<Tensor> {
+        let (batch, _, padded) = mel.dims3()?;
+        if padded > self.max_frames() || padded < 2 {
             return Err(ModelError::Unsupported(format!(
-                "Whisper encoder takes 2..={} mel frames, got {frames}",
+                "Whisper encoder takes 2..={} mel frames, got {padded}",
                 self.max_frames()
             )));
         }
-        let x = mel
+        // Frame masks (1 inside a clip, 0 past its end) and the attention mask over tokens.
+        let masks = match frames {
+            Some(frames) if frames.iter().any(|&f| f < padded) => {
+                let keep = |len: usize, total: usize| -> Vec<f32> {
+                    (0..batch)
+                        .flat_map(|b| {
+                            let end = frames[b].div_ceil(len);
+                            (0..total).map(move |t| if t < end { 1.0 } else { 0.0 })
+                        })
+                        .collect()
+                };
+                let device = mel.device();
+                let dtype = mel.dtype();
+                let frame_mask = Tensor::from_vec(keep(1, padded), (batch, 1, padded), device)?
+                    .to_dtype(dtype)?;
+                let tokens = padded / 2;
+                let token_keep = keep(2, tokens);
+                let blocked = pal_nn::attention::mask_value(dtype) as f32;
+                let additive: Vec<f32> = token_keep
+                    .iter()
+                    .map(|&k| if k > 0.0 { 0.0 } else { blocked })
+                    .collect();
+                let attention_mask =
+                    Tensor::from_vec(additive, (batch, 1, 1, tokens), device)?.to_dtype(dtype)?;
+                Some((frame_mask, attention_mask))
+            }
+            _ => None,
+        };
+        let mut x = mel
             .conv1d(&self.conv1.0, 1, 1, 1, 1)?
             .broadcast_add(&self.conv1.1.reshape((1, (), 1))?)?
             .gelu_erf()?;
+        if let Some((frame_mask, _)) = &masks {
+            x = x.broadcast_mul(frame_mask)?;
+        }
         let x = x
             .conv1d(&self.conv2.0, 1, 2, 1, 1)?
             .broadcast_add(&self.conv2.1.reshape((1, (), 1))?)?
@@ -194,6 +239,7 @@ impl WhisperEncoder {
         let x = x.transpose(1, 2)?;
         let tokens = x.dims()[1];
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, tokens)?)?;
+        let attention_mask = masks.as_ref().map(|(_, a)| a);
         let total = self.layers.len();
         layer.validate(total)?;
         let mut states = vec![];
@@ -206,7 +252,7 @@ impl WhisperEncoder {
             .enumerate()
             .take(layer.layers_needed(total))
         {
-            x = l.forward(&x)?;
+            x = l.forward(&x, attention_mask)?;
             let index = i + 1;
             if index == total {
                 x = self.layer_norm.forward(&x)?;
@@ -582,24 +628,54 @@ impl AudioEncoder for WhisperAudioEncoder {
     }
 
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
+        Ok(self
+            .encode_batch(&[samples])?
+            .pop()
+            .expect("one clip in, one out"))
+    }
+
+    /// Every window of every clip in one padded pass (see [`WhisperEncoder::forward_padded`]).
+    fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
         let window = self.encoder.max_frames() * 160;
-        let mut outputs = vec![];
-        for chunk in self.windows.split(samples, window)? {
-            let (feats, frames) = if self.real_length {
-                // Whole encoder tokens: pad to a multiple of 2 frames (320 samples).
+        let n_mels = self.mel.n_mels();
+        // (clip, mel values, frames) of every window.
+        let mut windows: Vec<(usize, Vec<f32>, usize)> = vec![];
+        for (c, samples) in clips.iter().enumerate() {
+            for chunk in self.windows.split(samples, window)? {
                 let mut padded = chunk.to_vec();
-                padded.resize(chunk.len().div_ceil(320).max(1) * 320, 0.0);
-                self.mel.compute(&padded, false)
-            } else {
-                let mut padded = chunk.to_vec();
-                padded.resize(window, 0.0);
-                self.mel.compute(&padded, false)
-            };
-            let dtype = self.encoder.embed_positions.dtype();
-            let mel = Tensor::from_vec(feats, (1, self.mel.n_mels(), frames), self.device())?
-                .to_dtype(dtype)?;
-            outputs.push(self.encoder.forward(&mel, self.layer)?.squeeze(0)?);
+                let length = if self.real_length {
+                    // Whole encoder tokens: a multiple of 2 frames (320 samples).
+                    chunk.len().div_ceil(320).max(1) * 320
+                } else {
+                    window
+                };
+                padded.resize(length, 0.0);
+                let (feats, frames) = self.mel.compute(&padded, false);
+                windows.push((c, feats, frames));
+            }
         }
-        Ok(Tensor::cat(&outputs, 0)?)
+        let longest = windows.iter().map(|w| w.2).max().unwrap_or(2);
+        let mut batch = vec![0f32; windows.len() * n_mels * longest];
+        for (w, (_, feats, frames)) in windows.iter().enumerate() {
+            for m in 0..n_mels {
+                let row = (w * n_mels + m) * longest;
+                batch[row..row + frames].copy_from_slice(&feats[m * frames..(m + 1) * frames]);
+            }
+        }
+        let dtype = self.encoder.embed_positions.dtype();
+        let mel = Tensor::from_vec(batch, (windows.len(), n_mels, longest), self.device())?
+            .to_dtype(dtype)?;
+        let frames: Vec<usize> = windows.iter().map(|w| w.2).collect();
+        let out = self
+            .encoder
+            .forward_padded(&mel, Some(&frames), self.layer)?;
+        let mut per_clip: Vec<Vec<Tensor>> = vec![vec![]; clips.len()];
+        for (w, (c, _, frames)) in windows.iter().enumerate() {
+            per_clip[*c].push(out.get(w)?.narrow(0, 0, frames / 2)?);
+        }
+        per_clip
+            .into_iter()
+            .map(|parts| Ok(Tensor::cat(&parts, 0)?.contiguous()?))
+            .collect()
     }
 }

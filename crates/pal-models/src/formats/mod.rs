@@ -5,9 +5,11 @@
 //!   sharded) or from the readers below.
 //! - [`gguf`]: llama.cpp's GGUF (metadata, tensors dequantized and renamed).
 //! - [`ct2`]: CTranslate2's `model.bin` (Whisper, renamed and split).
+//! - [`feature_shards`]: frozen encoder outputs in shards (`pal encode`), read memory-mapped.
 //! - [`config_toml`]: TOML config files, with errors that name the key and its table.
 
 pub mod config_toml;
 pub mod ct2;
+pub mod feature_shards;
 pub mod gguf;
 pub mod weights;

@@ -1,4 +1,4 @@
-//! `pal eval --model RUN_DIR --manifest FILE [--json OUT]`: accuracy (closed answers), WER
+//! `pal eval --model RUN_DIR --manifest FILE|--shards DIR [--json OUT]`: accuracy (closed answers), WER
 //! (transcripts), BLEU-4 and CIDEr-D (captions) of a trained model on a manifest.
 
 use std::io::Write;
@@ -13,9 +13,12 @@ pub struct EvalArgs {
     /// Run folder (model.toml + adapter.safetensors), as `pal train` writes it.
     #[arg(long)]
     model: PathBuf,
-    /// JSONL manifest to evaluate on.
+    /// JSONL manifest to evaluate on...
+    #[arg(long, required_unless_present = "shards", conflicts_with = "shards")]
+    manifest: Option<PathBuf>,
+    /// ...or a feature shard set (`pal encode`; the only way for an external encoder).
     #[arg(long)]
-    manifest: PathBuf,
+    shards: Option<PathBuf>,
     /// Write the per-item results here (JSONL) and the summary next to it (.summary.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -40,8 +43,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         pal_eval::Scoring::Generate
     };
-    let report =
-        pal_eval::evaluate_with(&built, &args.manifest, args.batch, args.max_tokens, scoring)?;
+    let data = match (args.manifest, args.shards) {
+        (Some(m), _) => pal_eval::EvalData::Manifest(m),
+        (None, Some(s)) => pal_eval::EvalData::Shards(s),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let report = pal_eval::evaluate_with(&built, &data, args.batch, args.max_tokens, scoring)?;
     if let Some(path) = &args.json {
         let mut f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -49,7 +56,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             writeln!(f, "{}", serde_json::to_string(item)?)?;
         }
         let summary = serde_json::json!({
-            "manifest": args.manifest, "total": report.total, "correct": report.correct,
+            "data": data.to_string(), "total": report.total, "correct": report.correct,
             "accuracy": report.accuracy, "wer": report.wer, "bleu4": report.bleu4, "cider_d": report.cider_d,
         });
         std::fs::write(
@@ -57,12 +64,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&summary)?,
         )?;
     }
-    println!(
-        "| manifest | examples | accuracy | WER | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|---|"
-    );
+    println!("| data | examples | accuracy | WER | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {:.2}% ({}/{}) | {:.2}% | {:.2} | {:.3} |",
-        args.manifest.display(),
+        data,
         report.total,
         100.0 * report.accuracy,
         report.correct,

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod demo;
+pub mod encode;
 pub mod eval;
 pub mod fetch;
 pub mod selftest;

@@ -19,3 +19,15 @@ pub fn models_present() -> bool {
     pal_assets::for_test(&pal_assets::SMOLLM2_135M).is_some()
         && pal_assets::for_test(&pal_assets::WHISPER_TINY_EN).is_some()
 }
+
+/// The test venv's Python (`openai`, `numpy`, `safetensors`; `scripts/test.sh` makes it), or
+/// None to skip (an error when models are required).
+pub fn python() -> Option<String> {
+    match std::env::var("PAL_TEST_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var("PAL_REQUIRE_MODELS").as_deref() == Ok("1") => {
+            panic!("PAL_TEST_PYTHON must name the test venv's Python (scripts/test.sh makes one)")
+        }
+        Err(_) => None,
+    }
+}

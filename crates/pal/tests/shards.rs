@@ -1,0 +1,403 @@
+//! Feature shards end to end with the real SmolLM2-135M + Whisper tiny.en: `pal encode` killed
+//! with SIGKILL and run again writes the same shards as an uninterrupted run; training from
+//! shards gives the losses of training from the manifest; a damaged shard, a shard set of
+//! another encoder and a missing index are refused with the file named; an external encoder's
+//! shards (written by scripts/write_shards.py) train and evaluate.
+
+mod common;
+
+use common::{models_present, pal, python, repo};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// `n` 16 kHz tones of different lengths and pitches, a manifest of them (`train.jsonl`), and
+/// the model config (`model.toml`).
+fn setup(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir.join("clips")).unwrap();
+    let mut lines = vec![];
+    for i in 0..n {
+        let (hz, answer) = if i % 2 == 0 {
+            (880.0, "high")
+        } else {
+            (330.0, "low")
+        };
+        let seconds = 0.3 + 0.04 * (i % 7) as f32;
+        let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
+            .map(|t| 0.3 * (2.0 * std::f32::consts::PI * hz * t as f32 / 16000.0).sin())
+            .collect();
+        let name = format!("clips/tone{i}.wav");
+        pal_audio::write_wav(&dir.join(&name), &samples, 16000).unwrap();
+        lines.push(format!(
+            r#"{{"audio": "{name}", "messages": [{{"role": "user", "content": "Is the tone high or low?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
+        ));
+    }
+    std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        r#"seed = 1
+[llm]
+path = "asset:smollm2-135m-instruct"
+[[encoders]]
+name = "whisper"
+kind = "whisper"
+path = "asset:whisper-tiny.en"
+route = "lal"
+lal = { start = 20 }
+"#,
+    )
+    .unwrap();
+}
+
+/// A curriculum reading `data` (`manifests = ...` or `shards = ...`) into `run`.
+fn curriculum(dir: &Path, name: &str, data: &str, run: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            r#"model = "model.toml"
+output = "{run}"
+seed = 5
+[[stages]]
+name = "projectors"
+{data}
+steps = 4
+lr = 1e-3
+batch_size = 2
+warmup_steps = 1
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    pal().args(args).current_dir(dir).output().unwrap()
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    pal_train::metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.loss)
+        .collect()
+}
+
+fn index(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn training_from_shards_gives_the_manifest_losses_and_bad_shards_are_refused() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, 8);
+    // f32 shards hold exactly what the manifest path encodes (same batches, same bits).
+    ok(&run(
+        &[
+            "encode",
+            "--model",
+            "model.toml",
+            "--manifest",
+            "train.jsonl",
+            "--out",
+            "feats",
+            "--dtype",
+            "f32",
+            "--shard-mb",
+            "0.05",
+            "--quiet",
+        ],
+        dir,
+    ));
+    let shards = index(&dir.join("feats"))["shards"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(shards >= 2, "{shards} shards");
+    let from_manifest = curriculum(
+        dir,
+        "a.toml",
+        r#"manifests = [{ path = "train.jsonl" }]"#,
+        "run-a",
+    );
+    let from_shards = curriculum(dir, "b.toml", r#"shards = [{ path = "feats" }]"#, "run-b");
+    ok(&run(
+        &[
+            "train",
+            "--quiet",
+            "--config",
+            from_manifest.to_str().unwrap(),
+        ],
+        dir,
+    ));
+    ok(&run(
+        &[
+            "train",
+            "--quiet",
+            "--config",
+            from_shards.to_str().unwrap(),
+        ],
+        dir,
+    ));
+    let (a, b) = (losses(&dir.join("run-a")), losses(&dir.join("run-b")));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "losses from the manifest and from its shards");
+
+    // A flipped byte in a shard's data: refused, naming the shard, never used.
+    let shard = dir.join("feats/shard-00001.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() - 100;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = stderr(&run(
+        &[
+            "train",
+            "--quiet",
+            "--config",
+            from_shards.to_str().unwrap(),
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("shard-00001.safetensors") && err.contains("checksum"),
+        "{err}"
+    );
+    // Truncated: refused before any training, naming the shard and both sizes.
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let err = stderr(&run(
+        &["eval", "--model", "run-b", "--shards", "feats"],
+        dir,
+    ));
+    assert!(
+        err.contains("shard-00001.safetensors") && err.contains("bytes"),
+        "{err}"
+    );
+    // No index / a malformed index.
+    std::fs::remove_file(dir.join("feats/index.json")).unwrap();
+    let err = stderr(&run(
+        &["eval", "--model", "run-b", "--shards", "feats"],
+        dir,
+    ));
+    assert!(
+        err.contains("index.json") && err.contains("no shard index"),
+        "{err}"
+    );
+    std::fs::write(dir.join("feats/index.json"), "{\"format\": ").unwrap();
+    let err = stderr(&run(
+        &["eval", "--model", "run-b", "--shards", "feats"],
+        dir,
+    ));
+    assert!(
+        err.contains("index.json") && err.contains("malformed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn killed_encode_resumes_to_the_same_shards() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, 240);
+    let encode = |out: &str| -> Vec<String> {
+        vec![
+            "encode".into(),
+            "--model".into(),
+            "model.toml".into(),
+            "--manifest".into(),
+            "train.jsonl".into(),
+            "--out".into(),
+            out.into(),
+            "--shard-mb".into(),
+            "0.02".into(),
+            "--quiet".into(),
+        ]
+    };
+    ok(&pal()
+        .args(encode("straight"))
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    let straight = index(&dir.join("straight"));
+    assert!(straight["complete"].as_bool().unwrap());
+    assert_eq!(straight["records"], 240);
+
+    // SIGKILL once a few shards are listed, then run the same command again.
+    let mut child = pal()
+        .args(encode("killed"))
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = |dir: &Path| -> usize {
+        std::fs::read_to_string(dir.join("index.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v["shards"].as_array().map_or(0, |a| a.len()))
+            .unwrap_or(0)
+    };
+    while listed(&dir.join("killed")) < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pal encode ended before it was killed"
+        );
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let interrupted = index(&dir.join("killed"));
+    assert!(
+        !interrupted["complete"].as_bool().unwrap(),
+        "killed after finishing"
+    );
+    let out = pal()
+        .args(encode("killed"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    let resumed = index(&dir.join("killed"));
+    assert_eq!(
+        resumed["shards"], straight["shards"],
+        "same files, sizes and checksums"
+    );
+    assert_eq!(resumed["records"], 240);
+
+    // The same folder with other settings is refused rather than mixed.
+    let mut other = encode("killed");
+    other.extend(["--dtype".into(), "f32".into()]);
+    let err = stderr(&pal().args(other).current_dir(dir).output().unwrap());
+    assert!(err.contains("another job"), "{err}");
+}
+
+#[test]
+fn external_encoder_shards_train_and_evaluate_and_mismatches_are_refused() {
+    if !models_present() {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, 4);
+    let script = repo().join("scripts/write_shards.py");
+    for (out, records) in [("ext-train", "48"), ("ext-test", "10")] {
+        let status = std::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                "--records",
+                records,
+                "--random-features",
+                "48",
+                "--tokens",
+                "12",
+            ])
+            .args([
+                "--encoder-id",
+                "random-48",
+                "--name",
+                "ext",
+                "--shard-mb",
+                "0.02",
+            ])
+            .args(["--out", out])
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    std::fs::write(
+        dir.join("external.toml"),
+        r#"[llm]
+path = "asset:smollm2-135m-instruct"
+[[encoders]]
+name = "ext"
+kind = "shards"
+path = "ext-train"
+route = "pal"
+"#,
+    )
+    .unwrap();
+    let config = curriculum(
+        dir,
+        "ext.toml",
+        r#"shards = [{ path = "ext-train" }]"#,
+        "run-ext",
+    );
+    ok(&run(
+        &[
+            "train",
+            "--quiet",
+            "--config",
+            config.to_str().unwrap(),
+            "--model",
+            "external.toml",
+        ],
+        dir,
+    ));
+    assert_eq!(losses(&dir.join("run-ext")).len(), 4);
+    let out = run(
+        &[
+            "eval",
+            "--model",
+            "run-ext",
+            "--shards",
+            "ext-test",
+            "--max-tokens",
+            "3",
+            "--json",
+            "ext.jsonl",
+        ],
+        dir,
+    );
+    ok(&out);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ext.summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["total"], 10);
+    // New audio cannot go through an external encoder: said, not attempted.
+    let err = stderr(&run(
+        &["eval", "--model", "run-ext", "--manifest", "train.jsonl"],
+        dir,
+    ));
+    assert!(
+        err.contains("external") && err.contains("random-48"),
+        "{err}"
+    );
+    // The Whisper model refuses the external set, naming both encoders.
+    let whisper = curriculum(
+        dir,
+        "w.toml",
+        r#"shards = [{ path = "ext-train" }]"#,
+        "run-w",
+    );
+    let err = stderr(&run(
+        &["train", "--quiet", "--config", whisper.to_str().unwrap()],
+        dir,
+    ));
+    assert!(
+        err.contains("ext-train")
+            && err.contains("random-48")
+            && err.contains("whisper:whisper-tiny.en"),
+        "{err}"
+    );
+}
