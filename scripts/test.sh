@@ -17,3 +17,11 @@ export PAL_TEST_PYTHON="$venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 PAL_REQUIRE_MODELS=1 cargo test --locked --workspace
+# Data-parallel training over MPI (the `mpi` feature), where OpenMPI is installed (CI installs it).
+if command -v mpirun >/dev/null; then
+  cargo clippy --locked -p pal-train -p pal --features pal/mpi --all-targets -- -D warnings
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PAL_REQUIRE_MODELS=1 \
+    cargo test --locked -p pal --features mpi --test distributed
+else
+  echo "skipped: the distributed-training tests need OpenMPI (apt-get install openmpi-bin libopenmpi-dev libclang-dev)" >&2
+fi

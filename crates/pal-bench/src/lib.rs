@@ -3,6 +3,7 @@
 //!
 //! - [`llm`]: prefill and decode tokens/s of an LLM (optionally against transformers).
 //! - [`audio`]: feature extraction and encoder throughput.
+//! - [`encode`]: a manifest's clips encoded one at a time against `pal encode`'s batched path.
 //! - [`modes`]: PLITS, LAL and PAL training and inference steps side by side, each measurement in
 //!   its own process, next to the [`cost`] model (and optionally PyTorch).
 //! - [`report`]: what the reports share (medians, output files).
@@ -12,6 +13,7 @@
 
 pub mod audio;
 pub mod cost;
+pub mod encode;
 pub mod llm;
 pub mod modes;
 pub mod report;

@@ -21,8 +21,11 @@ pub struct TrainState {
     pub stage_step: u64,
     /// Optimizer steps done in all stages.
     pub global_step: u64,
-    /// Data position in this stage.
+    /// Data position in this stage (of the global batches: every rank is at the same one).
     pub batches: BatchState,
+    /// Ranks of the run that wrote it (0 in checkpoints from before distributed training: 1).
+    #[serde(default)]
+    pub world_size: usize,
 }
 
 /// A loaded checkpoint.

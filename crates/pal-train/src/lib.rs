@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod curriculum;
+pub mod distributed;
 pub mod metrics;
 pub mod optim;
 pub mod stage_data;
@@ -13,7 +14,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use trainer::{train, TrainOptions, TrainSummary};
+pub use trainer::{train, train_ranks, TrainOptions, TrainSummary};
 
 /// A training error; names the file (and line or field) it is about.
 #[derive(Debug, thiserror::Error)]

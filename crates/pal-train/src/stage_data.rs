@@ -19,6 +19,7 @@ use pal_models::text::Segment;
 use pal_models::Tokenizer;
 
 use crate::curriculum::{DataMix, Stage};
+use crate::distributed::Collective;
 use crate::TrainError;
 
 /// An example ready for batching: its segments and encoder outputs.
@@ -38,6 +39,16 @@ fn bucket_length(segments: &[Segment], audio_tokens: usize) -> usize {
         })
         .sum::<usize>()
         + audio_tokens
+}
+
+/// What every stage of a run shares.
+pub struct RunContext<'a> {
+    /// The curriculum's folder (data paths are relative to it).
+    pub base: &'a Path,
+    /// The curriculum's seed.
+    pub seed: u64,
+    /// Skip bad manifest lines and undecodable clips (each warned and counted).
+    pub skip_bad: bool,
 }
 
 /// A unit of the stream: the stage's manifest examples, or one shard of a set.
@@ -65,22 +76,25 @@ pub struct StageData {
     plan: StreamPlan,
     group: Option<Group>,
     template: ChatTemplate,
+    /// This rank, and the examples each rank takes from a global batch.
+    rank: usize,
+    per_rank: usize,
     /// Examples skipped as bad (with `skip_bad`).
     pub skipped: usize,
 }
 
 impl StageData {
     /// Loads stage `stage_index`'s manifests (encoding their clips) and opens its shard sets,
-    /// checking that they were made by the model's encoders. `seed` is the curriculum's.
+    /// checking that they were made by the model's encoders.
     pub fn load<E: AudioEncoder>(
         stage: &Stage,
         stage_index: usize,
-        base: &Path,
+        run: &RunContext,
         tokenizer: &Tokenizer,
         encoders: &[E],
-        skip_bad: bool,
-        seed: u64,
+        collective: &dyn Collective,
     ) -> Result<Self, TrainError> {
+        let (base, seed, skip_bad) = (run.base, run.seed, run.skip_bad);
         let template = ChatTemplate::for_tokenizer(tokenizer)?;
         let mut units = vec![];
         let mut skipped = 0;
@@ -123,9 +137,11 @@ impl StageData {
             ));
         }
         Ok(Self {
+            rank: collective.rank(),
+            per_rank: stage.batch_size,
             plan: StreamPlan {
                 units: sizes,
-                batch_size: stage.batch_size,
+                batch_size: stage.batch_size * collective.size(),
                 shuffle_buffer: stage.shuffle_buffer,
                 seed: seed ^ stage_index as u64,
             },
@@ -142,7 +158,8 @@ impl StageData {
         self.plan.batches_per_epoch(0)
     }
 
-    /// The next batch after `state`, advancing it.
+    /// This rank's slice of the next global batch after `state` (possibly empty: the last
+    /// batch of a group can be short), advancing `state`.
     pub fn next_batch(
         &mut self,
         state: &mut BatchState,
@@ -158,7 +175,10 @@ impl StageData {
             self.group = Some(self.load_group(at.epoch, at.group, tokenizer)?);
         }
         let group = self.group.as_ref().expect("loaded");
-        group.batches[at.batch]
+        let batch = &group.batches[at.batch];
+        let start = (self.rank * self.per_rank).min(batch.len());
+        let end = (start + self.per_rank).min(batch.len());
+        batch[start..end]
             .iter()
             .map(|&r| {
                 let (unit, record) = group.members[r];

@@ -15,9 +15,10 @@ use pal_models::encoders::{AudioEncoder, CachedEncoder};
 
 use crate::checkpoint::{self, TrainState};
 use crate::curriculum::{Curriculum, Stage};
+use crate::distributed::{sum_gradients, Collective, SingleProcess};
 use crate::metrics::{self, MetricsLog, StepMetrics};
 use crate::optim::{accumulate, clip_grad_norm, lr_at, named_grads, AdamW, AdamWConfig};
-use crate::stage_data::StageData;
+use crate::stage_data::{RunContext, StageData};
 use crate::TrainError;
 
 /// Options of a training run besides the curriculum.
@@ -91,16 +92,32 @@ pub fn accumulated_gradients(
     params: &pal_nn::Params,
     micro: &[Vec<Example>],
 ) -> Result<(HashMap<String, Tensor>, f64, usize), TrainError> {
+    rank_gradients(model, params, micro, &SingleProcess)
+}
+
+/// This rank's share of one optimizer step's gradients: its `micro` batches (slices of the
+/// global batches; some may be empty), each weighted by its trained tokens over the tokens of
+/// all ranks, so that summing the ranks' gradients gives the gradient of the whole batch.
+/// Returns (this rank's gradients, the loss over all ranks, the tokens of all ranks).
+pub fn rank_gradients(
+    model: &pal_models::audio_llm::AudioLlm,
+    params: &pal_nn::Params,
+    micro: &[Vec<Example>],
+    collective: &dyn Collective,
+) -> Result<(HashMap<String, Tensor>, f64, usize), TrainError> {
     let vars = params.vars();
     let mut prepared = micro
         .iter()
+        .filter(|m| !m.is_empty())
         .map(|m| model.prepare(m, Padding::Right))
         .collect::<Result<Vec<_>, _>>()?;
     let counts: Vec<usize> = prepared
         .iter()
         .map(|p| p.targets.iter().flatten().filter(|t| t.is_some()).count())
         .collect();
-    let total: usize = counts.iter().sum();
+    let mut total = [counts.iter().sum::<usize>() as f64];
+    collective.sum_f64(&mut total)?;
+    let total = total[0] as usize;
     if total == 0 {
         return Err(TrainError::Config(
             PathBuf::new(),
@@ -108,19 +125,32 @@ pub fn accumulated_gradients(
         ));
     }
     let mut grads = HashMap::new();
-    let mut loss_sum = 0.0;
+    let mut loss_sum = [0.0];
     for (batch, &count) in prepared.iter_mut().zip(&counts) {
         let (loss, _) = model.loss(batch)?;
         let weight = count as f64 / total as f64;
         let weighted = (loss * weight)?;
-        loss_sum += weighted.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        loss_sum[0] += weighted.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         accumulate(&mut grads, named_grads(&vars, &weighted.backward()?))?;
     }
-    Ok((grads, loss_sum, total))
+    collective.sum_f64(&mut loss_sum)?;
+    Ok((grads, loss_sum[0], total))
 }
 
-/// Runs (or resumes) the curriculum at `path`.
+/// Runs (or resumes) the curriculum at `path` in this process alone.
 pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    train_ranks(path, options, &SingleProcess)
+}
+
+/// Runs (or resumes) the curriculum at `path` as one rank of `collective`: every rank trains
+/// on its slice of each batch and takes the same step; rank 0 alone writes the run folder
+/// (configs, metrics, plot, checkpoints, adapter) and shows progress.
+pub fn train_ranks(
+    path: &Path,
+    options: &TrainOptions,
+    collective: &dyn Collective,
+) -> Result<TrainSummary, TrainError> {
+    let lead = collective.rank() == 0;
     let curriculum = Curriculum::load(path)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let run = options
@@ -133,11 +163,14 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
         .clone()
         .unwrap_or_else(|| base.join(&curriculum.model));
     let model_config = ModelConfig::load(&model_path)?;
-    // The run folder is self-contained: configs next to the weights.
-    model_config
-        .with_absolute_paths(model_path.parent().unwrap_or(Path::new(".")))
-        .save(&run.join("model.toml"))?;
-    std::fs::copy(path, run.join("curriculum.toml")).map_err(|e| TrainError::Io(run.clone(), e))?;
+    if lead {
+        // The run folder is self-contained: configs next to the weights.
+        model_config
+            .with_absolute_paths(model_path.parent().unwrap_or(Path::new(".")))
+            .save(&run.join("model.toml"))?;
+        std::fs::copy(path, run.join("curriculum.toml"))
+            .map_err(|e| TrainError::Io(run.clone(), e))?;
+    }
     let built = build(
         &model_config,
         model_path.parent().unwrap_or(Path::new(".")),
@@ -153,12 +186,25 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
         ..
     } = built;
 
-    let mut state = TrainState::default();
+    let mut state = TrainState {
+        world_size: collective.size(),
+        ..TrainState::default()
+    };
     let mut optimizer = AdamW::new(AdamWConfig::default());
     if options.resume {
         if let Some(dir) = checkpoint::latest(&checkpoints) {
             // The parameters of every stage reached so far must exist before loading.
             let reached = checkpoint::read_state(&dir)?;
+            if reached.world_size.max(1) != collective.size() {
+                return Err(TrainError::Checkpoint(
+                    dir.clone(),
+                    format!(
+                        "written by a run of {} rank(s); resume it with the same number of ranks (this run has {}), or start a new run folder",
+                        reached.world_size.max(1),
+                        collective.size()
+                    ),
+                ));
+            }
             for stage in curriculum.stages.iter().take(reached.stage + 1) {
                 apply_trainable(
                     &mut model,
@@ -177,7 +223,11 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             );
         }
     }
-    let log = MetricsLog::open(&run, state.global_step)?;
+    let log = if lead {
+        Some(MetricsLog::open(&run, state.global_step)?)
+    } else {
+        None
+    };
     // Frozen encoders: every clip is encoded once, and the outputs are cached on disk.
     let encoders: Vec<CachedEncoder<Box<dyn AudioEncoder>>> = encoders
         .into_iter()
@@ -204,19 +254,23 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             .into_iter()
             .filter(|(name, _)| stage.trainable.trains(name))
             .collect();
+        let context = RunContext {
+            base: &base,
+            seed: curriculum.seed,
+            skip_bad: options.skip_bad,
+        };
         let mut data = StageData::load(
             stage,
             stage_index,
-            &base,
+            &context,
             &tokenizer,
             &encoders,
-            options.skip_bad,
-            curriculum.seed,
+            collective,
         )?;
         skipped_total += data.skipped;
         let total = stage_steps(stage, data.batches_per_epoch());
         optimizer.config.weight_decay = stage.weight_decay;
-        let bar = if options.quiet {
+        let bar = if options.quiet || !lead {
             ProgressBar::hidden()
         } else {
             ProgressBar::new(total)
@@ -240,12 +294,17 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
             let micro: Vec<Vec<Example>> = (0..stage.grad_accum)
                 .map(|_| data.next_batch(&mut state.batches, &tokenizer))
                 .collect::<Result<_, _>>()?;
-            let samples: usize = micro.iter().map(|m| m.len()).sum();
-            let (grads, loss, tokens) = accumulated_gradients(&model, &params, &micro)?;
+            let mut samples = [micro.iter().map(|m| m.len()).sum::<usize>() as f64];
+            collective.sum_f64(&mut samples)?;
+            let samples = samples[0];
+            let (grads, loss, tokens) = rank_gradients(&model, &params, &micro, collective)?;
             let mut grads: HashMap<String, Tensor> = grads
                 .into_iter()
                 .filter(|(name, _)| vars.contains_key(name))
                 .collect();
+            let sync = Instant::now();
+            sum_gradients(collective, &mut grads, &vars)?;
+            let allreduce_s = sync.elapsed().as_secs_f64();
             let grad_norm = clip_grad_norm(&mut grads, stage.max_grad_norm)?;
             optimizer.step(&vars, &grads, lr)?;
             state.stage_step += 1;
@@ -257,28 +316,37 @@ pub fn train(path: &Path, options: &TrainOptions) -> Result<TrainSummary, TrainE
                 loss,
                 lr,
                 grad_norm,
-                samples_per_s: samples as f64 / start.elapsed().as_secs_f64(),
+                samples_per_s: samples / start.elapsed().as_secs_f64(),
                 tokens,
+                allreduce_s,
             };
-            log.append(&m)?;
+            if let Some(log) = &log {
+                log.append(&m)?;
+            }
             bar.set_position(state.stage_step);
             bar.set_message(format!(
                 "loss {loss:.4} lr {lr:.2e} {:.1} samples/s",
                 m.samples_per_s
             ));
-            if options.quiet {
+            if options.quiet && lead {
                 eprintln!("step {} loss {loss:.4} lr {lr:.2e}", state.global_step);
             }
-            if state.global_step % curriculum.checkpoint_every == 0 || state.stage_step == total {
+            let checkpoint_due = state
+                .global_step
+                .is_multiple_of(curriculum.checkpoint_every)
+                || state.stage_step == total;
+            if let Some(log) = log.as_ref().filter(|_| checkpoint_due) {
                 checkpoint::save(&checkpoints, &state, &params, &optimizer.state_tensors())?;
                 metrics::plot(&metrics::read(log.path())?, &run.join("loss.png"))?;
             }
         }
         bar.finish();
     }
-    params
-        .save(&run.join("adapter.safetensors"))
-        .map_err(|e| TrainError::Checkpoint(run.clone(), e.to_string()))?;
+    if lead {
+        params
+            .save(&run.join("adapter.safetensors"))
+            .map_err(|e| TrainError::Checkpoint(run.clone(), e.to_string()))?;
+    }
     if skipped_total > 0 {
         eprintln!("warning: {skipped_total} bad examples were skipped");
     }

@@ -401,3 +401,138 @@ route = "pal"
         "{err}"
     );
 }
+
+#[test]
+fn undecodable_clip_is_named_or_skipped_and_counted() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, 5);
+    // Line 3's clip becomes a WAV header with garbage after it.
+    let clip = dir.join("clips/tone2.wav");
+    let mut bytes = std::fs::read(&clip).unwrap();
+    bytes.truncate(60);
+    bytes.extend([0x7f; 7]);
+    std::fs::write(&clip, bytes).unwrap();
+    let args = [
+        "encode",
+        "--model",
+        "model.toml",
+        "--manifest",
+        "train.jsonl",
+        "--quiet",
+    ];
+    let err = stderr(&run(&[&args[..], &["--out", "a"]].concat(), dir));
+    assert!(
+        err.contains("train.jsonl:3") && err.contains("tone2.wav"),
+        "{err}"
+    );
+    let out = run(&[&args[..], &["--out", "b", "--skip-bad"]].concat(), dir);
+    ok(&out);
+    let written = index(&dir.join("b"));
+    assert_eq!(written["records"], 4);
+    let failures = written["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0]["origin"]
+        .as_str()
+        .unwrap()
+        .ends_with("train.jsonl:3"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 failures"));
+}
+
+#[test]
+fn training_from_shards_resumes_at_the_exact_record() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, 12);
+    ok(&run(
+        &[
+            "encode",
+            "--model",
+            "model.toml",
+            "--manifest",
+            "train.jsonl",
+            "--out",
+            "feats",
+            "--shard-mb",
+            "0.02",
+            "--quiet",
+        ],
+        dir,
+    ));
+    // Several shards, groups of about 3 records: the order crosses groups and epochs.
+    let config = |name: &str, run_dir: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"model = "model.toml"
+output = "{run_dir}"
+seed = 5
+checkpoint_every = 2
+[[stages]]
+name = "projectors"
+shards = [{{ path = "feats" }}]
+shuffle_buffer = 3
+steps = 10
+lr = 1e-3
+batch_size = 2
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let straight = config("s.toml", "run-s");
+    ok(&run(
+        &["train", "--quiet", "--config", straight.to_str().unwrap()],
+        dir,
+    ));
+    let killed = config("k.toml", "run-k");
+    let mut child = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&killed)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = dir.join("run-k/checkpoints/step-00000004");
+    while !checkpoint.join("state.json").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5)); // polling, not synchronisation
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&run(
+        &[
+            "train",
+            "--quiet",
+            "--resume",
+            "--config",
+            killed.to_str().unwrap(),
+        ],
+        dir,
+    ));
+    let (a, b) = (losses(&dir.join("run-s")), losses(&dir.join("run-k")));
+    assert_eq!(a.len(), 10);
+    assert_eq!(
+        b.len(),
+        10,
+        "the log is cut back to the checkpoint, then continued"
+    );
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "step {}: {x} vs {y}",
+            step + 1
+        );
+    }
+}

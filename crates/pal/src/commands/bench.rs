@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Llm(LlmBenchArgs),
     /// Feature extraction and encoder throughput, in seconds of audio per second.
     Audio(AudioBenchArgs),
+    /// Clips/s of encoding a manifest one clip at a time against `pal encode`'s batched path.
+    Encode(EncodeBenchArgs),
     /// Training step (forward + backward, frozen backbone) of PLITS, LAL and PAL side by side,
     /// each in its own process (for peak memory), interleaved, next to the cost model.
     Modes(ModesBenchArgs),
@@ -92,6 +94,26 @@ pub struct AudioBenchArgs {
     repeats: usize,
     /// Output prefix: writes PREFIX.json and PREFIX.md.
     #[arg(long, default_value = "docs/bench/audio")]
+    out: PathBuf,
+}
+
+/// Arguments of `pal bench encode`.
+#[derive(Args)]
+pub struct EncodeBenchArgs {
+    /// Model config whose encoders run.
+    #[arg(long, default_value = "configs/smollm2-whisper-lal.toml")]
+    model: PathBuf,
+    /// Manifest of the clips (FSDD train: `pal data shared`).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Passes of each path, alternating; the median is reported.
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+    /// Decoding threads of the batched path (default: cores - 1).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// Output prefix: writes PREFIX.json and PREFIX.md.
+    #[arg(long, default_value = "docs/bench/encode")]
     out: PathBuf,
 }
 
@@ -173,6 +195,22 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             .run()?;
             write(&args.out, &report, &report.markdown())?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        BenchCommand::Encode(args) => {
+            let mut options = pal_data::encoding::EncodeOptions::default();
+            if let Some(threads) = args.decode_threads {
+                options.decode_threads = threads.max(1);
+            }
+            let report = pal_bench::encode::EncodeBench {
+                model: args.model,
+                manifest: args.manifest,
+                repeats: args.repeats,
+                options,
+            }
+            .run()?;
+            let markdown = report.markdown(&command_line());
+            write(&args.out, &report, &markdown)?;
+            println!("{markdown}");
         }
         BenchCommand::Modes(args) => match &args.child {
             Some(job) => {

@@ -1,9 +1,10 @@
-//! `pal train --config CURRICULUM.toml [--resume]`: run a training curriculum.
+//! `pal train --config CURRICULUM.toml [--resume]`: run a training curriculum; under `mpirun -np N`
+//! or `srun` (a build with `--features mpi`), as N data-parallel ranks.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use pal_train::{train, TrainOptions};
+use pal_train::{train_ranks, TrainOptions};
 
 /// Arguments of `pal train`.
 #[derive(Args)]
@@ -39,7 +40,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let start = std::time::Instant::now();
     let resumed = args.resume;
-    let summary = train(&args.config, &options)?;
+    // Under `mpirun`/`srun` (a build with `--features mpi`) this process is one rank of the job.
+    let ranks = pal_train::distributed::from_launcher()?;
+    let summary = match train_ranks(&args.config, &options, ranks.as_ref()) {
+        Ok(summary) => summary,
+        Err(e) if ranks.size() > 1 => {
+            // One rank's error ends the whole job instead of leaving the others waiting.
+            eprintln!("Error on rank {} of {}: {e:#}", ranks.rank(), ranks.size());
+            ranks.abort(1)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if ranks.rank() > 0 {
+        return Ok(());
+    }
     // What this invocation cost, for comparing modes (`scripts/results.sh` reads it).
     let (peak_rss_bytes, _) = pal_train::metrics::memory_bytes();
     std::fs::write(
@@ -50,6 +64,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "seconds": start.elapsed().as_secs_f64(),
             "peak_rss_bytes": peak_rss_bytes,
             "resumed": resumed,
+            "ranks": ranks.size(),
         }))?,
     )?;
     println!(
