@@ -96,24 +96,20 @@ fn adapter(run: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(run.join("adapter.safetensors"), &Device::Cpu).unwrap()
 }
 
-/// Largest difference of two adapters relative to each tensor's largest value.
+/// Largest relative difference of two adapters' tensors, `|a - b| / |a|` in the Frobenius norm.
 fn relative_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
     assert_eq!(a.len(), b.len());
-    let max = |t: &Tensor| -> f64 {
-        t.abs()
+    let norm = |t: &Tensor| -> f64 {
+        t.sqr()
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
+            .sum_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap() as f64
+            .unwrap()
+            .sqrt() as f64
     };
     a.iter()
-        .map(|(name, x)| {
-            let y = &b[name];
-            max(&(x - y).unwrap()) / max(x).max(1e-12)
-        })
+        .map(|(name, x)| norm(&(x - &b[name]).unwrap()) / norm(x).max(1e-12))
         .fold(0.0, f64::max)
 }
 
