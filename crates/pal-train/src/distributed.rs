@@ -91,15 +91,12 @@ pub fn sum_gradients(
 /// pal was built with the `mpi` feature), else a single process. A multi-rank launch of a build
 /// without MPI is an error rather than N independent runs.
 pub fn from_launcher() -> Result<Box<dyn Collective>, TrainError> {
-    let launched = [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_RANK",
-        "SLURM_NTASKS",
-    ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok())
-    .and_then(|s| s.parse::<usize>().ok());
+    // The job size as the launchers tell it: OpenMPI's mpirun, MPICH/Hydra (PMI), Slurm's srun
+    // (a step's task count; not SLURM_NTASKS, which a batch script's own shell also sees).
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .and_then(|s| s.parse::<usize>().ok());
     #[cfg(feature = "mpi")]
     {
         if launched.is_some_and(|n| n > 1) || std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() {

@@ -26,6 +26,9 @@ pub struct StepMetrics {
     pub samples_per_s: f64,
     /// Trained tokens in the step.
     pub tokens: usize,
+    /// Seconds of the whole step.
+    #[serde(default)]
+    pub step_s: f64,
     /// Seconds of the step spent summing gradients across ranks (0 in one process).
     #[serde(default)]
     pub allreduce_s: f64,

@@ -35,6 +35,11 @@ pub struct TrainOptions {
     pub model: Option<PathBuf>,
     /// Use this run folder instead of the curriculum's `output`.
     pub output: Option<PathBuf>,
+    /// Use this seed (the batch order) instead of the curriculum's `seed`.
+    pub seed: Option<u64>,
+    /// Cache encoder outputs here instead of in the run folder (runs that share clips and
+    /// encoders, such as `pal probe`'s cells, encode each clip once).
+    pub encoder_cache: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -231,7 +236,13 @@ pub fn train_ranks(
     // Frozen encoders: every clip is encoded once, and the outputs are cached on disk.
     let encoders: Vec<CachedEncoder<Box<dyn AudioEncoder>>> = encoders
         .into_iter()
-        .map(|e| CachedEncoder::new(e, run.join("cache").join("encoders")))
+        .map(|e| {
+            let cache = options
+                .encoder_cache
+                .clone()
+                .unwrap_or_else(|| run.join("cache").join("encoders"));
+            CachedEncoder::new(e, cache)
+        })
         .collect();
     let mut skipped_total = 0;
     let mut final_loss = f64::NAN;
@@ -256,7 +267,7 @@ pub fn train_ranks(
             .collect();
         let context = RunContext {
             base: &base,
-            seed: curriculum.seed,
+            seed: options.seed.unwrap_or(curriculum.seed),
             skip_bad: options.skip_bad,
         };
         let mut data = StageData::load(
@@ -318,6 +329,7 @@ pub fn train_ranks(
                 grad_norm,
                 samples_per_s: samples / start.elapsed().as_secs_f64(),
                 tokens,
+                step_s: start.elapsed().as_secs_f64(),
                 allreduce_s,
             };
             if let Some(log) = &log {

@@ -29,6 +29,9 @@ enum Command {
     Encode(commands::encode::EncodeArgs),
     /// Evaluate a trained model on a manifest or shard set (accuracy, WER, BLEU, CIDEr).
     Eval(commands::eval::EvalArgs),
+    /// Compare encoders and integration modes: a grid of trained and evaluated cells, with
+    /// confidence intervals and paired comparisons (resumable).
+    Probe(commands::probe::ProbeArgs),
     /// Serve a trained audio-LLM over an OpenAI-compatible HTTP API.
     Serve(commands::serve::ServeArgs),
     /// Train an audio-LLM adapter from a curriculum file (resumable).
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Encode(args) => commands::encode::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Probe(args) => commands::probe::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{models_present, pal};
+use common::{models_present, pal, tone_manifest, tone_model};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,41 +35,8 @@ fn ok(out: &Output) {
 
 /// Tones, a manifest, a model config for `route`, and a curriculum with `batch` per rank.
 fn setup(dir: &Path, route: &str, data: &str, batch: usize, run: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("clips")).unwrap();
-    let mut lines = vec![];
-    for i in 0..11 {
-        let (hz, answer) = if i % 2 == 0 {
-            (880.0, "high")
-        } else {
-            (330.0, "low")
-        };
-        let seconds = 0.3 + 0.05 * (i % 5) as f32;
-        let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
-            .map(|t| 0.3 * (2.0 * std::f32::consts::PI * hz * t as f32 / 16000.0).sin())
-            .collect();
-        let name = format!("clips/tone{i}.wav");
-        pal_audio::write_wav(&dir.join(&name), &samples, 16000).unwrap();
-        lines.push(format!(
-            r#"{{"audio": "{name}", "messages": [{{"role": "user", "content": "Is the tone high or low?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
-        ));
-    }
-    std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
-    std::fs::write(
-        dir.join(format!("{route}.toml")),
-        format!(
-            r#"seed = 1
-[llm]
-path = "asset:smollm2-135m-instruct"
-[[encoders]]
-name = "whisper"
-kind = "whisper"
-path = "asset:whisper-tiny.en"
-route = "{route}"
-lal = {{ start = 20 }}
-"#
-        ),
-    )
-    .unwrap();
+    tone_manifest(dir, 11, None);
+    tone_model(&dir.join(format!("{route}.toml")), route);
     let path = dir.join(format!("{run}.toml"));
     std::fs::write(
         &path,

@@ -6,46 +6,14 @@
 
 mod common;
 
-use common::{models_present, pal, python, repo};
+use common::{models_present, pal, python, repo, tone_manifest, tone_model};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-/// `n` 16 kHz tones of different lengths and pitches, a manifest of them (`train.jsonl`), and
-/// the model config (`model.toml`).
+/// `n` tones and their manifest (`train.jsonl`), and the model config (`model.toml`).
 fn setup(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir.join("clips")).unwrap();
-    let mut lines = vec![];
-    for i in 0..n {
-        let (hz, answer) = if i % 2 == 0 {
-            (880.0, "high")
-        } else {
-            (330.0, "low")
-        };
-        let seconds = 0.3 + 0.04 * (i % 7) as f32;
-        let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
-            .map(|t| 0.3 * (2.0 * std::f32::consts::PI * hz * t as f32 / 16000.0).sin())
-            .collect();
-        let name = format!("clips/tone{i}.wav");
-        pal_audio::write_wav(&dir.join(&name), &samples, 16000).unwrap();
-        lines.push(format!(
-            r#"{{"audio": "{name}", "messages": [{{"role": "user", "content": "Is the tone high or low?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
-        ));
-    }
-    std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
-    std::fs::write(
-        dir.join("model.toml"),
-        r#"seed = 1
-[llm]
-path = "asset:smollm2-135m-instruct"
-[[encoders]]
-name = "whisper"
-kind = "whisper"
-path = "asset:whisper-tiny.en"
-route = "lal"
-lal = { start = 20 }
-"#,
-    )
-    .unwrap();
+    tone_manifest(dir, n, None);
+    tone_model(&dir.join("model.toml"), "lal");
 }
 
 /// A curriculum reading `data` (`manifests = ...` or `shards = ...`) into `run`.

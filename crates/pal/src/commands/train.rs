@@ -27,6 +27,13 @@ pub struct TrainArgs {
     /// Run folder to use instead of the curriculum's `output`.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Seed of the batch order instead of the curriculum's `seed`.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Cache the frozen encoders' outputs in this folder instead of the run folder's `cache/`
+    /// (shared by runs over the same clips).
+    #[arg(long)]
+    encoder_cache: Option<PathBuf>,
 }
 
 /// Runs the curriculum.
@@ -37,6 +44,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         model: args.model,
         output: args.output,
+        seed: args.seed,
+        encoder_cache: args.encoder_cache,
     };
     let start = std::time::Instant::now();
     let resumed = args.resume;

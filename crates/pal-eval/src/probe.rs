@@ -1,0 +1,549 @@
+//! `pal probe --suite SUITE.toml`: encoders x integration modes x seeds (and sweeps of the
+//! encoder layer and the LAL start layer), each cell trained with the suite's curriculum and
+//! evaluated on every held-out split in its own folder, then aggregated: per split the mean over
+//! seeds with a 95% interval, a paired comparison of each mode against PLITS on the same items and
+//! seeds, and each cell's training cost. A cell is done when its `cell.json` exists, so a killed
+//! probe continues with the cells that are not.
+//!
+//! ```toml
+//! output = "../../runs/probe"        # relative to this file
+//! curriculum = "curriculum.toml"      # its stages train every cell (model and output are replaced)
+//! llm = "asset:smollm2-135m-instruct"
+//! seeds = [0, 1, 2]                   # adapter initialisation and batch order
+//! modes = ["plits", "lal", "pal"]
+//! lal_start = 15                      # first LAL layer of lal and pal cells
+//!
+//! [[splits]]
+//! name = "fsdd"
+//! manifest = "../../data/fsdd/test.jsonl"   # or: shards = "features/fsdd-test"
+//!
+//! [[encoders]]
+//! name = "whisper-tiny.en"
+//! kind = "whisper"                    # whisper | ast | shards (an external encoder's shard set)
+//! path = "asset:whisper-tiny.en"
+//!
+//! [sweeps]                            # optional, LAL cells of one encoder
+//! encoder = "whisper-tiny.en"
+//! layers = [{ index = 2 }, { index = 3 }]
+//! lal_starts = [0, 8, 22]
+//! seeds = [0, 1]                      # optional: fewer seeds for the sweep cells
+//! ```
+//!
+//! The cells share one encoder-output cache (`OUTPUT/cache`), so each clip is encoded once per
+//! encoder variant.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pal_models::audio_llm::config::{
+    default_summary, ConnectorConfig, EncoderKind, EncoderSpec, LalConfig, LlmSpec, ModelConfig,
+    Route,
+};
+use pal_models::encoders::{LayerSelection, WindowPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{paired, MeanCi, Paired};
+
+/// The suite file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Results folder (cells, `probe.json`, `probe.md`).
+    pub output: PathBuf,
+    /// Curriculum whose stages train every cell.
+    pub curriculum: PathBuf,
+    /// The LLM.
+    pub llm: String,
+    /// Seeds: each cell is trained once per seed.
+    pub seeds: Vec<u64>,
+    /// Integration modes.
+    pub modes: Vec<Route>,
+    /// First LAL layer of `lal` and `pal` cells.
+    #[serde(default)]
+    pub lal_start: usize,
+    /// Held-out splits.
+    pub splits: Vec<Split>,
+    /// Encoders.
+    pub encoders: Vec<ProbeEncoder>,
+    /// Sweeps of one encoder's layer and of the LAL start (LAL cells).
+    #[serde(default)]
+    pub sweeps: Option<Sweeps>,
+}
+
+/// A held-out split.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// Name (a column of the results).
+    pub name: String,
+    /// A JSONL manifest...
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// ...or a shard set (needed for external encoders).
+    #[serde(default)]
+    pub shards: Option<PathBuf>,
+}
+
+/// An encoder of the grid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeEncoder {
+    /// Name (a row of the results).
+    pub name: String,
+    /// Family.
+    pub kind: EncoderKind,
+    /// Folder, `asset:NAME`, or shard set.
+    pub path: String,
+    /// Hidden state.
+    #[serde(default)]
+    pub layer: LayerSelection,
+}
+
+/// Sweeps, each value a row of LAL cells.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweeps {
+    /// The encoder swept.
+    pub encoder: String,
+    /// Encoder hidden states.
+    #[serde(default)]
+    pub layers: Vec<LayerSelection>,
+    /// LAL start layers.
+    #[serde(default)]
+    pub lal_starts: Vec<usize>,
+    /// Seeds of the sweep cells (default: the suite's).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
+}
+
+/// One trained-and-evaluated model of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Row: encoder and variant (`whisper-tiny.en`, `whisper-tiny.en layer 2`, ...).
+    pub row: String,
+    /// Mode.
+    pub mode: Route,
+    /// Seed.
+    pub seed: u64,
+    /// Encoder hidden state.
+    pub layer: LayerSelection,
+    /// First LAL layer.
+    pub lal_start: usize,
+    /// The encoder.
+    pub encoder: String,
+}
+
+impl Cell {
+    /// Folder name under the output folder.
+    pub fn folder(&self) -> String {
+        let clean: String = self
+            .row
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{clean}/{:?}/seed-{}", self.mode, self.seed).to_lowercase()
+    }
+}
+
+/// What a finished cell recorded (`cell.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellResult {
+    /// The cell.
+    pub cell: Cell,
+    /// Per split: each item's correctness, in split order.
+    pub correct: BTreeMap<String, Vec<bool>>,
+    /// Training wall time, seconds.
+    pub train_s: f64,
+    /// Median optimizer step, seconds.
+    pub step_s: f64,
+    /// Peak RSS of training, MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl Suite {
+    /// Reads a suite; errors name the file and field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let suite: Suite = pal_models::formats::config_toml::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if suite.seeds.is_empty() || suite.modes.is_empty() || suite.splits.is_empty() {
+            anyhow::bail!(
+                "{}: seeds, modes and splits must not be empty",
+                path.display()
+            );
+        }
+        for s in &suite.splits {
+            if s.manifest.is_some() == s.shards.is_some() {
+                anyhow::bail!(
+                    "{}: split '{}': give one of manifest or shards",
+                    path.display(),
+                    s.name
+                );
+            }
+        }
+        Ok(suite)
+    }
+
+    /// Every cell: the grid, then the sweeps.
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut cells = vec![];
+        let mut push = |row: String, e: &ProbeEncoder, mode, layer, lal_start, seeds: &[u64]| {
+            for &seed in seeds {
+                cells.push(Cell {
+                    row: row.clone(),
+                    mode,
+                    seed,
+                    layer,
+                    lal_start,
+                    encoder: e.name.clone(),
+                });
+            }
+        };
+        for e in &self.encoders {
+            for &mode in &self.modes {
+                push(
+                    e.name.clone(),
+                    e,
+                    mode,
+                    e.layer,
+                    self.lal_start,
+                    &self.seeds,
+                );
+            }
+        }
+        if let Some(s) = &self.sweeps {
+            if let Some(e) = self.encoders.iter().find(|e| e.name == s.encoder) {
+                let seeds = s.seeds.clone().unwrap_or_else(|| self.seeds.clone());
+                for &layer in &s.layers {
+                    let row = format!("{} {}", e.name, layer_name(layer));
+                    push(row, e, Route::Lal, layer, self.lal_start, &seeds);
+                }
+                for &start in &s.lal_starts {
+                    let row = format!("{} LAL from {start}", e.name);
+                    push(row, e, Route::Lal, e.layer, start, &seeds);
+                }
+            }
+        }
+        cells
+    }
+}
+
+/// A hidden-state choice as a row label: `last layer`, `layer 2`, `mean of layers 2-4`.
+fn layer_name(layer: LayerSelection) -> String {
+    match layer {
+        LayerSelection::Last => "last layer".into(),
+        LayerSelection::Index(i) => format!("layer {i}"),
+        LayerSelection::Mean(a, b) => format!("mean of layers {a}-{b}"),
+    }
+}
+
+/// The encoder cache every cell of a probe shares: `OUTPUT/cache` (cell folders are
+/// `OUTPUT/ROW/MODE/seed-N`).
+fn out_cache(cell_dir: &Path) -> PathBuf {
+    cell_dir
+        .ancestors()
+        .nth(3)
+        .unwrap_or(cell_dir)
+        .join("cache")
+        .join("encoders")
+}
+
+/// Runs every cell not done yet, calling `progress(done, total, cell)` before each; `pal(args)`
+/// makes the command that runs `pal` with those arguments.
+pub fn run(
+    suite_path: &Path,
+    pal: &dyn Fn(&[String]) -> Command,
+    mut progress: impl FnMut(usize, usize, &Cell),
+) -> anyhow::Result<Vec<CellResult>> {
+    let suite = Suite::load(suite_path)?;
+    let base = suite_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let out = base.join(&suite.output);
+    let cells = suite.cells();
+    let mut results = vec![];
+    for (i, cell) in cells.iter().enumerate() {
+        progress(i, cells.len(), cell);
+        let dir = out.join(cell.folder());
+        let record = dir.join("cell.json");
+        if let Ok(text) = std::fs::read_to_string(&record) {
+            if let Ok(done) = serde_json::from_str::<CellResult>(&text) {
+                if done.cell == *cell {
+                    results.push(done);
+                    continue;
+                }
+            }
+        }
+        // A cell interrupted before its record is run again from scratch.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        results.push(run_cell(&suite, &base, cell, &dir, pal)?);
+    }
+    progress(
+        cells.len(),
+        cells.len(),
+        cells.last().expect("a suite has cells"),
+    );
+    Ok(results)
+}
+
+fn run_cell(
+    suite: &Suite,
+    base: &Path,
+    cell: &Cell,
+    dir: &Path,
+    pal: &dyn Fn(&[String]) -> Command,
+) -> anyhow::Result<CellResult> {
+    let encoder = suite
+        .encoders
+        .iter()
+        .find(|e| e.name == cell.encoder)
+        .expect("cells come from the suite");
+    let model = ModelConfig {
+        seed: cell.seed,
+        frozen_ffn: false,
+        llm: LlmSpec {
+            path: suite.llm.clone(),
+        },
+        encoders: vec![EncoderSpec {
+            name: "encoder".into(),
+            kind: encoder.kind,
+            path: encoder.path.clone(),
+            layer: cell.layer,
+            real_length: true,
+            max_windows: WindowPolicy::default().max_windows,
+            route: cell.mode,
+            connector: ConnectorConfig::default(),
+            summary: default_summary(),
+            lal: LalConfig {
+                start: cell.lal_start,
+                ..LalConfig::default()
+            },
+        }],
+    };
+    model
+        .with_absolute_paths(base)
+        .save(&dir.join("model.toml"))?;
+    let run = dir.join("run");
+    let s = |p: &Path| p.display().to_string();
+    let check = |mut cmd: Command, what: &str| -> anyhow::Result<()> {
+        let out = cmd.output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{what} of cell {} failed:\n{}",
+                cell.folder(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    check(
+        pal(&[
+            "train".into(),
+            "--quiet".into(),
+            "--config".into(),
+            s(&base.join(&suite.curriculum)),
+            "--model".into(),
+            s(&dir.join("model.toml")),
+            "--output".into(),
+            s(&run),
+            "--seed".into(),
+            cell.seed.to_string(),
+            "--encoder-cache".into(),
+            s(&out_cache(dir)),
+        ]),
+        "training",
+    )?;
+    let mut correct = BTreeMap::new();
+    for split in &suite.splits {
+        let json = dir.join(format!("eval-{}.jsonl", split.name));
+        let (flag, path) = match (&split.manifest, &split.shards) {
+            (Some(m), _) => ("--manifest", base.join(m)),
+            (None, Some(sh)) => ("--shards", base.join(sh)),
+            (None, None) => unreachable!("checked at load"),
+        };
+        check(
+            pal(&[
+                "eval".into(),
+                "--model".into(),
+                s(&run),
+                flag.into(),
+                s(&path),
+                "--json".into(),
+                s(&json),
+            ]),
+            "evaluation",
+        )?;
+        let items: Vec<bool> = std::fs::read_to_string(&json)?
+            .lines()
+            .map(|l| {
+                Ok(
+                    serde_json::from_str::<serde_json::Value>(l)?["correct"].as_bool()
+                        == Some(true),
+                )
+            })
+            .collect::<anyhow::Result<_>>()?;
+        correct.insert(split.name.clone(), items);
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train_summary.json"))?)?;
+    let mut steps: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| m["step_s"].as_f64())
+        .collect();
+    steps.sort_by(f64::total_cmp);
+    let result = CellResult {
+        cell: cell.clone(),
+        correct,
+        train_s: summary["seconds"].as_f64().unwrap_or(f64::NAN),
+        step_s: steps.get(steps.len() / 2).copied().unwrap_or(f64::NAN),
+        peak_rss_mib: summary["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+    };
+    let tmp = dir.join("cell.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)?;
+    std::fs::rename(&tmp, dir.join("cell.json"))?;
+    Ok(result)
+}
+
+/// One row of the results: an encoder variant in one mode, over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Encoder variant.
+    pub row: String,
+    /// Mode.
+    pub mode: Route,
+    /// Seeds aggregated.
+    pub seeds: Vec<u64>,
+    /// Per split: accuracy mean over seeds with its 95% interval.
+    pub accuracy: BTreeMap<String, MeanCi>,
+    /// Per split: this mode against PLITS of the same encoder variant on the same items and
+    /// seeds (absent for PLITS and when PLITS was not run).
+    pub against_plits: BTreeMap<String, Paired>,
+    /// Mean training time, seconds.
+    pub train_s: f64,
+    /// Mean of the cells' median step, seconds.
+    pub step_s: f64,
+    /// Largest peak RSS, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Aggregates finished cells into rows, in the order cells were listed.
+pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
+    let mut keys: Vec<(String, Route)> = vec![];
+    for r in results {
+        let key = (r.cell.row.clone(), r.cell.mode);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let cells_of = |row: &str, mode: Route| -> Vec<&CellResult> {
+        let mut v: Vec<&CellResult> = results
+            .iter()
+            .filter(|r| r.cell.row == row && r.cell.mode == mode)
+            .collect();
+        v.sort_by_key(|r| r.cell.seed);
+        v
+    };
+    keys.iter()
+        .map(|(row, mode)| {
+            let cells = cells_of(row, *mode);
+            let plits = cells_of(row, Route::Plits);
+            let splits: Vec<String> = cells[0].correct.keys().cloned().collect();
+            let mut accuracy = BTreeMap::new();
+            let mut against_plits = BTreeMap::new();
+            for split in &splits {
+                let accs: Vec<f64> = cells
+                    .iter()
+                    .map(|c| {
+                        let v = &c.correct[split];
+                        v.iter().filter(|&&x| x).count() as f64 / v.len().max(1) as f64
+                    })
+                    .collect();
+                accuracy.insert(split.clone(), MeanCi::of(&accs));
+                let same_seeds = plits.len() == cells.len()
+                    && plits
+                        .iter()
+                        .zip(&cells)
+                        .all(|(p, c)| p.cell.seed == c.cell.seed);
+                if *mode != Route::Plits && same_seeds {
+                    let a: Vec<bool> = cells
+                        .iter()
+                        .flat_map(|c| c.correct[split].clone())
+                        .collect();
+                    let b: Vec<bool> = plits
+                        .iter()
+                        .flat_map(|c| c.correct[split].clone())
+                        .collect();
+                    if a.len() == b.len() {
+                        against_plits.insert(split.clone(), paired(&a, &b));
+                    }
+                }
+            }
+            let mean = |f: &dyn Fn(&CellResult) -> f64| -> f64 {
+                cells.iter().map(|c| f(c)).sum::<f64>() / cells.len() as f64
+            };
+            Row {
+                row: row.clone(),
+                mode: *mode,
+                seeds: cells.iter().map(|c| c.cell.seed).collect(),
+                accuracy,
+                against_plits,
+                train_s: mean(&|c| c.train_s),
+                step_s: mean(&|c| c.step_s),
+                peak_rss_mib: cells.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max),
+            }
+        })
+        .collect()
+}
+
+/// The rows as a markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let splits: Vec<String> = rows
+        .first()
+        .map(|r| r.accuracy.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut md = String::from("| encoder | mode | seeds |");
+    for s in &splits {
+        md.push_str(&format!(" {s} accuracy | {s}: against PLITS |"));
+    }
+    md.push_str(" train time | median step | peak RSS |\n|---|---|---|");
+    md.push_str(&"---|---|".repeat(splits.len()));
+    md.push_str("---|---|---|\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} |",
+            r.row,
+            format!("{:?}", r.mode).to_uppercase(),
+            r.seeds.len()
+        ));
+        for s in &splits {
+            let a = r.accuracy[s];
+            md.push_str(&format!(
+                " {:.1}% ± {:.1} |",
+                100.0 * a.mean,
+                100.0 * a.half_width
+            ));
+            match r.against_plits.get(s) {
+                Some(p) => md.push_str(&format!(
+                    " {:+.1} ± {:.1} ({}) |",
+                    100.0 * p.difference.mean,
+                    100.0 * p.difference.half_width,
+                    if p.real { "real" } else { "noise" }
+                )),
+                None => md.push_str(" - |"),
+            }
+        }
+        md.push_str(&format!(
+            " {:.0} s | {:.3} s | {:.0} MiB |\n",
+            r.train_s, r.step_s, r.peak_rss_mib
+        ));
+    }
+    md
+}
