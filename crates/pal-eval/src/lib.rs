@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod probe;
+pub mod probe_plot;
 pub mod runner;
 pub mod stats;
 

@@ -146,6 +146,8 @@ fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
     // LAL against PLITS on the same 6 items x 2 seeds; the sweep row has no PLITS of its own.
     assert!(rows[1]["against_plits"]["digits"]["difference"]["n"] == 12);
     assert!(rows[2]["against_plits"].as_object().unwrap().is_empty());
+    let png = std::fs::metadata(dir.join("out/probe.png")).unwrap();
+    assert!(png.len() > 1000, "the plot is drawn");
     let md = std::fs::read_to_string(dir.join("out/probe.md")).unwrap();
     assert!(md.contains("| random LAL from 26 | LAL | 2 |"), "{md}");
 }

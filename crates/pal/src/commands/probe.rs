@@ -54,12 +54,13 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .unwrap_or(std::path::Path::new("."))
         .join(&suite.output);
     let table = pal_eval::probe::markdown(&rows);
+    pal_eval::probe_plot::plot(&rows, &out.join("probe.png"))?;
     std::fs::write(
         out.join("probe.json"),
         serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "cells": results }))?,
     )?;
     let md = format!(
-        "# Probe: {}\n\n`pal probe --suite {}`\n\nAccuracy: mean over seeds ± the half-width of its 95% interval (t). Against PLITS: \
+        "# Probe: {}\n\n`pal probe --suite {}`\n\n![accuracy per row with its interval](probe.png)\n\nAccuracy: mean over seeds ± the half-width of its 95% interval (t). Against PLITS: \
          the mean difference in correctness on the same items and seeds ± its 95% interval; \"real\" when \
          the interval excludes 0.\n\n{table}",
         args.suite.display(),
@@ -68,6 +69,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("probe.md"), &md)?;
     if let Some(report) = &args.report {
         std::fs::write(report, &md)?;
+        std::fs::copy(out.join("probe.png"), report.with_file_name("probe.png"))?;
     }
     println!("{table}");
     Ok(())
