@@ -257,12 +257,13 @@ fn out_cache(cell_dir: &Path) -> PathBuf {
 }
 
 /// Runs every cell not done yet, calling `progress(done, total, cell)` before each; `pal(args)`
-/// makes the command that runs `pal` with those arguments.
+/// makes the command that runs `pal` with those arguments. Returns the results folder and every
+/// cell's result.
 pub fn run(
     suite_path: &Path,
     pal: &dyn Fn(&[String]) -> Command,
     mut progress: impl FnMut(usize, usize, &Cell),
-) -> anyhow::Result<Vec<CellResult>> {
+) -> anyhow::Result<(PathBuf, Vec<CellResult>)> {
     let suite = Suite::load(suite_path)?;
     let base = suite_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = base.join(&suite.output);
@@ -290,7 +291,7 @@ pub fn run(
         cells.len(),
         cells.last().expect("a suite has cells"),
     );
-    Ok(results)
+    Ok((out, results))
 }
 
 fn run_cell(

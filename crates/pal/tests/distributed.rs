@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{models_present, pal, tone_manifest, tone_model};
+use common::{models_present, ok, pal, tone_manifest, tone_model};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -22,15 +22,6 @@ fn mpirun(dir: &Path) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .current_dir(dir);
     cmd
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Tones, a manifest, a model config for `route`, and a curriculum with `batch` per rank.

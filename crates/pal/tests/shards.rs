@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{models_present, pal, python, repo, tone_manifest, tone_model};
+use common::{failure, models_present, ok, pal, python, repo, tone_manifest, tone_model};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -41,19 +41,6 @@ warmup_steps = 1
 
 fn run(args: &[&str], dir: &Path) -> Output {
     pal().args(args).current_dir(dir).output().unwrap()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn stderr(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 fn losses(run: &Path) -> Vec<f64> {
@@ -134,7 +121,7 @@ fn training_from_shards_gives_the_manifest_losses_and_bad_shards_are_refused() {
     let middle = bytes.len() - 100;
     bytes[middle] ^= 0x40;
     std::fs::write(&shard, &bytes).unwrap();
-    let err = stderr(&run(
+    let err = failure(&run(
         &[
             "train",
             "--quiet",
@@ -149,7 +136,7 @@ fn training_from_shards_gives_the_manifest_losses_and_bad_shards_are_refused() {
     );
     // Truncated: refused before any training, naming the shard and both sizes.
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
-    let err = stderr(&run(
+    let err = failure(&run(
         &["eval", "--model", "run-b", "--shards", "feats"],
         dir,
     ));
@@ -159,7 +146,7 @@ fn training_from_shards_gives_the_manifest_losses_and_bad_shards_are_refused() {
     );
     // No index / a malformed index.
     std::fs::remove_file(dir.join("feats/index.json")).unwrap();
-    let err = stderr(&run(
+    let err = failure(&run(
         &["eval", "--model", "run-b", "--shards", "feats"],
         dir,
     ));
@@ -168,7 +155,7 @@ fn training_from_shards_gives_the_manifest_losses_and_bad_shards_are_refused() {
         "{err}"
     );
     std::fs::write(dir.join("feats/index.json"), "{\"format\": ").unwrap();
-    let err = stderr(&run(
+    let err = failure(&run(
         &["eval", "--model", "run-b", "--shards", "feats"],
         dir,
     ));
@@ -254,7 +241,7 @@ fn killed_encode_resumes_to_the_same_shards() {
     // The same folder with other settings is refused rather than mixed.
     let mut other = encode("killed");
     other.extend(["--dtype".into(), "f32".into()]);
-    let err = stderr(&pal().args(other).current_dir(dir).output().unwrap());
+    let err = failure(&pal().args(other).current_dir(dir).output().unwrap());
     assert!(err.contains("another job"), "{err}");
 }
 
@@ -343,7 +330,7 @@ route = "pal"
             .unwrap();
     assert_eq!(summary["total"], 10);
     // New audio cannot go through an external encoder: said, not attempted.
-    let err = stderr(&run(
+    let err = failure(&run(
         &["eval", "--model", "run-ext", "--manifest", "train.jsonl"],
         dir,
     ));
@@ -358,7 +345,7 @@ route = "pal"
         r#"shards = [{ path = "ext-train" }]"#,
         "run-w",
     );
-    let err = stderr(&run(
+    let err = failure(&run(
         &["train", "--quiet", "--config", whisper.to_str().unwrap()],
         dir,
     ));
@@ -392,7 +379,7 @@ fn undecodable_clip_is_named_or_skipped_and_counted() {
         "train.jsonl",
         "--quiet",
     ];
-    let err = stderr(&run(&[&args[..], &["--out", "a"]].concat(), dir));
+    let err = failure(&run(&[&args[..], &["--out", "a"]].concat(), dir));
     assert!(
         err.contains("train.jsonl:3") && err.contains("tone2.wav"),
         "{err}"

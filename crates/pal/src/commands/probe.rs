@@ -40,19 +40,13 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let results = pal_eval::probe::run(&args.suite, &pal, |done, total, cell| {
+    let (out, results) = pal_eval::probe::run(&args.suite, &pal, |done, total, cell| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(format!("{} {:?} seed {}", cell.row, cell.mode, cell.seed));
     })?;
     bar.finish_and_clear();
     let rows = pal_eval::probe::aggregate(&results);
-    let suite = pal_eval::probe::Suite::load(&args.suite)?;
-    let out = args
-        .suite
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join(&suite.output);
     let table = pal_eval::probe::markdown(&rows);
     pal_eval::probe_plot::plot(&rows, &out.join("probe.png"))?;
     std::fs::write(

@@ -81,3 +81,19 @@ lal = {{ start = 20 }}
     )
     .unwrap();
 }
+
+/// Asserts that a command succeeded, showing its output otherwise.
+pub fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that a command failed; returns its stderr (where the error is).
+pub fn failure(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
