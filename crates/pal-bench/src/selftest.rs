@@ -1,7 +1,7 @@
 //! `pal selftest [--device cuda]`: whether pal computes correctly on a device. Every custom op
 //! (forward and gradients), a training step of each route (loss and every adapter gradient,
-//! through the frozen-layer and LAL-prefix nodes, and with checkpointed layers), and a short
-//! greedy generation run on the device in f32 and on the CPU in f64, from the same inputs and
+//! through the frozen-layer and LAL-prefix nodes, with checkpointed layers, and gated LAL), and a
+//! short greedy generation run on the device in f32 and on the CPU in f64, from the same inputs and
 //! weights; each check reports its largest error relative to the reference's largest value.
 //! On the CPU it checks pal's fused f32 kernels against the f64 reference.
 
@@ -82,9 +82,10 @@ pub fn run(device: &Device) -> anyhow::Result<SelfTest> {
     let mut checks = vec![];
     checks.extend(ops(device)?);
     for route in [Route::Plits, Route::Lal, Route::Pal] {
-        checks.extend(training_step(device, route, false)?);
+        checks.extend(training_step(device, route, false, false)?);
     }
-    checks.extend(training_step(device, Route::Lal, true)?);
+    checks.extend(training_step(device, Route::Lal, true, false)?);
+    checks.extend(training_step(device, Route::Lal, false, true)?);
     checks.push(generation(device)?);
     Ok(SelfTest {
         device: format!("{device:?}"),
@@ -259,11 +260,25 @@ fn tiny_config() -> LlamaConfig {
     }
 }
 
-/// The tiny model with one 16-wide encoder on `route`, on `device` in `dtype`.
-fn tiny_model(route: Route, device: &Device, dtype: DType) -> anyhow::Result<(AudioLlm, Params)> {
+/// The tiny model with one 16-wide encoder on `route`, on `device` in `dtype`; with `gated`,
+/// gated LAL with its gates opened to 0.5 (at their initial 0 no gradient would reach the LAL
+/// projectors).
+fn tiny_model(
+    route: Route,
+    device: &Device,
+    dtype: DType,
+    gated: bool,
+) -> anyhow::Result<(AudioLlm, Params)> {
     let llm = Llama::seeded(tiny_config(), 5, dtype, device)?;
     let params = Params::new(3, dtype, device);
-    let model = AudioLlm::new(llm, &[Attachment::new("audio", 16, route)], &params)?;
+    let mut attachment = Attachment::new("audio", 16, route);
+    attachment.lal.gate = gated;
+    let model = AudioLlm::new(llm, &[attachment], &params)?;
+    for (name, var) in params.vars() {
+        if name.ends_with(".gate") {
+            var.set(&(var.ones_like()? * 0.5)?)?;
+        }
+    }
     Ok((model, params))
 }
 
@@ -292,10 +307,15 @@ fn tiny_examples(device: &Device, dtype: DType) -> anyhow::Result<Vec<Example>> 
 }
 
 /// One training step of `route`: the loss and every adapter gradient, device against CPU.
-fn training_step(device: &Device, route: Route, checkpointed: bool) -> anyhow::Result<Vec<Check>> {
+fn training_step(
+    device: &Device,
+    route: Route,
+    checkpointed: bool,
+    gated: bool,
+) -> anyhow::Result<Vec<Check>> {
     let mut runs = vec![];
     for (device, dtype) in [(device.clone(), DType::F32), (Device::Cpu, DType::F64)] {
-        let (mut model, params) = tiny_model(route, &device, dtype)?;
+        let (mut model, params) = tiny_model(route, &device, dtype, gated)?;
         model.llm.checkpoint_layers = checkpointed;
         let mut batch = model.prepare(&tiny_examples(&device, dtype)?, Padding::Right)?;
         let (loss, _) = model.loss(&mut batch)?;
@@ -309,12 +329,13 @@ fn training_step(device: &Device, route: Route, checkpointed: bool) -> anyhow::R
         runs.push((loss, named));
     }
     let label = format!(
-        "{route:?} training step{}",
+        "{route:?} training step{}{}",
         if checkpointed {
             " (checkpointed layers)"
         } else {
             ""
-        }
+        },
+        if gated { " (gated)" } else { "" }
     );
     let (device_run, reference) = (&runs[0], &runs[1]);
     let mut worst = 0f64;
@@ -341,7 +362,7 @@ fn training_step(device: &Device, route: Route, checkpointed: bool) -> anyhow::R
 fn generation(device: &Device) -> anyhow::Result<Check> {
     let mut runs = vec![];
     for (device, dtype) in [(device.clone(), DType::F32), (Device::Cpu, DType::F64)] {
-        let (model, _) = tiny_model(Route::Pal, &device, dtype)?;
+        let (model, _) = tiny_model(Route::Pal, &device, dtype, false)?;
         let mut batch = model
             .prepare(&tiny_examples(&device, dtype)?[..1], Padding::Left)?
             .detach();

@@ -2,7 +2,8 @@
 //! sounds, speech samples; see [`crate::shared`]) and generated ones (beeps with pitch and count, coloured noises,
 //! major/minor chords, espeak-ng speech with its text), each task with a held-out test split:
 //! FSDD by take (its official split), ESC-10 by source recording, the generated clips by their
-//! own draws, espeak-ng by voice. Everything is drawn from one seed, so the same seed gives the
+//! own draws, espeak-ng by voice; and `speech-sound`, the speech clips asked the sound
+//! questions. Everything is drawn from one seed, so the same seed gives the
 //! same manifests and the same audio bytes.
 
 use std::f32::consts::PI;
@@ -44,18 +45,18 @@ const NUMBERS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];
 
-const RATE: u32 = 16_000;
+pub(crate) const RATE: u32 = 16_000;
 
-fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f32 {
+pub(crate) fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f32 {
     (lo + (hi - lo) * rng.next_f64()) as f32
 }
 
-fn pick(rng: &mut SplitMix64, n: usize) -> usize {
+pub(crate) fn pick(rng: &mut SplitMix64, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
 }
 
 /// Gaussian-ish noise (sum of uniforms) for backgrounds.
-fn noise_sample(rng: &mut SplitMix64) -> f32 {
+pub(crate) fn noise_sample(rng: &mut SplitMix64) -> f32 {
     ((0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0) as f32
 }
 
@@ -81,7 +82,7 @@ fn beeps(rng: &mut SplitMix64, count: usize, hz: f32) -> Vec<f32> {
 }
 
 /// White, pink or brown noise (by index) for `seconds`.
-fn coloured_noise(rng: &mut SplitMix64, colour: usize, seconds: f32) -> Vec<f32> {
+pub(crate) fn coloured_noise(rng: &mut SplitMix64, colour: usize, seconds: f32) -> Vec<f32> {
     let n = (seconds * RATE as f32) as usize;
     let white: Vec<f32> = (0..n).map(|_| noise_sample(rng) * 0.5).collect();
     let mut out = match colour {
@@ -117,7 +118,7 @@ fn coloured_noise(rng: &mut SplitMix64, colour: usize, seconds: f32) -> Vec<f32>
 }
 
 /// A major or minor triad on `root` Hz with a few harmonics and a decay.
-fn chord(rng: &mut SplitMix64, minor: bool, root: f32) -> Vec<f32> {
+pub(crate) fn chord(rng: &mut SplitMix64, minor: bool, root: f32) -> Vec<f32> {
     let third = if minor { 3.0f32 } else { 4.0 };
     let notes = [
         root,
@@ -145,7 +146,7 @@ fn chord(rng: &mut SplitMix64, minor: bool, root: f32) -> Vec<f32> {
 }
 
 /// Sentences for espeak-ng: simple, varied, with a known text.
-fn sentence(rng: &mut SplitMix64) -> String {
+pub(crate) fn sentence(rng: &mut SplitMix64) -> String {
     const SUBJECTS: [&str; 8] = [
         "The red car",
         "My old dog",
@@ -186,16 +187,16 @@ fn sentence(rng: &mut SplitMix64) -> String {
 
 /// espeak-ng voices: the first ones are for training, the last is held out for testing.
 const TRAIN_VOICES: [&str; 4] = ["en-us", "en-gb", "en-gb-scotland", "en-029"];
-const TEST_VOICE: &str = "en-gb-x-rp";
+pub(crate) const TEST_VOICE: &str = "en-gb-x-rp";
 
-fn espeak_available() -> bool {
+pub(crate) fn espeak_available() -> bool {
     Command::new("espeak-ng")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-fn espeak(text: &str, voice: &str, speed: u32, path: &Path) -> Result<(), BuildError> {
+pub(crate) fn espeak(text: &str, voice: &str, speed: u32, path: &Path) -> Result<(), BuildError> {
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-s", &speed.to_string(), "-w"])
         .arg(path)
@@ -351,5 +352,52 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
         let real = crate::shared::build_shared_manifests(root, &out)?;
         summary.manifests.extend(real.manifests);
     }
+    speech_as_sound(&out, &mut summary)?;
     Ok(summary)
+}
+
+/// `speech-sound/{train,test}.jsonl`: the speech tasks' clips (espeak-ng, real speech) asked the
+/// sound tasks' questions, answered "someone speaking" and "a person speaking", so that a model
+/// asked what it hears in speech says so instead of guessing a sound class. Built from the
+/// speech manifests already written; absent when there are none.
+fn speech_as_sound(out: &Path, summary: &mut BuildSummary) -> Result<(), BuildError> {
+    for split in ["train", "test"] {
+        let mut clips: Vec<PathBuf> = vec![];
+        for task in ["espeak", "speech"] {
+            let manifest = out.join(format!("{task}/{split}.jsonl"));
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            for (i, l) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .map_err(|e| err(&manifest, format!("line {}: {e}", i + 1)))?;
+                let audio = v["audio"]
+                    .as_str()
+                    .ok_or_else(|| err(&manifest, format!("line {}: no \"audio\" path", i + 1)))?;
+                clips.push(PathBuf::from(audio));
+            }
+        }
+        if clips.is_empty() {
+            continue;
+        }
+        let lines: Vec<String> = clips
+            .iter()
+            .flat_map(|c| {
+                [
+                    line(c, crate::shared::SOUND_QUESTION, "someone speaking"),
+                    line(c, crate::shared::DESCRIBE_QUESTION, "a person speaking"),
+                ]
+            })
+            .collect();
+        write(
+            &out.join(format!("speech-sound/{split}.jsonl")),
+            &lines,
+            summary,
+        )?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod encode_shards;
 pub mod encoding;
 pub mod instruct;
 pub mod manifest;
+pub mod ood;
 pub mod shared;
 pub mod stream;
 

@@ -5,8 +5,10 @@
 
 pub mod metrics;
 pub mod probe;
+pub mod probe_attention;
 pub mod probe_plot;
 pub mod runner;
 pub mod stats;
+pub mod wellformed;
 
 pub use runner::{evaluate, evaluate_with, EvalData, EvalItem, EvalReport, Scoring};

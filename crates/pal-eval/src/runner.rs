@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use pal_data::encoding::{encode_in_order, EncodeOptions};
 use pal_data::load_manifest;
-use pal_infer::{generate_with_audio, GenerationParams};
+use pal_infer::{generate_with_audio, FinishReason, GenerationParams};
 use pal_models::audio_llm::BuiltModel;
 use pal_models::audio_llm::{Example, Padding};
 use pal_models::encoders::AudioEncoder;
@@ -18,6 +18,7 @@ use pal_models::text::Segment;
 use serde::Serialize;
 
 use crate::metrics::{bleu4, cider_d, closed_answer_correct, word_error_rate};
+use crate::wellformed::WordList;
 
 /// One judged example.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +33,10 @@ pub struct EvalItem {
     pub answer: String,
     /// Whether it is judged correct.
     pub correct: bool,
+    /// Whether the answer is language ([`crate::wellformed`]); `None` without a word list or
+    /// when answers are scored rather than generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub well_formed: Option<bool>,
 }
 
 /// The result of an evaluation.
@@ -49,6 +54,8 @@ pub struct EvalReport {
     pub bleu4: f64,
     /// Corpus CIDEr-D (captioning tasks).
     pub cider_d: f64,
+    /// The share of well-formed answers ([`crate::wellformed`]), when judged.
+    pub well_formed: Option<f64>,
     /// Every example.
     pub items: Vec<EvalItem>,
 }
@@ -111,6 +118,7 @@ pub fn evaluate(
         batch_size,
         max_tokens,
         Scoring::Generate,
+        None,
     )
 }
 
@@ -177,13 +185,15 @@ fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, Eval
 
 /// Evaluates `built` on a manifest or shard set: the question is every message before the last
 /// assistant message, the reference is that message. Closed answers are judged by
-/// [`closed_answer_correct`] with the data's distinct references as the label set.
+/// [`closed_answer_correct`] with the data's distinct references as the label set. With
+/// `words`, generated answers are also judged for well-formedness ([`crate::wellformed`]).
 pub fn evaluate_with(
     built: &BuiltModel,
     data: &EvalData,
     batch_size: usize,
     max_tokens: usize,
     scoring: Scoring,
+    words: Option<&WordList>,
 ) -> Result<EvalReport, EvalError> {
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
     let mut labels: Vec<String> = vec![];
@@ -217,6 +227,7 @@ pub fn evaluate_with(
                 reference,
                 answer: String::new(),
                 correct: false,
+                well_formed: None,
             },
         ));
     }
@@ -274,6 +285,8 @@ pub fn evaluate_with(
         for ((_, item), answer) in chunk.iter().zip(answers) {
             let mut item = item.clone();
             item.correct = closed_answer_correct(&answer.text, &item.reference, &labels);
+            let ended = answer.finish_reason == FinishReason::Stop;
+            item.well_formed = words.map(|w| w.is_well_formed(&answer.text, ended));
             item.answer = answer.text;
             items.push(item);
         }
@@ -292,7 +305,11 @@ pub fn evaluate_with(
         bleu4(&captions),
         cider_d(&captions).0,
     );
+    let judged: Vec<bool> = items.iter().filter_map(|i| i.well_formed).collect();
+    let well_formed = (!judged.is_empty())
+        .then(|| judged.iter().filter(|w| **w).count() as f64 / judged.len() as f64);
     Ok(EvalReport {
+        well_formed,
         total: items.len(),
         correct,
         accuracy: correct as f64 / items.len().max(1) as f64,

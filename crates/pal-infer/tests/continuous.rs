@@ -50,9 +50,23 @@ fn joining_between_steps_generates_what_each_generates_alone() {
                 .unwrap(),
         )
         .unwrap();
-    for route in [Route::Plits, Route::Lal, Route::Pal] {
+    // Gated LAL with its gates opened (a softmax of its own for the audio keys, in prefill and
+    // in each decoding step alike).
+    for (route, gated) in [
+        (Route::Plits, false),
+        (Route::Lal, false),
+        (Route::Pal, false),
+        (Route::Lal, true),
+    ] {
         let p = Params::new(0, DType::F32, &Device::Cpu);
-        let model = AudioLlm::new(llm.clone(), &[Attachment::new("a", 384, route)], &p).unwrap();
+        let mut attachment = Attachment::new("a", 384, route);
+        attachment.lal.gate = gated;
+        let model = AudioLlm::new(llm.clone(), &[attachment], &p).unwrap();
+        for (name, var) in p.vars() {
+            if name.ends_with(".gate") {
+                var.set(&(var.ones_like().unwrap() * 0.5).unwrap()).unwrap();
+            }
+        }
         let examples = [
             example(&ids, 12, 2),
             example(&ids[3..], 30, 3),
@@ -122,7 +136,11 @@ fn joining_between_steps_generates_what_each_generates_alone() {
             }
         }
         for i in 0..3 {
-            assert_eq!(done[i].as_ref(), Some(&alone[i]), "{route:?} sequence {i}");
+            assert_eq!(
+                done[i].as_ref(),
+                Some(&alone[i]),
+                "{route:?} (gated: {gated}) sequence {i}"
+            );
         }
         // All three ran together, then the batch shrank as they ended.
         let full = sizes.iter().position(|&s| s == 3);

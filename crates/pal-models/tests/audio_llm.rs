@@ -234,8 +234,26 @@ fn targets_cover_only_trained_tokens() {
 /// Gradients of the logits into the adapter parameters named `names`, checked against central
 /// finite differences in f64. The model reads the parameters' Vars, so a perturbation is a
 /// `Var::set` followed by a forward pass.
-fn check_adapter_gradients(route: Route, names: &[&str]) {
-    let (m, params) = model(route, DType::F64, |_| {});
+/// Sets every LAL gate to a non-zero value, so that gradients reach the gated projectors too.
+fn open_gates(params: &Params) {
+    for (name, var) in params.vars() {
+        if name.ends_with(".gate") {
+            let n = var.elem_count();
+            let values: Vec<f64> = pseudo_random(n, 90).into_iter().map(|v| 0.3 + v).collect();
+            var.set(
+                &Tensor::from_vec(values, var.shape(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(var.dtype())
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn check_adapter_gradients(route: Route, gate: bool, names: &[&str]) {
+    let (m, params) = model(route, DType::F64, |a| a.lal.gate = gate);
+    open_gates(&params);
     let vars = params.vars();
     let items = vec![
         example(&[4], &[6, 7], frames(3, 30, DType::F64)),
@@ -279,6 +297,7 @@ fn check_adapter_gradients(route: Route, names: &[&str]) {
 fn lal_gradients_reach_the_projectors() {
     check_adapter_gradients(
         Route::Lal,
+        false,
         &[
             "enc.lal.layers.0.proj.weight",
             "enc.lal.layers.0.proj.bias",
@@ -291,11 +310,61 @@ fn lal_gradients_reach_the_projectors() {
 fn pal_gradients_reach_summary_and_projectors() {
     check_adapter_gradients(
         Route::Pal,
+        false,
         &[
             "enc.lal.layers.1.proj.weight",
             "enc.summary.queries",
             "enc.summary.out.fc2.weight",
         ],
+    );
+}
+
+#[test]
+fn gated_lal_gradients_reach_gates_and_projectors() {
+    for route in [Route::Lal, Route::Pal] {
+        check_adapter_gradients(
+            route,
+            true,
+            &[
+                "enc.lal.layers.0.gate",
+                "enc.lal.layers.1.gate",
+                "enc.lal.layers.0.proj.weight",
+                "enc.lal.layers.1.proj.bias",
+            ],
+        );
+    }
+}
+
+/// Gated LAL starts as the LLM itself: with its gates at 0 (as initialised), the text's logits
+/// are those of the LLM without audio, for any clip; once a gate opens, the audio counts.
+#[test]
+fn untrained_gated_lal_is_the_text_only_llm() {
+    let (m, params) = model(Route::Lal, DType::F32, |a| a.lal.gate = true);
+    let text = [5u32, 17, 33, 2, 40];
+    let logits = |m: &AudioLlm, audio: Tensor| {
+        let mut batch = m
+            .prepare(&[example(&text[..2], &text[2..], audio)], Padding::Right)
+            .unwrap();
+        m.forward(&mut batch).unwrap()
+    };
+    let ids = Tensor::new(&text, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let plain = m.llm.forward(&ids, None, &mut m.llm.new_cache()).unwrap();
+    for (n, seed) in [(3, 1), (40, 2)] {
+        let loud = (frames(n, seed, DType::F32) * 100.0).unwrap();
+        let d = max_diff(&logits(&m, loud), &plain);
+        assert!(
+            d < 1e-4,
+            "closed gates, {n} audio rows: logits differ by {d}"
+        );
+    }
+    open_gates(&params);
+    let d = max_diff(&logits(&m, frames(6, 3, DType::F32)), &plain);
+    assert!(
+        d > 1e-3,
+        "open gates: the audio should change the logits ({d})"
     );
 }
 
@@ -379,8 +448,17 @@ fn several_encoders_each_take_their_route() {
 
 #[test]
 fn activation_checkpointing_gives_the_same_loss_and_gradients() {
-    for route in [Route::Plits, Route::Lal, Route::Pal] {
-        let (mut m, params) = model(route, DType::F32, |a| a.lal.start = 1);
+    for (route, gate) in [
+        (Route::Plits, false),
+        (Route::Lal, false),
+        (Route::Pal, false),
+        (Route::Lal, true),
+    ] {
+        let (mut m, params) = model(route, DType::F32, |a| {
+            a.lal.start = 1;
+            a.lal.gate = gate;
+        });
+        open_gates(&params);
         let items = vec![
             example(&[4], &[6, 7, 8], frames(3, 60, DType::F32)),
             example(&[9, 2], &[10, 11], frames(5, 61, DType::F32)),
@@ -453,9 +531,16 @@ fn target_log_probs_agree_with_the_loss() {
 /// with padding and uneven clip lengths, in f64.
 #[test]
 fn frozen_layer_nodes_give_the_recorded_gradients() {
-    for route in [Route::Lal, Route::Plits, Route::Pal] {
+    for (route, gate) in [
+        (Route::Lal, false),
+        (Route::Plits, false),
+        (Route::Pal, false),
+        (Route::Lal, true),
+        (Route::Pal, true),
+    ] {
         let gradients = |nodes: bool| {
-            let (mut m, params) = model(route, DType::F64, |_| {});
+            let (mut m, params) = model(route, DType::F64, |a| a.lal.gate = gate);
+            open_gates(&params);
             m.llm.frozen_layer_nodes = nodes;
             let items = vec![
                 example(&[4], &[6, 7], frames(3, 30, DType::F64)),
@@ -494,9 +579,10 @@ fn frozen_layer_nodes_give_the_recorded_gradients() {
 /// paddings; they are computed once per clip.
 #[test]
 fn cached_clip_prefixes_give_the_batch_its_own_logits() {
-    for route in [Route::Lal, Route::Pal] {
+    for (route, gate) in [(Route::Lal, false), (Route::Pal, false), (Route::Lal, true)] {
         for padding in [Padding::Left, Padding::Right] {
-            let (m, _) = model(route, DType::F32, |_| {});
+            let (m, params) = model(route, DType::F32, |a| a.lal.gate = gate);
+            open_gates(&params);
             let items = vec![
                 example(&[4, 5], &[6, 7, 8], frames(3, 30, DType::F32)),
                 example(&[9], &[10, 11, 12, 13, 14], frames(7, 31, DType::F32)),

@@ -43,6 +43,23 @@ pub fn attention_with_probs(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<(Tensor, Tensor)> {
+    attention_split(q, k, v, mask, scale, 0)
+}
+
+/// [`attention_with_probs`] where the first `own_softmax` keys (a LAL audio prefix) get a
+/// softmax of their own, apart from the other keys: each query's weights over the prefix sum to
+/// 1, and so do its weights over the rest, so the prefix can never take attention away from the
+/// text, however many rows it has or however large its scores (LLaMA-Adapter's zero-init
+/// attention, with the gate applied to the prefix's values by the caller). `own_softmax = 0` is
+/// plain attention. The probabilities returned are the two softmaxes side by side.
+pub fn attention_split(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    own_softmax: usize,
+) -> Result<(Tensor, Tensor)> {
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let (_, kv_heads, k_rows, _) = k.dims4()?;
     if kv_heads == 0 || q_heads % kv_heads != 0 {
@@ -73,7 +90,17 @@ pub fn attention_with_probs(
         }
         None => None,
     };
-    let probs = scaled_masked_softmax(&scores, mask.as_ref(), scale)?;
+    let probs = match own_softmax {
+        0 => scaled_masked_softmax(&scores, mask.as_ref(), scale)?,
+        p if p < k_rows => {
+            let part = |start: usize, len: usize| -> Result<Tensor> {
+                let m = mask.as_ref().map(|m| m.narrow(2, start, len)).transpose()?;
+                scaled_masked_softmax(&scores.narrow(3, start, len)?, m.as_ref(), scale)
+            };
+            Tensor::cat(&[&part(0, p)?, &part(p, k_rows - p)?], 3)?
+        }
+        p => candle_core::bail!("attention: a prefix of {p} rows among only {k_rows} keys"),
+    };
     let out = batched_matmul(&probs, &v)?.reshape((b, q_heads, q_rows, head_dim))?;
     Ok((out, probs))
 }
@@ -91,6 +118,20 @@ pub fn attention_backward(
     d_out: &Tensor,
     scale: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    attention_split_backward(q, k, v, probs, d_out, scale, 0)
+}
+
+/// [`attention_backward`] of [`attention_split`]: the softmax backward runs on the prefix's
+/// columns and the other columns apart.
+pub fn attention_split_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: &Tensor,
+    d_out: &Tensor,
+    scale: f64,
+    own_softmax: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let group = q_heads / kv_heads;
@@ -101,7 +142,20 @@ pub fn attention_backward(
     let (q, d_out) = (fold(q)?, fold(d_out)?);
     let dv = batched_matmul(&probs.t()?, &d_out)?;
     let dp = batched_matmul(&d_out, &v.contiguous()?.t()?)?;
-    let ds = softmax_backward(probs, &dp, scale)?;
+    let ds = match own_softmax {
+        0 => softmax_backward(probs, &dp, scale)?,
+        p => {
+            let rest = probs.dim(3)? - p;
+            let part = |start: usize, len: usize| {
+                softmax_backward(
+                    &probs.narrow(3, start, len)?,
+                    &dp.narrow(3, start, len)?,
+                    scale,
+                )
+            };
+            Tensor::cat(&[&part(0, p)?, &part(p, rest)?], 3)?
+        }
+    };
     let dq = batched_matmul(&ds, &k.contiguous()?)?.reshape((b, q_heads, q_rows, head_dim))?;
     let dk = batched_matmul(&ds.t()?, &q)?;
     Ok((dq, dk, dv))

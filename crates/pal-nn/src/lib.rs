@@ -19,6 +19,9 @@ pub mod ops;
 pub mod params;
 pub mod rng;
 
-pub use attention::{attention, attention_backward, attention_with_probs, causal_mask, mask_value};
+pub use attention::{
+    attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
+    causal_mask, mask_value,
+};
 pub use linear::{Linear, Lora, QuantizedForm};
 pub use params::{Init, Params};

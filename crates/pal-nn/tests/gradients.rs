@@ -6,7 +6,10 @@ use pal_nn::ops::{
     constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rms_norm_input_grad,
     rope, scaled_masked_softmax, softmax_last_dim,
 };
-use pal_nn::{attention, attention_backward, attention_with_probs, causal_mask, Linear};
+use pal_nn::{
+    attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
+    causal_mask, Linear,
+};
 
 const EPS: f64 = 1e-6;
 const TOL: f64 = 1e-6;
@@ -191,6 +194,98 @@ fn attention_gradients_match_finite_differences() {
         |xs| attention(&xs[0], &xs[1], &xs[2], Some(&mask), 0.5),
         &[q, k, v],
     );
+}
+
+#[test]
+fn split_attention_gradients_match_finite_differences() {
+    // A 2-row prefix with its own softmax (LAL's gated audio keys), the second item's last
+    // prefix row padded.
+    let q = rand(&[2, 4, 3, 4], 22);
+    let k = rand(&[2, 2, 6, 4], 23);
+    let v = rand(&[2, 2, 6, 4], 24);
+    let valid = Tensor::new(
+        &[[1f64, 1., 1., 1., 1., 1.], [1., 0., 1., 1., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mask = causal_mask(3, 6, Some(&valid), DType::F64, &Device::Cpu).unwrap();
+    assert_grads(
+        "split attention",
+        |xs| Ok(attention_split(&xs[0], &xs[1], &xs[2], Some(&mask), 0.5, 2)?.0),
+        &[q, k, v],
+    );
+}
+
+#[test]
+fn split_attention_keeps_the_text_weights_whatever_the_prefix() {
+    // The text keys' weights of each query sum to 1 and do not change when the prefix's scores
+    // grow by any amount: the prefix cannot crowd the text out.
+    let q = rand(&[1, 2, 3, 4], 25);
+    let k = rand(&[1, 2, 7, 4], 26);
+    let v = rand(&[1, 2, 7, 4], 27);
+    let mask = causal_mask(3, 7, None, DType::F64, &Device::Cpu).unwrap();
+    let (_, probs) = attention_split(&q, &k, &v, Some(&mask), 0.5, 4).unwrap();
+    let loud = Tensor::cat(
+        &[
+            &(k.narrow(2, 0, 4).unwrap() * 50.0).unwrap(),
+            &k.narrow(2, 4, 3).unwrap(),
+        ],
+        2,
+    )
+    .unwrap();
+    let (_, loud_probs) = attention_split(&q, &loud, &v, Some(&mask), 0.5, 4).unwrap();
+    let text = |p: &Tensor| p.narrow(3, 4, 3).unwrap();
+    assert!(max_abs_diff(&text(&probs), &text(&loud_probs)) < 1e-12);
+    for part in [probs.narrow(3, 0, 4).unwrap(), text(&probs)] {
+        let sums = part
+            .sum(3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-12), "{sums:?}");
+    }
+}
+
+#[test]
+fn closed_form_split_attention_backward_equals_autograd() {
+    let (q, k, v) = (
+        rand(&[2, 4, 3, 4], 47),
+        rand(&[2, 2, 6, 4], 48),
+        rand(&[2, 2, 6, 4], 49),
+    );
+    let mask = causal_mask(3, 6, None, DType::F64, &Device::Cpu).unwrap();
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let (out, _) = attention_split(
+        qv.as_tensor(),
+        kv.as_tensor(),
+        vv.as_tensor(),
+        Some(&mask),
+        0.5,
+        3,
+    )
+    .unwrap();
+    let d_out = rand(out.dims(), 50);
+    let grads = (&out * &d_out)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (_, probs) = attention_split(&q, &k, &v, Some(&mask), 0.5, 3).unwrap();
+    let (dq, dk, dv) = attention_split_backward(&q, &k, &v, &probs, &d_out, 0.5, 3).unwrap();
+    for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
+        let diff = max_abs_diff(&closed, grads.get(var.as_tensor()).unwrap());
+        assert!(
+            diff < 1e-12,
+            "d{name}: closed form differs from autograd by {diff}"
+        );
+    }
 }
 
 /// Total number of gradient elements held by a gradient store.

@@ -37,6 +37,7 @@ fn selftest_passes_on_the_cpu_and_writes_its_checks() {
             .iter()
             .any(|n| n.starts_with(&format!("{route} training step"))));
     }
+    assert!(names.iter().any(|n| n.contains("(gated)")));
 }
 
 #[test]

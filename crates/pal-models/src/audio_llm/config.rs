@@ -211,6 +211,12 @@ pub struct LalConfig {
     /// RoPE of audio keys.
     #[serde(default)]
     pub rope: LalRope,
+    /// Gated LAL: the audio keys get a softmax of their own, apart from the text's, and each
+    /// layer's audio values a learned gate per key/value head, `tanh(g)` with `g` starting at 0
+    /// (LLaMA-Adapter's zero-init attention). The untrained model is the LLM itself, and audio
+    /// can never take attention away from the text, however long or unfamiliar the clip.
+    #[serde(default)]
+    pub gate: bool,
 }
 
 impl LalConfig {

@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::rms_norm;
-use pal_nn::{Linear, Params};
+use pal_nn::{Init, Linear, Params};
 
 use crate::audio_llm::config::{Attachment, LalAudioNorm, LalProjector, LalRope};
 use crate::encoders::blocks::{GeluFfn, LayerNorm};
@@ -25,6 +25,10 @@ pub struct LalAdapter {
     pub own_norms: Option<Vec<LayerNorm>>,
     /// RoPE mode.
     pub rope: LalRope,
+    /// Gated LAL ([`crate::audio_llm::LalConfig::gate`]): per layer, the raw gate `g` `(kv_heads)`
+    /// (named `{encoder}.lal.layers.{layer}.gate`, starting at 0); the audio values are scaled by
+    /// `tanh(g)` and the audio keys get their own softmax.
+    pub gates: Option<Vec<Tensor>>,
 }
 
 /// The projector parameters of [`LalAdapter`], one module per LAL layer (named
@@ -42,6 +46,9 @@ pub enum LalProjection {
 pub struct LalLayerPrefix {
     /// The LLM layer.
     pub layer: usize,
+    /// Gated: the keys get a softmax of their own (see [`crate::llm::KeyValuePrefix::own_softmax`]),
+    /// and `v` is already scaled by the gate.
+    pub own_softmax: bool,
     /// Keys `(b, kv_heads, Na, head_dim)`, rotated in prefix mode.
     pub k: Tensor,
     /// Values `(b, kv_heads, Na, head_dim)`.
@@ -54,7 +61,13 @@ pub struct LalLayerPrefix {
 impl LalAdapter {
     /// Creates (or fetches) the LAL parameters of attachment `a` in `params`, for an LLM of
     /// `num_layers` layers and width `d`.
-    pub fn new(params: &Params, a: &Attachment, num_layers: usize, d: usize) -> Result<Self> {
+    pub fn new(
+        params: &Params,
+        a: &Attachment,
+        num_layers: usize,
+        d: usize,
+        kv_heads: usize,
+    ) -> Result<Self> {
         let layers = a.lal.resolve_layers(num_layers)?;
         let p = format!("{}.lal", a.name);
         let projector_name = |i: &usize| format!("{p}.layers.{i}.proj");
@@ -81,11 +94,28 @@ impl LalAdapter {
                     .collect::<Result<_>>()?,
             ),
         };
+        let gates =
+            match a.lal.gate {
+                true => Some(
+                    layers
+                        .iter()
+                        .map(|i| {
+                            Ok(params.get(
+                                &format!("{p}.layers.{i}.gate"),
+                                &[kv_heads],
+                                Init::Zeros,
+                            )?)
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                false => None,
+            };
         Ok(Self {
             layers,
             projector,
             own_norms,
             rope: a.lal.rope,
+            gates,
         })
     }
 
@@ -141,12 +171,7 @@ impl LalAdapter {
                         shape,
                         c.rms_norm_eps,
                     )?;
-                    out.push(LalLayerPrefix {
-                        layer: index,
-                        k,
-                        v,
-                        stacked: Some(stacked),
-                    });
+                    out.push(self.gated(j, index, k, v, Some(stacked))?);
                     continue;
                 }
             }
@@ -161,13 +186,60 @@ impl LalAdapter {
             let normed = normed.reshape((b, na, c.hidden_size))?;
             let rope_pair = rope_tables.as_ref().map(|(cos, sin)| (cos, sin));
             let (k, v) = layer.keys_values(c, &normed, rope_pair)?;
-            out.push(LalLayerPrefix {
-                layer: index,
-                k,
-                v,
-                stacked: None,
-            });
+            out.push(self.gated(j, index, k, v, None)?);
         }
         Ok(out)
+    }
+
+    /// The gate of the `j`-th LAL layer as `tanh(g)` `(kv_heads)`, if gated.
+    pub fn gate_values(&self, j: usize) -> Result<Option<Tensor>> {
+        Ok(match &self.gates {
+            Some(gates) => Some(gates[j].tanh()?),
+            None => None,
+        })
+    }
+
+    /// The prefix of LLM layer `layer` (the `j`-th LAL layer) from its keys and values, the
+    /// values scaled by the layer's gate when gated. A stacked `(2, ...)` node output is scaled
+    /// as one tensor (keys by 1), so that its gradient still arrives in one piece.
+    fn gated(
+        &self,
+        j: usize,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+        stacked: Option<Tensor>,
+    ) -> Result<LalLayerPrefix> {
+        let Some(gate) = self.gate_values(j)? else {
+            return Ok(LalLayerPrefix {
+                layer,
+                own_softmax: false,
+                k,
+                v,
+                stacked,
+            });
+        };
+        let heads = gate.dims1()?;
+        Ok(match stacked {
+            Some(kv) => {
+                let ones = Tensor::ones(heads, gate.dtype(), gate.device())?;
+                let factor = Tensor::cat(&[&ones, &gate], 0)?.reshape((2, 1, heads, 1, 1))?;
+                let kv = kv.broadcast_mul(&factor)?;
+                LalLayerPrefix {
+                    layer,
+                    own_softmax: true,
+                    k: kv.get(0)?,
+                    v: kv.get(1)?,
+                    stacked: Some(kv),
+                }
+            }
+            None => LalLayerPrefix {
+                layer,
+                own_softmax: true,
+                k,
+                v: v.broadcast_mul(&gate.reshape((1, heads, 1, 1))?)?,
+                stacked: None,
+            },
+        })
     }
 }

@@ -73,7 +73,13 @@ impl AudioLlm {
             };
             let lal = match a.route {
                 Route::Plits => None,
-                Route::Lal | Route::Pal => Some(LalAdapter::new(params, a, n_layers, d)?),
+                Route::Lal | Route::Pal => Some(LalAdapter::new(
+                    params,
+                    a,
+                    n_layers,
+                    d,
+                    llm.config.num_key_value_heads,
+                )?),
             };
             encoders.push(AttachedEncoder {
                 config: a.clone(),
@@ -134,6 +140,7 @@ impl AudioLlm {
                 .into_iter()
                 .map(|p| LalLayerPrefix {
                     layer: p.layer,
+                    own_softmax: p.own_softmax,
                     k: p.k.detach(),
                     v: p.v.detach(),
                     stacked: None,
@@ -175,8 +182,7 @@ impl AudioLlm {
         }
         // Per encoder: pad its outputs to a batch (b, Na_max, d_enc) with validity.
         let mut in_seq: Vec<Vec<Tensor>> = vec![vec![]; b];
-        // layer, k, v, valid, k and v stacked
-        let mut prefix_parts: Vec<(usize, Tensor, Tensor, Tensor, Option<Tensor>)> = vec![];
+        let mut prefix_parts: Vec<(LalLayerPrefix, Tensor)> = vec![];
         let mut lal_rows_before = vec![0usize; b];
         for (j, enc) in self.encoders.iter().enumerate() {
             let lengths: Vec<usize> = examples.iter().map(|e| e.audio[j].dims()[0]).collect();
@@ -232,7 +238,7 @@ impl AudioLlm {
                     }
                 };
                 for p in prefixes {
-                    prefix_parts.push((p.layer, p.k, p.v, valid.clone(), p.stacked));
+                    prefix_parts.push((p, valid.clone()));
                 }
                 for (before, &len) in lal_rows_before.iter_mut().zip(&lengths) {
                     *before += adapter.positions_taken(len);
@@ -245,20 +251,30 @@ impl AudioLlm {
         // Text positions start after the real audio rows of prefix-RoPE LAL encoders.
         cache.next_position = lal_rows_before.iter().map(|&r| r as u32).collect();
         // Several LAL encoders on one layer: their prefixes are concatenated.
-        for (layer, k, v, valid_rows, stacked) in prefix_parts {
-            let slot = &mut cache.layers[layer].prefix;
+        // (Gated encoders on one layer share one audio softmax; gated and ungated cannot mix.)
+        for (part, valid_rows) in prefix_parts {
+            let slot = &mut cache.layers[part.layer].prefix;
             *slot = Some(match slot.take() {
                 None => KeyValuePrefix {
-                    k,
-                    v,
+                    k: part.k,
+                    v: part.v,
                     valid: valid_rows,
-                    stacked,
+                    stacked: part.stacked,
+                    own_softmax: part.own_softmax,
                 },
+                Some(p) if p.own_softmax != part.own_softmax => {
+                    return Err(ModelError::Unsupported(format!(
+                        "LLM layer {} gets audio from a gated and an ungated LAL encoder; \
+                         set `gate` the same for every encoder",
+                        part.layer
+                    )))
+                }
                 Some(p) => KeyValuePrefix {
-                    k: Tensor::cat(&[&p.k, &k], 2)?,
-                    v: Tensor::cat(&[&p.v, &v], 2)?,
+                    k: Tensor::cat(&[&p.k, &part.k], 2)?,
+                    v: Tensor::cat(&[&p.v, &part.v], 2)?,
                     valid: Tensor::cat(&[&p.valid, &valid_rows], 1)?,
                     stacked: None,
+                    own_softmax: p.own_softmax,
                 },
             });
         }
@@ -440,6 +456,7 @@ fn batch_of_clip_prefixes(
             }
             Ok(LalLayerPrefix {
                 layer: clips[0][l].layer,
+                own_softmax: clips[0][l].own_softmax,
                 k: Tensor::cat(&ks, 0)?,
                 v: Tensor::cat(&vs, 0)?,
                 stacked: None,

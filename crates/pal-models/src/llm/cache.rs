@@ -19,6 +19,19 @@ pub struct KeyValuePrefix {
     /// (a LAL prefix in training): a frozen layer then takes this tensor as one input, so its
     /// gradient arrives in one piece instead of as two zero-padded halves.
     pub stacked: Option<Tensor>,
+    /// The prefix's keys get a softmax of their own, apart from the text's (gated LAL audio,
+    /// see [`pal_nn::attention_split`]): the prefix can never take attention from the text.
+    pub own_softmax: bool,
+}
+
+impl KeyValuePrefix {
+    /// Keys at the front of the layer's attention that get their own softmax (0: none).
+    pub fn own_softmax_rows(&self) -> usize {
+        match self.own_softmax {
+            true => self.k.dims()[2],
+            false => 0,
+        }
+    }
 }
 
 /// Keys and values cached for one layer, `(batch, kv_heads, rows, head_dim)`, after an optional
@@ -35,6 +48,13 @@ pub struct LayerCache {
     /// step writes its row in place instead of copying the whole cache (and the prefix) into a
     /// new tensor; `k` and `v` are then views into it.
     store: Option<KvStore>,
+    /// Keep the attention probabilities of the layer's next forward in `attention` (for
+    /// `pal probe attention`, which shows where in the LLM the audio is read).
+    pub record_attention: bool,
+    /// The recorded probabilities `(batch, kv_heads, group * q_rows, k_rows)`, query heads of a
+    /// group folded into the rows as [`pal_nn::attention_with_probs`] returns them; keys are
+    /// `[prefix ; cached ; new]`.
+    pub attention: Option<Tensor>,
 }
 
 /// Buffers `(batch, kv_heads, capacity, head_dim)` holding a layer's prefix and cached rows.
@@ -244,6 +264,7 @@ impl KvCache {
                             v: pick(&p.v, &rows)?,
                             valid: Tensor::ones((1, n), p.valid.dtype(), p.valid.device())?,
                             stacked: None,
+                            own_softmax: p.own_softmax,
                         })
                     }
                     None => None,
@@ -256,7 +277,7 @@ impl KvCache {
                     prefix,
                     k,
                     v,
-                    store: None,
+                    ..Default::default()
                 });
             }
             let key_valid = match (&self.key_valid, &keys) {

@@ -32,6 +32,7 @@ pub fn forward(
         v: p.v.detach(),
         valid: p.valid.clone(),
         stacked: None,
+        own_softmax: p.own_softmax,
     });
     let mut scratch = LayerCache::with_prefix(detached_prefix);
     let y = layer.forward(config, &x.detach(), cos, sin, mask, &mut scratch)?;
@@ -52,6 +53,7 @@ pub fn forward(
         sin: sin.clone(),
         mask: mask.cloned(),
         prefix_valid: valid,
+        own_softmax: cache.prefix.as_ref().is_some_and(|p| p.own_softmax),
     };
     Ok(x.apply_op3(&pk, &pv, op)?)
 }
@@ -67,6 +69,8 @@ struct CheckpointedLayer {
     sin: Tensor,
     mask: Option<Tensor>,
     prefix_valid: Option<Tensor>,
+    /// The prefix has its own softmax (see [`KeyValuePrefix::own_softmax`]).
+    own_softmax: bool,
 }
 
 impl CustomOp3 for CheckpointedLayer {
@@ -114,6 +118,7 @@ impl CustomOp3 for CheckpointedLayer {
             v: pvv.as_tensor().clone(),
             valid: valid.clone(),
             stacked: None,
+            own_softmax: self.own_softmax,
         });
         let mut cache = LayerCache::with_prefix(prefix);
         let y = self

@@ -7,13 +7,13 @@
 //! So the layer runs outside the graph ([`DecoderLayer::forward_saving`], the one layer forward),
 //! keeps the activations its backward needs, and joins the
 //! graph as a single op whose backward is the layer's chain rule: the SwiGLU FFN, the
-//! post-attention RMSNorm, the output projection, [`attention_backward`], the inverse RoPE, the
+//! post-attention RMSNorm, the output projection, [`attention_split_backward`], the inverse RoPE, the
 //! q/k/v projections and the input RMSNorm, each as input gradients only. Same numbers as
 //! recording every op (tests compare both in f64), with far less memory traffic.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use pal_nn::ops::{rms_norm_input_grad, rope, Precomputed};
-use pal_nn::{attention_backward, Linear};
+use pal_nn::{attention_split_backward, Linear};
 
 use crate::error::Result;
 use crate::llm::cache::{KeyValuePrefix, LayerCache};
@@ -125,7 +125,8 @@ impl FrozenLayer {
             .reshape((b, n, q_heads, dh))?
             .transpose(1, 2)?;
         let (k, v) = with_prefix(&s.prefix, &s.k, &s.v)?;
-        let (dq, dk, dv) = attention_backward(&s.q, &k, &v, &s.probs, &d_attn, self.scale)?;
+        let (dq, dk, dv) =
+            attention_split_backward(&s.q, &k, &v, &s.probs, &d_attn, self.scale, s.own_softmax)?;
         let p = self.prefix_rows;
         let neg_sin = self.sin.neg()?;
         let rows_first =

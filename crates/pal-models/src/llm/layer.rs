@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::{rms_norm, rope};
-use pal_nn::{attention, attention_with_probs, Linear};
+use pal_nn::{attention_split, Linear};
 
 use crate::error::Result;
 use crate::llm::cache::LayerCache;
@@ -83,8 +83,10 @@ pub struct LayerActivations {
     /// The prefix keys and values the queries also saw (detached), if any: the concatenation is
     /// rebuilt in backward rather than kept.
     pub prefix: Option<(Tensor, Tensor)>,
-    /// Attention probabilities (see [`attention_with_probs`]).
+    /// Attention probabilities (see [`attention_split`]).
     pub probs: Tensor,
+    /// Keys at the front with a softmax of their own (see [`crate::llm::KeyValuePrefix::own_softmax`]).
+    pub own_softmax: usize,
     /// Hidden states after the attention block `(b, n, d)`.
     pub x1: Tensor,
     /// Gate projection, before the SiLU `(b, n, intermediate)`.
@@ -191,6 +193,7 @@ impl DecoderLayer {
         let h = rms_norm(x, &self.input_layernorm, eps)?;
         let q = self.queries(c, &h, cos, sin)?;
         let (k_own, v_own) = self.keys_values(c, &h, Some((cos, sin)))?;
+        let own_softmax = cache.prefix.as_ref().map_or(0, |p| p.own_softmax_rows());
         let prefix_tracks = cache
             .prefix
             .as_ref()
@@ -220,8 +223,11 @@ impl DecoderLayer {
             }
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let (attn, probs) = attention_with_probs(&q, &k, &v, mask, scale)?;
+        let (attn, probs) = attention_split(&q, &k, &v, mask, scale, own_softmax)?;
         drop((k, v));
+        if cache.record_attention {
+            cache.attention = Some(probs.detach());
+        }
         let attn = attn
             .transpose(1, 2)?
             .reshape((b, n, c.num_attention_heads * c.head_dim))?;
@@ -234,6 +240,7 @@ impl DecoderLayer {
             v: v_own,
             prefix,
             probs,
+            own_softmax,
             x1,
             gate,
             up,
@@ -284,8 +291,10 @@ impl DecoderLayer {
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
+            let own_softmax = cache.prefix.as_ref().map_or(0, |p| p.own_softmax_rows());
             let (k, v) = cache.append_in_place(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
-            rows.push(attention(&q.narrow(0, i, 1)?, &k, &v, None, scale)?);
+            let q = q.narrow(0, i, 1)?;
+            rows.push(attention_split(&q, &k, &v, None, scale, own_softmax)?.0);
         }
         let attn = Tensor::cat(&rows, 0)?.transpose(1, 2)?.reshape((
             b,

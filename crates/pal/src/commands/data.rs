@@ -1,5 +1,6 @@
 //! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder;
-//! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips).
+//! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips);
+//! `pal data ood`: the out-of-distribution check set for well-formed answers.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,23 @@ pub enum DataCommand {
     /// The multi-task instruction set: the shared real audio plus generated beeps, noises,
     /// chords and espeak-ng speech, each with a held-out test split.
     Instruct(InstructArgs),
+    /// The out-of-distribution check set: real and long speech, music, noise, silence and
+    /// joined sounds of 1 to 120 s, four questions each, for the well-formedness of answers.
+    Ood(OodArgs),
+}
+
+/// Arguments of `pal data ood`.
+#[derive(Args)]
+pub struct OodArgs {
+    /// The shared data folder (speech_samples/, esc10/).
+    #[arg(long)]
+    root: PathBuf,
+    /// Where the manifest (`test.jsonl`) and the clips go.
+    #[arg(long, default_value = "data/ood")]
+    out: PathBuf,
+    /// Seed of every random draw (the same seed gives the same files).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Arguments of `pal data instruct`.
@@ -52,6 +70,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Shared(args) => {
             let summary = pal_data::shared::build_shared_manifests(&args.root, &args.out)?;
+            for (path, n) in summary.manifests {
+                println!("{}\t{n}", path.display());
+            }
+            Ok(())
+        }
+        DataCommand::Ood(args) => {
+            let summary = pal_data::ood::build_ood_set(&args.root, &args.out, args.seed)?;
             for (path, n) in summary.manifests {
                 println!("{}\t{n}", path.display());
             }

@@ -31,6 +31,10 @@ pub struct EvalArgs {
     /// Closed answers by scoring every label's log-likelihood instead of generating.
     #[arg(long)]
     loglik: bool,
+    /// Word list for the well-formedness of answers (one word per line); default
+    /// `/usr/share/dict/words` (Debian: `apt-get install wamerican`), skipped when absent.
+    #[arg(long)]
+    words: Option<PathBuf>,
     #[command(flatten)]
     weights: super::WeightsArg,
 }
@@ -48,7 +52,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         (None, Some(s)) => pal_eval::EvalData::Shards(s),
         (None, None) => unreachable!("clap requires one"),
     };
-    let report = pal_eval::evaluate_with(&built, &data, args.batch, args.max_tokens, scoring)?;
+    let words = match pal_eval::wellformed::WordList::load_or_system(args.words.as_deref()) {
+        Ok(w) => Some(w),
+        // A list that was asked for must load; the system's is optional.
+        Err(e) if args.words.is_some() => return Err(e),
+        Err(e) => {
+            eprintln!("note: well-formedness not judged: {e}");
+            None
+        }
+    };
+    let report = pal_eval::evaluate_with(
+        &built,
+        &data,
+        args.batch,
+        args.max_tokens,
+        scoring,
+        words.as_ref(),
+    )?;
     if let Some(path) = &args.json {
         let mut f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -58,15 +78,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let summary = serde_json::json!({
             "data": data.to_string(), "total": report.total, "correct": report.correct,
             "accuracy": report.accuracy, "wer": report.wer, "bleu4": report.bleu4, "cider_d": report.cider_d,
+            "well_formed": report.well_formed,
         });
         std::fs::write(
             path.with_extension("summary.json"),
             serde_json::to_string_pretty(&summary)?,
         )?;
     }
-    println!("| data | examples | accuracy | WER | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {:.2}% ({}/{}) | {:.2}% | {:.2} | {:.3} |",
+        "| data | examples | accuracy | WER | BLEU-4 | CIDEr-D | well-formed |\n|---|---|---|---|---|---|---|"
+    );
+    let well_formed = report
+        .well_formed
+        .map_or("-".to_string(), |w| format!("{:.1}%", 100.0 * w));
+    println!(
+        "| {} | {} | {:.2}% ({}/{}) | {:.2}% | {:.2} | {:.3} | {} |",
         data,
         report.total,
         100.0 * report.accuracy,
@@ -74,7 +100,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         report.total,
         100.0 * report.wer,
         100.0 * report.bleu4,
-        report.cider_d
+        report.cider_d,
+        well_formed
     );
     Ok(())
 }
