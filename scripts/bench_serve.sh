@@ -52,6 +52,18 @@ if (512, 8) in by and (0, 1) in by:
 print("""
 ## Earlier figures
 
+2026-11-30, the same server (continuous batching, encoder thread, quantized decoding) with the
+adapter shipped before gated LAL (its answers to these questions were shorter on some clips):
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 7.056 | 1.793 | 3.965 | 1.341 | 1.786 | 175 | 7.5 | 0 |
+| off | 1 | 0 | 5.935 | 2.692 | 2.868 | 2.651 | 2.83 | 1319 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 11.904 | 1.02 | 2.319 | 0.782 | 0.941 | 212 | 6.4 | 200 |
+| 512 MiB, warm | 1 | 0 | 9.329 | 1.715 | 1.81 | 1.666 | 1.78 | 1358 | 1.0 | 200 |
+
+Batching speed-up then: 1.19x (cache off), 1.28x (warm).
+
 2026-11, static batches, encoder on the model thread, with the audio cache, f32 decoding:
 
 | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | batches | mean batch | cache hits |
