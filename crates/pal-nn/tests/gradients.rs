@@ -7,8 +7,7 @@ use pal_nn::ops::{
     rope, scaled_masked_softmax, softmax_last_dim,
 };
 use pal_nn::{
-    attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
-    causal_mask, Linear,
+    attention, attention_backward, attention_split, attention_split_backward, causal_mask, Linear,
 };
 
 const EPS: f64 = 1e-6;
@@ -248,46 +247,6 @@ fn split_attention_keeps_the_text_weights_whatever_the_prefix() {
     }
 }
 
-#[test]
-fn closed_form_split_attention_backward_equals_autograd() {
-    let (q, k, v) = (
-        rand(&[2, 4, 3, 4], 47),
-        rand(&[2, 2, 6, 4], 48),
-        rand(&[2, 2, 6, 4], 49),
-    );
-    let mask = causal_mask(3, 6, None, DType::F64, &Device::Cpu).unwrap();
-    let (qv, kv, vv) = (
-        Var::from_tensor(&q).unwrap(),
-        Var::from_tensor(&k).unwrap(),
-        Var::from_tensor(&v).unwrap(),
-    );
-    let (out, _) = attention_split(
-        qv.as_tensor(),
-        kv.as_tensor(),
-        vv.as_tensor(),
-        Some(&mask),
-        0.5,
-        3,
-    )
-    .unwrap();
-    let d_out = rand(out.dims(), 50);
-    let grads = (&out * &d_out)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let (_, probs) = attention_split(&q, &k, &v, Some(&mask), 0.5, 3).unwrap();
-    let (dq, dk, dv) = attention_split_backward(&q, &k, &v, &probs, &d_out, 0.5, 3).unwrap();
-    for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
-        let diff = max_abs_diff(&closed, grads.get(var.as_tensor()).unwrap());
-        assert!(
-            diff < 1e-12,
-            "d{name}: closed form differs from autograd by {diff}"
-        );
-    }
-}
-
 /// Total number of gradient elements held by a gradient store.
 fn held_elements(grads: &candle_core::backprop::GradStore) -> usize {
     grads
@@ -430,7 +389,8 @@ fn lora_linear_gradients_match_finite_differences_and_start_as_the_base() {
 
 #[test]
 fn closed_form_attention_backward_equals_autograd() {
-    // What the frozen-layer node uses instead of recording attention's ops.
+    // What the frozen-layer node uses instead of recording attention's ops: plain attention, and
+    // attention whose first two keys have a softmax of their own (gated LAL).
     let (q, k, v) = (
         rand(&[2, 4, 3, 4], 40),
         rand(&[2, 2, 5, 4], 41),
@@ -442,35 +402,41 @@ fn closed_form_attention_backward_equals_autograd() {
     )
     .unwrap();
     let mask = causal_mask(3, 5, Some(&valid), DType::F64, &Device::Cpu).unwrap();
-    let (qv, kv, vv) = (
-        Var::from_tensor(&q).unwrap(),
-        Var::from_tensor(&k).unwrap(),
-        Var::from_tensor(&v).unwrap(),
-    );
-    let out = attention(
-        qv.as_tensor(),
-        kv.as_tensor(),
-        vv.as_tensor(),
-        Some(&mask),
-        0.5,
-    )
-    .unwrap();
-    let d_out = rand(out.dims(), 43);
-    let grads = (&out * &d_out)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let (_, probs) = attention_with_probs(&q, &k, &v, Some(&mask), 0.5).unwrap();
-    let (dq, dk, dv) = attention_backward(&q, &k, &v, &probs, &d_out, 0.5).unwrap();
-    for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
-        let auto = grads.get(var.as_tensor()).unwrap();
-        let diff = max_abs_diff(&closed, auto);
-        assert!(
-            diff < 1e-12,
-            "d{name}: closed form differs from autograd by {diff}"
+    for own_softmax in [0, 2] {
+        let (qv, kv, vv) = (
+            Var::from_tensor(&q).unwrap(),
+            Var::from_tensor(&k).unwrap(),
+            Var::from_tensor(&v).unwrap(),
         );
+        let (out, _) = attention_split(
+            qv.as_tensor(),
+            kv.as_tensor(),
+            vv.as_tensor(),
+            Some(&mask),
+            0.5,
+            own_softmax,
+        )
+        .unwrap();
+        let d_out = rand(out.dims(), 43);
+        let grads = (&out * &d_out)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (_, probs) = attention_split(&q, &k, &v, Some(&mask), 0.5, own_softmax).unwrap();
+        let (dq, dk, dv) = match own_softmax {
+            0 => attention_backward(&q, &k, &v, &probs, &d_out, 0.5).unwrap(),
+            p => attention_split_backward(&q, &k, &v, &probs, &d_out, 0.5, p).unwrap(),
+        };
+        for (name, closed, var) in [("q", dq, &qv), ("k", dk, &kv), ("v", dv, &vv)] {
+            let auto = grads.get(var.as_tensor()).unwrap();
+            let diff = max_abs_diff(&closed, auto);
+            assert!(
+                diff < 1e-12,
+                "d{name} (own softmax {own_softmax}): closed form differs from autograd by {diff}"
+            );
+        }
     }
 }
 
