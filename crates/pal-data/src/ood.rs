@@ -65,10 +65,17 @@ fn looped(samples: &[f32], seconds: f32) -> Vec<f32> {
 
 /// A 16 kHz mono clip from a file of the shared data.
 fn read_clip(path: &Path) -> Result<Vec<f32>, BuildError> {
-    let audio = pal_audio::load_audio(path).map_err(|e| err(path, e))?;
+    // pal_audio's errors name the file already.
+    let failed = |e: pal_audio::AudioError| BuildError {
+        path: path.to_path_buf(),
+        message: e
+            .to_string()
+            .replacen(&format!("{}: ", path.display()), "", 1),
+    };
+    let audio = pal_audio::load_audio(path).map_err(failed)?;
     Ok(audio
         .to_16k(&path.display().to_string())
-        .map_err(|e| err(path, e))?
+        .map_err(failed)?
         .samples)
 }
 
@@ -94,6 +101,12 @@ fn melody(rng: &mut SplitMix64, seconds: f32) -> Vec<f32> {
 /// The set's clips, drawn from `rng`; `root` is the shared data folder.
 fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip>, BuildError> {
     let speech = root.join("speech_samples");
+    if !speech.is_dir() {
+        return Err(err(
+            root,
+            "no speech_samples/ folder: --root is the shared data folder (speech_samples/, esc10/)",
+        ));
+    }
     let jfk = read_clip(&speech.join("jfk_16k.wav"))?;
     let beckett = read_clip(&speech.join("beckett_16k.wav"))?;
     let alsa = read_clip(&speech.join("alsa/Front_Center.wav"))?;

@@ -118,6 +118,24 @@ fn ood_check_set_is_reproducible() {
     assert!((119.0..=120.0).contains(&max), "longest clip {max} s");
 }
 
+/// A wrong `--root` is named, with what it should hold.
+#[test]
+fn ood_check_set_names_a_wrong_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = pal()
+        .args(["data", "ood", "--root"])
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(tmp.path().join("ood"))
+        .output()
+        .unwrap();
+    let message = common::failure(&out);
+    assert!(
+        message.contains(&tmp.path().display().to_string()) && message.contains("speech_samples"),
+        "{message}"
+    );
+}
+
 /// Runs `pal probe attention` and returns its JSON report.
 fn probe_attention(run: &Path, out: &Path) -> serde_json::Value {
     ok(&pal()
