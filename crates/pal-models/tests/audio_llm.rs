@@ -252,7 +252,11 @@ fn open_gates(params: &Params) {
 }
 
 fn check_adapter_gradients(route: Route, gate: bool, names: &[&str]) {
-    let (m, params) = model(route, DType::F64, |a| a.lal.gate = gate);
+    let (m, params) = model(route, DType::F64, |a| {
+        a.lal.gate = gate;
+        // PAL's gates scaled (tanh(3 g)), LAL's not.
+        a.lal.gate_scale = if route == Route::Pal { 3.0 } else { 1.0 };
+    });
     open_gates(&params);
     let vars = params.vars();
     let items = vec![

@@ -193,7 +193,7 @@ pub enum LalRope {
 }
 
 /// LAL options of one encoder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LalConfig {
     /// Layers that receive audio keys/values; default all (from `start`).
@@ -217,6 +217,29 @@ pub struct LalConfig {
     /// can never take attention away from the text, however long or unfamiliar the clip.
     #[serde(default)]
     pub gate: bool,
+    /// With `gate`: the gate is `tanh(gate_scale * g)`. Under Adam a parameter moves by about the
+    /// learning rate per step whatever its gradient's size, so a scale of 10 lets the gate open
+    /// about 10 times faster than the projectors learn.
+    #[serde(default = "unit_scale")]
+    pub gate_scale: f64,
+}
+
+impl Default for LalConfig {
+    fn default() -> Self {
+        Self {
+            layers: None,
+            start: 0,
+            projector: LalProjector::default(),
+            audio_norm: LalAudioNorm::default(),
+            rope: LalRope::default(),
+            gate: false,
+            gate_scale: unit_scale(),
+        }
+    }
+}
+
+fn unit_scale() -> f64 {
+    1.0
 }
 
 impl LalConfig {

@@ -29,6 +29,8 @@ pub struct LalAdapter {
     /// (named `{encoder}.lal.layers.{layer}.gate`, starting at 0); the audio values are scaled by
     /// `tanh(g)` and the audio keys get their own softmax.
     pub gates: Option<Vec<Tensor>>,
+    /// The gate is `tanh(gate_scale * g)` ([`crate::audio_llm::LalConfig::gate_scale`]).
+    pub gate_scale: f64,
 }
 
 /// The projector parameters of [`LalAdapter`], one module per LAL layer (named
@@ -116,6 +118,7 @@ impl LalAdapter {
             own_norms,
             rope: a.lal.rope,
             gates,
+            gate_scale: a.lal.gate_scale,
         })
     }
 
@@ -194,7 +197,7 @@ impl LalAdapter {
     /// The gate of the `j`-th LAL layer as `tanh(g)` `(kv_heads)`, if gated.
     pub fn gate_values(&self, j: usize) -> Result<Option<Tensor>> {
         Ok(match &self.gates {
-            Some(gates) => Some(gates[j].tanh()?),
+            Some(gates) => Some((&gates[j] * self.gate_scale)?.tanh()?),
             None => None,
         })
     }
