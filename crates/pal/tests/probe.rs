@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{models_present, pal, python, repo};
+use common::{models_present, ok, pal, python, repo};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -121,11 +121,7 @@ fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let after = finished(dir);
     assert_eq!(
         after.len(),

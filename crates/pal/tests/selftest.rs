@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::pal;
+use common::{ok, pal};
 
 #[test]
 fn selftest_passes_on_the_cpu_and_writes_its_checks() {
@@ -15,11 +15,7 @@ fn selftest_passes_on_the_cpu_and_writes_its_checks() {
         .arg(&json)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let checks = report["checks"].as_array().unwrap();

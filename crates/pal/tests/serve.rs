@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{models_present, pal, repo};
+use common::{models_present, ok, pal, repo};
 use pal_models::audio_llm::{write_untrained_run, ModelConfig};
 
 /// Starts `pal serve` on a free port; returns the child (the caller waits for it) and its address.
@@ -57,11 +57,7 @@ fn ask(run: &Path, clip: &Path, question: &str, extra: &[&str]) -> String {
         .arg(question)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     String::from_utf8(out.stdout)
         .unwrap()
         .trim_end_matches('\n')
@@ -105,11 +101,7 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
             .args(["--temperature", temperature, "--seed", seed])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&out);
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let expected = ask(
             &run,

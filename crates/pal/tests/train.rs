@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{models_present, pal, tone_manifest, tone_model};
+use common::{models_present, ok, pal, tone_manifest, tone_model};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -51,11 +51,7 @@ fn killed_run_resumes_to_the_same_losses() {
         .arg(&config_a)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let straight = losses(&a.path().join("run"));
     assert_eq!(
         straight.iter().map(|l| l.0).collect::<Vec<_>>(),
@@ -103,11 +99,7 @@ fn killed_run_resumes_to_the_same_losses() {
         .arg(&config_b)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
     let resumed = losses(&b.path().join("run"));
     assert_eq!(resumed.len(), 8, "{resumed:?}");
@@ -240,11 +232,7 @@ trainable = "full"
         .arg(&config)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let run = dir.path().join("run");
     let metrics = pal_train::metrics::read(&run.join("metrics.jsonl")).unwrap();
     let stage_names: Vec<&str> = metrics.iter().map(|m| m.stage.as_str()).collect();

@@ -65,21 +65,24 @@ pub struct SharedArgs {
     out: PathBuf,
 }
 
+/// Prints each manifest written, with its line count.
+fn print_manifests(summary: &pal_data::shared::BuildSummary) {
+    for (path, n) in &summary.manifests {
+        println!("{}\t{n}", path.display());
+    }
+}
+
 /// Runs a data command.
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Shared(args) => {
             let summary = pal_data::shared::build_shared_manifests(&args.root, &args.out)?;
-            for (path, n) in summary.manifests {
-                println!("{}\t{n}", path.display());
-            }
+            print_manifests(&summary);
             Ok(())
         }
         DataCommand::Ood(args) => {
             let summary = pal_data::ood::build_ood_set(&args.root, &args.out, args.seed)?;
-            for (path, n) in summary.manifests {
-                println!("{}\t{n}", path.display());
-            }
+            print_manifests(&summary);
             Ok(())
         }
         DataCommand::Instruct(args) => {
@@ -91,9 +94,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                     espeak: !args.no_espeak,
                     generated_per_task: args.generated,
                 })?;
-            for (path, n) in summary.manifests {
-                println!("{}\t{n}", path.display());
-            }
+            print_manifests(&summary);
             Ok(())
         }
     }
