@@ -1,20 +1,36 @@
 #!/usr/bin/env python3
-"""PyTorch (eager, CPU) reference for `pal bench modes`: one training step of PLITS or LAL on a
-frozen Llama-family LLM with the same shapes and the same mechanism as pal (PAPER.md), so the two
-can be timed side by side in one run. Weights are random (timing does not depend on them); only
-the connector (PLITS) or the per-layer projectors (LAL) train, the LLM is frozen
-(`requires_grad_(False)`, so PyTorch computes no weight gradients for it either).
+"""PyTorch reference for `pal bench modes`: one training step of PLITS or LAL on a frozen
+Llama-family LLM with the same shapes, mechanism (PAPER.md) and loss as pal, so the two can be
+timed side by side in one run. Written as a PyTorch user would write it: `nn.Linear` modules
+(one per LAL layer), `F.rms_norm`, `F.scaled_dot_product_attention` with GQA, the frozen LLM
+under `requires_grad_(False)` (no weight gradients for it), and optionally `torch.compile`.
 
-    python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64
+Timing (random weights; the values do not change the time):
 
-Prints one JSON line: {"mode", "step_seconds" and "forward_seconds" (medians), "peak_rss_bytes",
-"threads"}.
-Needs only `torch`. pal runs it through `pal bench modes --compare-python PYTHON`.
+    python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64 [--compile]
+
+prints one JSON line: {"mode", "step_seconds" and "forward_seconds" (medians of forward +
+backward, and of the forward; no optimizer step, as on pal's side), "peak_rss_bytes",
+"threads", "torch", "compiled"}.
+
+Parity (before timing): `--parity FILE` loads the weights, inputs, loss and adapter gradients
+that pal wrote for one step (`pal bench modes --compare-python`), runs the same step in f32 and
+again in f64 (the exact answer, to f32's eyes), and prints {"parity": {"loss_pal",
+"loss_torch", "loss_relative_error", "gradient_relative_error" (pal against PyTorch f32: the
+largest over the adapter's tensors of max|g_a - g_b| / max|g_b|), "pal_error_vs_f64",
+"torch_error_vs_f64", "ok"}}. ok when the losses agree to 1e-4 and pal's gradients are within
+1e-3 of the f64 step, or no further from it than twice PyTorch's own f32 gradients (through 30
+layers of backward, f32 rounding alone reaches 1e-3 on the first layers' projectors).
+
+Needs only `torch`. pal runs it through `pal bench modes --compare-python PYTHON`, with the same
+allocator settings as pal's (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_).
 """
 import argparse
 import json
+import mmap
 import resource
 import statistics
+import struct
 import time
 
 import torch
@@ -22,12 +38,31 @@ import torch.nn.functional as F
 
 # SmolLM2-135M shapes.
 SMOLLM2 = dict(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, theta=100000.0, eps=1e-5)
-# Llama-3.2-1B shapes.
+# Llama-3.2-1B shapes (its RoPE scaling changes only the table's values, not the time).
 LLAMA32_1B = dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, theta=500000.0, eps=1e-5)
 
+LOSS_TOLERANCE = 1e-4
+GRADIENT_TOLERANCE = 1e-3
 
-def rms_norm(x, w, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+def read_safetensors(path):
+    """A safetensors file as {name: tensor} (F32 and I64 only), without the safetensors package."""
+    dtypes = {"F32": torch.float32, "I64": torch.int64}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        # Mapped copy-on-write: the weights are read in place, not copied (gigabytes at 1B).
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = dtypes[info["dtype"]]
+        count = (end - start) // dtype.itemsize
+        flat = torch.frombuffer(data, dtype=dtype, count=count, offset=8 + n + start)
+        out[name] = flat.reshape(info["shape"])
+    return out
 
 
 def rope(x, cos, sin):
@@ -43,30 +78,40 @@ def rope_table(positions, head_dim, theta):
     return emb.cos()[:, None], emb.sin()[:, None]  # (b, 1, n, head_dim)
 
 
+class Layer(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, f, hd = c["hidden"], c["intermediate"], c["hidden"] // c["heads"]
+        lin = lambda i, o: torch.nn.Linear(i, o, bias=False)  # noqa: E731
+        self.input_layernorm = torch.nn.Parameter(torch.ones(d))
+        self.post_attention_layernorm = torch.nn.Parameter(torch.ones(d))
+        self.q_proj, self.o_proj = lin(d, d), lin(d, d)
+        self.k_proj, self.v_proj = lin(d, c["kv_heads"] * hd), lin(d, c["kv_heads"] * hd)
+        self.gate_proj, self.up_proj, self.down_proj = lin(d, f), lin(d, f), lin(f, d)
+
+
 class Llama(torch.nn.Module):
     """A frozen Llama decoder whose layers can take a per-layer key/value prefix (LAL)."""
 
     def __init__(self, c):
         super().__init__()
         self.c = c
-        d, f = c["hidden"], c["intermediate"]
-        self.head_dim = d // c["heads"]
-        kv = c["kv_heads"] * self.head_dim
-
-        def lin(o, i):
-            return torch.nn.Parameter(torch.randn(o, i) / i**0.5)
-
-        self.embed = torch.nn.Parameter(torch.randn(c["vocab"], d) * 0.02)
-        self.layers = torch.nn.ModuleList()
-        for _ in range(c["layers"]):
-            layer = torch.nn.Module()
-            layer.ln1 = torch.nn.Parameter(torch.ones(d))
-            layer.ln2 = torch.nn.Parameter(torch.ones(d))
-            layer.q, layer.k, layer.v, layer.o = lin(d, d), lin(kv, d), lin(kv, d), lin(d, d)
-            layer.gate, layer.up, layer.down = lin(f, d), lin(f, d), lin(d, f)
-            self.layers.append(layer)
-        self.norm = torch.nn.Parameter(torch.ones(d))
+        self.head_dim = c["hidden"] // c["heads"]
+        self.embed_tokens = torch.nn.Embedding(c["vocab"], c["hidden"])
+        self.layers = torch.nn.ModuleList(Layer(c) for _ in range(c["layers"]))
+        self.norm = torch.nn.Parameter(torch.ones(c["hidden"]))
+        self.lm_head = torch.nn.Linear(c["hidden"], c["vocab"], bias=False)
+        self.lm_head.weight = self.embed_tokens.weight  # tied, as SmolLM2 and Llama-3.2-1B
         self.requires_grad_(False)
+
+    def norm_of(self, x, weight):
+        return F.rms_norm(x, (x.shape[-1],), weight, self.c["eps"])
+
+    def keys_values(self, layer, h, cos, sin):
+        b, n, _ = h.shape
+        k = layer.k_proj(h).view(b, n, self.c["kv_heads"], self.head_dim).transpose(1, 2)
+        v = layer.v_proj(h).view(b, n, self.c["kv_heads"], self.head_dim).transpose(1, 2)
+        return rope(k, cos, sin), v
 
     def forward(self, x, positions, prefixes=None):
         """x: (b, n, d) input embeddings; prefixes: {layer: (k, v)} with (b, kv_heads, Na, hd)."""
@@ -75,21 +120,129 @@ class Llama(torch.nn.Module):
         cos, sin = rope_table(positions, hd, c["theta"])
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.ln1, c["eps"])
-            q = (h @ layer.q.T).view(b, n, c["heads"], hd).transpose(1, 2)
-            k = (h @ layer.k.T).view(b, n, c["kv_heads"], hd).transpose(1, 2)
-            v = (h @ layer.v.T).view(b, n, c["kv_heads"], hd).transpose(1, 2)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            h = self.norm_of(x, layer.input_layernorm)
+            q = rope(layer.q_proj(h).view(b, n, c["heads"], hd).transpose(1, 2), cos, sin)
+            k, v = self.keys_values(layer, h, cos, sin)
             mask = causal
             if prefixes is not None and i in prefixes:
                 pk, pv = prefixes[i]
                 k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
                 mask = torch.cat([torch.ones(n, pk.shape[2], dtype=torch.bool), causal], 1)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-            x = x + attn.transpose(1, 2).reshape(b, n, -1) @ layer.o.T
-            h = rms_norm(x, layer.ln2, c["eps"])
-            x = x + (F.silu(h @ layer.gate.T) * (h @ layer.up.T)) @ layer.down.T
-        return rms_norm(x, self.norm, c["eps"])
+            x = x + layer.o_proj(attn.transpose(1, 2).reshape(b, n, -1))
+            h = self.norm_of(x, layer.post_attention_layernorm)
+            x = x + layer.down_proj(F.silu(layer.gate_proj(h)) * layer.up_proj(h))
+        return self.norm_of(x, self.norm)
+
+
+class Adapter(torch.nn.Module):
+    """What trains: PLITS's MLP connector (Linear-GELU-Linear, pal's default), or one linear
+    projector per LAL layer (pal's `projector = "linear"`)."""
+
+    def __init__(self, mode, c, d_enc, lal_layers):
+        super().__init__()
+        d = c["hidden"]
+        if mode == "plits":
+            self.fc1, self.fc2 = torch.nn.Linear(d_enc, d), torch.nn.Linear(d, d)
+        else:
+            self.lal_layers = lal_layers
+            self.proj = torch.nn.ModuleList(torch.nn.Linear(d_enc, d) for _ in lal_layers)
+
+    def pal_names(self):
+        """This module's parameters under pal's names (`audio.connector.mlp.fc1.weight`, ...)."""
+        if hasattr(self, "fc1"):
+            return {f"audio.connector.mlp.{n}": p for n, p in self.named_parameters()}
+        return {
+            f"audio.lal.layers.{i}.proj.{n}": p
+            for i, proj in zip(self.lal_layers, self.proj)
+            for n, p in proj.named_parameters()
+        }
+
+
+def make_step(mode, model, adapter, frames, ids):
+    c = model.c
+    b, na, nt = frames.shape[0], frames.shape[1], ids.shape[1]
+
+    def step():
+        text = model.embed_tokens(ids)
+        if mode == "plits":
+            audio = adapter.fc2(F.gelu(adapter.fc1(frames)))
+            positions = torch.arange(na + nt).expand(b, -1)
+            # The last audio row predicts the first text token, as in pal's batches.
+            hidden = model(torch.cat([audio, text], 1), positions)[:, na - 1 : -1]
+            targets = ids
+        else:
+            cos, sin = rope_table(torch.arange(na).expand(b, -1), model.head_dim, c["theta"])
+            prefixes = {}
+            for i, proj in zip(adapter.lal_layers, adapter.proj):
+                layer = model.layers[i]
+                h = model.norm_of(proj(frames), layer.input_layernorm)
+                prefixes[i] = model.keys_values(layer, h, cos, sin)
+            positions = torch.arange(na, na + nt).expand(b, -1)
+            hidden = model(text, positions, prefixes)[:, :-1]
+            targets = ids[:, 1:]
+        # The output projection runs on the predicting rows only.
+        logits = model.lm_head(hidden)
+        return F.cross_entropy(logits.reshape(-1, c["vocab"]), targets.reshape(-1))
+
+    return step
+
+
+def worst_error(grads, reference):
+    """The largest over tensors of max|g - ref| / max|ref|, and where it is."""
+    errors = {
+        name: float((grads[name].double() - ref.double()).abs().max() / ref.abs().max().clamp_min(1e-30))
+        for name, ref in reference.items()
+    }
+    name = max(errors, key=errors.get)
+    return errors[name], name
+
+
+def parity(path, mode, c, args):
+    """Loads pal's step (weights, inputs, loss, gradients) and compares it with this one, in f32
+    and in f64."""
+    t = read_safetensors(path)
+    frames, ids = t["frames"], t["ids"]
+    c = dict(c, layers=sum(1 for k in t if k.endswith(".input_layernorm") and k.startswith("llm.layers.")))
+    model = Llama(c)
+    lal_layers = list(range(args.lal_start, c["layers"]))
+    adapter = Adapter(mode, c, frames.shape[2], lal_layers)
+    with torch.no_grad():
+        model.embed_tokens.weight.copy_(t["llm.embed_tokens"])
+        model.norm.copy_(t["llm.norm"])
+        if not torch.equal(t["llm.lm_head"], t["llm.embed_tokens"]):
+            raise SystemExit("parity: pal's lm_head is not tied to the embeddings; this script ties them")
+        for i, layer in enumerate(model.layers):
+            for name, p in layer.named_parameters():
+                p.copy_(t[f"llm.layers.{i}.{name.removesuffix('.weight')}"])
+        for name, p in adapter.pal_names().items():
+            p.copy_(t[f"adapter.{name}"])
+    loss = make_step(mode, model, adapter, frames, ids)()
+    loss.backward()
+    torch_f32 = {name: p.grad.clone() for name, p in adapter.pal_names().items()}
+    pal = {name: t[f"grad.{name}"] for name in torch_f32}
+    model.double(), adapter.double()
+    adapter.zero_grad(set_to_none=True)
+    make_step(mode, model, adapter, frames.double(), ids)().backward()
+    exact = {name: p.grad for name, p in adapter.pal_names().items()}
+    loss_pal = float(t["loss"].reshape(-1)[0])
+    loss_error = abs(loss.item() - loss_pal) / abs(loss_pal)
+    worst, where = worst_error(pal, torch_f32)
+    pal_error, _ = worst_error(pal, exact)
+    torch_error, _ = worst_error(torch_f32, exact)
+    return {
+        "mode": mode,
+        "loss_pal": loss_pal,
+        "loss_torch": loss.item(),
+        "loss_relative_error": loss_error,
+        "gradient_relative_error": worst,
+        "worst_gradient": where,
+        "pal_error_vs_f64": pal_error,
+        "torch_error_vs_f64": torch_error,
+        "gradients_compared": len(pal),
+        "ok": loss_error <= LOSS_TOLERANCE
+        and pal_error <= max(GRADIENT_TOLERANCE, 2 * torch_error),
+    }
 
 
 def main():
@@ -103,52 +256,25 @@ def main():
     p.add_argument("--lal-start", type=int, default=0)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="time the step under torch.compile")
+    p.add_argument("--parity", help="compare one step with pal's (a file pal wrote) instead of timing")
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     c = SMOLLM2 if args.shapes == "smollm2-135m" else LLAMA32_1B
+    if args.parity:
+        print(json.dumps({"parity": parity(args.parity, args.mode, c, args)}))
+        return
     model = Llama(c)
-    d, b, na, nt = c["hidden"], args.batch, args.audio_tokens, args.text_tokens
+    b, na, nt = args.batch, args.audio_tokens, args.text_tokens
     frames = torch.randn(b, na, args.d_enc)
     ids = torch.randint(0, c["vocab"], (b, nt))
-    lal_layers = list(range(args.lal_start, c["layers"]))
-    if args.mode == "plits":
-        # MLP connector, as pal's default: Linear(d_enc, d) -> GELU -> Linear(d, d).
-        w1 = torch.nn.Parameter(torch.randn(d, args.d_enc) / args.d_enc**0.5)
-        b1 = torch.nn.Parameter(torch.zeros(d))
-        w2 = torch.nn.Parameter(torch.randn(d, d) / d**0.5)
-        b2 = torch.nn.Parameter(torch.zeros(d))
-    else:
-        # One linear projector per LAL layer (batched), as pal's `projector = "linear"`.
-        w = torch.nn.Parameter(torch.randn(len(lal_layers), d, args.d_enc) / args.d_enc**0.5)
-        bias = torch.nn.Parameter(torch.zeros(len(lal_layers), 1, d))
-
-    def step():
-        text = model.embed[ids]
-        if args.mode == "plits":
-            audio = F.linear(F.gelu(F.linear(frames, w1, b1)), w2, b2)
-            x = torch.cat([audio, text], 1)
-            positions = torch.arange(na + nt).expand(b, -1)
-            hidden = model(x, positions)[:, na:]
-        else:
-            hd, kvh = model.head_dim, c["kv_heads"]
-            projected = torch.einsum("bne,lde->lbnd", frames, w) + bias[:, None]
-            cos, sin = rope_table(torch.arange(na).expand(b, -1), hd, c["theta"])
-            prefixes = {}
-            for j, i in enumerate(lal_layers):
-                layer = model.layers[i]
-                h = rms_norm(projected[j], layer.ln1, c["eps"])
-                k = (h @ layer.k.T).view(b, na, kvh, hd).transpose(1, 2)
-                v = (h @ layer.v.T).view(b, na, kvh, hd).transpose(1, 2)
-                prefixes[i] = (rope(k, cos, sin), v)
-            positions = torch.arange(na, na + nt).expand(b, -1)
-            hidden = model(text, positions, prefixes)
-        # Next-token loss on the text rows; the output projection runs on those rows only.
-        logits = hidden[:, :-1] @ model.embed.T
-        loss = F.cross_entropy(logits.reshape(-1, c["vocab"]), ids[:, 1:].reshape(-1))
-        return loss
-
+    adapter = Adapter(args.mode, c, args.d_enc, list(range(args.lal_start, c["layers"])))
+    step = make_step(args.mode, model, adapter, frames, ids)
+    if args.compile:
+        step = torch.compile(step)
     times, forwards = [], []
+    # The first step warms up (and, compiled, compiles); it is not timed.
     for s in range(args.steps + 1):
         start = time.perf_counter()
         loss = step()
@@ -157,11 +283,12 @@ def main():
         if s > 0:
             times.append(time.perf_counter() - start)
             forwards.append(forward)
+        adapter.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"mode": args.mode, "step_seconds": statistics.median(times),
                       "forward_seconds": statistics.median(forwards),
                       "peak_rss_bytes": peak, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}))
+                      "torch": torch.__version__, "compiled": args.compile}))
 
 
 if __name__ == "__main__":

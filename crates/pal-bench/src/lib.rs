@@ -33,6 +33,21 @@ pub fn load_llm(path: &Path) -> anyhow::Result<(pal_models::Llama, pal_models::T
         .with_context(|| format!("loading the LLM from {}", path.display()))
 }
 
+/// pal's glibc allocator settings (`M_MMAP_THRESHOLD`): the `pal` binary sets them with
+/// `mallopt` at start, and reference scripts get them as glibc's environment variables
+/// ([`allocator_env`]), so both sides of a comparison run under the same allocator.
+pub const MALLOC_MMAP_THRESHOLD: i32 = 1 << 30;
+/// `M_TRIM_THRESHOLD`; see [`MALLOC_MMAP_THRESHOLD`].
+pub const MALLOC_TRIM_THRESHOLD: i32 = i32::MAX;
+
+/// The environment that gives a glibc process (a Python reference) pal's allocator settings.
+pub fn allocator_env() -> [(&'static str, String); 2] {
+    [
+        ("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD.to_string()),
+        ("MALLOC_TRIM_THRESHOLD_", MALLOC_TRIM_THRESHOLD.to_string()),
+    ]
+}
+
 /// Threads the benchmarks run on.
 pub fn threads() -> usize {
     std::thread::available_parallelism()

@@ -107,8 +107,8 @@ pub const DESCRIBE_QUESTION: &str = "Describe the sound.";
 /// The question asked of speech clips.
 pub const SPEECH_QUESTION: &str = "What is said?";
 
-/// Writes `out/fsdd`, `out/esc10`, `out/esc10-captions` and `out/speech` (each `train.jsonl` and
-/// `test.jsonl`) from `root` (the shared `data` folder). Audio paths are absolute.
+/// Writes `out/fsdd`, `out/esc10`, `out/esc10-probe` (half the sources held out),
+/// `out/esc10-captions` and `out/speech` (each `train.jsonl` and `test.jsonl`) from `root` (the shared `data` folder). Audio paths are absolute.
 pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, BuildError> {
     let root = root.canonicalize().map_err(|e| err(root, e))?;
     let mut summary = BuildSummary::default();
@@ -144,12 +144,24 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
             list.iter().skip(2).step_by(5).cloned().collect::<Vec<_>>()
         })
         .collect();
+    // The probe's split: half of each class's sources held out (every second one), a test split
+    // twice as large (about 40 clips) for comparisons whose intervals mean something.
+    let half_held_out: Vec<String> = sources
+        .values()
+        .flat_map(|list| list.iter().skip(1).step_by(2).cloned().collect::<Vec<_>>())
+        .collect();
+    let (mut probe_train, mut probe_test) = (vec![], vec![]);
     let (mut train, mut test, mut train_captions, mut test_captions) =
         (vec![], vec![], vec![], vec![]);
     for r in &rows {
         let path = esc.join(&r["path"]);
         let label = line(&path, SOUND_QUESTION, &r["category"].replace('_', " "));
         let described = line(&path, DESCRIBE_QUESTION, caption(&r["category"]));
+        if half_held_out.contains(&r["src_file"]) {
+            probe_test.push(label.clone());
+        } else {
+            probe_train.push(label.clone());
+        }
         if held_out.contains(&r["src_file"]) {
             test.push(label);
             test_captions.push(described);
@@ -160,6 +172,16 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
     }
     write(&out.join("esc10/train.jsonl"), &train, &mut summary)?;
     write(&out.join("esc10/test.jsonl"), &test, &mut summary)?;
+    write(
+        &out.join("esc10-probe/train.jsonl"),
+        &probe_train,
+        &mut summary,
+    )?;
+    write(
+        &out.join("esc10-probe/test.jsonl"),
+        &probe_test,
+        &mut summary,
+    )?;
     write(
         &out.join("esc10-captions/train.jsonl"),
         &train_captions,

@@ -43,6 +43,7 @@ use pal_models::audio_llm::config::{
 use pal_models::encoders::{LayerSelection, WindowPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::word_error_rate;
 use crate::stats::{paired, MeanCi, Paired};
 
 /// The suite file.
@@ -83,6 +84,34 @@ pub struct Split {
     /// ...or a shard set (needed for external encoders).
     #[serde(default)]
     pub shards: Option<PathBuf>,
+    /// How an answer is scored.
+    #[serde(default)]
+    pub score: Scoring,
+}
+
+/// How a split's answers are scored, per item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scoring {
+    /// 1 when `pal eval` judges the answer correct, else 0 (closed answers: labels, digits).
+    #[default]
+    Correct,
+    /// `max(0, 1 - WER)` of the answer against the reference: graded credit for transcripts,
+    /// where an exact sentence is too coarse a measure after a short training.
+    WordAccuracy,
+}
+
+impl Scoring {
+    /// The score of one `pal eval --json` item (`correct`, `reference`, `answer`).
+    pub fn of(self, item: &serde_json::Value) -> f64 {
+        match self {
+            Self::Correct => (item["correct"].as_bool() == Some(true)) as u8 as f64,
+            Self::WordAccuracy => {
+                let text = |k: &str| item[k].as_str().unwrap_or_default();
+                (1.0 - word_error_rate(&[(text("reference"), text("answer"))])).max(0.0)
+            }
+        }
+    }
 }
 
 /// An encoder of the grid.
@@ -157,17 +186,41 @@ impl Cell {
 pub struct CellResult {
     /// The cell.
     pub cell: Cell,
-    /// Per split: each item's correctness, in split order.
-    pub correct: BTreeMap<String, Vec<bool>>,
+    /// Per split: each item's score ([`Scoring`]: 1 or 0, or word accuracy), in split order.
+    pub scores: BTreeMap<String, Vec<f64>>,
     /// Training wall time, seconds.
     pub train_s: f64,
     /// Median optimizer step, seconds.
     pub step_s: f64,
     /// Peak RSS of training, MiB.
     pub peak_rss_mib: f64,
+    /// [`Suite::digest`] when the cell ran: a cell is reused only under the same training and
+    /// splits.
+    #[serde(default)]
+    pub suite_digest: String,
 }
 
 impl Suite {
+    /// SHA-256 of what a cell's result depends on besides the cell itself: the curriculum file
+    /// and every split's name and manifest (or shard index). Editing any of them makes `pal
+    /// probe` run the cells again instead of reusing results of another experiment.
+    pub fn digest(&self, base: &Path) -> anyhow::Result<String> {
+        use sha2::{Digest, Sha256};
+        let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+        let mut hash = Sha256::new();
+        hash.update(read(&base.join(&self.curriculum))?);
+        for split in &self.splits {
+            hash.update(split.name.as_bytes());
+            let file = match (&split.manifest, &split.shards) {
+                (Some(m), _) => base.join(m),
+                (None, Some(sh)) => base.join(sh).join("index.json"),
+                (None, None) => unreachable!("checked at load"),
+            };
+            hash.update(read(&file)?);
+        }
+        Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Reads a suite; errors name the file and field.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -268,6 +321,7 @@ pub fn run(
     let base = suite_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = base.join(&suite.output);
     let cells = suite.cells();
+    let digest = suite.digest(&base)?;
     let mut results = vec![];
     for (i, cell) in cells.iter().enumerate() {
         progress(i, cells.len(), cell);
@@ -275,7 +329,7 @@ pub fn run(
         let record = dir.join("cell.json");
         if let Ok(text) = std::fs::read_to_string(&record) {
             if let Ok(done) = serde_json::from_str::<CellResult>(&text) {
-                if done.cell == *cell {
+                if done.cell == *cell && done.suite_digest == digest {
                     results.push(done);
                     continue;
                 }
@@ -284,7 +338,12 @@ pub fn run(
         // A cell interrupted before its record is run again from scratch.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        results.push(run_cell(&suite, &base, cell, &dir, pal)?);
+        let mut result = run_cell(&suite, &base, cell, &dir, pal)?;
+        result.suite_digest = digest.clone();
+        let tmp = dir.join("cell.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)?;
+        std::fs::rename(&tmp, dir.join("cell.json"))?;
+        results.push(result);
     }
     progress(
         cells.len(),
@@ -361,7 +420,7 @@ fn run_cell(
         ]),
         "training",
     )?;
-    let mut correct = BTreeMap::new();
+    let mut scores = BTreeMap::new();
     for split in &suite.splits {
         let json = dir.join(format!("eval-{}.jsonl", split.name));
         let (flag, path) = match (&split.manifest, &split.shards) {
@@ -381,16 +440,11 @@ fn run_cell(
             ]),
             "evaluation",
         )?;
-        let items: Vec<bool> = std::fs::read_to_string(&json)?
+        let items: Vec<f64> = std::fs::read_to_string(&json)?
             .lines()
-            .map(|l| {
-                Ok(
-                    serde_json::from_str::<serde_json::Value>(l)?["correct"].as_bool()
-                        == Some(true),
-                )
-            })
+            .map(|l| Ok(split.score.of(&serde_json::from_str(l)?)))
             .collect::<anyhow::Result<_>>()?;
-        correct.insert(split.name.clone(), items);
+        scores.insert(split.name.clone(), items);
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("train_summary.json"))?)?;
@@ -402,14 +456,12 @@ fn run_cell(
     steps.sort_by(f64::total_cmp);
     let result = CellResult {
         cell: cell.clone(),
-        correct,
+        scores,
         train_s: summary["seconds"].as_f64().unwrap_or(f64::NAN),
         step_s: steps.get(steps.len() / 2).copied().unwrap_or(f64::NAN),
         peak_rss_mib: summary["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+        suite_digest: String::new(),
     };
-    let tmp = dir.join("cell.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)?;
-    std::fs::rename(&tmp, dir.join("cell.json"))?;
     Ok(result)
 }
 
@@ -427,6 +479,11 @@ pub struct Row {
     /// Per split: this mode against PLITS of the same encoder variant on the same items and
     /// seeds (absent for PLITS and when PLITS was not run).
     pub against_plits: BTreeMap<String, Paired>,
+    /// The mean of the splits' accuracies (each split counts once), over seeds with its 95%
+    /// interval.
+    pub mean_accuracy: MeanCi,
+    /// Against PLITS on every item of every split, pooled (absent as for `against_plits`).
+    pub against_plits_all: Option<Paired>,
     /// Mean training time, seconds.
     pub train_s: f64,
     /// Mean of the cells' median step, seconds.
@@ -456,17 +513,22 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
         .map(|(row, mode)| {
             let cells = cells_of(row, *mode);
             let plits = cells_of(row, Route::Plits);
-            let splits: Vec<String> = cells[0].correct.keys().cloned().collect();
+            let splits: Vec<String> = cells[0].scores.keys().cloned().collect();
             let mut accuracy = BTreeMap::new();
             let mut against_plits = BTreeMap::new();
+            let (mut pooled, mut pooled_plits) = (vec![], vec![]);
+            let mut per_seed_sum = vec![0.0; cells.len()];
             for split in &splits {
                 let accs: Vec<f64> = cells
                     .iter()
                     .map(|c| {
-                        let v = &c.correct[split];
-                        v.iter().filter(|&&x| x).count() as f64 / v.len().max(1) as f64
+                        let v = &c.scores[split];
+                        v.iter().sum::<f64>() / v.len().max(1) as f64
                     })
                     .collect();
+                for (sum, a) in per_seed_sum.iter_mut().zip(&accs) {
+                    *sum += a / splits.len() as f64;
+                }
                 accuracy.insert(split.clone(), MeanCi::of(&accs));
                 let same_seeds = plits.len() == cells.len()
                     && plits
@@ -474,16 +536,12 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
                         .zip(&cells)
                         .all(|(p, c)| p.cell.seed == c.cell.seed);
                 if *mode != Route::Plits && same_seeds {
-                    let a: Vec<bool> = cells
-                        .iter()
-                        .flat_map(|c| c.correct[split].clone())
-                        .collect();
-                    let b: Vec<bool> = plits
-                        .iter()
-                        .flat_map(|c| c.correct[split].clone())
-                        .collect();
+                    let a: Vec<f64> = cells.iter().flat_map(|c| c.scores[split].clone()).collect();
+                    let b: Vec<f64> = plits.iter().flat_map(|c| c.scores[split].clone()).collect();
                     if a.len() == b.len() {
                         against_plits.insert(split.clone(), paired(&a, &b));
+                        pooled.extend(a);
+                        pooled_plits.extend(b);
                     }
                 }
             }
@@ -495,7 +553,10 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
                 mode: *mode,
                 seeds: cells.iter().map(|c| c.cell.seed).collect(),
                 accuracy,
+                against_plits_all: (against_plits.len() == splits.len() && !pooled.is_empty())
+                    .then(|| paired(&pooled, &pooled_plits)),
                 against_plits,
+                mean_accuracy: MeanCi::of(&per_seed_sum),
                 train_s: mean(&|c| c.train_s),
                 step_s: mean(&|c| c.step_s),
                 peak_rss_mib: cells.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max),
@@ -504,47 +565,154 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
         .collect()
 }
 
-/// The rows as a markdown table.
+/// The rows as markdown: accuracy per split, the paired comparisons against PLITS, and each
+/// row's training cost, one table each (so a suite of many splits stays readable).
 pub fn markdown(rows: &[Row]) -> String {
     let splits: Vec<String> = rows
         .first()
         .map(|r| r.accuracy.keys().cloned().collect())
         .unwrap_or_default();
-    let mut md = String::from("| encoder | mode | seeds |");
-    for s in &splits {
-        md.push_str(&format!(" {s} accuracy | {s}: against PLITS |"));
+    let name = |r: &Row| format!("| {} | {} |", r.row, format!("{:?}", r.mode).to_uppercase());
+    let header = |columns: Vec<String>| {
+        format!(
+            "| {} |\n|{}\n",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        )
+    };
+    let with = |first: &[&str], last: &[String]| -> Vec<String> {
+        first
+            .iter()
+            .map(|c| c.to_string())
+            .chain(last.iter().cloned())
+            .collect()
+    };
+    let percent = |a: MeanCi| format!(" {:.1}% ± {:.1} |", 100.0 * a.mean, 100.0 * a.half_width);
+    let versus = |p: Option<&Paired>| match p {
+        Some(p) => format!(
+            " {:+.1} ± {:.1} ({}) |",
+            100.0 * p.difference.mean,
+            100.0 * p.difference.half_width,
+            if p.real { "real" } else { "noise" }
+        ),
+        None => " - |".into(),
+    };
+    let mut columns = splits.clone();
+    columns.push("mean of splits".into());
+    let mut md = String::from("### Accuracy\n\n");
+    md.push_str(&header(with(&["encoder", "mode", "seeds"], &columns)));
+    for r in rows {
+        md.push_str(&format!("{} {} |", name(r), r.seeds.len()));
+        for s in &splits {
+            md.push_str(&percent(r.accuracy[s]));
+        }
+        md.push_str(&percent(r.mean_accuracy));
+        md.push('\n');
     }
-    md.push_str(" train time | median step | peak RSS |\n|---|---|---|");
-    md.push_str(&"---|---|".repeat(splits.len()));
-    md.push_str("---|---|---|\n");
+    let mut columns = splits.clone();
+    columns.push("all items".into());
+    md.push_str("\n### Against PLITS (paired: same encoder variant, items and seeds)\n\n");
+    md.push_str(&header(with(&["encoder", "mode"], &columns)));
+    for r in rows.iter().filter(|r| !r.against_plits.is_empty()) {
+        md.push_str(&name(r));
+        for s in &splits {
+            md.push_str(&versus(r.against_plits.get(s)));
+        }
+        md.push_str(&versus(r.against_plits_all.as_ref()));
+        md.push('\n');
+    }
+    md.push_str("\n### Training cost (this machine)\n\n");
+    md.push_str(&header(with(
+        &["encoder", "mode", "train time", "median step", "peak RSS"],
+        &[],
+    )));
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} |",
-            r.row,
-            format!("{:?}", r.mode).to_uppercase(),
-            r.seeds.len()
-        ));
-        for s in &splits {
-            let a = r.accuracy[s];
-            md.push_str(&format!(
-                " {:.1}% ± {:.1} |",
-                100.0 * a.mean,
-                100.0 * a.half_width
-            ));
-            match r.against_plits.get(s) {
-                Some(p) => md.push_str(&format!(
-                    " {:+.1} ± {:.1} ({}) |",
-                    100.0 * p.difference.mean,
-                    100.0 * p.difference.half_width,
-                    if p.real { "real" } else { "noise" }
-                )),
-                None => md.push_str(" - |"),
-            }
-        }
-        md.push_str(&format!(
-            " {:.0} s | {:.3} s | {:.0} MiB |\n",
-            r.train_s, r.step_s, r.peak_rss_mib
+            "{} {:.0} s | {:.3} s | {:.0} MiB |\n",
+            name(r),
+            r.train_s,
+            r.step_s,
+            r.peak_rss_mib
         ));
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(mode: Route, seed: u64, digits: &[bool], sounds: &[bool]) -> CellResult {
+        let scores = |v: &[bool]| v.iter().map(|&x| x as u8 as f64).collect::<Vec<f64>>();
+        CellResult {
+            cell: Cell {
+                row: "enc".into(),
+                mode,
+                seed,
+                layer: LayerSelection::default(),
+                lal_start: 15,
+                encoder: "enc".into(),
+            },
+            scores: BTreeMap::from([
+                ("digits".to_string(), scores(digits)),
+                ("sounds".to_string(), scores(sounds)),
+            ]),
+            train_s: 10.0 + seed as f64,
+            step_s: 0.5,
+            peak_rss_mib: 100.0 * (1 + seed) as f64,
+            suite_digest: String::new(),
+        }
+    }
+
+    #[test]
+    fn word_accuracy_gives_graded_credit_and_correct_gives_one_or_zero() {
+        let item = serde_json::json!({
+            "reference": "The red car stays behind the market.",
+            "answer": "the red car stays by the market",
+            "correct": false,
+        });
+        // One substitution in seven words.
+        assert!((Scoring::WordAccuracy.of(&item) - 6.0 / 7.0).abs() < 1e-12);
+        assert_eq!(Scoring::Correct.of(&item), 0.0);
+        let babble =
+            serde_json::json!({ "reference": "a b", "answer": "x y z w v", "correct": false });
+        assert_eq!(Scoring::WordAccuracy.of(&babble), 0.0, "never below 0");
+        assert_eq!(
+            Scoring::Correct.of(&serde_json::json!({ "correct": true })),
+            1.0
+        );
+    }
+
+    #[test]
+    fn rows_average_splits_per_seed_and_pool_items_against_plits() {
+        let (t, f) = (true, false);
+        let results = [
+            result(Route::Plits, 0, &[t, t, f, f], &[f, f]),
+            result(Route::Plits, 1, &[t, t, t, f], &[t, f]),
+            result(Route::Lal, 0, &[t, t, t, f], &[t, f]),
+            result(Route::Lal, 1, &[t, t, t, t], &[t, t]),
+        ];
+        let rows = aggregate(&results);
+        assert_eq!(rows.len(), 2);
+        let lal = &rows[1];
+        // Per seed: (3/4 + 1/2) / 2 = 0.625 and (1 + 1) / 2 = 1; their mean is 0.8125, and the
+        // t interval of two values is 12.706 * |1 - 0.625| / 2.
+        assert!((lal.mean_accuracy.mean - 0.8125).abs() < 1e-12);
+        assert!((lal.mean_accuracy.half_width - 12.706 * 0.375 / 2.0).abs() < 1e-3);
+        // Pooled: 12 item-seed pairs, LAL right where PLITS is wrong on 4 (digits 1 + 1, sounds
+        // 1 + 1) and never the reverse.
+        let all = lal
+            .against_plits_all
+            .as_ref()
+            .expect("PLITS ran on the same seeds");
+        assert_eq!(all.difference.n, 12);
+        assert_eq!((all.a_better, all.b_better), (4, 0));
+        assert!((all.difference.mean - 4.0 / 12.0).abs() < 1e-12);
+        assert!(rows[0].against_plits_all.is_none());
+        assert_eq!(rows[1].peak_rss_mib, 200.0);
+        let md = markdown(&rows);
+        assert!(md.contains("| encoder | mode | seeds | digits | sounds | mean of splits |"));
+        assert!(md.contains("| enc | LAL | 2 | 87.5% ±"), "{md}");
+        assert!(md.contains("| enc | LAL | +25.0 ±"), "{md}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The picture of a probe: per split, each row's accuracy (mean over seeds) with its 95%
+//! The picture of a probe: per split (panels two to a line), each row's accuracy (mean over seeds) with its 95%
 //! interval as a horizontal bar, rows top to bottom as in the table.
 
 use std::path::Path;
@@ -14,10 +14,14 @@ pub fn plot(rows: &[Row], out: &Path) -> anyhow::Result<()> {
     };
     let splits: Vec<String> = first.accuracy.keys().cloned().collect();
     let labels = pal_train::metrics::register_font();
+    // Panels two to a line when there are several splits.
+    let columns = splits.len().min(2);
+    let lines = splits.len().div_ceil(columns);
     let height = 60 + 28 * rows.len() as u32;
-    let root = BitMapBackend::new(out, (1000, height * splits.len() as u32)).into_drawing_area();
+    let size = (1000 * columns as u32, height * lines as u32);
+    let root = BitMapBackend::new(out, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let panels = root.split_evenly((splits.len(), 1));
+    let panels = root.split_evenly((lines, columns));
     let names: Vec<String> = rows
         .iter()
         .map(|r| format!("{} {}", r.row, format!("{:?}", r.mode).to_uppercase()))

@@ -63,32 +63,29 @@ impl MeanCi {
     }
 }
 
-/// A paired comparison of system A against system B on the same (seed, item) pairs.
+/// A paired comparison of system A against system B on the same (seed, item) pairs, by each
+/// item's score (1 or 0 for right or wrong, or a graded score such as word accuracy).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Paired {
     /// Mean of A's score minus B's, with its 95% interval over the pairs.
     pub difference: MeanCi,
-    /// Pairs A got right and B wrong.
-    pub a_only: usize,
-    /// Pairs B got right and A wrong.
-    pub b_only: usize,
+    /// Pairs where A scored higher (with right/wrong scores: A right, B wrong).
+    pub a_better: usize,
+    /// Pairs where B scored higher.
+    pub b_better: usize,
     /// Whether the interval excludes 0 (the difference is real, not noise).
     pub real: bool,
 }
 
-/// Compares correctness on the same items: `a[i]` and `b[i]` are the same item (and seed).
-pub fn paired(a: &[bool], b: &[bool]) -> Paired {
+/// Compares scores on the same items: `a[i]` and `b[i]` are the same item (and seed).
+pub fn paired(a: &[f64], b: &[f64]) -> Paired {
     assert_eq!(a.len(), b.len(), "paired comparison needs the same items");
-    let diffs: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| x as i32 as f64 - y as i32 as f64)
-        .collect();
+    let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let difference = MeanCi::of(&diffs);
     Paired {
         difference,
-        a_only: a.iter().zip(b).filter(|(&x, &y)| x && !y).count(),
-        b_only: a.iter().zip(b).filter(|(&x, &y)| !x && y).count(),
+        a_better: diffs.iter().filter(|&&d| d > 0.0).count(),
+        b_better: diffs.iter().filter(|&&d| d < 0.0).count(),
         real: difference.n > 1 && difference.excludes_zero(),
     }
 }
@@ -113,21 +110,21 @@ mod tests {
         // 10 pairs: A right and B wrong on 3, B right and A wrong on 1, equal on 6.
         // d = [1,1,1,-1,0,0,0,0,0,0]: mean 0.2, sd = sqrt((3 * 0.64 + 1.44 + 6 * 0.04) / 9)
         // = sqrt(0.4) = 0.632456, t(9) = 2.262, half-width = 2.262 * 0.632456 / sqrt(10) = 0.452398.
-        let a = [
-            true, true, true, false, true, true, false, false, true, false,
-        ];
-        let b = [
-            false, false, false, true, true, true, false, false, true, false,
-        ];
+        let a = [1., 1., 1., 0., 1., 1., 0., 0., 1., 0.];
+        let b = [0., 0., 0., 1., 1., 1., 0., 0., 1., 0.];
         let p = paired(&a, &b);
         assert!((p.difference.mean - 0.2).abs() < 1e-12);
         assert!((p.difference.half_width - 0.452398).abs() < 1e-5);
-        assert_eq!((p.a_only, p.b_only), (3, 1));
+        assert_eq!((p.a_better, p.b_better), (3, 1));
         assert!(!p.real, "0.2 +- 0.45 includes 0: noise");
         // 30 pairs where A wins 12 and never loses: real.
-        let a = vec![true; 30];
-        let b: Vec<bool> = (0..30).map(|i| i >= 12).collect();
+        let a = vec![1.0; 30];
+        let b: Vec<f64> = (0..30).map(|i| if i >= 12 { 1.0 } else { 0.0 }).collect();
         let p = paired(&a, &b);
         assert!(p.real && (p.difference.mean - 0.4).abs() < 1e-12);
+        // Graded scores: d = [0.5, -0.25, 0.25, 0]: mean 0.125, counted by sign.
+        let p = paired(&[1.0, 0.5, 0.75, 0.2], &[0.5, 0.75, 0.5, 0.2]);
+        assert!((p.difference.mean - 0.125).abs() < 1e-12);
+        assert_eq!((p.a_better, p.b_better), (2, 1));
     }
 }

@@ -57,8 +57,8 @@ fn keep_freed_memory() {
     }
     // SAFETY: mallopt only changes allocator tuning parameters; called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, pal_bench::MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, pal_bench::MALLOC_TRIM_THRESHOLD);
     }
 }
 

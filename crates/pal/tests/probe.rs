@@ -1,7 +1,7 @@
 //! `pal probe` end to end on an external encoder's shards (random features written by
 //! scripts/write_shards.py) with the real SmolLM2-135M: a grid of modes x seeds plus a LAL-start
 //! sweep runs, aggregates, and a probe killed with SIGKILL continues without redoing the cells it
-//! had finished.
+//! had finished, while a changed curriculum runs them all again.
 
 mod common;
 
@@ -146,4 +146,27 @@ fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
     assert!(png.len() > 1000, "the plot is drawn");
     let md = std::fs::read_to_string(dir.join("out/probe.md")).unwrap();
     assert!(md.contains("| random LAL from 26 | LAL | 2 |"), "{md}");
+
+    // Another curriculum is another experiment: no finished cell is reused.
+    let curriculum = std::fs::read_to_string(dir.join("curriculum.toml")).unwrap();
+    std::fs::write(
+        dir.join("curriculum.toml"),
+        curriculum.replace("lr = 1e-3", "lr = 2e-3"),
+    )
+    .unwrap();
+    let out = pal()
+        .args(["probe", "--quiet", "--suite", "suite.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    ok(&out);
+    let rerun = finished(dir);
+    assert_eq!(rerun.len(), 6);
+    for cell in &after {
+        assert!(
+            !rerun.contains(cell),
+            "{} was reused after the curriculum changed",
+            cell.0
+        );
+    }
 }

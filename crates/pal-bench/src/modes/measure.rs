@@ -31,7 +31,7 @@ pub fn setup_llm(setup: &Setup) -> anyhow::Result<(Llama, String)> {
 }
 
 /// The audio-LLM of a measurement: one encoder on `route`, LAL from `lal_start`.
-fn model(
+pub(super) fn model(
     setup: &Setup,
     route: pal_models::audio_llm::Route,
     params: &Params,
@@ -47,7 +47,7 @@ fn model(
 }
 
 /// `batch` examples of `na` random encoder frames and `text_tokens` token ids.
-fn examples(
+pub(super) fn examples(
     setup: &Setup,
     vocab: usize,
     batch: usize,

@@ -9,6 +9,7 @@
 //! caller's (the `pal` binary re-runs itself).
 
 pub mod measure;
+pub mod parity;
 pub mod plot;
 pub mod report;
 
@@ -172,6 +173,12 @@ pub struct ChildResult {
     /// Resident memory before the measurement (after loading).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_before_bytes: Option<f64>,
+    /// The PyTorch reference's torch version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<String>,
+    /// The PyTorch reference's intra-op threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 /// A whole run: the sweep and the setup.
@@ -186,7 +193,9 @@ pub struct ModesBench {
     pub infer_batches: Vec<usize>,
     /// Rounds; each runs every measurement once.
     pub rounds: usize,
-    /// A Python with torch: also time the PyTorch reference (PLITS and LAL, adapter only).
+    /// A Python with torch: first check that the PyTorch reference computes pal's loss and
+    /// gradients ([`parity`]), then time it, eager and under `torch.compile` (PLITS and LAL,
+    /// adapter only).
     pub compare_python: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
@@ -208,6 +217,25 @@ impl ModesBench {
             (None, Some(_)) => None,
         };
         let mut runs = report::Runs::default();
+        let mut parity = vec![];
+        if let (Some(python), Some(shapes), Some(&na)) = (
+            &self.compare_python,
+            &torch_shapes,
+            self.audio_tokens.first(),
+        ) {
+            for route in [Route::Plits, Route::Lal] {
+                let checked = self.parity(python, shapes, route, na)?;
+                eprintln!(
+                    "parity {route:?} Na {na}: loss {:.6} (pal) {:.6} (PyTorch); gradients against the f64 step: pal {:.1e}, PyTorch f32 {:.1e}",
+                    checked.loss_pal, checked.loss_torch, checked.pal_error_vs_f64, checked.torch_error_vs_f64
+                );
+                anyhow::ensure!(
+                    checked.ok,
+                    "pal and the PyTorch reference disagree on a {route:?} step, so timing them would compare different work: {checked:?}"
+                );
+                parity.push(checked);
+            }
+        }
         for round in 0..self.rounds.max(1) {
             for &na in &self.audio_tokens {
                 for &trainable in &self.trainable {
@@ -227,18 +255,28 @@ impl ModesBench {
                     if let (Some(python), Some(shapes), Trainable::Adapter) =
                         (&self.compare_python, &torch_shapes, trainable)
                     {
-                        for route in [Route::Plits, Route::Lal] {
+                        for (route, compiled) in [
+                            (Route::Plits, false),
+                            (Route::Lal, false),
+                            (Route::Plits, true),
+                            (Route::Lal, true),
+                        ] {
                             let m = Measurement::Train {
                                 route,
                                 audio_tokens: na,
                                 trainable,
                             };
-                            let result = self.torch(python, shapes, route, na)?;
+                            let result = self.torch(python, shapes, route, na, compiled)?;
                             eprintln!(
-                                "round {round} torch {route:?} Na {na}: {:.3} s/step",
+                                "round {round} torch {route:?} Na {na} compiled {compiled}: {:.3} s/step",
                                 result.step_seconds.unwrap_or(f64::NAN)
                             );
-                            runs.record(report::Implementation::Pytorch, m, result);
+                            let who = if compiled {
+                                report::Implementation::PytorchCompiled
+                            } else {
+                                report::Implementation::Pytorch
+                            };
+                            runs.record(who, m, result);
                         }
                     }
                 }
@@ -259,7 +297,28 @@ impl ModesBench {
                 }
             }
         }
-        ModesReport::new(self, runs)
+        ModesReport::new(self, runs, parity)
+    }
+
+    /// pal's step written to a file, repeated and compared by the reference script.
+    fn parity(
+        &self,
+        python: &std::path::Path,
+        shapes: &str,
+        route: Route,
+        na: usize,
+    ) -> anyhow::Result<parity::Parity> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("step.safetensors");
+        parity::write_step(&self.setup, route, na, &file)?;
+        let mut cmd = self.torch_command(python, shapes, route, na)?;
+        cmd.arg("--parity").arg(&file);
+        #[derive(Deserialize)]
+        struct Reply {
+            parity: parity::Parity,
+        }
+        let reply: Reply = json_child(cmd, &format!("torch parity {route:?}"))?;
+        Ok(reply.parity)
     }
 
     fn child(
@@ -280,7 +339,23 @@ impl ModesBench {
         shapes: &str,
         route: Route,
         na: usize,
+        compiled: bool,
     ) -> anyhow::Result<ChildResult> {
+        let mut cmd = self.torch_command(python, shapes, route, na)?;
+        if compiled {
+            cmd.arg("--compile");
+        }
+        json_child(cmd, &format!("torch {route:?} Na {na} compiled {compiled}"))
+    }
+
+    /// The reference script with this run's shapes, threads and pal's allocator settings.
+    fn torch_command(
+        &self,
+        python: &std::path::Path,
+        shapes: &str,
+        route: Route,
+        na: usize,
+    ) -> anyhow::Result<Command> {
         let s = &self.setup;
         let mode = match route {
             Route::Plits => "plits",
@@ -288,6 +363,7 @@ impl ModesBench {
             Route::Pal => anyhow::bail!("the PyTorch reference has no PAL"),
         };
         let mut cmd = Command::new(python);
+        cmd.envs(crate::allocator_env());
         cmd.arg(script("bench_modes_torch.py"))
             .args(["--mode", mode, "--shapes", shapes])
             .args(["--batch", &s.batch.to_string()])
@@ -297,6 +373,6 @@ impl ModesBench {
             .args(["--lal-start", &s.lal_start.to_string()])
             .args(["--steps", &s.steps.to_string()])
             .args(["--threads", &crate::threads().to_string()]);
-        json_child(cmd, &format!("torch {mode} Na {na}"))
+        Ok(cmd)
     }
 }

@@ -5,6 +5,7 @@ use pal_models::audio_llm::Route;
 use serde::Serialize;
 
 use super::measure::setup_llm;
+use super::parity::Parity;
 use super::{ChildResult, Measurement, ModesBench, Trainable};
 use crate::cost::{cost, Cost, CostMode, Shapes};
 use crate::report::median;
@@ -15,8 +16,22 @@ use crate::report::median;
 pub enum Implementation {
     /// pal.
     Pal,
-    /// The PyTorch reference script.
+    /// The PyTorch reference script, eager.
     Pytorch,
+    /// The PyTorch reference script under `torch.compile`.
+    #[serde(rename = "pytorch-compile")]
+    PytorchCompiled,
+}
+
+impl Implementation {
+    /// How tables name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pal => "pal",
+            Self::Pytorch => "pytorch",
+            Self::PytorchCompiled => "pytorch compiled",
+        }
+    }
 }
 
 /// Training or inference.
@@ -104,6 +119,12 @@ pub struct Ratio {
     /// PyTorch PLITS step time over pal's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pal_plits_speed_over_pytorch_plits: Option<f64>,
+    /// Compiled PyTorch LAL step time over pal's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pal_lal_speed_over_compiled_lal: Option<f64>,
+    /// Compiled PyTorch PLITS step time over pal's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pal_plits_speed_over_compiled_plits: Option<f64>,
 }
 
 /// The report (`PREFIX.json`).
@@ -135,6 +156,11 @@ pub struct ModesReport {
     pub measurements: Vec<Entry>,
     /// LAL against PLITS.
     pub lal_over_plits: Vec<Ratio>,
+    /// The PyTorch reference's torch version, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<String>,
+    /// The reference's loss and gradients against pal's, checked before timing.
+    pub parity: Vec<Parity>,
 }
 
 fn trainable_name(t: Trainable) -> &'static str {
@@ -154,7 +180,7 @@ fn route_name(r: Route) -> &'static str {
 
 impl ModesReport {
     /// Aggregates a run.
-    pub fn new(bench: &ModesBench, runs: Runs) -> anyhow::Result<Self> {
+    pub fn new(bench: &ModesBench, runs: Runs, parity: Vec<Parity>) -> anyhow::Result<Self> {
         let s = &bench.setup;
         // Only the config is needed: random weights (gigabytes at 1B shapes) are not built.
         let (config, model) = match s.shapes {
@@ -261,6 +287,7 @@ impl ModesReport {
                     continue;
                 };
                 let speed_over = |torch: Option<&Entry>, ours: &Entry| {
+                    // (the reference's seconds per step over pal's: above 1, pal is faster)
                     torch.map(|t| t.step_seconds.unwrap_or(nan) / ours.step_seconds.unwrap_or(nan))
                 };
                 lal_over_plits.push(Ratio {
@@ -281,10 +308,25 @@ impl ModesReport {
                         find(Implementation::Pytorch, Route::Plits, na, variant),
                         p,
                     ),
+                    pal_lal_speed_over_compiled_lal: speed_over(
+                        find(Implementation::PytorchCompiled, Route::Lal, na, variant),
+                        l,
+                    ),
+                    pal_plits_speed_over_compiled_plits: speed_over(
+                        find(Implementation::PytorchCompiled, Route::Plits, na, variant),
+                        p,
+                    ),
                 });
             }
         }
+        let torch = runs
+            .0
+            .iter()
+            .flat_map(|(_, _, results)| results.iter().filter_map(|r| r.torch.clone()))
+            .next();
         Ok(Self {
+            torch,
+            parity,
             command: bench.command.clone(),
             model,
             batch: s.batch,
@@ -319,10 +361,7 @@ impl ModesReport {
             for e in train {
                 md.push_str(&format!(
                     "| {} | {} | {} | {} | {:.3} | {:.2} | {:.0} | {} | {:.1} | {:.0} |\n",
-                    match e.implementation {
-                        Implementation::Pal => "pal",
-                        Implementation::Pytorch => "pytorch",
-                    },
+                    e.implementation.name(),
                     e.variant,
                     route_name(e.mode),
                     e.audio_tokens,
@@ -338,9 +377,12 @@ impl ModesReport {
             }
         }
         if !self.lal_over_plits.is_empty() {
-            md.push_str("\n## LAL against PLITS (and pal against PyTorch)\n\n| Na | trains | LAL throughput / PLITS | cost model PLITS FLOP / LAL FLOP | LAL peak memory saving | LAL step memory saving | pal LAL speed / PyTorch LAL | pal PLITS speed / PyTorch PLITS |\n|---|---|---|---|---|---|---|---|\n");
-            let times =
-                |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
+            md.push_str("\n## LAL against PLITS (and pal against PyTorch)\n\n| Na | trains | LAL throughput / PLITS | cost model PLITS FLOP / LAL FLOP | LAL peak memory saving | LAL step memory saving | pal LAL speed / PyTorch LAL (eager, compiled) | pal PLITS speed / PyTorch PLITS (eager, compiled) |\n|---|---|---|---|---|---|---|---|\n");
+            let one = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
+            let times = |eager: Option<f64>, compiled: Option<f64>| match compiled {
+                Some(_) => format!("{}, {}", one(eager), one(compiled)),
+                None => one(eager),
+            };
             for r in &self.lal_over_plits {
                 md.push_str(&format!(
                     "| {} | {} | {:.2}x | {:.2}x | {:.0}% | {:.0}% | {} | {} |\n",
@@ -350,8 +392,36 @@ impl ModesReport {
                     r.predicted_flop_ratio_plits_over_lal,
                     100.0 * r.lal_peak_memory_saving,
                     100.0 * r.lal_step_memory_saving,
-                    times(r.pal_lal_speed_over_pytorch_lal),
-                    times(r.pal_plits_speed_over_pytorch_plits)
+                    times(
+                        r.pal_lal_speed_over_pytorch_lal,
+                        r.pal_lal_speed_over_compiled_lal
+                    ),
+                    times(
+                        r.pal_plits_speed_over_pytorch_plits,
+                        r.pal_plits_speed_over_compiled_plits
+                    )
+                ));
+            }
+        }
+        if let Some(torch) = &self.torch {
+            let [(mmap, mmap_value), (trim, trim_value)] = crate::allocator_env();
+            md.push_str(&format!(
+                "\n## The PyTorch reference\n\n`scripts/bench_modes_torch.py`, torch {torch}, {} threads, under pal's allocator settings ({mmap}={mmap_value}, {trim}={trim_value}). One `nn.Linear` per LAL layer, `F.rms_norm`, `F.scaled_dot_product_attention` with GQA, the frozen LLM without weight gradients; eager, and `torch.compile` (default mode; the first step, which compiles, is not timed). A step is forward and backward on both sides; neither takes an optimizer step.\n\nBefore timing, both sides ran one step on the same weights (the LLM pal loaded) and inputs, PyTorch also in f64. Gradient errors are the largest over the adapter's tensors of max|g - g_ref| / max|g_ref|; they agree when the losses are within 1e-4 and pal's gradients are within 1e-3 of the f64 step, or no further from it than twice PyTorch's own f32 gradients (f32 rounding through the whole backward):\n\n| mode | loss (pal) | loss (PyTorch) | loss relative error | pal against PyTorch f32 | pal against f64 | PyTorch f32 against f64 | tensors compared | agree |\n|---|---|---|---|---|---|---|---|---|\n",
+                self.threads
+            ));
+            for p in &self.parity {
+                md.push_str(&format!(
+                    "| {} | {:.6} | {:.6} | {:.1e} | {:.1e} (`{}`) | {:.1e} | {:.1e} | {} | {} |\n",
+                    p.mode,
+                    p.loss_pal,
+                    p.loss_torch,
+                    p.loss_relative_error,
+                    p.gradient_relative_error,
+                    p.worst_gradient,
+                    p.pal_error_vs_f64,
+                    p.torch_error_vs_f64,
+                    p.gradients_compared,
+                    if p.ok { "yes" } else { "no" }
                 ));
             }
         }
