@@ -83,6 +83,16 @@ fn finished(dir: &Path) -> Vec<(String, SystemTime)> {
     found
 }
 
+/// Runs `pal probe` on the suite in `dir` until it finishes, and requires success.
+fn probe_to_the_end(dir: &Path) {
+    let out = pal()
+        .args(["probe", "--quiet", "--suite", "suite.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
 #[test]
 fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
     if !models_present() {
@@ -116,12 +126,7 @@ fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
     let before = finished(dir);
     assert!(before.len() < 6, "killed before the end");
 
-    let out = pal()
-        .args(["probe", "--quiet", "--suite", "suite.toml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    ok(&out);
+    probe_to_the_end(dir);
     let after = finished(dir);
     assert_eq!(
         after.len(),
@@ -154,12 +159,7 @@ fn a_grid_on_external_shards_runs_aggregates_and_resumes_after_a_kill() {
         curriculum.replace("lr = 1e-3", "lr = 2e-3"),
     )
     .unwrap();
-    let out = pal()
-        .args(["probe", "--quiet", "--suite", "suite.toml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    ok(&out);
+    probe_to_the_end(dir);
     let rerun = finished(dir);
     assert_eq!(rerun.len(), 6);
     for cell in &after {
