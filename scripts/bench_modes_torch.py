@@ -7,11 +7,15 @@ under `requires_grad_(False)` (no weight gradients for it), and optionally `torc
 
 Timing (random weights; the values do not change the time):
 
-    python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64 [--compile]
+    python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64 \
+        [--compile] [--device cuda] [--dtype bf16]
 
 prints one JSON line: {"mode", "step_seconds" and "forward_seconds" (medians of forward +
 backward, and of the forward; no optimizer step, as on pal's side), "peak_rss_bytes",
-"threads", "torch", "compiled"}.
+"threads", "torch", "compiled", "device", "dtype", and on CUDA "peak_gpu_bytes"}. With
+`--dtype bf16` the frozen LLM and the activations are bf16, the adapter (what trains) stays f32
+with its output cast to bf16, and the loss is computed in f32: the mixed precision the GPU
+issue asks of pal.
 
 Parity (before timing): `--parity FILE` loads the weights, inputs, loss and adapter gradients
 that pal wrote for one step (`pal bench modes --compare-python`), runs the same step in f32 and
@@ -71,11 +75,11 @@ def rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
-def rope_table(positions, head_dim, theta):
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+def rope_table(positions, head_dim, theta, dtype=torch.float32):
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
     freqs = positions[..., None].float() * inv
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos()[:, None], emb.sin()[:, None]  # (b, 1, n, head_dim)
+    return emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)  # (b, 1, n, head_dim)
 
 
 class Layer(torch.nn.Module):
@@ -117,8 +121,8 @@ class Llama(torch.nn.Module):
         """x: (b, n, d) input embeddings; prefixes: {layer: (k, v)} with (b, kv_heads, Na, hd)."""
         c, hd = self.c, self.head_dim
         b, n, _ = x.shape
-        cos, sin = rope_table(positions, hd, c["theta"])
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        cos, sin = rope_table(positions, hd, c["theta"], x.dtype)
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         for i, layer in enumerate(self.layers):
             h = self.norm_of(x, layer.input_layernorm)
             q = rope(layer.q_proj(h).view(b, n, c["heads"], hd).transpose(1, 2), cos, sin)
@@ -127,7 +131,7 @@ class Llama(torch.nn.Module):
             if prefixes is not None and i in prefixes:
                 pk, pv = prefixes[i]
                 k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-                mask = torch.cat([torch.ones(n, pk.shape[2], dtype=torch.bool), causal], 1)
+                mask = torch.cat([torch.ones(n, pk.shape[2], dtype=torch.bool, device=x.device), causal], 1)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(b, n, -1))
             h = self.norm_of(x, layer.post_attention_layernorm)
@@ -162,27 +166,29 @@ class Adapter(torch.nn.Module):
 def make_step(mode, model, adapter, frames, ids):
     c = model.c
     b, na, nt = frames.shape[0], frames.shape[1], ids.shape[1]
+    dtype = model.norm.dtype  # the frozen LLM's (the adapter may be f32 beside a bf16 LLM)
 
     def step():
         text = model.embed_tokens(ids)
         if mode == "plits":
-            audio = adapter.fc2(F.gelu(adapter.fc1(frames)))
-            positions = torch.arange(na + nt).expand(b, -1)
+            audio = adapter.fc2(F.gelu(adapter.fc1(frames))).to(dtype)
+            positions = torch.arange(na + nt, device=ids.device).expand(b, -1)
             # The last audio row predicts the first text token, as in pal's batches.
             hidden = model(torch.cat([audio, text], 1), positions)[:, na - 1 : -1]
             targets = ids
         else:
-            cos, sin = rope_table(torch.arange(na).expand(b, -1), model.head_dim, c["theta"])
+            positions = torch.arange(na, device=ids.device).expand(b, -1)
+            cos, sin = rope_table(positions, model.head_dim, c["theta"], dtype)
             prefixes = {}
             for i, proj in zip(adapter.lal_layers, adapter.proj):
                 layer = model.layers[i]
-                h = model.norm_of(proj(frames), layer.input_layernorm)
+                h = model.norm_of(proj(frames).to(dtype), layer.input_layernorm)
                 prefixes[i] = model.keys_values(layer, h, cos, sin)
-            positions = torch.arange(na, na + nt).expand(b, -1)
+            positions = torch.arange(na, na + nt, device=ids.device).expand(b, -1)
             hidden = model(text, positions, prefixes)[:, :-1]
             targets = ids[:, 1:]
         # The output projection runs on the predicting rows only.
-        logits = model.lm_head(hidden)
+        logits = model.lm_head(hidden).float()
         return F.cross_entropy(logits.reshape(-1, c["vocab"]), targets.reshape(-1))
 
     return step
@@ -257,6 +263,8 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="the frozen LLM's")
     p.add_argument("--parity", help="compare one step with pal's (a file pal wrote) instead of timing")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -265,30 +273,42 @@ def main():
     if args.parity:
         print(json.dumps({"parity": parity(args.parity, args.mode, c, args)}))
         return
-    model = Llama(c)
+    device = torch.device(args.device)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = Llama(c).to(device=device, dtype=dtype)
     b, na, nt = args.batch, args.audio_tokens, args.text_tokens
-    frames = torch.randn(b, na, args.d_enc)
-    ids = torch.randint(0, c["vocab"], (b, nt))
-    adapter = Adapter(args.mode, c, args.d_enc, list(range(args.lal_start, c["layers"])))
+    frames = torch.randn(b, na, args.d_enc, device=device)
+    ids = torch.randint(0, c["vocab"], (b, nt), device=device)
+    adapter = Adapter(args.mode, c, args.d_enc, list(range(args.lal_start, c["layers"]))).to(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     step = make_step(args.mode, model, adapter, frames, ids)
     if args.compile:
         step = torch.compile(step)
     times, forwards = [], []
     # The first step warms up (and, compiled, compiles); it is not timed.
     for s in range(args.steps + 1):
+        sync()
         start = time.perf_counter()
         loss = step()
+        sync()
         forward = time.perf_counter() - start
         loss.backward()
+        sync()
         if s > 0:
             times.append(time.perf_counter() - start)
             forwards.append(forward)
         adapter.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"mode": args.mode, "step_seconds": statistics.median(times),
-                      "forward_seconds": statistics.median(forwards),
-                      "peak_rss_bytes": peak, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "compiled": args.compile}))
+    result = {"mode": args.mode, "audio_tokens": na, "batch": b, "shapes": args.shapes,
+              "step_seconds": statistics.median(times),
+              "forward_seconds": statistics.median(forwards),
+              "peak_rss_bytes": peak, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "compiled": args.compile,
+              "device": str(device), "dtype": args.dtype}
+    if cuda:
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

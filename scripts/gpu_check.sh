@@ -7,8 +7,12 @@
 # It writes to OUT_DIR (default: $OUT, else ./gpu-results): nvidia-smi.txt, libraries.txt (which
 # CUDA libraries it found where), selftest.md / selftest.json / selftest.rc (`pal selftest
 # --device cuda`: every op, a training step per route and a generation against the CPU in f64).
-# A GPU benchmark against PyTorch is not part of it yet (`pal bench modes` has no --device).
-# Finishes in well under a minute; it never stops early, so that every result comes back.
+# torch-reference.jsonl: the PyTorch side of the GPU benchmark (scripts/bench_modes_torch.py on
+# cuda, Llama-3.2-1B shapes, bf16, batch 8, Nt 64, Na 256 and 750, PLITS and LAL, eager, and
+# compiled at Na 750: s/step and peak GPU memory), the targets pal's side will be held to; pal's side waits
+# for `pal bench modes --device`.
+# Plan: under 8 minutes (selftest about a minute; 6 reference runs of at most 90 s each, the
+# eager ones seconds); it never stops early, so that every result comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 archive=${1:?usage: scripts/gpu_check.sh PAL_CUDA_XZ [OUT_DIR]}
@@ -41,4 +45,18 @@ cat "$out/libraries.txt"
 timeout 300 "$work/pal" selftest --device cuda --json "$out/selftest.json" > "$out/selftest.md" 2>&1
 echo $? > "$out/selftest.rc"
 cat "$out/selftest.md"
+: > "$out/torch-reference.jsonl"
+for na in 256 750; do
+  for mode in lal plits; do
+    compiles=("")
+    if [ "$na" = 750 ]; then compiles+=(--compile); fi
+    for compile in "${compiles[@]}"; do
+      timeout 90 python3 scripts/bench_modes_torch.py --device cuda --dtype bf16 --shapes llama-3.2-1b \
+        --batch 8 --text-tokens 64 --audio-tokens "$na" --mode "$mode" --steps 3 $compile \
+        >> "$out/torch-reference.jsonl" 2>> "$out/torch-reference.err" \
+        || echo "{\"mode\": \"$mode\", \"audio_tokens\": $na, \"failed\": true}" >> "$out/torch-reference.jsonl"
+    done
+  done
+done
+cat "$out/torch-reference.jsonl"
 rm -rf "$work"
