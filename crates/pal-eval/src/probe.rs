@@ -338,12 +338,7 @@ pub fn run(
         // A cell interrupted before its record is run again from scratch.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut result = run_cell(&suite, &base, cell, &dir, pal)?;
-        result.suite_digest = digest.clone();
-        let tmp = dir.join("cell.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)?;
-        std::fs::rename(&tmp, dir.join("cell.json"))?;
-        results.push(result);
+        results.push(run_cell(&suite, &base, cell, &digest, &dir, pal)?);
     }
     progress(
         cells.len(),
@@ -353,10 +348,13 @@ pub fn run(
     Ok((out, results))
 }
 
+/// Trains and evaluates one cell in `dir` and records it (`cell.json`, with the suite's
+/// `digest`).
 fn run_cell(
     suite: &Suite,
     base: &Path,
     cell: &Cell,
+    digest: &str,
     dir: &Path,
     pal: &dyn Fn(&[String]) -> Command,
 ) -> anyhow::Result<CellResult> {
@@ -460,8 +458,11 @@ fn run_cell(
         train_s: summary["seconds"].as_f64().unwrap_or(f64::NAN),
         step_s: steps.get(steps.len() / 2).copied().unwrap_or(f64::NAN),
         peak_rss_mib: summary["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
-        suite_digest: String::new(),
+        suite_digest: digest.to_string(),
     };
+    let tmp = dir.join("cell.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)?;
+    std::fs::rename(&tmp, dir.join("cell.json"))?;
     Ok(result)
 }
 

@@ -176,9 +176,6 @@ pub struct ChildResult {
     /// The PyTorch reference's torch version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torch: Option<String>,
-    /// The PyTorch reference's intra-op threads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threads: Option<usize>,
 }
 
 /// A whole run: the sweep and the setup.

@@ -60,6 +60,10 @@ pub fn write_step(setup: &Setup, route: Route, na: usize, path: &Path) -> anyhow
     tensors.insert("llm.norm".into(), llm.norm.clone());
     tensors.insert("llm.lm_head".into(), llm.lm_head.weight.clone());
     for (i, layer) in llm.layers.iter().enumerate() {
+        anyhow::ensure!(
+            layer.q_norm.is_none() && layer.linears().iter().all(|l| l.bias.is_none()),
+            "the parity check covers Llama layers without biases or q/k norms"
+        );
         let p = format!("llm.layers.{i}");
         tensors.insert(
             format!("{p}.input_layernorm"),
@@ -69,20 +73,17 @@ pub fn write_step(setup: &Setup, route: Route, na: usize, path: &Path) -> anyhow
             format!("{p}.post_attention_layernorm"),
             layer.post_attention_layernorm.clone(),
         );
-        let linears = [
-            ("q_proj", &layer.q_proj),
-            ("k_proj", &layer.k_proj),
-            ("v_proj", &layer.v_proj),
-            ("o_proj", &layer.o_proj),
-            ("gate_proj", &layer.gate_proj),
-            ("up_proj", &layer.up_proj),
-            ("down_proj", &layer.down_proj),
+        // The on-disk names of `DecoderLayer::linears`, in its order.
+        let names = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         ];
-        for (name, linear) in linears {
-            anyhow::ensure!(
-                linear.bias.is_none() && layer.q_norm.is_none(),
-                "the parity check covers Llama layers without biases or q/k norms"
-            );
+        for (name, linear) in names.iter().zip(layer.linears()) {
             tensors.insert(format!("{p}.{name}"), linear.weight.clone());
         }
     }
