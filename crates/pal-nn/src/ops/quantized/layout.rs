@@ -145,14 +145,21 @@ pub(super) fn weight_chunks(format: BlockFormat, row: &[u8]) -> Vec<WeightChunk>
 /// 16-bit values per activation chunk: eight groups, two vectors of sixteen each.
 pub(super) const CHUNK_VALUES: usize = CHUNK * BLOCK;
 
+/// Where the sixteen 16-bit activations of vector `h` (0 or 1) of group `g` start in a chunk:
+/// the vectors of groups `2p` and `2p + 1` are stored as low(2p), low(2p + 1), high(2p),
+/// high(2p + 1), so that the 512-bit kernel reads the two low (or high) vectors of a pair of
+/// groups with one load, just as it unpacks the pair's 64 weight bytes.
+pub(super) fn act_vector(g: usize, h: usize) -> usize {
+    16 * (4 * (g / 2) + 2 * h + g % 2)
+}
+
 /// Where value `4 g + e` (`e` in 0..4) of block `l` of a chunk lies among the chunk's 16-bit
 /// activation values. Unpacking a group's 32 bytes (four per block) to 16 bits gives two
 /// vectors: the low halves of each 128-bit lane hold blocks 0, 1, 4, 5 (vector 0 of the group)
 /// and the high halves blocks 2, 3, 6, 7 (vector 1), each block's four values in two 32-bit
-/// lanes; the activations are stored in that order.
+/// lanes; the activations are stored in that order (the vectors as [`act_vector`] places them).
 pub(super) fn act_offset(g: usize, l: usize, e: usize) -> usize {
-    let vector = 2 * g + (l / 2) % 2;
-    16 * vector + 4 * (l % 2) + 8 * (l / 4) + e
+    act_vector(g, (l / 2) % 2) + 4 * (l % 2) + 8 * (l / 4) + e
 }
 
 /// Rows of `x` quantized to 16 bits per value with a scale per block of 32 (`amax / 32767`),

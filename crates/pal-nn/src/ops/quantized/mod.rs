@@ -6,7 +6,7 @@
 //! weights are repacked at load ([`layout`]: eight blocks side by side, same bytes as the file),
 //! each row of `x` is quantized to 16 bits per value with a scale per block of 32 (near-exact:
 //! 8 bits, as llama.cpp uses, changed SmolLM2's answers), and each weight row is read once and
-//! multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI or AVX2, chosen at
+//! multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI on 512-bit vectors or AVX2, chosen at
 //! run time; a portable loop elsewhere). The other quantized GGUF types (the k-quants, Q5_0, Q5_1) go through candle's
 //! quantized matmul.
 //!
@@ -220,7 +220,7 @@ enum Simd {
     None,
     /// AVX2, FMA, F16C: `vpmaddwd`.
     Avx2,
-    /// And AVX-512 VNNI on 256-bit vectors: `vpdpwssd`.
+    /// And AVX-512 F, BW and VNNI: `vpdpwssd` on 512-bit vectors.
     Vnni,
 }
 
@@ -231,7 +231,7 @@ fn simd_level() -> Simd {
         if !(has!("avx2") && has!("fma") && has!("f16c")) {
             return Simd::None;
         }
-        if has!("avx512vnni") && has!("avx512vl") && has!("avx512f") {
+        if has!("avx512vnni") && has!("avx512bw") && has!("avx512f") {
             return Simd::Vnni;
         }
         Simd::Avx2
@@ -279,8 +279,8 @@ fn dot_rows(simd: Simd, format: BlockFormat, w: &[u8], x: &[Row; GROUP], n: usiz
 mod tests {
     use super::*;
 
-    /// The SIMD kernels and the portable loop agree, for each block format, row count and a row
-    /// length that is not a multiple of eight blocks; and the repacked weights dequantize to
+    /// The SIMD kernels and the portable loop agree (the two SIMD kernels exactly), for each
+    /// block format, row count and a row length that is not a multiple of eight blocks; and the repacked weights dequantize to
     /// what candle dequantizes from the file's blocks.
     #[test]
     fn kernels_agree() -> Result<()> {
@@ -307,8 +307,15 @@ mod tests {
             for row in data.chunks_exact(cols / BLOCK * format.bytes()) {
                 for n in 1..=GROUP {
                     let slow = dot_rows(Simd::None, *format, row, &rows, n);
+                    let level = simd_level();
+                    if level == Simd::Vnni {
+                        // Same integer sums and the same float steps: identical results, so
+                        // the kernel a CPU picks never changes an answer.
+                        let narrow = dot_rows(Simd::Avx2, *format, row, &rows, n);
+                        let wide = dot_rows(Simd::Vnni, *format, row, &rows, n);
+                        assert_eq!(narrow, wide, "{dtype:?}: AVX2 and AVX-512 kernels");
+                    }
                     for simd in [Simd::Avx2, Simd::Vnni] {
-                        let level = simd_level();
                         if level == Simd::None || (simd == Simd::Vnni && level != Simd::Vnni) {
                             continue;
                         }
