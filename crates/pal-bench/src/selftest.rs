@@ -298,10 +298,10 @@ fn tiny_examples(device: &Device, dtype: DType) -> anyhow::Result<Vec<Example>> 
             let ids = (0..text)
                 .map(|t| ((t * 11 + i * 5 + 1) % 96) as u32)
                 .collect();
-            Ok(Example {
-                segments: vec![Segment::Audio, Segment::Text { ids, trained: true }],
-                audio: vec![audio],
-            })
+            Ok(Example::one_clip(
+                vec![Segment::Audio, Segment::Text { ids, trained: true }],
+                vec![audio],
+            ))
         })
         .collect()
 }

@@ -366,6 +366,7 @@ fn run_cell(
     let model = ModelConfig {
         seed: cell.seed,
         frozen_ffn: false,
+        max_clips: 1,
         llm: LlmSpec {
             path: suite.llm.clone(),
         },

@@ -73,10 +73,7 @@ pub fn attention_shares(
         temperature: 0.0,
         ..GenerationParams::default()
     };
-    let example = Example {
-        segments: segments.clone(),
-        audio: audio.clone(),
-    };
+    let example = Example::one_clip(segments.clone(), audio.clone());
     let answer =
         generate_with_audio(model, &built.tokenizer, &[example], &params, |_, _| {})?.remove(0);
     segments.push(Segment::Text {
@@ -99,7 +96,7 @@ pub fn attention_shares(
         .zip(&audio)
         .filter_map(|(e, a)| e.in_sequence.as_ref().map(|c| c.output_len(a.dims()[0])))
         .sum();
-    let example = Example { segments, audio };
+    let example = Example::one_clip(segments, audio);
     let mut batch = model.prepare(&[example], Padding::Left)?.detach();
     for layer in &mut batch.cache.layers {
         layer.record_attention = true;

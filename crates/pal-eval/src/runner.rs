@@ -217,10 +217,7 @@ pub fn evaluate_with(
             .collect::<Vec<_>>()
             .join(" / ");
         prepared.push((
-            Example {
-                segments,
-                audio: case.audio,
-            },
+            Example::one_clip(segments, case.audio),
             EvalItem {
                 origin: case.origin,
                 question,

@@ -144,10 +144,7 @@ impl<'m> Conversation<'m> {
                 (c, hidden)
             }
             None => {
-                let example = Example {
-                    segments,
-                    audio: self.audio.clone(),
-                };
+                let example = Example::one_clip(segments, self.audio.clone());
                 let mut batch = self.model.prepare(&[example], Padding::Left)?.detach();
                 let hidden = self.model.llm.forward_embeds(
                     &batch.embeds,

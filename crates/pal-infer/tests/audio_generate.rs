@@ -53,7 +53,7 @@ fn audio_generation_matches_text_generation_and_is_batch_invariant() {
             ids: ids.clone(),
             trained: false,
         }],
-        audio: vec![frames(7, 1)],
+        clips: vec![vec![frames(7, 1)]],
     };
     let with_audio =
         generate_with_audio(&model, &tokenizer, &[example], &params, |_, _| {}).unwrap();
@@ -71,7 +71,7 @@ fn audio_generation_matches_text_generation_and_is_batch_invariant() {
                         trained: false,
                     },
                 ],
-                audio: vec![frames(12, 2)],
+                clips: vec![vec![frames(12, 2)]],
             },
             Example {
                 segments: vec![
@@ -81,7 +81,7 @@ fn audio_generation_matches_text_generation_and_is_batch_invariant() {
                         trained: false,
                     },
                 ],
-                audio: vec![frames(30, 3)],
+                clips: vec![vec![frames(30, 3)]],
             },
         ];
         let batched =

@@ -29,7 +29,7 @@ fn example(ids: &[u32], frames: usize, seed: u64) -> Example {
                 trained: false,
             },
         ],
-        audio: vec![audio],
+        clips: vec![vec![audio]],
     }
 }
 

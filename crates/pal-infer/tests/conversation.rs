@@ -68,7 +68,7 @@ fn conversation_reuses_the_clip_and_answers_like_a_fresh_generation() {
                 &tokenizer,
                 &[Example {
                     segments: prompt_segments(&template, &tokenizer, &asked).unwrap(),
-                    audio: vec![encoders[0].encode(&samples).unwrap()],
+                    clips: vec![vec![encoders[0].encode(&samples).unwrap()]],
                 }],
                 &params,
                 |_, _| {},

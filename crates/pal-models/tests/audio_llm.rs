@@ -46,7 +46,7 @@ fn example(text_before: &[u32], text_after: &[u32], audio: Tensor) -> Example {
                 trained: true,
             },
         ],
-        audio: vec![audio],
+        clips: vec![vec![audio]],
     }
 }
 
@@ -100,7 +100,7 @@ fn one_layer_lal_equals_plits_with_the_same_audio_embeddings() {
                     ids: text.to_vec(),
                     trained: true,
                 }],
-                audio: vec![e.clone()],
+                clips: vec![vec![e.clone()]],
             }],
             Padding::Right,
         )
@@ -172,6 +172,30 @@ fn changing_the_audio_changes_lal_text_logits() {
     assert_eq!(max_diff(&run(10), &run(10)), 0.0);
 }
 
+/// Each item of a padded batch gets, on its real rows, the logits and targets it gets alone.
+fn assert_batch_matches_alone(m: &AudioLlm, items: &[Example], padding: Padding, label: &str) {
+    let mut batch = m.prepare(items, padding).unwrap();
+    let logits = m.forward(&mut batch).unwrap();
+    let valid = batch.valid.to_vec2::<f32>().unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let mut alone = m.prepare(std::slice::from_ref(item), padding).unwrap();
+        let single = m.forward(&mut alone).unwrap().squeeze(0).unwrap();
+        let rows: Vec<u32> = (0..valid[i].len() as u32)
+            .filter(|&r| valid[i][r as usize] > 0.5)
+            .collect();
+        let picked = logits
+            .get(i)
+            .unwrap()
+            .index_select(&Tensor::new(rows.as_slice(), &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        let d = max_diff(&picked, &single);
+        assert!(d < 1e-4, "{label} item {i}: {d}");
+        // Targets follow the same rows.
+        let t: Vec<Option<u32>> = rows.iter().map(|&r| batch.targets[i][r as usize]).collect();
+        assert_eq!(t, alone.targets[0], "{label} item {i}");
+    }
+}
+
 #[test]
 fn padded_batches_give_each_item_its_result_alone() {
     for route in [Route::Plits, Route::Lal, Route::Pal] {
@@ -183,36 +207,73 @@ fn padded_batches_give_each_item_its_result_alone() {
                 example(&[4, 5], &[6, 7, 8], frames(3, 20, DType::F32)),
                 example(&[9], &[10, 11, 12, 13, 14], frames(7, 21, DType::F32)),
             ];
-            let mut batch = m.prepare(&items, padding).unwrap();
-            let logits = m.forward(&mut batch).unwrap();
-            let valid = batch.valid.to_vec2::<f32>().unwrap();
-            for (i, item) in items.iter().enumerate() {
-                let mut alone = m.prepare(std::slice::from_ref(item), padding).unwrap();
-                let single = m.forward(&mut alone).unwrap().squeeze(0).unwrap();
-                let rows: Vec<usize> = (0..valid[i].len()).filter(|&r| valid[i][r] > 0.5).collect();
-                let picked = logits
-                    .get(i)
-                    .unwrap()
-                    .index_select(
-                        &Tensor::new(
-                            rows.iter()
-                                .map(|&r| r as u32)
-                                .collect::<Vec<_>>()
-                                .as_slice(),
-                            &Device::Cpu,
-                        )
-                        .unwrap(),
-                        0,
-                    )
-                    .unwrap();
-                let d = max_diff(&picked, &single);
-                assert!(d < 1e-4, "{route:?} {padding:?} item {i}: {d}");
-                // Targets follow the same rows.
-                let t: Vec<Option<u32>> = rows.iter().map(|&r| batch.targets[i][r]).collect();
-                assert_eq!(t, alone.targets[0]);
-            }
+            assert_batch_matches_alone(&m, &items, padding, &format!("{route:?} {padding:?}"));
         }
     }
+}
+
+/// Text, a clip, text, a second clip, the trained answer.
+fn two_clip_example(first: Tensor, second: Tensor) -> Example {
+    let text = |ids: &[u32], trained| Segment::Text {
+        ids: ids.to_vec(),
+        trained,
+    };
+    Example {
+        segments: vec![
+            text(&[4, 5], false),
+            Segment::Audio,
+            text(&[6], false),
+            Segment::Audio,
+            text(&[7, 8, 9], true),
+        ],
+        clips: vec![vec![first], vec![second]],
+    }
+}
+
+#[test]
+fn several_clips_each_take_their_place_and_batch_with_one_clip_examples() {
+    for route in [Route::Plits, Route::Lal, Route::Pal] {
+        let (mut m, _) = model(route, DType::F32, |a| {
+            a.connector = ConnectorConfig::Mlp { stack: 2 }
+        });
+        m.max_clips = 2;
+        let two = two_clip_example(frames(5, 50, DType::F32), frames(3, 51, DType::F32));
+        let one = example(&[4, 5], &[6, 7, 8], frames(7, 52, DType::F32));
+        for padding in [Padding::Right, Padding::Left] {
+            let label = format!("{route:?} {padding:?}");
+            assert_batch_matches_alone(&m, &[one.clone(), two.clone()], padding, &label);
+        }
+        // The prompt takes both clips' positions.
+        let mut batch = m
+            .prepare(std::slice::from_ref(&two), Padding::Left)
+            .unwrap();
+        let logits = m.forward(&mut batch).unwrap();
+        assert_eq!(
+            batch.cache.next_position[0] as usize,
+            m.prompt_positions(&two).unwrap(),
+            "{route:?}"
+        );
+        // Both clips are heard, in order: swapping them changes the answer's logits.
+        let swapped = two_clip_example(frames(3, 51, DType::F32), frames(5, 50, DType::F32));
+        let mut batch = m.prepare(&[swapped], Padding::Left).unwrap();
+        let other = m.forward(&mut batch).unwrap();
+        let last = |t: &Tensor| {
+            let n = t.dim(1).unwrap();
+            t.narrow(1, n - 1, 1).unwrap()
+        };
+        assert!(max_diff(&last(&logits), &last(&other)) > 1e-4, "{route:?}");
+    }
+}
+
+#[test]
+fn more_clips_than_the_config_allows_are_refused() {
+    let (m, _) = model(Route::Lal, DType::F32, |_| {});
+    let two = two_clip_example(frames(5, 50, DType::F32), frames(3, 51, DType::F32));
+    let error = m.prepare(&[two], Padding::Right).err().unwrap().to_string();
+    assert!(
+        error.contains("2 clips") && error.contains("max_clips"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -427,7 +488,7 @@ fn several_encoders_each_take_their_route() {
                 trained: true,
             },
         ],
-        audio: vec![frames(3, 50, DType::F32), general_frames(g)],
+        clips: vec![vec![frames(3, 50, DType::F32), general_frames(g)]],
     };
     let mut batch = m.prepare(&[example(51)], Padding::Right).unwrap();
     // 3 PLITS tokens + 3 text tokens in the sequence; LAL keys only at layer 1.
@@ -596,7 +657,7 @@ fn cached_clip_prefixes_give_the_batch_its_own_logits() {
             let before = m.lal_prefix_computations.load(Ordering::Relaxed);
             let clips: Vec<_> = items
                 .iter()
-                .map(|e| m.clip_lal(&e.audio).unwrap())
+                .map(|e| m.clip_lal(e.first_clip()).unwrap())
                 .collect();
             assert_eq!(
                 m.lal_prefix_computations.load(Ordering::Relaxed) - before,

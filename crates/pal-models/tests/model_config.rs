@@ -90,7 +90,7 @@ fn every_route_runs_forward_and_backward_on_the_real_models() {
                     trained: true,
                 },
             ],
-            audio: vec![audio],
+            clips: vec![vec![audio]],
         };
         let mut batch = built.model.prepare(&[example], Padding::Right).unwrap();
         let (loss, n) = built.model.loss(&mut batch).unwrap();

@@ -79,12 +79,12 @@ pub enum Event {
 
 /// Work for the model thread.
 pub enum Job {
-    /// Answer a conversation about a clip.
+    /// Answer a conversation about one clip or several.
     Chat {
-        /// The prompt, with the clip's place.
+        /// The prompt, with the clips' places.
         segments: Vec<Segment>,
-        /// The clip, 16 kHz mono.
-        samples: Vec<f32>,
+        /// The clips in order, 16 kHz mono.
+        clips: Vec<Vec<f32>>,
         /// How to generate.
         params: GenerationParams,
         /// Where the answer goes; closed when the client goes away.
@@ -248,7 +248,7 @@ fn encode_requests(
             }
             Job::Chat {
                 segments,
-                samples,
+                clips,
                 params,
                 events,
             } => {
@@ -258,7 +258,7 @@ fn encode_requests(
                     continue;
                 }
                 let prepared = isolated(counters, || {
-                    prepare(bundle, &mut cache, segments, &samples, &params, counters)
+                    prepare(bundle, &mut cache, segments, &clips, &params, counters)
                 });
                 match prepared {
                     Ok(Ok((example, clip))) => {
@@ -284,23 +284,35 @@ fn encode_requests(
     }
 }
 
-/// The request's example, its clip from the cache or just encoded, once it is known to fit the
-/// model's positions; else the event that tells the client why not.
+/// The request's example, its clips from the cache or just encoded, once it is known to fit
+/// the model's positions; else the event that tells the client why not. The LAL keys/values of
+/// a one-clip request come along from the cache (a later clip's would sit at other positions).
 fn prepare(
     bundle: &Bundle,
     cache: &mut AudioCache,
     segments: Vec<Segment>,
-    samples: &[f32],
+    clips: &[Vec<f32>],
     params: &GenerationParams,
     counters: &Counters,
 ) -> Result<(Example, Option<Arc<CachedClip>>), Event> {
-    let clip = clip_audio(bundle, cache, samples, counters)
-        .map_err(|e| Event::Failed(format!("encoding the audio: {e}")))?;
-    let (audio, clip) = match clip {
-        Clip::Kept(c) => (c.audio.clone(), Some(c)),
-        Clip::Encoded(audio) => (audio, None),
+    let mut audio = Vec::with_capacity(clips.len());
+    let mut kept = None;
+    for samples in clips {
+        let clip = clip_audio(bundle, cache, samples, counters)
+            .map_err(|e| Event::Failed(format!("encoding the audio: {e}")))?;
+        match clip {
+            Clip::Kept(c) => {
+                audio.push(c.audio.clone());
+                kept = Some(c);
+            }
+            Clip::Encoded(outputs) => audio.push(outputs),
+        }
+    }
+    let clip = kept.filter(|_| clips.len() == 1);
+    let example = Example {
+        segments,
+        clips: audio,
     };
-    let example = Example { segments, audio };
     let positions = bundle.model.llm.rope.len();
     let needed = bundle
         .model

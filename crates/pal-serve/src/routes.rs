@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use pal_infer::{ChatTemplate, GenerationParams, Message};
+use pal_models::text::segments::AUDIO_MARKER;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// Admission: requests reading their body or decoding audio (see
     /// [`Limits::max_concurrent_decodes`]).
     pub decodes: tokio::sync::Semaphore,
+    /// Most audio clips one request may hold (the model config's `max_clips`).
+    pub max_clips: usize,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             limits,
             api_key,
             next_id: AtomicU64::new(0),
+            max_clips: bundle.model.max_clips,
         })
     }
 }
@@ -218,18 +222,43 @@ async fn decode_clip(
     })
 }
 
-/// The conversation as messages, and the one clip's bytes and format.
-type Parsed = (Vec<Message>, Option<(Vec<u8>, String, String)>);
+/// One audio part of a request: its bytes, format, and the field to name in errors.
+struct ClipPart {
+    bytes: Vec<u8>,
+    format: String,
+    field: String,
+}
 
-fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
+/// A piece of a message's content, in order.
+enum Piece {
+    Text(String),
+    Audio,
+}
+
+/// The conversation as messages, and its clips in order. With one clip, the clip goes where
+/// training put it (the start of the first user message); with several, each goes where its
+/// part is ([`AUDIO_MARKER`] in the text). Text may not contain the marker itself.
+fn parse_messages(
+    request: &ChatRequest,
+    max_clips: usize,
+) -> Result<(Vec<Message>, Vec<ClipPart>), ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::bad(
             "messages".to_string(),
             "messages must not be empty",
         ));
     }
-    let mut messages = vec![];
-    let mut clip = None;
+    let no_marker = |text: &str, field: String| {
+        if text.contains(AUDIO_MARKER) {
+            return Err(ApiError::bad(
+                field,
+                format!("text may not contain {AUDIO_MARKER} (send audio as an input_audio part)"),
+            ));
+        }
+        Ok(())
+    };
+    let mut conversation: Vec<(&str, Vec<Piece>)> = vec![];
+    let mut clips = vec![];
     for (m, message) in request.messages.iter().enumerate() {
         let role = match message.role.as_str() {
             "developer" => "system",
@@ -241,10 +270,13 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
                 ))
             }
         };
-        let mut text = String::new();
+        let mut pieces = vec![];
         match &message.content {
             None => {}
-            Some(Content::Text(t)) => text.push_str(t),
+            Some(Content::Text(t)) => {
+                no_marker(t, format!("messages[{m}].content"))?;
+                pieces.push(Piece::Text(t.clone()));
+            }
             Some(Content::Parts(parts)) => {
                 for (p, part) in parts.iter().enumerate() {
                     let at = format!("messages[{m}].content[{p}]");
@@ -256,16 +288,16 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
                                     "a text part needs a string `text`",
                                 )
                             })?;
-                            if !text.is_empty() {
-                                text.push('\n');
-                            }
-                            text.push_str(t);
+                            no_marker(t, format!("{at}.text"))?;
+                            pieces.push(Piece::Text(t.to_string()));
                         }
                         Some(kind @ ("input_audio" | "audio_url")) => {
-                            if clip.is_some() {
+                            if clips.len() == max_clips {
                                 return Err(ApiError::bad(
                                     at,
-                                    "only one audio part per request is supported (this model takes one clip)",
+                                    format!(
+                                        "this model takes at most {max_clips} audio clip(s) per request (max_clips in its config)"
+                                    ),
                                 ));
                             }
                             let (data, format, field) = if kind == "input_audio" {
@@ -281,7 +313,12 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
                                         format!("the audio is not valid base64: {e}"),
                                     )
                                 })?;
-                            clip = Some((bytes, format, format!("{at}.{kind}")));
+                            clips.push(ClipPart {
+                                bytes,
+                                format,
+                                field: format!("{at}.{kind}"),
+                            });
+                            pieces.push(Piece::Audio);
                         }
                         other => {
                             return Err(ApiError::bad(
@@ -295,9 +332,24 @@ fn parse_messages(request: &ChatRequest) -> Result<Parsed, ApiError> {
                 }
             }
         }
-        messages.push(Message::new(role, text));
+        conversation.push((role, pieces));
     }
-    Ok((messages, clip))
+    let place_clips = clips.len() > 1;
+    let messages = conversation
+        .into_iter()
+        .map(|(role, pieces)| {
+            let texts: Vec<&str> = pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Text(t) => Some(t.as_str()),
+                    Piece::Audio if place_clips => Some(AUDIO_MARKER),
+                    Piece::Audio => None,
+                })
+                .collect();
+            Message::new(role, texts.join("\n"))
+        })
+        .collect();
+    Ok((messages, clips))
 }
 
 /// An `input_audio` part's base64 data and format (and the field to name in errors).
@@ -458,13 +510,13 @@ async fn chat_completions(
         .with_code("model_not_found"));
     }
     let params = generation_params(&request, &state.limits)?;
-    let (messages, clip) = parse_messages(&request)?;
-    let Some((bytes, format, param)) = clip else {
+    let (messages, clips) = parse_messages(&request, state.max_clips)?;
+    if clips.is_empty() {
         return Err(ApiError::bad(
             "messages".to_string(),
-            "the request needs one input_audio content part (this is an audio model)",
+            "the request needs an input_audio content part (this is an audio model)",
         ));
-    };
+    }
     let segments =
         pal_models::text::segments::prompt_segments(&state.template, &state.tokenizer, &messages)
             .map_err(|e| ApiError::bad("messages".to_string(), e.to_string()))?;
@@ -486,14 +538,17 @@ async fn chat_completions(
         .with_code("context_length_exceeded"));
     }
     drop(request.messages);
-    let samples = decode_clip(bytes, Some(format), &param, state.limits).await?;
+    let mut samples = Vec::with_capacity(clips.len());
+    for clip in clips {
+        samples.push(decode_clip(clip.bytes, Some(clip.format), &clip.field, state.limits).await?);
+    }
     drop(admitted);
     let (events, mut receiver) = mpsc::unbounded_channel();
     submit(
         &state,
         Job::Chat {
             segments,
-            samples,
+            clips: samples,
             params,
             events,
         },

@@ -82,7 +82,7 @@ async fn answers_streams_and_refuses_bad_requests() {
                 &[Message::new("user", question)],
             )
             .unwrap(),
-            audio: vec![bundle.encoders[0].encode(&samples).unwrap()],
+            clips: vec![vec![bundle.encoders[0].encode(&samples).unwrap()]],
         }],
         &GenerationParams {
             max_tokens: 12,
@@ -194,7 +194,7 @@ async fn answers_streams_and_refuses_bad_requests() {
                     .to_string(),
             ),
             StatusCode::BAD_REQUEST,
-            "needs one input_audio",
+            "needs an input_audio",
         ),
         (
             post("/v1/chat/completions", {
@@ -280,7 +280,7 @@ async fn a_full_queue_answers_503() {
     queue
         .submit(engine::Job::Chat {
             segments: vec![],
-            samples: vec![],
+            clips: vec![],
             params: GenerationParams::default(),
             events,
         })
@@ -343,7 +343,7 @@ async fn a_client_leaving_mid_stream_is_cancelled() {
 }
 
 /// `audio_url` parts with `data:` URLs answer what `input_audio` answers; remote URLs, other
-/// types and a second clip are refused naming the field.
+/// types and a second clip (this model's config allows one) are refused naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_urls_carry_audio_and_remote_urls_are_refused() {
     let Some(bundle) = bundle() else { return };
@@ -412,7 +412,7 @@ async fn data_urls_carry_audio_and_remote_urls_are_refused() {
                     .push(part);
                 b.to_string()
             },
-            "only one audio part",
+            "at most 1 audio clip(s) per request",
         ),
     ];
     for (body, message) in cases {

@@ -183,14 +183,14 @@ impl StageData {
             .map(|&r| {
                 let (unit, record) = group.members[r];
                 match &self.units[unit] {
-                    Unit::Memory(items) => Ok(Example {
-                        segments: items[record].0.segments.clone(),
-                        audio: items[record].0.audio.clone(),
-                    }),
-                    Unit::Shard { .. } => Ok(Example {
-                        segments: group.segments[&r].clone(),
-                        audio: group.open[&unit].example_audio(record, &Device::Cpu)?,
-                    }),
+                    Unit::Memory(items) => Ok(Example::one_clip(
+                        items[record].0.segments.clone(),
+                        items[record].0.audio.clone(),
+                    )),
+                    Unit::Shard { .. } => Ok(Example::one_clip(
+                        group.segments[&r].clone(),
+                        group.open[&unit].example_audio(record, &Device::Cpu)?,
+                    )),
                 }
             })
             .collect()

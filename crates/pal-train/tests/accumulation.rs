@@ -27,7 +27,7 @@ fn example(i: u64, text_len: usize) -> Example {
                 trained: true,
             },
         ],
-        audio: vec![audio],
+        clips: vec![vec![audio]],
     }
 }
 

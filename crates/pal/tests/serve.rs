@@ -154,3 +154,57 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
     let status = server.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `pal ask` with `--audio` repeated: refused, naming `max_clips` and the config, by a model
+/// that takes one clip; answered by one that takes two, and the clips' order matters.
+#[test]
+fn pal_ask_takes_several_clips_when_the_config_allows() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = ModelConfig::load(&repo().join("configs/smollm2-whisper-pal.toml")).unwrap();
+    let one = tmp.path().join("one");
+    write_untrained_run(&config, &repo().join("configs"), &one).unwrap();
+    config.max_clips = 2;
+    let two = tmp.path().join("two");
+    write_untrained_run(&config, &repo().join("configs"), &two).unwrap();
+    let speech = repo().join("assets/clips/jfk_16k.wav");
+    let other = repo().join("assets/clips/esc10_dog_4-184575-A-0.wav");
+    let question = "Which clip is speech?";
+
+    let refused = pal()
+        .args(["ask", "--model"])
+        .arg(&one)
+        .arg("--audio")
+        .arg(&speech)
+        .arg("--audio")
+        .arg(&other)
+        .arg(question)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("at most 1")
+            && stderr.contains("max_clips")
+            && stderr.contains("model.toml"),
+        "{stderr}"
+    );
+
+    let greedy = ["--temperature", "0", "--max-tokens", "12"];
+    let in_order = ask(
+        &two,
+        &speech,
+        question,
+        &[&["--audio", other.to_str().unwrap()], &greedy[..]].concat(),
+    );
+    let swapped = ask(
+        &two,
+        &other,
+        question,
+        &[&["--audio", speech.to_str().unwrap()], &greedy[..]].concat(),
+    );
+    assert!(!in_order.is_empty());
+    assert_ne!(in_order, swapped, "the order of the clips should matter");
+}

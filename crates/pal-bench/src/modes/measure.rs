@@ -62,10 +62,10 @@ pub(super) fn examples(
             let ids: Vec<u32> = (0..setup.text_tokens)
                 .map(|t| ((t * 7919 + i * 104_729 + 13) % vocab) as u32)
                 .collect();
-            Ok(Example {
-                segments: vec![Segment::Audio, Segment::Text { ids, trained }],
-                audio: vec![audio],
-            })
+            Ok(Example::one_clip(
+                vec![Segment::Audio, Segment::Text { ids, trained }],
+                vec![audio],
+            ))
         })
         .collect()
 }

@@ -94,7 +94,7 @@ pub fn write_step(setup: &Setup, route: Route, na: usize, path: &Path) -> anyhow
             tensors.insert(format!("grad.{name}"), grad.clone());
         }
     }
-    let frames: Vec<&Tensor> = examples.iter().map(|e| &e.audio[0]).collect();
+    let frames: Vec<&Tensor> = examples.iter().map(|e| &e.first_clip()[0]).collect();
     tensors.insert("frames".into(), Tensor::stack(&frames, 0)?);
     let ids: Vec<i64> = examples
         .iter()

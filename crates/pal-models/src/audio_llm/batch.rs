@@ -8,13 +8,30 @@ use crate::llm::cache::KvCache;
 use crate::llm::decoder::Llama;
 use crate::text::segments::Segment;
 
-/// One example: its segments and, per attached encoder, that encoder's output `(Na, d_enc)`.
+/// One example: its segments and its clips, each as its encoders' outputs.
 #[derive(Debug, Clone)]
 pub struct Example {
-    /// Text and the audio placeholder, in order.
+    /// Text and the audio placeholders, in order.
     pub segments: Vec<Segment>,
-    /// Encoder outputs, one per attachment, in the model's attachment order.
-    pub audio: Vec<Tensor>,
+    /// Per clip, in the order of the placeholders: the encoder outputs `(Na, d_enc)`, one per
+    /// attachment in the model's attachment order. Usually one clip; a model takes up to its
+    /// config's `max_clips`.
+    pub clips: Vec<Vec<Tensor>>,
+}
+
+impl Example {
+    /// An example about one clip (its encoder outputs, one per attachment).
+    pub fn one_clip(segments: Vec<Segment>, audio: Vec<Tensor>) -> Self {
+        Self {
+            segments,
+            clips: vec![audio],
+        }
+    }
+
+    /// The first clip's encoder outputs (every example has at least one clip).
+    pub fn first_clip(&self) -> &[Tensor] {
+        self.clips.first().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Which side padding goes to when a batch is assembled.
@@ -80,12 +97,12 @@ pub(crate) struct SequenceRows {
 }
 
 /// The input rows of each example: text embeddings, with its in-sequence audio tokens
-/// (`in_seq[i]`, one tensor per encoder) at its placeholder (or first when it has none), padded on
-/// `padding`'s side.
+/// (`in_seq[i][c]`: clip `c`'s tokens, one tensor per encoder) at the clip's placeholder (the
+/// `c`-th; every clip first when the example has no placeholder), padded on `padding`'s side.
 pub(crate) fn sequence_rows(
     llm: &Llama,
     examples: &[Example],
-    in_seq: &[Vec<Tensor>],
+    in_seq: &[Vec<Vec<Tensor>>],
     padding: Padding,
 ) -> Result<SequenceRows> {
     let b = examples.len();
@@ -98,18 +115,25 @@ pub(crate) fn sequence_rows(
     for (i, e) in examples.iter().enumerate() {
         let mut parts = vec![];
         let mut toks = vec![];
-        let has_placeholder = e.segments.contains(&Segment::Audio);
-        let mut audio_done = false;
-        let push_audio = |parts: &mut Vec<Tensor>, toks: &mut Vec<Option<(u32, bool)>>| {
-            for t in &in_seq[i] {
+        let placeholders = e.segments.iter().filter(|s| **s == Segment::Audio).count();
+        let clips = in_seq[i].len();
+        if placeholders > 0 && placeholders < clips {
+            return Err(ModelError::Unsupported(format!(
+                "example {i} has {clips} clips but {placeholders} audio placeholders"
+            )));
+        }
+        let push_clip = |c: usize, parts: &mut Vec<Tensor>, toks: &mut Vec<Option<(u32, bool)>>| {
+            for t in in_seq[i].get(c).into_iter().flatten() {
                 toks.extend(std::iter::repeat_n(None, t.dims()[0]));
                 parts.push(t.clone());
             }
         };
-        if !has_placeholder {
-            push_audio(&mut parts, &mut toks);
-            audio_done = true;
+        if placeholders == 0 {
+            for c in 0..clips {
+                push_clip(c, &mut parts, &mut toks);
+            }
         }
+        let mut next_clip = 0;
         for s in &e.segments {
             match s {
                 Segment::Text { ids, trained } => {
@@ -120,11 +144,10 @@ pub(crate) fn sequence_rows(
                     parts.push(llm.embed(&ids_t)?.squeeze(0)?);
                     toks.extend(ids.iter().map(|&t| Some((t, *trained))));
                 }
-                Segment::Audio if !audio_done => {
-                    push_audio(&mut parts, &mut toks);
-                    audio_done = true;
+                Segment::Audio => {
+                    push_clip(next_clip, &mut parts, &mut toks);
+                    next_clip += 1;
                 }
-                Segment::Audio => {}
             }
         }
         if parts.is_empty() {

@@ -132,7 +132,13 @@ pub fn build(
         })
         .collect();
     let params = Params::new(config.seed, dtype, device);
-    let model = AudioLlm::new(llm, &attachments, &params)?;
+    if config.max_clips == 0 {
+        return Err(ModelError::Unsupported(
+            "max_clips = 0 in the model config: a model takes at least one clip".into(),
+        ));
+    }
+    let mut model = AudioLlm::new(llm, &attachments, &params)?;
+    model.max_clips = config.max_clips;
     Ok(BuiltModel {
         model,
         encoders,

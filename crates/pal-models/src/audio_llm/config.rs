@@ -5,6 +5,7 @@
 //! ```toml
 //! seed = 0            # initialisation of the adapter parameters
 //! frozen_ffn = false  # never train FFN weights, even when the LLM is tuned
+//! max_clips = 1       # audio clips one request may hold (each at its own place in the prompt)
 //!
 //! [llm]
 //! path = "asset:smollm2-135m-instruct"   # a .gguf file, an HF folder, or a fetched asset
@@ -39,6 +40,10 @@ pub struct ModelConfig {
     /// FFN weights are never trained (the paper's frozen-FFN ablation).
     #[serde(default)]
     pub frozen_ffn: bool,
+    /// Most audio clips one example or request may hold; each clip goes through every encoder
+    /// and takes its own place in the prompt (a server refuses requests with more).
+    #[serde(default = "one")]
+    pub max_clips: usize,
     /// The backbone.
     pub llm: LlmSpec,
     /// Encoders, in order.

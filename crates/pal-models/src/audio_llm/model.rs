@@ -45,6 +45,8 @@ pub struct AudioLlm {
     /// How many times LAL key/value prefixes were computed (one count per encoder and batch);
     /// lets tests prove that a conversation computes its clip's prefix once.
     pub lal_prefix_computations: Arc<AtomicUsize>,
+    /// Most clips one example may hold (the config's `max_clips`; 1 unless it says more).
+    pub max_clips: usize,
 }
 
 impl AudioLlm {
@@ -91,6 +93,7 @@ impl AudioLlm {
             llm,
             encoders,
             lal_prefix_computations: Default::default(),
+            max_clips: 1,
         })
     }
 
@@ -159,9 +162,14 @@ impl AudioLlm {
     }
 
     /// [`AudioLlm::prepare`] with each example's LAL keys and values taken from `cached` (from
-    /// [`AudioLlm::clip_lal`], one per example) instead of computed; with `cached` empty, or
-    /// missing any example's, they are computed as in `prepare`. The same numbers either way:
-    /// LAL rows are computed row by row, and padding rows are masked.
+    /// [`AudioLlm::clip_lal`], one per example of one clip) instead of computed; with `cached`
+    /// empty, or missing any example's, or an example of several clips in the batch, they are
+    /// computed as in `prepare`. The same numbers either way: LAL rows are computed row by row,
+    /// and padding rows are masked.
+    ///
+    /// Several clips in an example: each clip goes through every encoder; its in-sequence tokens
+    /// go to its own placeholder, and its LAL rows follow the earlier clips' rows (clip-major,
+    /// then encoder order) in each LAL layer's prefix and in positions.
     pub fn prepare_cached(
         &self,
         examples: &[Example],
@@ -172,76 +180,103 @@ impl AudioLlm {
         let device = self.llm.device().clone();
         let dtype = self.llm.dtype();
         for (i, e) in examples.iter().enumerate() {
-            if e.audio.len() != self.encoders.len() {
+            if e.clips.is_empty() || e.clips.len() > self.max_clips {
                 return Err(ModelError::Unsupported(format!(
-                    "example {i} has {} encoder outputs, the model has {} encoders",
-                    e.audio.len(),
-                    self.encoders.len()
+                    "example {i} has {} clips; this model takes 1 to {} (max_clips in its config)",
+                    e.clips.len(),
+                    self.max_clips
                 )));
             }
-        }
-        // Per encoder: pad its outputs to a batch (b, Na_max, d_enc) with validity.
-        let mut in_seq: Vec<Vec<Tensor>> = vec![vec![]; b];
-        let mut prefix_parts: Vec<(LalLayerPrefix, Tensor)> = vec![];
-        let mut lal_rows_before = vec![0usize; b];
-        for (j, enc) in self.encoders.iter().enumerate() {
-            let lengths: Vec<usize> = examples.iter().map(|e| e.audio[j].dims()[0]).collect();
-            let na = lengths.iter().copied().max().unwrap_or(0);
-            let frames: Vec<Tensor> = examples
-                .iter()
-                .map(|e| {
-                    let t = e.audio[j].to_dtype(dtype)?.to_device(&device)?;
-                    let pad = na - t.dims()[0];
-                    if pad == 0 {
-                        Ok(t)
-                    } else {
-                        Ok(Tensor::cat(
-                            &[&t, &Tensor::zeros((pad, enc.config.d_enc), dtype, &device)?],
-                            0,
-                        )?)
-                    }
-                })
-                .collect::<Result<_>>()?;
-            let frames = Tensor::stack(&frames, 0)?;
-            let valid = validity(&lengths, na, &device)?;
-            if let Some(conn) = &enc.in_sequence {
-                let (tokens, tok_valid) = conn.forward(&frames, &valid)?;
-                let tok_valid = tok_valid.to_vec2::<f32>()?;
-                for (i, row) in tok_valid.iter().enumerate() {
-                    let count = row.iter().filter(|v| **v > 0.5).count();
-                    in_seq[i].push(tokens.get(i)?.narrow(0, 0, count)?);
+            for (c, clip) in e.clips.iter().enumerate() {
+                if clip.len() != self.encoders.len() {
+                    return Err(ModelError::Unsupported(format!(
+                        "example {i}, clip {c}: {} encoder outputs, the model has {} encoders",
+                        clip.len(),
+                        self.encoders.len()
+                    )));
                 }
             }
-            if let Some(adapter) = &enc.lal {
-                let kept: Option<Vec<&Vec<LalLayerPrefix>>> = (cached.len() == b)
-                    .then(|| {
-                        cached
-                            .iter()
-                            .map(|c| c.and_then(|c| c.encoders.get(j)?.as_ref()))
-                            .collect()
-                    })
-                    .flatten();
-                let prefixes = match kept {
-                    Some(kept) => batch_of_clip_prefixes(&kept, adapter.layers.len(), na)?,
-                    None => {
-                        // Audio keys sit at positions continuing after earlier LAL encoders' real
-                        // rows (padding rows repeat the last position; they are masked).
-                        let mut positions = Vec::with_capacity(b * na);
-                        for i in 0..b {
-                            for r in 0..na {
-                                let row = r.min(lengths[i].saturating_sub(1));
-                                positions.push((lal_rows_before[i] + row) as u32);
-                            }
-                        }
-                        let positions = Tensor::from_vec(positions, (b, na), &device)?;
-                        self.lal_keys_values(adapter, &frames, &positions)?
-                    }
-                };
-                for p in prefixes {
-                    prefix_parts.push((p, valid.clone()));
+        }
+        let clips = examples.iter().map(|e| e.clips.len()).max().unwrap_or(0);
+        let use_cache = cached.len() == b && clips == 1;
+        // Per clip and encoder: pad the outputs to a batch (b, Na_max, d_enc) with validity (an
+        // example without that clip has no valid rows).
+        let mut in_seq: Vec<Vec<Vec<Tensor>>> = examples
+            .iter()
+            .map(|e| vec![vec![]; e.clips.len()])
+            .collect();
+        let mut prefix_parts: Vec<(LalLayerPrefix, Tensor)> = vec![];
+        let mut lal_rows_before = vec![0usize; b];
+        for c in 0..clips {
+            for (j, enc) in self.encoders.iter().enumerate() {
+                fn clip_output(e: &Example, c: usize, j: usize) -> Option<&Tensor> {
+                    e.clips.get(c).map(|clip| &clip[j])
                 }
-                for (before, &len) in lal_rows_before.iter_mut().zip(&lengths) {
-                    *before += adapter.positions_taken(len);
+                let audio = |e| clip_output(e, c, j);
+                let lengths: Vec<usize> = examples
+                    .iter()
+                    .map(|e| audio(e).map_or(0, |t| t.dims()[0]))
+                    .collect();
+                let na = lengths.iter().copied().max().unwrap_or(0).max(1);
+                let frames: Vec<Tensor> = examples
+                    .iter()
+                    .zip(&lengths)
+                    .map(|(e, &len)| {
+                        let zeros = |n| Tensor::zeros((n, enc.config.d_enc), dtype, &device);
+                        let Some(t) = audio(e) else {
+                            return Ok(zeros(na)?);
+                        };
+                        let t = t.to_dtype(dtype)?.to_device(&device)?;
+                        match na - len {
+                            0 => Ok(t),
+                            pad => Ok(Tensor::cat(&[&t, &zeros(pad)?], 0)?),
+                        }
+                    })
+                    .collect::<Result<_>>()?;
+                let frames = Tensor::stack(&frames, 0)?;
+                let valid = validity(&lengths, na, &device)?;
+                if let Some(conn) = &enc.in_sequence {
+                    let (tokens, tok_valid) = conn.forward(&frames, &valid)?;
+                    let tok_valid = tok_valid.to_vec2::<f32>()?;
+                    for (i, row) in tok_valid.iter().enumerate() {
+                        if c < examples[i].clips.len() {
+                            let count = row.iter().filter(|v| **v > 0.5).count();
+                            in_seq[i][c].push(tokens.get(i)?.narrow(0, 0, count)?);
+                        }
+                    }
+                }
+                if let Some(adapter) = &enc.lal {
+                    let kept: Option<Vec<&Vec<LalLayerPrefix>>> = use_cache
+                        .then(|| {
+                            cached
+                                .iter()
+                                .map(|c| c.and_then(|c| c.encoders.get(j)?.as_ref()))
+                                .collect()
+                        })
+                        .flatten();
+                    let prefixes = match kept {
+                        Some(kept) => batch_of_clip_prefixes(&kept, adapter.layers.len(), na)?,
+                        None => {
+                            // Audio keys sit at positions continuing after earlier clips' and
+                            // LAL encoders' real rows (padding rows repeat the last position;
+                            // they are masked).
+                            let mut positions = Vec::with_capacity(b * na);
+                            for i in 0..b {
+                                for r in 0..na {
+                                    let row = r.min(lengths[i].saturating_sub(1));
+                                    positions.push((lal_rows_before[i] + row) as u32);
+                                }
+                            }
+                            let positions = Tensor::from_vec(positions, (b, na), &device)?;
+                            self.lal_keys_values(adapter, &frames, &positions)?
+                        }
+                    };
+                    for p in prefixes {
+                        prefix_parts.push((p, valid.clone()));
+                    }
+                    for (before, &len) in lal_rows_before.iter_mut().zip(&lengths) {
+                        *before += adapter.positions_taken(len);
+                    }
                 }
             }
         }
@@ -250,7 +285,7 @@ impl AudioLlm {
         let mut cache = self.llm.new_cache();
         // Text positions start after the real audio rows of prefix-RoPE LAL encoders.
         cache.next_position = lal_rows_before.iter().map(|&r| r as u32).collect();
-        // Several LAL encoders on one layer: their prefixes are concatenated.
+        // Several LAL encoders (or clips) on one layer: their prefixes are concatenated.
         // (Gated encoders on one layer share one audio softmax; gated and ungated cannot mix.)
         for (part, valid_rows) in prefix_parts {
             let slot = &mut cache.layers[part.layer].prefix;
@@ -291,21 +326,23 @@ impl AudioLlm {
     /// the LLM's RoPE table ([`crate::llm::rope::RopeTable::len`]); a server checks it before a
     /// request joins a batch.
     pub fn prompt_positions(&self, example: &Example) -> Result<usize> {
-        if example.audio.len() != self.encoders.len() {
-            return Err(ModelError::Unsupported(format!(
-                "the example has {} encoder outputs, the model has {} encoders",
-                example.audio.len(),
-                self.encoders.len()
-            )));
-        }
         let mut rows = 0;
-        for (enc, audio) in self.encoders.iter().zip(&example.audio) {
-            let na = audio.dims()[0];
-            if let Some(lal) = &enc.lal {
-                rows += lal.positions_taken(na);
+        for (c, clip) in example.clips.iter().enumerate() {
+            if clip.len() != self.encoders.len() {
+                return Err(ModelError::Unsupported(format!(
+                    "clip {c} has {} encoder outputs, the model has {} encoders",
+                    clip.len(),
+                    self.encoders.len()
+                )));
             }
-            if let Some(connector) = &enc.in_sequence {
-                rows += connector.output_len(na);
+            for (enc, audio) in self.encoders.iter().zip(clip) {
+                let na = audio.dims()[0];
+                if let Some(lal) = &enc.lal {
+                    rows += lal.positions_taken(na);
+                }
+                if let Some(connector) = &enc.in_sequence {
+                    rows += connector.output_len(na);
+                }
             }
         }
         let text: usize = example

@@ -1,6 +1,6 @@
-//! From a conversation to model input: the chat template renders the messages, the clip goes
-//! where the marker sits (start of the first user message), and the assistant turns are marked
-//! as trained.
+//! From a conversation to model input: the chat template renders the messages, each clip goes
+//! where a marker sits (by default one, at the start of the first user message), and the
+//! assistant turns are marked as trained.
 
 use crate::error::ModelError;
 use crate::text::chat_template::{ChatTemplate, Message};
@@ -23,8 +23,13 @@ pub enum Segment {
 /// Stands for the clip in rendered text; replaced by [`Segment::Audio`].
 pub const AUDIO_MARKER: &str = "<|pal_audio|>";
 
+/// The messages with the clip's marker at the start of the first user message, unless the
+/// text already places its clips (a request with several).
 fn with_marker(messages: &[Message]) -> Vec<Message> {
     let mut out = messages.to_vec();
+    if out.iter().any(|m| m.content.contains(AUDIO_MARKER)) {
+        return out;
+    }
     if let Some(first_user) = out.iter_mut().find(|m| m.role == "user") {
         first_user.content = format!("{AUDIO_MARKER}\n{}", first_user.content);
     }

@@ -33,17 +33,19 @@ lal = { start = 24 }
 pub fn bundle() -> Option<Arc<Bundle>> {
     static BUNDLE: OnceLock<Option<Arc<Bundle>>> = OnceLock::new();
     BUNDLE
-        .get_or_init(|| {
-            pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
-            pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
-            let dir = tempfile::tempdir().unwrap().keep();
-            let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
-            write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-            Some(Arc::new(
-                pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap(),
-            ))
-        })
+        .get_or_init(|| load(MODEL_TOML).map(Arc::new))
         .clone()
+}
+
+/// A bundle of the model config `toml`, written as an untrained run and loaded afresh (None
+/// when the models are not fetched).
+pub fn load(toml: &str) -> Option<Bundle> {
+    pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
+    pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config: ModelConfig = toml::from_str(toml).unwrap();
+    write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
+    Some(pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap())
 }
 
 /// The server state for `bundle` under the model name `test-model`.
@@ -129,9 +131,5 @@ pub async fn error(app: &axum::Router, request: Request<Body>) -> (StatusCode, S
 
 /// Another bundle of the same model, loaded afresh (to give it a test hook).
 pub fn fresh_bundle() -> Option<Bundle> {
-    bundle()?;
-    let dir = tempfile::tempdir().unwrap().keep();
-    let config: ModelConfig = toml::from_str(MODEL_TOML).unwrap();
-    write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-    Some(pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap())
+    load(MODEL_TOML)
 }

@@ -1,4 +1,5 @@
-//! `pal ask --model RUN_DIR --audio FILE "question"`: one answer about one clip.
+//! `pal ask --model RUN_DIR --audio FILE "question"`: one answer about one clip (or several:
+//! `--audio` repeated, for a model whose config allows them).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use pal_infer::{generate_with_audio, ChatTemplate, Message};
 use pal_models::audio_llm::Example;
+use pal_models::text::segments::AUDIO_MARKER;
 
 use super::chat::SamplingArgs;
 
@@ -16,9 +18,10 @@ pub struct AskArgs {
     /// Run folder (model.toml + adapter.safetensors), as `pal train` writes it.
     #[arg(long)]
     model: PathBuf,
-    /// The clip (wav, flac, ogg, mp3).
-    #[arg(long)]
-    audio: PathBuf,
+    /// The clip (wav, flac, ogg, mp3); repeat for several clips, placed in order before the
+    /// question (up to the model config's `max_clips`).
+    #[arg(long, required = true)]
+    audio: Vec<PathBuf>,
     /// The question.
     question: String,
     #[command(flatten)]
@@ -30,24 +33,39 @@ pub struct AskArgs {
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
     let built = super::load_run(&args.model, args.weights)?;
-    let audio = pal_audio::load_audio(&args.audio)?.to_16k(&args.audio.display().to_string())?;
-    let outputs = built
-        .encode_clip(&audio.samples)
-        .with_context(|| format!("encoding {}", args.audio.display()))?;
+    if args.audio.len() > built.model.max_clips {
+        anyhow::bail!(
+            "{} clips given; this model takes at most {} (max_clips in {})",
+            args.audio.len(),
+            built.model.max_clips,
+            args.model.join("model.toml").display()
+        );
+    }
+    let mut clips = Vec::with_capacity(args.audio.len());
+    for path in &args.audio {
+        let audio = pal_audio::load_audio(path)?.to_16k(&path.display().to_string())?;
+        clips.push(
+            built
+                .encode_clip(&audio.samples)
+                .with_context(|| format!("encoding {}", path.display()))?,
+        );
+    }
+    // One clip goes where training put it; several are placed in order before the question.
+    let question = match clips.len() {
+        1 => args.question,
+        n => format!("{}{}", format!("{AUDIO_MARKER}\n").repeat(n), args.question),
+    };
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
     let segments = pal_models::text::segments::prompt_segments(
         &template,
         &built.tokenizer,
-        &[Message::new("user", args.question)],
+        &[Message::new("user", question)],
     )?;
     let mut out = std::io::stdout();
     generate_with_audio(
         &built.model,
         &built.tokenizer,
-        &[Example {
-            segments,
-            audio: outputs,
-        }],
+        &[Example { segments, clips }],
         &args.sampling.params(),
         |_, piece| {
             let _ = out.write_all(piece.as_bytes());

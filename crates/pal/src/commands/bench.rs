@@ -266,10 +266,30 @@ fn modes(args: ModesBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's command line, for a report.
+/// This process's command line, for a report: as a shell would take it back (empty and
+/// unusual words quoted), with the home folder written `~` (a report names no machine's paths).
 fn command_line() -> String {
-    format!(
-        "pal {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    )
+    let home = std::env::var("HOME").ok().filter(|h| h.len() > 1);
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|word| {
+            let word = match &home {
+                Some(h) if word.starts_with(&format!("{h}/")) => format!("~{}", &word[h.len()..]),
+                _ => word,
+            };
+            shell_word(word)
+        })
+        .collect();
+    format!("pal {}", words.join(" "))
+}
+
+/// `word` as one shell word: as it is when it needs no quoting, else in single quotes.
+fn shell_word(word: String) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c);
+    let home_path = word.starts_with("~/") && word[1..].chars().all(plain);
+    if !word.is_empty() && (word.chars().all(plain) || home_path) {
+        word
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
