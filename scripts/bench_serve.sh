@@ -52,6 +52,17 @@ if (512, 8) in by and (0, 1) in by:
 print("""
 ## Earlier figures
 
+2026-12-01, the same server and adapter, before the 512-bit decoding kernel:
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 7.697 | 1.771 | 4.007 | 1.321 | 1.826 | 98 | 7.4 | 0 |
+| off | 1 | 0 | 6.349 | 2.512 | 2.667 | 2.49 | 2.626 | 730 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 13.338 | 0.992 | 2.353 | 0.746 | 0.958 | 120 | 6.3 | 200 |
+| 512 MiB, warm | 1 | 0 | 10.277 | 1.543 | 1.651 | 1.522 | 1.626 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.21x (cache off), 1.30x (warm).
+
 2026-11-30, the same server (continuous batching, encoder thread, quantized decoding) with the
 adapter shipped before gated LAL (its answers to these questions were shorter on some clips):
 
