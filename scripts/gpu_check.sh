@@ -7,12 +7,16 @@
 # It writes to OUT_DIR (default: $OUT, else ./gpu-results): nvidia-smi.txt, libraries.txt (which
 # CUDA libraries it found where), selftest.md / selftest.json / selftest.rc (`pal selftest
 # --device cuda`: every op, a training step per route and a generation against the CPU in f64).
-# torch-reference.jsonl: the PyTorch side of the GPU benchmark (scripts/bench_modes_torch.py on
-# cuda, Llama-3.2-1B shapes, bf16, batch 8, Nt 64, Na 256 and 750, PLITS and LAL, eager, and
-# compiled at Na 750: s/step and peak GPU memory), the targets pal's side will be held to; pal's side waits
-# for `pal bench modes --device`.
-# Plan: under 8 minutes (selftest about a minute; 6 reference runs of at most 90 s each, the
-# eager ones seconds); it never stops early, so that every result comes back.
+# modes-SHAPES.{json,md} / .log / .rc: pal's side of the GPU benchmark (`pal bench modes --device
+# cuda --dtype bf16`, SmolLM2-135M and Llama-3.2-1B shapes with random weights, batch 8, Nt 64,
+# Na 256 and 750, PLITS, LAL and PAL training steps: s/step and peak GPU memory).
+# torch-reference.jsonl: the PyTorch side on the same card (scripts/bench_modes_torch.py, the same
+# shapes, bf16, PLITS and LAL, eager, and compiled for Llama-3.2-1B at Na 750).
+# bf16-peak.json: the card's measured bf16 matmul TFLOP/s. gpu.md: all of it side by side, with
+# model FLOP utilisation (scripts/gpu_report.py).
+# Plan: about 7 minutes (selftest about a minute; pal's 12 measurements, seconds each after the
+# model is built; 10 reference runs of at most 90 s each, the eager ones seconds); it never stops
+# early, so that every result comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 archive=${1:?usage: scripts/gpu_check.sh PAL_CUDA_XZ [OUT_DIR]}
@@ -45,18 +49,43 @@ cat "$out/libraries.txt"
 timeout 300 "$work/pal" selftest --device cuda --json "$out/selftest.json" > "$out/selftest.md" 2>&1
 echo $? > "$out/selftest.rc"
 cat "$out/selftest.md"
+for shapes in smollm2-135m llama-3.2-1b; do
+  timeout 240 "$work/pal" bench modes --device cuda --dtype bf16 --shapes "$shapes" --batch 8 \
+    --text-tokens 64 --audio-tokens 256,750 --trainable adapter --rounds 1 --steps 3 \
+    --out "$out/modes-$shapes" > "$out/modes-$shapes.log" 2>&1
+  echo $? > "$out/modes-$shapes.rc"
+  cat "$out/modes-$shapes.md" 2>/dev/null || tail -20 "$out/modes-$shapes.log"
+done
 : > "$out/torch-reference.jsonl"
-for na in 256 750; do
-  for mode in lal plits; do
-    compiles=("")
-    if [ "$na" = 750 ]; then compiles+=(--compile); fi
-    for compile in "${compiles[@]}"; do
-      timeout 90 python3 scripts/bench_modes_torch.py --device cuda --dtype bf16 --shapes llama-3.2-1b \
-        --batch 8 --text-tokens 64 --audio-tokens "$na" --mode "$mode" --steps 3 $compile \
-        >> "$out/torch-reference.jsonl" 2>> "$out/torch-reference.err" \
-        || echo "{\"mode\": \"$mode\", \"audio_tokens\": $na, \"failed\": true}" >> "$out/torch-reference.jsonl"
+for shapes in smollm2-135m llama-3.2-1b; do
+  for na in 256 750; do
+    for mode in lal plits; do
+      compiles=("")
+      if [ "$shapes" = llama-3.2-1b ] && [ "$na" = 750 ]; then compiles+=(--compile); fi
+      for compile in "${compiles[@]}"; do
+        timeout 90 python3 scripts/bench_modes_torch.py --device cuda --dtype bf16 --shapes "$shapes" \
+          --batch 8 --text-tokens 64 --audio-tokens "$na" --mode "$mode" --steps 3 $compile \
+          >> "$out/torch-reference.jsonl" 2>> "$out/torch-reference.err" \
+          || echo "{\"shapes\": \"$shapes\", \"mode\": \"$mode\", \"audio_tokens\": $na, \"failed\": true}" >> "$out/torch-reference.jsonl"
+      done
     done
   done
 done
-cat "$out/torch-reference.jsonl"
+timeout 60 python3 - > "$out/bf16-peak.json" 2>> "$out/torch-reference.err" <<'PY'
+import json, time, torch
+n = 8192
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+for _ in range(5):
+    a @ b
+torch.cuda.synchronize()
+start, reps = time.perf_counter(), 50
+for _ in range(reps):
+    a @ b
+torch.cuda.synchronize()
+print(json.dumps({"n": n, "tflops": 2 * n**3 * reps / (time.perf_counter() - start) / 1e12,
+                  "device": torch.cuda.get_device_name()}))
+PY
+python3 scripts/gpu_report.py "$out" > "$out/gpu.md"
+cat "$out/gpu.md"
 rm -rf "$work"

@@ -702,3 +702,69 @@ fn prompt_positions_are_the_positions_the_prompt_takes() {
         );
     }
 }
+
+/// A bf16 backbone with f32 adapters (master copies) and an f32 loss: the adapter stays f32, its
+/// gradients are f32, and loss and gradients agree with the all-f32 model to bf16's precision.
+#[test]
+fn a_bf16_backbone_trains_f32_adapters_like_f32() {
+    let cases = [
+        (Route::Plits, false),
+        (Route::Lal, false),
+        (Route::Pal, false),
+        (Route::Lal, true),
+    ];
+    for (route, lora) in cases {
+        let items = vec![
+            example(&[4, 5], &[6, 7, 8], frames(3, 60, DType::F32)),
+            example(&[9], &[10, 11, 12, 13, 14], frames(7, 61, DType::F32)),
+        ];
+        let run = |dtype: DType| {
+            let params = Params::new(7, Params::master_dtype(dtype), &Device::Cpu);
+            let mut a = Attachment::new("enc", D_ENC, route);
+            a.summary = ConnectorConfig::Latent {
+                queries: 4,
+                layers: 1,
+            };
+            let mut m = AudioLlm::new(tiny_llm(dtype), &[a], &params).unwrap();
+            if lora {
+                let targets = ["q_proj".to_string(), "v_proj".to_string()];
+                m.llm.attach_lora(&params, 2, 4.0, &targets, false).unwrap();
+            }
+            let mut batch = m.prepare(&items, Padding::Right).unwrap();
+            let (loss, _) = m.loss(&mut batch).unwrap();
+            assert_eq!(loss.dtype(), DType::F32, "{route:?} {dtype:?} loss");
+            let grads = loss.backward().unwrap();
+            let named: Vec<(String, Tensor)> = params
+                .vars()
+                .into_iter()
+                .map(|(name, var)| {
+                    assert_eq!(var.dtype(), DType::F32, "{route:?} {name}");
+                    let g = grads.get(var.as_tensor()).expect("every adapter parameter");
+                    assert_eq!(g.dtype(), DType::F32, "{route:?} {name} gradient");
+                    (name, g.clone())
+                })
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), named)
+        };
+        let (loss32, grads32) = run(DType::F32);
+        let (loss16, grads16) = run(DType::BF16);
+        assert!(
+            (loss16 - loss32).abs() < 0.02 * loss32.abs(),
+            "{route:?} lora {lora}: loss {loss16} (bf16) vs {loss32}"
+        );
+        for ((name, g32), (_, g16)) in grads32.iter().zip(&grads16) {
+            let scale = g32
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_diff(g32, g16) as f32;
+            assert!(
+                d <= 0.05 * scale + 1e-6,
+                "{route:?} lora {lora} {name}: {d} of {scale}"
+            );
+        }
+    }
+}

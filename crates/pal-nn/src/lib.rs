@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod compute;
 pub mod gradcheck;
 pub mod linear;
 pub mod ops;
@@ -23,5 +24,6 @@ pub use attention::{
     attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
     causal_mask, mask_value,
 };
+pub use compute::{ComputeDevice, ComputeDtype};
 pub use linear::{Linear, Lora, QuantizedForm};
 pub use params::{Init, Params};

@@ -62,9 +62,15 @@ impl Linear {
     /// The LoRA path alone: `scale * x A^T B^T` (zero when no adapter is attached).
     pub fn lora_delta(&self, x: &Tensor) -> Result<Option<Tensor>> {
         match &self.lora {
-            Some(l) => Ok(Some(
-                (x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?,
-            )),
+            // In the adapters' type (f32 beside a bf16 backbone), returned in `x`'s.
+            Some(l) => {
+                let input = x.to_dtype(l.a.dtype())?;
+                let delta = (input
+                    .broadcast_matmul(&l.a.t()?)?
+                    .broadcast_matmul(&l.b.t()?)?
+                    * l.scale)?;
+                Ok(Some(delta.to_dtype(x.dtype())?))
+            }
             None => Ok(None),
         }
     }

@@ -38,6 +38,26 @@ fn name_hash(name: &str) -> u64 {
 }
 
 impl Params {
+    /// The type trained parameters are kept in for a model computing in `compute`: f32 master
+    /// copies for a half-precision (bf16, f16) backbone, whose rounding would swallow small
+    /// optimizer updates; else `compute` itself (f32, or f64 for gradient checks).
+    pub fn master_dtype(compute: DType) -> DType {
+        match compute {
+            DType::BF16 | DType::F16 => DType::F32,
+            other => other,
+        }
+    }
+
+    /// The type parameters are created in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device parameters are created on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// An empty store.
     pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
         Self {

@@ -68,10 +68,16 @@ pub enum ServeError {
     Io(String, std::io::Error),
 }
 
-/// Loads a run folder as a servable bundle, the frozen LLM weights held in `weights`.
+/// Loads a run folder as a servable bundle on `device`, the frozen LLM and encoders in `dtype`
+/// (the adapter in f32 beside bf16), the LLM's linear weights held in `weights`.
 /// Transcription is enabled when the first Whisper encoder's folder also holds its decoder.
-pub fn load_bundle(run: &Path, weights: WeightForm) -> Result<Bundle, ServeError> {
-    let mut built = load_run(run, DType::F32, &Device::Cpu)?;
+pub fn load_bundle(
+    run: &Path,
+    weights: WeightForm,
+    dtype: DType,
+    device: &Device,
+) -> Result<Bundle, ServeError> {
+    let mut built = load_run(run, dtype, device)?;
     built.hold_weights(weights)?;
     let config = ModelConfig::load(&run.join("model.toml"))?;
     let whisper = config
@@ -80,7 +86,7 @@ pub fn load_bundle(run: &Path, weights: WeightForm) -> Result<Bundle, ServeError
         .find(|e| e.kind == EncoderKind::Whisper)
         .and_then(|spec| {
             let folder = resolve_path(&spec.path, run).ok()?;
-            let model = Whisper::from_folder(&folder, true, DType::F32, &Device::Cpu).ok()?;
+            let model = Whisper::from_folder(&folder, true, dtype, device).ok()?;
             let tokenizer = WhisperTokenizer::from_folder(&folder, &model.config, "en").ok()?;
             Some((model, tokenizer))
         });

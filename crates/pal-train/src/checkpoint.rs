@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use pal_data::BatchState;
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +125,8 @@ pub fn load(dir: &Path, params: &pal_nn::Params) -> Result<Checkpoint, TrainErro
         .map_err(|e| TrainError::Checkpoint(adapter.clone(), e.to_string()))?;
     let opt_path = dir.join("optimizer.safetensors");
     let optimizer = if opt_path.exists() {
-        candle_core::safetensors::load(&opt_path, &Device::Cpu)
+        // Onto the parameters' device, where the optimizer steps them.
+        candle_core::safetensors::load(&opt_path, params.device())
             .map_err(|e| TrainError::Checkpoint(opt_path.clone(), e.to_string()))?
     } else {
         HashMap::new()

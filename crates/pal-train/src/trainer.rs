@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use pal_models::audio_llm::{build, BuiltModel, ModelConfig};
 use pal_models::audio_llm::{Example, Padding};
@@ -40,6 +40,10 @@ pub struct TrainOptions {
     /// Cache encoder outputs here instead of in the run folder (runs that share clips and
     /// encoders, such as `pal probe`'s cells, encode each clip once).
     pub encoder_cache: Option<PathBuf>,
+    /// Where the model trains.
+    pub device: pal_nn::ComputeDevice,
+    /// The type the frozen backbone and encoders compute in (the adapter stays f32).
+    pub dtype: pal_nn::ComputeDtype,
 }
 
 /// What a finished run reports.
@@ -73,6 +77,14 @@ pub fn apply_trainable(
         } => model
             .llm
             .attach_lora(params, *rank, *alpha, targets, frozen_ffn)?,
+        Trainable::Full if model.llm.dtype() != params.dtype() => {
+            return Err(pal_models::ModelError::Unsupported(format!(
+                "training the whole LLM needs --dtype f32 (a {:?} backbone is frozen; train the \
+                 adapter or LoRA on it)",
+                model.llm.dtype()
+            ))
+            .into())
+        }
         Trainable::Full => model.llm.make_trainable(params, frozen_ffn)?,
     }
     Ok(())
@@ -179,8 +191,8 @@ pub fn train_ranks(
     let built = build(
         &model_config,
         model_path.parent().unwrap_or(Path::new(".")),
-        DType::F32,
-        &Device::Cpu,
+        options.dtype.dtype(),
+        &options.device.open()?,
     )?;
     let checkpoints = run.join("checkpoints");
     let BuiltModel {

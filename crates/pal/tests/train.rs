@@ -296,3 +296,73 @@ trainable = "full"
         "{err}"
     );
 }
+
+/// `--dtype bf16`: the frozen backbone and encoder in bf16, the adapter and LoRA trained and
+/// saved in f32, the first loss within 2% of the f32 run's; a stage that trains the whole LLM
+/// is refused, naming `--dtype f32`.
+#[test]
+fn bf16_backbone_trains_f32_adapters_and_refuses_full_training() {
+    if !models_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), None);
+    let stages = |last: &str| {
+        format!(
+            r#"model = "model.toml"
+output = "run"
+seed = 5
+checkpoint_every = 10
+[[stages]]
+name = "projectors"
+manifests = [{{ path = "train.jsonl" }}]
+steps = 2
+lr = 1e-3
+batch_size = 2
+[[stages]]
+name = "second"
+manifests = [{{ path = "train.jsonl" }}]
+steps = 1
+lr = 1e-3
+batch_size = 2
+trainable = {last}
+"#
+        )
+    };
+    let train = |dtype: &str, output: &str| {
+        pal()
+            .args([
+                "train", "--quiet", "--dtype", dtype, "--output", output, "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &config,
+        stages(r#"{ lora = { rank = 4, alpha = 8.0, targets = ["q_proj", "v_proj"] } }"#),
+    )
+    .unwrap();
+    let (half, full) = (dir.path().join("bf16"), dir.path().join("f32"));
+    ok(&train("bf16", half.to_str().unwrap()));
+    ok(&train("f32", full.to_str().unwrap()));
+    let saved =
+        candle_core::safetensors::load(half.join("adapter.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(saved.keys().any(|k| k.contains("lora_b")));
+    for (name, t) in &saved {
+        assert_eq!(t.dtype(), candle_core::DType::F32, "{name}");
+    }
+    let (first_half, first_full) = (losses(&half)[0].1, losses(&full)[0].1);
+    assert!(losses(&half).iter().all(|(_, l)| l.is_finite()));
+    assert!(
+        (first_half - first_full).abs() < 0.02 * first_full,
+        "first loss {first_half} (bf16) vs {first_full} (f32)"
+    );
+
+    std::fs::write(&config, stages(r#""full""#)).unwrap();
+    let refused = train("bf16", dir.path().join("refused").to_str().unwrap());
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--dtype f32"), "{stderr}");
+}

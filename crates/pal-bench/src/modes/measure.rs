@@ -14,16 +14,18 @@ use pal_train::metrics::memory_bytes;
 use super::{ChildJob, ChildResult, Measurement, Setup, Trainable};
 use crate::report::median;
 
-/// The LLM of a setup and its report name: random weights for `shapes`, else the file.
+/// The LLM of a setup and its report name, on the setup's device in its dtype: random weights
+/// for `shapes`, else the file.
 pub fn setup_llm(setup: &Setup) -> anyhow::Result<(Llama, String)> {
+    let (dtype, device) = (setup.dtype.dtype(), setup.device.open()?);
     match setup.shapes {
         Some(shapes) => {
-            let llm = Llama::random(shapes.config()?, DType::F32, &Device::Cpu)?;
+            let llm = Llama::random(shapes.config()?, dtype, &device)?;
             Ok((llm, shapes.report_name().into()))
         }
         None => {
             let path = crate::llm_or_default(setup.llm.as_deref())?;
-            let (llm, _) = crate::load_llm(&path)?;
+            let (llm, _) = pal_models::load_llm(&path, dtype, &device)?;
             let name = path.file_name().map(|n| n.to_string_lossy().to_string());
             Ok((llm, name.unwrap_or_default()))
         }
@@ -70,11 +72,56 @@ pub(super) fn examples(
         .collect()
 }
 
+/// Device memory in use on a GPU (total less free); `None` on the CPU.
+fn gpu_bytes_in_use(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as f64);
+    }
+    let _ = device;
+    None
+}
+
+/// The highest device memory in use seen at the points a measurement samples (GPU only).
+struct GpuPeak<'a> {
+    device: &'a Device,
+    before: Option<f64>,
+    peak: Option<f64>,
+}
+
+impl<'a> GpuPeak<'a> {
+    fn new(device: &'a Device) -> Self {
+        let before = gpu_bytes_in_use(device);
+        Self {
+            device,
+            before,
+            peak: before,
+        }
+    }
+
+    /// Waits for the device's queued work (timings end here) and samples its memory.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        self.device.synchronize()?;
+        if let Some(now) = gpu_bytes_in_use(self.device) {
+            self.peak = Some(self.peak.map_or(now, |p| p.max(now)));
+        }
+        Ok(())
+    }
+
+    /// The peak less what was in use before the model was built.
+    fn added(&self) -> Option<f64> {
+        Some(self.peak? - self.before?)
+    }
+}
+
 /// Makes the job's measurement in this process and returns it (the child side of the protocol:
 /// the caller prints it as one JSON line).
 pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
     let setup = &job.setup;
-    let params = Params::new(0, DType::F32, &Device::Cpu);
+    let device = setup.device.open()?;
+    let mut gpu = GpuPeak::new(&device);
+    let params = Params::new(0, Params::master_dtype(setup.dtype.dtype()), &device);
     let route = match job.measurement {
         Measurement::Train { route, .. } | Measurement::Infer { route, .. } => route,
     };
@@ -97,8 +144,11 @@ pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
                 let start = Instant::now();
                 let mut batch = model.prepare(&examples, Padding::Right)?;
                 let (loss, _) = model.loss(&mut batch)?;
+                gpu.sample()?;
                 let forward = start.elapsed().as_secs_f64();
-                drop(loss.backward()?);
+                let grads = loss.backward()?;
+                gpu.sample()?;
+                drop(grads);
                 if step > 0 {
                     times.push(start.elapsed().as_secs_f64());
                     forwards.push(forward);
@@ -132,12 +182,14 @@ pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
                 )?;
                 let n = hidden.dims()[1];
                 let mut next = model.llm.logits(&hidden.narrow(1, n - 1, 1)?)?.argmax(2)?;
+                gpu.sample()?;
                 let prefill = start.elapsed().as_secs_f64();
                 let start = Instant::now();
                 for _ in 0..setup.decode_tokens {
                     let logits = model.llm.forward(&next, None, &mut batch.cache)?;
                     next = logits.argmax(2)?;
                 }
+                gpu.sample()?;
                 if run > 0 {
                     prefills.push(prefill);
                     decodes.push(start.elapsed().as_secs_f64());
@@ -154,6 +206,7 @@ pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
     };
     let (peak, _) = memory_bytes();
     result.peak_rss_bytes = peak as f64;
+    result.peak_gpu_bytes = gpu.added();
     result.rss_before_bytes = Some(rss_before as f64);
     Ok(result)
 }

@@ -18,6 +18,7 @@ use std::process::Command;
 
 use pal_models::audio_llm::Route;
 use pal_models::LlamaConfig;
+use pal_nn::{ComputeDevice, ComputeDtype};
 use serde::{Deserialize, Serialize};
 
 pub use measure::run_child;
@@ -52,6 +53,9 @@ pub enum RandomShapes {
     /// Llama-3.2-1B.
     #[serde(rename = "llama-3.2-1b")]
     Llama32_1b,
+    /// SmolLM2-135M (for machines without the fetched GGUF, such as a GPU machine).
+    #[serde(rename = "smollm2-135m")]
+    Smollm2_135m,
 }
 
 impl std::str::FromStr for RandomShapes {
@@ -59,7 +63,8 @@ impl std::str::FromStr for RandomShapes {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
             "llama-3.2-1b" => Ok(Self::Llama32_1b),
-            other => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b)"),
+            "smollm2-135m" => Ok(Self::Smollm2_135m),
+            other => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b, smollm2-135m)"),
         }
     }
 }
@@ -71,11 +76,18 @@ const LLAMA_32_1B_CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 128256
  "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
  "original_max_position_embeddings": 8192}, "tie_word_embeddings": true}"#;
 
+/// SmolLM2-135M-Instruct's `config.json` (shapes only).
+const SMOLLM2_135M_CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+ "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+ "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 8192,
+ "tie_word_embeddings": true}"#;
+
 impl RandomShapes {
     /// The model's config.
     pub fn config(self) -> anyhow::Result<LlamaConfig> {
         match self {
             Self::Llama32_1b => Ok(LlamaConfig::from_hf_json(LLAMA_32_1B_CONFIG)?),
+            Self::Smollm2_135m => Ok(LlamaConfig::from_hf_json(SMOLLM2_135M_CONFIG)?),
         }
     }
 
@@ -83,6 +95,7 @@ impl RandomShapes {
     pub fn report_name(self) -> &'static str {
         match self {
             Self::Llama32_1b => "Llama-3.2-1B shapes, random weights",
+            Self::Smollm2_135m => "SmolLM2-135M shapes, random weights",
         }
     }
 
@@ -90,6 +103,7 @@ impl RandomShapes {
     pub fn torch_name(self) -> &'static str {
         match self {
             Self::Llama32_1b => "llama-3.2-1b",
+            Self::Smollm2_135m => "smollm2-135m",
         }
     }
 }
@@ -115,6 +129,45 @@ pub struct Setup {
     pub steps: usize,
     /// Tokens decoded per inference run.
     pub decode_tokens: usize,
+    /// Where pal's measurements (and the PyTorch reference's timings) run.
+    #[serde(with = "as_text")]
+    pub device: ComputeDevice,
+    /// The type the frozen LLM computes in; the adapter trains in f32 either way.
+    #[serde(with = "as_text")]
+    pub dtype: ComputeDtype,
+}
+
+impl Setup {
+    /// The same setup on the CPU in f32 (the parity check compares f32 steps).
+    pub fn on_cpu_f32(&self) -> Self {
+        Self {
+            device: ComputeDevice::Cpu,
+            dtype: ComputeDtype::F32,
+            ..self.clone()
+        }
+    }
+}
+
+/// Serde for a value written as its `Display` and read back by `FromStr` (device, dtype).
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: std::fmt::Display, S: Serializer>(
+        value: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: std::str::FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One measurement.
@@ -170,6 +223,11 @@ pub struct ChildResult {
     pub samples_per_second: Option<f64>,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: f64,
+    /// Peak device memory on a GPU: PyTorch's `max_memory_allocated`; pal's device memory in use
+    /// (total less free) sampled after each training forward and backward, each prefill and each
+    /// run of decoding, less what was in use before the model was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<f64>,
     /// Resident memory before the measurement (after loading).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_before_bytes: Option<f64>,
@@ -307,7 +365,8 @@ impl ModesBench {
     ) -> anyhow::Result<parity::Parity> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("step.safetensors");
-        parity::write_step(&self.setup, route, na, &file)?;
+        // Both sides compute one step in f32 on the CPU: the same work, before either is timed.
+        parity::write_step(&self.setup.on_cpu_f32(), route, na, &file)?;
         let mut cmd = self.torch_command(python, shapes, route, na)?;
         cmd.arg("--parity").arg(&file);
         #[derive(Deserialize)]
@@ -342,6 +401,9 @@ impl ModesBench {
         if compiled {
             cmd.arg("--compile");
         }
+        let s = &self.setup;
+        cmd.args(["--device", &s.device.to_string()])
+            .args(["--dtype", &s.dtype.to_string()]);
         json_child(cmd, &format!("torch {route:?} Na {na} compiled {compiled}"))
     }
 

@@ -75,6 +75,9 @@ pub struct Entry {
     pub rounds: usize,
     /// Peak resident memory of the measuring process.
     pub peak_rss_bytes: f64,
+    /// Peak device memory on a GPU (see [`ChildResult::peak_gpu_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<f64>,
     /// Seconds per training step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_seconds: Option<f64>,
@@ -152,6 +155,10 @@ pub struct ModesReport {
     pub decode_tokens: usize,
     /// Threads.
     pub threads: usize,
+    /// Where it ran (`cpu`, `cuda`) and the frozen LLM's type (`f32`, `bf16`).
+    pub device: String,
+    /// The frozen LLM's type.
+    pub dtype: String,
     /// Every measurement.
     pub measurements: Vec<Entry>,
     /// LAL against PLITS.
@@ -186,7 +193,7 @@ impl ModesReport {
         let (config, model) = match s.shapes {
             Some(shapes) => (shapes.config()?, shapes.report_name().to_string()),
             None => {
-                let (llm, name) = setup_llm(s)?;
+                let (llm, name) = setup_llm(&s.on_cpu_f32())?;
                 (llm.config, name)
             }
         };
@@ -217,6 +224,8 @@ impl ModesReport {
                     median(results.iter().filter_map(f).collect())
                 };
                 let peak = median(results.iter().map(|r| r.peak_rss_bytes).collect());
+                let gpu = results.iter().any(|r| r.peak_gpu_bytes.is_some());
+                let peak_gpu_bytes = gpu.then(|| med(|r| r.peak_gpu_bytes));
                 match *m {
                     Measurement::Train {
                         route,
@@ -233,6 +242,7 @@ impl ModesReport {
                             variant: trainable_name(trainable).into(),
                             rounds: results.len(),
                             peak_rss_bytes: peak,
+                            peak_gpu_bytes,
                             step_seconds: Some(step),
                             samples_per_second: Some(s.batch as f64 / step),
                             predicted_train_flops: Some(c.train_flops()),
@@ -255,6 +265,7 @@ impl ModesReport {
                         variant: batch.to_string(),
                         rounds: results.len(),
                         peak_rss_bytes: peak,
+                        peak_gpu_bytes,
                         step_seconds: None,
                         samples_per_second: Some(med(|r| r.samples_per_second)),
                         predicted_train_flops: None,
@@ -338,6 +349,8 @@ impl ModesReport {
             steps_per_process: s.steps,
             decode_tokens: s.decode_tokens,
             threads: crate::threads(),
+            device: s.device.to_string(),
+            dtype: s.dtype.to_string(),
             measurements,
             lal_over_plits,
         })
@@ -351,16 +364,33 @@ impl ModesReport {
             self.command, self.model, self.batch, self.text_tokens, self.d_enc, self.lal_layers,
             self.summary_tokens, self.rounds, self.steps_per_process, self.threads
         );
+        if self.device != "cpu" || self.dtype != "f32" {
+            md.push_str(&format!(
+                "\nOn {}, the frozen LLM in {} (the adapter, its gradients and the loss in f32). Peak GPU memory: PyTorch's `max_memory_allocated`; pal's device memory in use (total less free) sampled after each forward, backward, prefill and decoding run, less what was in use before the model was built.\n",
+                self.device, self.dtype
+            ));
+        }
+        // A peak-GPU column when anything ran on one.
+        let any_gpu = self.measurements.iter().any(|e| e.peak_gpu_bytes.is_some());
+        let gpu = |e: &Entry| match (any_gpu, e.peak_gpu_bytes) {
+            (false, _) => String::new(),
+            (true, Some(b)) => format!(" {:.0} |", b / 1048576.0),
+            (true, None) => " - |".into(),
+        };
+        let (gpu_header, gpu_rule) = match any_gpu {
+            true => (" peak GPU (MiB) |", "---|"),
+            false => ("", ""),
+        };
         let train: Vec<&Entry> = self
             .measurements
             .iter()
             .filter(|e| e.task == Task::Train)
             .collect();
         if !train.is_empty() {
-            md.push_str("\n## Training step\n\n| implementation | trains | mode | Na | s/step | samples/s | peak RSS (MiB) | step memory (MiB) | predicted GFLOP | predicted activations (MiB) |\n|---|---|---|---|---|---|---|---|---|---|\n");
+            md.push_str(&format!("\n## Training step\n\n| implementation | trains | mode | Na | s/step | samples/s | peak RSS (MiB) | step memory (MiB) | predicted GFLOP | predicted activations (MiB) |{gpu_header}\n|---|---|---|---|---|---|---|---|---|---|{gpu_rule}\n"));
             for e in train {
                 md.push_str(&format!(
-                    "| {} | {} | {} | {} | {:.3} | {:.2} | {:.0} | {} | {:.1} | {:.0} |\n",
+                    "| {} | {} | {} | {} | {:.3} | {:.2} | {:.0} | {} | {:.1} | {:.0} |{}\n",
                     e.implementation.name(),
                     e.variant,
                     route_name(e.mode),
@@ -372,7 +402,8 @@ impl ModesReport {
                         .map(|v| format!("{:.0}", v / 1048576.0))
                         .unwrap_or_else(|| "-".into()),
                     num(e.predicted_train_flops) / 1e9,
-                    num(e.predicted_activation_bytes) / 1048576.0
+                    num(e.predicted_activation_bytes) / 1048576.0,
+                    gpu(e)
                 ));
             }
         }
@@ -431,17 +462,22 @@ impl ModesReport {
             .filter(|e| e.task == Task::Infer)
             .collect();
         if !infer.is_empty() {
-            md.push_str(&format!("\n## Inference (greedy, {} decoded tokens)\n\nFrozen LLM weights held as `--weights auto` holds them (a GGUF's quantized blocks for decoding, f32 for prefill); random-weight shapes stay in f32.\n\n| mode | Na | batch | prefill (s) | decode tokens/s | samples/s | peak RSS (MiB) |\n|---|---|---|---|---|---|---|\n", self.decode_tokens));
+            let held = match (self.device.as_str(), self.dtype.as_str()) {
+                ("cpu", "f32") => "Frozen LLM weights held as `--weights auto` holds them (a GGUF's quantized blocks for decoding, f32 for prefill); random-weight shapes stay in f32.".to_string(),
+                (device, dtype) => format!("Frozen LLM weights in {dtype} on {device} (the quantized forms are for f32 on the CPU)."),
+            };
+            md.push_str(&format!("\n## Inference (greedy, {} decoded tokens)\n\n{held}\n\n| mode | Na | batch | prefill (s) | decode tokens/s | samples/s | peak RSS (MiB) |{gpu_header}\n|---|---|---|---|---|---|---|{gpu_rule}\n", self.decode_tokens));
             for e in infer {
                 md.push_str(&format!(
-                    "| {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.0} |\n",
+                    "| {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.0} |{}\n",
                     route_name(e.mode),
                     e.audio_tokens,
                     e.variant,
                     num(e.prefill_seconds),
                     num(e.decode_tokens_per_second),
                     num(e.samples_per_second),
-                    e.peak_rss_bytes / 1048576.0
+                    e.peak_rss_bytes / 1048576.0,
+                    gpu(e)
                 ));
             }
         }

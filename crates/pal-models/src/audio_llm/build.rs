@@ -108,7 +108,9 @@ pub fn build_encoders(
     Ok(encoders)
 }
 
-/// Loads everything a config names (paths relative to `base`) and creates the adapter parameters.
+/// Loads everything a config names (paths relative to `base`) and creates the adapter parameters:
+/// the LLM and encoders in `dtype` on `device`, the adapter in [`Params::master_dtype`] of it
+/// (f32 beside a bf16 backbone).
 pub fn build(
     config: &ModelConfig,
     base: &Path,
@@ -131,7 +133,7 @@ pub fn build(
             lal: spec.lal.clone(),
         })
         .collect();
-    let params = Params::new(config.seed, dtype, device);
+    let params = Params::new(config.seed, Params::master_dtype(dtype), device);
     if config.max_clips == 0 {
         return Err(ModelError::Unsupported(
             "max_clips = 0 in the model config: a model takes at least one clip".into(),

@@ -182,9 +182,14 @@ impl LalAdapter {
                 LalProjection::Linear(projectors) => projectors[j].forward(&flat)?,
                 LalProjection::Mlp(projectors) => projectors[j].forward(&flat)?,
             };
+            // Into the backbone's type (bf16 beside f32 adapters) where the rows enter it.
             let normed = match &self.own_norms {
-                Some(norms) => norms[j].forward(&projected)?,
-                None => rms_norm(&projected, &layer.input_layernorm, c.rms_norm_eps)?,
+                Some(norms) => norms[j].forward(&projected)?.to_dtype(llm.dtype())?,
+                None => rms_norm(
+                    &projected.to_dtype(llm.dtype())?,
+                    &layer.input_layernorm,
+                    c.rms_norm_eps,
+                )?,
             };
             let normed = normed.reshape((b, na, c.hidden_size))?;
             let rope_pair = rope_tables.as_ref().map(|(cos, sin)| (cos, sin));
@@ -213,7 +218,11 @@ impl LalAdapter {
         v: Tensor,
         stacked: Option<Tensor>,
     ) -> Result<LalLayerPrefix> {
-        let Some(gate) = self.gate_values(j)? else {
+        let Some(gate) = self
+            .gate_values(j)?
+            .map(|g| g.to_dtype(v.dtype()))
+            .transpose()?
+        else {
             return Ok(LalLayerPrefix {
                 layer,
                 own_softmax: false,

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use pal_nn::Params;
 
 use crate::audio_llm::batch::{sequence_rows, validity, Example, Padding, PreparedBatch};
@@ -47,6 +47,10 @@ pub struct AudioLlm {
     pub lal_prefix_computations: Arc<AtomicUsize>,
     /// Most clips one example may hold (the config's `max_clips`; 1 unless it says more).
     pub max_clips: usize,
+    /// The type of the adapter's parameters, which encoder outputs are cast to: f32 master
+    /// copies beside a bf16 backbone (see [`pal_nn::Params::master_dtype`]). Connector tokens
+    /// and LAL rows are cast to the backbone's type where they enter it.
+    pub adapter_dtype: DType,
 }
 
 impl AudioLlm {
@@ -94,6 +98,7 @@ impl AudioLlm {
             encoders,
             lal_prefix_computations: Default::default(),
             max_clips: 1,
+            adapter_dtype: params.dtype(),
         })
     }
 
@@ -133,7 +138,7 @@ impl AudioLlm {
             };
             let na = clip.dims()[0];
             let frames = clip
-                .to_dtype(self.llm.dtype())?
+                .to_dtype(self.adapter_dtype)?
                 .to_device(&device)?
                 .unsqueeze(0)?;
             let positions: Vec<u32> = (rows_before..rows_before + na).map(|p| p as u32).collect();
@@ -178,24 +183,9 @@ impl AudioLlm {
     ) -> Result<PreparedBatch> {
         let b = examples.len();
         let device = self.llm.device().clone();
-        let dtype = self.llm.dtype();
+        let (dtype, adapter_dtype) = (self.llm.dtype(), self.adapter_dtype);
         for (i, e) in examples.iter().enumerate() {
-            if e.clips.is_empty() || e.clips.len() > self.max_clips {
-                return Err(ModelError::Unsupported(format!(
-                    "example {i} has {} clips; this model takes 1 to {} (max_clips in its config)",
-                    e.clips.len(),
-                    self.max_clips
-                )));
-            }
-            for (c, clip) in e.clips.iter().enumerate() {
-                if clip.len() != self.encoders.len() {
-                    return Err(ModelError::Unsupported(format!(
-                        "example {i}, clip {c}: {} encoder outputs, the model has {} encoders",
-                        clip.len(),
-                        self.encoders.len()
-                    )));
-                }
-            }
+            self.check_clips(&format!("example {i}"), e)?;
         }
         let clips = examples.iter().map(|e| e.clips.len()).max().unwrap_or(0);
         let use_cache = cached.len() == b && clips == 1;
@@ -222,11 +212,12 @@ impl AudioLlm {
                     .iter()
                     .zip(&lengths)
                     .map(|(e, &len)| {
-                        let zeros = |n| Tensor::zeros((n, enc.config.d_enc), dtype, &device);
+                        let zeros =
+                            |n| Tensor::zeros((n, enc.config.d_enc), adapter_dtype, &device);
                         let Some(t) = audio(e) else {
                             return Ok(zeros(na)?);
                         };
-                        let t = t.to_dtype(dtype)?.to_device(&device)?;
+                        let t = t.to_dtype(adapter_dtype)?.to_device(&device)?;
                         match na - len {
                             0 => Ok(t),
                             pad => Ok(Tensor::cat(&[&t, &zeros(pad)?], 0)?),
@@ -239,9 +230,11 @@ impl AudioLlm {
                     let (tokens, tok_valid) = conn.forward(&frames, &valid)?;
                     let tok_valid = tok_valid.to_vec2::<f32>()?;
                     for (i, row) in tok_valid.iter().enumerate() {
-                        if c < examples[i].clips.len() {
+                        // (Nothing for an example without clip `c`.)
+                        if let Some(clip_tokens) = in_seq[i].get_mut(c) {
                             let count = row.iter().filter(|v| **v > 0.5).count();
-                            in_seq[i][c].push(tokens.get(i)?.narrow(0, 0, count)?);
+                            let kept = tokens.get(i)?.narrow(0, 0, count)?;
+                            clip_tokens.push(kept.to_dtype(dtype)?);
                         }
                     }
                 }
@@ -321,20 +314,36 @@ impl AudioLlm {
         })
     }
 
+    /// That `example` (named `what` in errors) holds 1 to `max_clips` clips, each with one
+    /// output per encoder.
+    fn check_clips(&self, what: &str, example: &Example) -> Result<()> {
+        if example.clips.is_empty() || example.clips.len() > self.max_clips {
+            return Err(ModelError::Unsupported(format!(
+                "{what} has {} clips; this model takes 1 to {} (max_clips in its config)",
+                example.clips.len(),
+                self.max_clips
+            )));
+        }
+        for (c, clip) in example.clips.iter().enumerate() {
+            if clip.len() != self.encoders.len() {
+                return Err(ModelError::Unsupported(format!(
+                    "{what}, clip {c}: {} encoder outputs, the model has {} encoders",
+                    clip.len(),
+                    self.encoders.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Positions an example's prompt takes: the rows of its prefix-RoPE LAL audio, its
     /// in-sequence audio tokens and its text. With the tokens to generate, this must stay within
     /// the LLM's RoPE table ([`crate::llm::rope::RopeTable::len`]); a server checks it before a
     /// request joins a batch.
     pub fn prompt_positions(&self, example: &Example) -> Result<usize> {
+        self.check_clips("the example", example)?;
         let mut rows = 0;
-        for (c, clip) in example.clips.iter().enumerate() {
-            if clip.len() != self.encoders.len() {
-                return Err(ModelError::Unsupported(format!(
-                    "clip {c} has {} encoder outputs, the model has {} encoders",
-                    clip.len(),
-                    self.encoders.len()
-                )));
-            }
+        for clip in &example.clips {
             for (enc, audio) in self.encoders.iter().zip(clip) {
                 let na = audio.dims()[0];
                 if let Some(lal) = &enc.lal {

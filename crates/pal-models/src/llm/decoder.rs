@@ -246,7 +246,12 @@ impl Llama {
                 targets,
             )?);
         }
-        Ok(pal_nn::ops::cross_entropy(&self.logits(hidden)?, targets)?)
+        // The loss in f32 from a half-precision backbone's logits.
+        let logits = match self.logits(hidden)? {
+            l if matches!(l.dtype(), DType::BF16 | DType::F16) => l.to_dtype(DType::F32)?,
+            l => l,
+        };
+        Ok(pal_nn::ops::cross_entropy(&logits, targets)?)
     }
 
     /// Logits for every row of `tokens` (`(batch, rows)`, u32). `valid` is `(batch, rows)` with 1

@@ -42,6 +42,7 @@ pub fn supported(layer: &DecoderLayer, projector: &Linear) -> bool {
         && !layer.input_layernorm.is_variable()
         && projector.lora.is_none()
         && projector.bias.is_some()
+        && projector.weight.dtype() == layer.k_proj.weight.dtype()
 }
 
 /// Keys and values `(b, kv_heads, Na, head_dim)` of `layer` for `frames` given with a column of

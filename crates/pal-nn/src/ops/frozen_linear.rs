@@ -1,5 +1,5 @@
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
 /// `x @ weight^T` for a frozen `weight` (`out x in`): the backward yields only the input gradient.
@@ -99,7 +99,12 @@ impl CustomOp1 for FrozenMatmul {
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         let w_t = self.weight_t(w_layout)?;
         let out = match &*w_storage {
-            Storage::Cpu(w) if bmnk.0 == 1 && self.weight.rank() == 2 => {
+            // pal's column-split product for f32/f64; candle's for other types (bf16).
+            Storage::Cpu(w)
+                if bmnk.0 == 1
+                    && self.weight.rank() == 2
+                    && matches!(storage.dtype(), DType::F32 | DType::F64) =>
+            {
                 super::batched_matmul::matmul_cpu(storage, layout, w, &w_t)?.0
             }
             Storage::Cpu(w) => storage.matmul(w, bmnk, layout, &w_t)?,

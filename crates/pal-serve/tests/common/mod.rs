@@ -45,7 +45,13 @@ pub fn load(toml: &str) -> Option<Bundle> {
     let dir = tempfile::tempdir().unwrap().keep();
     let config: ModelConfig = toml::from_str(toml).unwrap();
     write_untrained_run(&config, &dir, &dir.join("run")).unwrap();
-    Some(pal_serve::load_bundle(&dir.join("run"), pal_models::WeightForm::Auto).unwrap())
+    let bundle = pal_serve::load_bundle(
+        &dir.join("run"),
+        pal_models::WeightForm::Auto,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    Some(bundle.unwrap())
 }
 
 /// The server state for `bundle` under the model name `test-model`.

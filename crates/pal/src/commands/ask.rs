@@ -28,11 +28,13 @@ pub struct AskArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    let built = super::load_run(&args.model, args.weights)?;
+    let built = super::load_run(&args.model, args.weights, args.device)?;
     if args.audio.len() > built.model.max_clips {
         anyhow::bail!(
             "{} clips given; this model takes at most {} (max_clips in {})",

@@ -30,7 +30,7 @@ pub struct ModesBenchArgs {
     /// LLM file or folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, conflicts_with = "shapes")]
     llm: Option<PathBuf>,
-    /// Instead of a real LLM, random weights with these shapes: `llama-3.2-1b`.
+    /// Instead of a real LLM, random weights with these shapes: `llama-3.2-1b`, `smollm2-135m`.
     #[arg(long)]
     shapes: Option<RandomShapes>,
     /// Encoder tokens per clip; several (comma-separated) make a sweep and a plot.
@@ -78,6 +78,9 @@ pub struct ModesBenchArgs {
     /// as one JSON line.
     #[arg(long, hide = true)]
     child: Option<String>,
+    /// Where pal (and the PyTorch reference's timings) run, and the frozen LLM's type.
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Arguments of `pal bench audio`.
@@ -242,6 +245,8 @@ fn modes(args: ModesBenchArgs) -> anyhow::Result<()> {
             summary: args.summary,
             steps: args.steps,
             decode_tokens: args.decode_tokens,
+            device: args.device.device,
+            dtype: args.device.dtype,
         },
         audio_tokens: args.audio_tokens,
         trainable,

@@ -28,6 +28,8 @@ pub struct ChatArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Sampling options shared by the generating commands.
@@ -88,7 +90,7 @@ fn turns(
 /// A chat about one clip with a trained audio-LLM.
 fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context;
-    let built = super::load_run(&model, args.weights)?;
+    let built = super::load_run(&model, args.weights, args.device)?;
     let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
     let mut conversation = Conversation::from_clip(
         &built.model,

@@ -29,6 +29,8 @@ pub struct DemoArgs {
     clips: Option<PathBuf>,
     #[command(flatten)]
     weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Answers every clip's question and prints it next to the expected answer.
@@ -39,7 +41,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let clips = args
         .clips
         .unwrap_or_else(|| bundled("assets/clips/demo.jsonl"));
-    let built = super::load_run(&model, args.weights)
+    let built = super::load_run(&model, args.weights, args.device)
         .with_context(|| format!("loading {} (run `pal fetch` first)", model.display()))?;
     let records = pal_data::load_manifest(&clips, false)?.records;
     let report = pal_eval::evaluate(&built, &clips, 8, 64)?;

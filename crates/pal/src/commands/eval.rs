@@ -37,11 +37,13 @@ pub struct EvalArgs {
     words: Option<PathBuf>,
     #[command(flatten)]
     weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Evaluates and prints the summary.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let built = super::load_run(&args.model, args.weights)?;
+    let built = super::load_run(&args.model, args.weights, args.device)?;
     let scoring = if args.loglik {
         pal_eval::Scoring::LogLikelihood
     } else {

@@ -34,13 +34,28 @@ pub struct WeightsArg {
     pub weights: pal_models::WeightForm,
 }
 
-/// Loads a run folder on the CPU with the frozen LLM weights held in `weights`.
+/// `--device` and `--dtype`: where a model runs and the type its frozen backbone computes in.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct DeviceArgs {
+    /// `cpu`, or `cuda` (GPU 0; a build with `--features cuda`, see scripts/build_cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    pub device: pal_nn::ComputeDevice,
+    /// `f32`, or `bf16`: the frozen LLM and encoders in bf16, the adapter (and LoRA) in f32
+    /// master copies, the loss in f32. For GPUs; on a CPU bf16 is correct but slow.
+    #[arg(long, default_value = "f32")]
+    pub dtype: pal_nn::ComputeDtype,
+}
+
+/// Loads a run folder on `device` with the frozen LLM weights held in `weights` (the quantized
+/// forms are for f32 on the CPU; elsewhere the weights stay in `--dtype`).
 pub fn load_run(
     dir: &std::path::Path,
     weights: WeightsArg,
+    device: DeviceArgs,
 ) -> anyhow::Result<pal_models::audio_llm::BuiltModel> {
-    let mut built = pal_models::audio_llm::load_run(dir, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading the run folder {}", dir.display()))?;
+    let mut built =
+        pal_models::audio_llm::load_run(dir, device.dtype.dtype(), &device.device.open()?)
+            .with_context(|| format!("loading the run folder {}", dir.display()))?;
     built.hold_weights(weights.weights).with_context(|| {
         format!(
             "holding the LLM weights of {} as {}",

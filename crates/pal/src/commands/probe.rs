@@ -62,6 +62,7 @@ fn attention(args: AttentionArgs) -> anyhow::Result<()> {
         super::WeightsArg {
             weights: pal_models::WeightForm::Auto,
         },
+        super::DeviceArgs::default(),
     )?;
     let audio = pal_audio::load_audio(&args.audio)?.to_16k(&args.audio.display().to_string())?;
     let outputs = built

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 
 /// Arguments of `pal selftest`.
@@ -12,7 +11,7 @@ use clap::Args;
 pub struct SelftestArgs {
     /// `cpu`, or `cuda` (GPU 0; needs a build with `--features cuda`, see scripts/build_cuda.sh).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: pal_nn::ComputeDevice,
     /// Also write the checks as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -20,13 +19,7 @@ pub struct SelftestArgs {
 
 /// Runs the checks and prints them.
 pub fn run(args: SelftestArgs) -> anyhow::Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context(
-            "no CUDA device: this pal was built without the `cuda` feature (scripts/build_cuda.sh), or the driver found no GPU",
-        )?,
-        other => anyhow::bail!("unknown device '{other}' (cpu or cuda)"),
-    };
+    let device = args.device.open()?;
     let report = pal_bench::selftest::run(&device)?;
     println!("{}", report.markdown());
     if let Some(path) = &args.json {

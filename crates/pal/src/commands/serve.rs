@@ -53,12 +53,20 @@ pub struct ServeArgs {
     audio_cache_mb: usize,
     #[command(flatten)]
     weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Loads the bundle and serves until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let bundle = pal_serve::load_bundle(&args.model, args.weights.weights)
-        .with_context(|| format!("loading the run folder {}", args.model.display()))?;
+    let device = args.device.device.open()?;
+    let bundle = pal_serve::load_bundle(
+        &args.model,
+        args.weights.weights,
+        args.device.dtype.dtype(),
+        &device,
+    )
+    .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let model_name = match args.model_name {
         Some(n) => n,
         None => args

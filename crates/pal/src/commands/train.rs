@@ -34,6 +34,8 @@ pub struct TrainArgs {
     /// (shared by runs over the same clips).
     #[arg(long)]
     encoder_cache: Option<PathBuf>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Runs the curriculum.
@@ -46,6 +48,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         output: args.output,
         seed: args.seed,
         encoder_cache: args.encoder_cache,
+        device: args.device.device,
+        dtype: args.device.dtype,
     };
     let start = std::time::Instant::now();
     let resumed = args.resume;

@@ -1,0 +1,92 @@
+//! Where a model runs and the type its frozen backbone computes in: what `--device` and
+//! `--dtype` name on every command that builds a model. The adapter's parameters are always
+//! kept in [`crate::Params::master_dtype`] of the compute type (f32 beside bf16).
+
+use candle_core::{DType, Device, Result};
+
+/// The device a model runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDevice {
+    /// The CPU (candle's thread pool).
+    #[default]
+    Cpu,
+    /// GPU 0, in a build with the `cuda` feature.
+    Cuda,
+}
+
+impl ComputeDevice {
+    /// Opens the device; for CUDA, an error that says what to check when there is none.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => Device::new_cuda(0).map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "no CUDA device: this pal was built without the `cuda` feature \
+                     (scripts/build_cuda.sh), or the driver found no GPU ({e})"
+                ))
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device '{other}' (cpu or cuda)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// The type the frozen LLM and encoders compute in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDtype {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// bf16 backbone and encoders; f32 adapter parameters, gradients and loss.
+    Bf16,
+}
+
+impl ComputeDtype {
+    /// The candle type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype '{other}' (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""The GPU race as one markdown table, from what scripts/gpu_check.sh wrote to OUT_DIR:
+pal's `pal bench modes --device cuda --dtype bf16` reports (modes-SHAPES.json) beside the PyTorch
+reference's runs on the same card (torch-reference.jsonl), with model FLOP utilisation against
+the card's measured bf16 matmul peak (bf16-peak.json). Standard library only.
+
+    python3 scripts/gpu_report.py OUT_DIR > docs/bench/gpu.md
+"""
+import json
+import pathlib
+import sys
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    peak = json.loads((out / "bf16-peak.json").read_text())["tflops"] * 1e12 \
+        if (out / "bf16-peak.json").exists() else None
+    torch = [json.loads(l) for l in (out / "torch-reference.jsonl").read_text().splitlines()
+             if l.strip()] if (out / "torch-reference.jsonl").exists() else []
+    print("# pal against PyTorch on one GPU\n")
+    print(f"From `scripts/gpu_check.sh` (results in `{out.name}`): training steps (forward and "
+          "backward, no optimizer step on either side) with the frozen LLM in bf16 and the adapter "
+          "in f32, random weights, batch 8, Nt 64. MFU: the cost model's FLOPs of a step (pal's "
+          "report) over its time, against the card's bf16 matmul peak"
+          + (f" measured here ({peak / 1e12:.0f} TFLOP/s)." if peak else " (not measured)."))
+    print("\n| shapes | Na | mode | pal s/step | PyTorch eager s/step | PyTorch compiled s/step "
+          "| pal samples/s | pal peak GPU (MiB) | PyTorch peak GPU (MiB) | pal MFU | PyTorch MFU (best) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for report in sorted(out.glob("modes-*.json")):
+        shapes = report.stem.removeprefix("modes-")
+        data = json.loads(report.read_text())
+        for e in data["measurements"]:
+            if e["task"] != "train" or e["implementation"] != "pal":
+                continue
+            mode, na = e["mode"], e["audio_tokens"]
+            ref = {t.get("compiled", False): t for t in torch
+                   if t.get("shapes") == shapes and t.get("mode") == mode
+                   and t.get("audio_tokens") == na and "step_seconds" in t}
+            flops = e.get("predicted_train_flops")
+            mfu = lambda s: f"{100 * flops / s / peak:.1f}%" if (flops and peak and s) else "-"
+            eager, compiled = ref.get(False, {}), ref.get(True, {})
+            best = min((t["step_seconds"] for t in ref.values()), default=None)
+            mib = lambda b: f"{b / 2**20:.0f}" if b else "-"
+            sec = lambda s: f"{s:.4f}" if s else "-"
+            step = e.get("step_seconds")
+            print(f"| {shapes} | {na} | {mode} | {sec(step)} | {sec(eager.get('step_seconds'))} "
+                  f"| {sec(compiled.get('step_seconds'))} "
+                  f"| {data['batch'] / step:.1f} | {mib(e.get('peak_gpu_bytes'))} "
+                  f"| {mib(eager.get('peak_gpu_bytes') or compiled.get('peak_gpu_bytes'))} "
+                  f"| {mfu(step)} | {mfu(best)} |")
+    failed = [t for t in torch if t.get("failed")]
+    if failed:
+        print(f"\nPyTorch runs that failed or ran out of time: {failed}")
+
+
+if __name__ == "__main__":
+    main()
