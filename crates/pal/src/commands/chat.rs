@@ -4,6 +4,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use pal_infer::{generate, ChatTemplate, Conversation, GenerationParams, Message};
 
@@ -89,7 +90,6 @@ fn turns(
 
 /// A chat about one clip with a trained audio-LLM.
 fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
-    use anyhow::Context;
     let built = super::load_run(&model, args.weights, args.device)?;
     let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
     let mut conversation = Conversation::from_clip(
@@ -120,7 +120,9 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<()> {
         return run_audio(args, model, audio);
     }
     let path = super::resolve_llm(args.llm)?;
-    let (mut model, tokenizer) = super::load_llm(&path)?;
+    let device = args.device.device.open()?;
+    let (mut model, tokenizer) = pal_models::load_llm(&path, args.device.dtype.dtype(), &device)
+        .with_context(|| format!("loading the LLM from {}", path.display()))?;
     pal_models::llm::weight_form::apply(&mut model, &path, args.weights.weights)?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
     let params = args.sampling.params();

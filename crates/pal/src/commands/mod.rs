@@ -17,8 +17,6 @@ pub mod transcribe;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
-use pal_models::{Llama, Tokenizer};
 
 /// The LLM given with `--llm`, or the fetched SmolLM2-135M-Instruct.
 pub fn resolve_llm(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -64,10 +62,4 @@ pub fn load_run(
         )
     })?;
     Ok(built)
-}
-
-/// Loads an LLM (folder or .gguf) in f32 on the CPU.
-pub fn load_llm(path: &std::path::Path) -> anyhow::Result<(Llama, Tokenizer)> {
-    pal_models::load_llm(path, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading the LLM from {}", path.display()))
 }
