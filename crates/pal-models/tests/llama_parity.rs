@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, max_diff};
 
 use candle_core::{DType, Device, Tensor};
 use pal_models::{load_llm, Llama, LlamaConfig, ModelError, Weights};
@@ -96,14 +96,7 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
         );
     }
     let stepped = Tensor::cat(&steps, 1).unwrap();
-    let diff = (full - stepped)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_diff(&full, &stepped);
     assert!(diff < 1e-4, "cached decoding differs by {diff}");
 }
 

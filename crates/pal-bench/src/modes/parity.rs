@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use pal_models::audio_llm::{Padding, Route};
+use pal_models::llm::layer::LINEAR_NAMES;
 use pal_models::text::Segment;
 use pal_nn::Params;
 use serde::{Deserialize, Serialize};
@@ -73,17 +74,7 @@ pub fn write_step(setup: &Setup, route: Route, na: usize, path: &Path) -> anyhow
             format!("{p}.post_attention_layernorm"),
             layer.post_attention_layernorm.clone(),
         );
-        // The on-disk names of `DecoderLayer::linears`, in its order.
-        let names = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ];
-        for (name, linear) in names.iter().zip(layer.linears()) {
+        for (name, linear) in LINEAR_NAMES.iter().zip(layer.linears()) {
             tensors.insert(format!("{p}.{name}"), linear.weight.clone());
         }
     }

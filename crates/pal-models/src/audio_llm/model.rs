@@ -199,22 +199,22 @@ impl AudioLlm {
         let mut lal_rows_before = vec![0usize; b];
         for c in 0..clips {
             for (j, enc) in self.encoders.iter().enumerate() {
-                fn clip_output(e: &Example, c: usize, j: usize) -> Option<&Tensor> {
-                    e.clips.get(c).map(|clip| &clip[j])
-                }
-                let audio = |e| clip_output(e, c, j);
-                let lengths: Vec<usize> = examples
+                // Each example's output of encoder `j` for clip `c`, if it has that clip.
+                let outputs: Vec<Option<&Tensor>> = examples
                     .iter()
-                    .map(|e| audio(e).map_or(0, |t| t.dims()[0]))
+                    .map(|e| e.clips.get(c).map(|clip| &clip[j]))
+                    .collect();
+                let lengths: Vec<usize> = outputs
+                    .iter()
+                    .map(|t| t.map_or(0, |t| t.dims()[0]))
                     .collect();
                 let na = lengths.iter().copied().max().unwrap_or(0).max(1);
-                let frames: Vec<Tensor> = examples
+                let zeros = |n| Tensor::zeros((n, enc.config.d_enc), adapter_dtype, &device);
+                let frames: Vec<Tensor> = outputs
                     .iter()
                     .zip(&lengths)
-                    .map(|(e, &len)| {
-                        let zeros =
-                            |n| Tensor::zeros((n, enc.config.d_enc), adapter_dtype, &device);
-                        let Some(t) = audio(e) else {
+                    .map(|(t, &len)| {
+                        let Some(t) = t else {
                             return Ok(zeros(na)?);
                         };
                         let t = t.to_dtype(adapter_dtype)?.to_device(&device)?;

@@ -246,11 +246,9 @@ impl Llama {
                 targets,
             )?);
         }
-        // The loss in f32 from a half-precision backbone's logits.
-        let logits = match self.logits(hidden)? {
-            l if matches!(l.dtype(), DType::BF16 | DType::F16) => l.to_dtype(DType::F32)?,
-            l => l,
-        };
+        // The loss in the trained parameters' type: f32 from a half-precision backbone.
+        let logits = self.logits(hidden)?;
+        let logits = logits.to_dtype(pal_nn::Params::master_dtype(logits.dtype()))?;
         Ok(pal_nn::ops::cross_entropy(&logits, targets)?)
     }
 

@@ -40,8 +40,9 @@ pub struct DecoderLayer {
     pub down_proj: Linear,
 }
 
-/// Linear layers of a decoder layer that LoRA can target (Hugging Face names).
-pub const LORA_TARGETS: &[&str] = &[
+/// The linear layers of a decoder layer by their Hugging Face names, in
+/// [`DecoderLayer::linears`] order; LoRA can target any of them.
+pub const LINEAR_NAMES: &[&str] = &[
     "q_proj",
     "k_proj",
     "v_proj",

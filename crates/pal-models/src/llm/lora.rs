@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::llm::decoder::Llama;
-use crate::llm::layer::{FFN_LINEARS, LORA_TARGETS};
+use crate::llm::layer::{FFN_LINEARS, LINEAR_NAMES};
 
 impl Llama {
     /// Attaches LoRA adapters (rank `rank`, scale `alpha / rank`) to the `targets` of every layer;
@@ -18,10 +18,10 @@ impl Llama {
         frozen_ffn: bool,
     ) -> Result<()> {
         for t in targets {
-            if !LORA_TARGETS.contains(&t.as_str()) {
+            if !LINEAR_NAMES.contains(&t.as_str()) {
                 return Err(ModelError::Unsupported(format!(
                     "unknown LoRA target '{t}' (one of {})",
-                    LORA_TARGETS.join(", ")
+                    LINEAR_NAMES.join(", ")
                 )));
             }
             if frozen_ffn && FFN_LINEARS.contains(&t.as_str()) {
@@ -79,7 +79,7 @@ impl Llama {
             if let Some(n) = &layer.k_norm {
                 layer.k_norm = Some(params.adopt(&format!("{p}.self_attn.k_norm.weight"), n)?);
             }
-            for t in LORA_TARGETS {
+            for t in LINEAR_NAMES {
                 if frozen_ffn && FFN_LINEARS.contains(t) {
                     continue;
                 }

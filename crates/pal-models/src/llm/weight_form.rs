@@ -22,7 +22,7 @@ use pal_nn::QuantizedForm;
 use crate::error::{ModelError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::llm::decoder::Llama;
-use crate::llm::layer::{FFN_LINEARS, LORA_TARGETS};
+use crate::llm::layer::{FFN_LINEARS, LINEAR_NAMES};
 
 /// Products of up to this many rows use the quantized weights in the `auto` form.
 pub const DECODE_ROWS: usize = 16;
@@ -169,7 +169,7 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
         Ok(())
     };
     for (i, layer) in llm.layers.iter_mut().enumerate() {
-        for name in LORA_TARGETS {
+        for name in LINEAR_NAMES {
             let block = if FFN_LINEARS.contains(name) {
                 "mlp"
             } else {

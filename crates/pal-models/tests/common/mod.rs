@@ -17,12 +17,9 @@ pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Largest absolute difference of two tensors of the same shape, in f64.
-pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
+/// Largest absolute value of a tensor, in f64.
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -32,4 +29,10 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+/// Largest absolute difference of two tensors of the same shape, in f64.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a - b).unwrap())
 }
