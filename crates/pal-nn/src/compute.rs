@@ -90,3 +90,38 @@ impl std::fmt::Display for ComputeDtype {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--device` and `--dtype` read back what they print, and refuse other words naming the
+    /// choices.
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_refused() {
+        for device in [ComputeDevice::Cpu, ComputeDevice::Cuda] {
+            assert_eq!(device.to_string().parse::<ComputeDevice>(), Ok(device));
+        }
+        for dtype in [ComputeDtype::F32, ComputeDtype::Bf16] {
+            assert_eq!(dtype.to_string().parse::<ComputeDtype>(), Ok(dtype));
+        }
+        let error = "gpu".parse::<ComputeDevice>().unwrap_err();
+        assert!(
+            error.contains("'gpu'") && error.contains("cpu or cuda"),
+            "{error}"
+        );
+        let error = "fp8".parse::<ComputeDtype>().unwrap_err();
+        assert!(
+            error.contains("'fp8'") && error.contains("f32 or bf16"),
+            "{error}"
+        );
+    }
+
+    /// Asking a CPU-only build for CUDA says how to get a CUDA build.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_in_a_cpu_build_says_what_to_build() {
+        let error = ComputeDevice::Cuda.open().unwrap_err().to_string();
+        assert!(error.contains("scripts/build_cuda.sh"), "{error}");
+    }
+}
