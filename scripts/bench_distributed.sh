@@ -55,7 +55,21 @@ EOF
 )$'\n'
 done
 
-cat > docs/bench/distributed.md <<EOF
+# Earlier runs are kept below the new table, dated, for comparison.
+report=docs/bench/distributed.md
+earlier=""
+if [ -f "$report" ]; then
+  earlier=$(python3 - "$report" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+date = re.search(r"cores, (\d{4}-\d{2}-\d{2})", text)
+current, _, older = text.partition("\n## Earlier runs\n")
+table = "\n".join(l for l in current.splitlines() if l.startswith("|"))
+print(f"\n### {date.group(1) if date else 'undated'}\n\n{table}\n{older.rstrip()}")
+EOF
+)
+fi
+cat > "$report" <<EOF
 # Data-parallel training on one machine
 
 \`scripts/bench_distributed.sh\` ($(nproc) cores, $(date -u +%Y-%m-%d), $(mpirun --version | head -1)).
@@ -70,5 +84,8 @@ steps; over 30 steps the rounding grows into the third or fourth digit of the lo
 | mode | layout | time per step | gradient all-reduce | last loss |
 |---|---|---|---|---|
 ${rows}
+${earlier:+
+## Earlier runs
+$earlier}
 EOF
-cat docs/bench/distributed.md
+cat "$report"

@@ -8,7 +8,10 @@
 #   driver API's names in the wheel's cuda.h; the real driver replaces it at run time;
 # - the build has a target folder of its own, with fixed link flags, so that it never rebuilds
 #   the CPU build's dependencies (changing RUSTFLAGS would).
-#   scripts/build_cuda.sh [OUT.xz]
+# - with the `nccl` feature (PAL_CUDA_FEATURES=cuda,nccl or cuda,nccl,mpi), libnccl is a
+#   link-time stub too, made from the names cudarc binds; the machine's libnccl.so.2 (from its
+#   NCCL install, or the nvidia-nccl wheel PyTorch brings) replaces it at run time.
+#   [PAL_CUDA_FEATURES=cuda,nccl] scripts/build_cuda.sh [OUT.xz]
 # prints the binary's path; with OUT.xz, also writes it stripped and compressed (to carry to a
 # GPU machine, see scripts/gpu_check.sh).
 set -euo pipefail
@@ -40,12 +43,22 @@ if [ ! -f "$stub/libcuda.so" ]; then
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/stub.c"
   ln -sf libcuda.so "$stub/libcuda.so.1"
 fi
+features="${PAL_CUDA_FEATURES:-cuda}"
+nccl_stub="$venv/libnccl-stub"
+mkdir -p "$nccl_stub"
+if [[ ",$features," == *",nccl,"* ]] && [ ! -f "$nccl_stub/libnccl.so" ]; then
+  cudarc=$(cargo metadata --locked --all-features --format-version 1 \
+    | python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
+  grep -ohE 'fn nccl[A-Za-z0-9_]*\(' "$(dirname "$cudarc")/src/nccl/sys/mod.rs" | sort -u \
+    | sed -E 's/fn (.*)\(/void \1(void) {}/' > "$nccl_stub/stub.c"
+  gcc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$nccl_stub/libnccl.so" "$nccl_stub/stub.c"
+fi
 export PATH="$root/bin:$PATH"
 export CUDA_ROOT="$root" CUDA_PATH="$root"
 export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
-export RUSTFLAGS="-L $lib -L $stub"
+export RUSTFLAGS="-L $lib -L $stub -L $nccl_stub"
 export CARGO_TARGET_DIR="${PAL_CUDA_TARGET_DIR:-$HOME/.cache/pal-cuda-target}"
-cargo build --locked --release -p pal --features cuda
+cargo build --locked --release -p pal --features "$features"
 binary="$CARGO_TARGET_DIR/release/pal"
 if [ $# -ge 1 ]; then
   out=$1

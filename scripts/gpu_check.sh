@@ -3,7 +3,11 @@
 # network. Build the binary here first and carry it along (about 10 MB):
 #   scripts/build_cuda.sh pal-cuda.xz
 # then, on the GPU machine, from the repository root:
-#   scripts/gpu_check.sh pal-cuda.xz [OUT_DIR]
+#   scripts/gpu_check.sh pal-cuda.xz [OUT_DIR] [pal-cuda-nccl.xz]
+# The third, optional, is the NCCL build (PAL_CUDA_FEATURES=cuda,nccl scripts/build_cuda.sh
+# pal-cuda-nccl.xz, no MPI: GPU machines may have no OpenMPI); its selftest adds the NCCL
+# all-reduce of a training step's gradients, one rank on this GPU (selftest-nccl.*), with the
+# machine's libnccl.so.2 (a system NCCL, or the nvidia-nccl wheel of its PyTorch).
 # It writes to OUT_DIR (default: $OUT, else ./gpu-results): nvidia-smi.txt, libraries.txt (which
 # CUDA libraries it found where), selftest.md / selftest.json / selftest.rc (`pal selftest
 # --device cuda`: every op, a training step per route and a generation against the CPU in f64).
@@ -14,13 +18,14 @@
 # shapes, bf16, PLITS and LAL, eager, and compiled for Llama-3.2-1B at Na 750).
 # bf16-peak.json: the card's measured bf16 matmul TFLOP/s. gpu.md: all of it side by side, with
 # model FLOP utilisation (scripts/gpu_report.py).
-# Plan: about 7 minutes (selftest about a minute; pal's 12 measurements, seconds each after the
-# model is built; 10 reference runs of at most 90 s each, the eager ones seconds); it never stops
-# early, so that every result comes back.
+# Plan: about 8 minutes (selftest about a minute, the NCCL build's another; pal's 12
+# measurements, seconds each after the model is built; 10 reference runs of at most 90 s each,
+# the eager ones seconds); it never stops early, so that every result comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 archive=${1:?usage: scripts/gpu_check.sh PAL_CUDA_XZ [OUT_DIR]}
 out=${2:-${OUT:-gpu-results}}
+nccl_archive=${3:-}
 mkdir -p "$out"
 work=$(mktemp -d)
 xz -dc "$archive" > "$work/pal" && chmod +x "$work/pal"
@@ -49,6 +54,18 @@ cat "$out/libraries.txt"
 timeout 300 "$work/pal" selftest --device cuda --json "$out/selftest.json" > "$out/selftest.md" 2>&1
 echo $? > "$out/selftest.rc"
 cat "$out/selftest.md"
+if [ -n "$nccl_archive" ]; then
+  xz -dc "$nccl_archive" > "$work/pal-nccl" && chmod +x "$work/pal-nccl"
+  nccl_dir=""
+  for dir in "${candidates[@]}"; do
+    if [ -e "$dir/libnccl.so.2" ]; then nccl_dir="$dir"; break; fi
+  done
+  echo "libnccl.so.2: ${nccl_dir:-not in a candidate folder (linker cache?)}" >> "$out/libraries.txt"
+  LD_LIBRARY_PATH="${nccl_dir:+$nccl_dir:}$LD_LIBRARY_PATH" timeout 300 "$work/pal-nccl" selftest \
+    --device cuda --json "$out/selftest-nccl.json" > "$out/selftest-nccl.md" 2>&1
+  echo $? > "$out/selftest-nccl.rc"
+  tail -5 "$out/selftest-nccl.md"
+fi
 for shapes in smollm2-135m llama-3.2-1b; do
   timeout 240 "$work/pal" bench modes --device cuda --dtype bf16 --shapes "$shapes" --batch 8 \
     --text-tokens 64 --audio-tokens 256,750 --trainable adapter --rounds 1 --steps 3 \

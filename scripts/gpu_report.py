@@ -51,6 +51,18 @@ def main():
     failed = [t for t in torch if t.get("failed")]
     if failed:
         print(f"\nPyTorch runs that failed or ran out of time: {failed}")
+    # `pal selftest --device cuda`, and the NCCL build's (which adds the gradients' all-reduce).
+    for name, label in [("selftest", "CUDA build"), ("selftest-nccl", "NCCL build")]:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        checks = json.loads(path.read_text())["checks"]
+        bad = [c["name"] for c in checks if c["error"] > c["tolerance"]]
+        nccl = [c for c in checks if c["name"].startswith("NCCL")]
+        print(f"\n`pal selftest --device cuda` ({label}): {len(checks) - len(bad)} of "
+              f"{len(checks)} checks pass" + (f"; failed: {bad}" if bad else "") + ".")
+        for c in nccl:
+            print(f"- {c['name']}: error {c['error']:.2e} (tolerance {c['tolerance']:.0e})")
 
 
 if __name__ == "__main__":

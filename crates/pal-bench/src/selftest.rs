@@ -93,6 +93,10 @@ pub fn run(device: &Device) -> anyhow::Result<SelfTest> {
         checks.extend(training_step(device, route, false, false, DType::BF16)?);
     }
     checks.push(generation(device)?);
+    #[cfg(feature = "nccl")]
+    if device.is_cuda() {
+        checks.push(nccl_gradient_sum(device)?);
+    }
     Ok(SelfTest {
         device: format!("{device:?}"),
         checks,
@@ -370,6 +374,34 @@ fn training_step(
             tolerance,
         },
     ])
+}
+
+/// A LAL step's gradients summed by NCCL in a one-rank job (the device path every rank of a
+/// multi-GPU run takes: the NCCL id, the communicator on candle's stream, the all-reduce of one
+/// flat buffer, the split back into gradients) against the same gradients unsummed: the same
+/// bits.
+#[cfg(feature = "nccl")]
+fn nccl_gradient_sum(device: &Device) -> anyhow::Result<Check> {
+    use pal_train::distributed::{nccl::NcclWorld, sum_gradients, SingleProcess};
+    let (model, params) = tiny_model(Route::Lal, device, DType::F32, false)?;
+    let world = NcclWorld::new(Box::new(SingleProcess))?;
+    let micro = [tiny_examples(device, DType::F32)?];
+    let (grads, _, _) = pal_train::trainer::rank_gradients(&model, &params, &micro, &world)?;
+    let mut summed = grads.clone();
+    let bytes = sum_gradients(&world, &mut summed, &params.vars())?;
+    anyhow::ensure!(bytes > 0, "NCCL: the gradients were not summed");
+    let mut worst = 0f64;
+    for (name, g) in &grads {
+        worst = worst.max(relative_error(&summed[name], g)?);
+    }
+    Ok(Check {
+        name: format!(
+            "NCCL all-reduce of a LAL step's {} gradients (one rank)",
+            grads.len()
+        ),
+        error: worst,
+        tolerance: 0.0,
+    })
 }
 
 /// Eight greedy tokens of the tiny PAL model: the share of tokens that differ.

@@ -10,7 +10,8 @@ pub enum ComputeDevice {
     /// The CPU (candle's thread pool).
     #[default]
     Cpu,
-    /// GPU 0, in a build with the `cuda` feature.
+    /// A GPU, in a build with the `cuda` feature: GPU 0, or under a multi-process launcher the
+    /// GPU of this process's node-local rank ([`local_gpu`]).
     Cuda,
 }
 
@@ -19,7 +20,7 @@ impl ComputeDevice {
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda => Device::new_cuda(0).map_err(|e| {
+            Self::Cuda => Device::new_cuda(local_gpu()).map_err(|e| {
                 candle_core::Error::Msg(format!(
                     "no CUDA device: this pal was built without the `cuda` feature \
                      (scripts/build_cuda.sh), or the driver found no GPU ({e})"
@@ -27,6 +28,35 @@ impl ComputeDevice {
             }),
         }
     }
+}
+
+/// This process's rank among the processes of its node, as the launchers tell it (OpenMPI,
+/// MPICH/Hydra, Slurm, torchrun-style `LOCAL_RANK`); 0 when not launched by one.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+        "LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
+/// The GPU this process uses: its node-local rank modulo the GPUs it can see, so that the ranks
+/// of a node spread over its GPUs (and a launcher that gives each rank one GPU through
+/// `CUDA_VISIBLE_DEVICES` still works).
+pub fn local_gpu() -> usize {
+    let rank = local_rank();
+    if rank == 0 {
+        return 0;
+    }
+    #[cfg(feature = "cuda")]
+    if let Ok(count) = candle_core::cuda::cudarc::driver::CudaContext::device_count() {
+        return rank % (count.max(1) as usize);
+    }
+    rank
 }
 
 impl std::str::FromStr for ComputeDevice {

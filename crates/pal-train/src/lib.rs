@@ -43,4 +43,7 @@ pub enum TrainError {
     /// A tensor computation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Starting or running a multi-process job failed (launcher, MPI, NCCL).
+    #[error("distributed training: {0}")]
+    Distributed(String),
 }

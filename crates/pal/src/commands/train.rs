@@ -54,7 +54,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let resumed = args.resume;
     // Under `mpirun`/`srun` (a build with `--features mpi`) this process is one rank of the job.
-    let ranks = pal_train::distributed::from_launcher()?;
+    let ranks = pal_train::distributed::from_launcher(options.device)?;
     let summary = match train_ranks(&args.config, &options, ranks.as_ref()) {
         Ok(summary) => summary,
         Err(e) if ranks.size() > 1 => {
