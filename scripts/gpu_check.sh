@@ -3,11 +3,16 @@
 # network. Build the binary here first and carry it along (about 10 MB):
 #   scripts/build_cuda.sh pal-cuda.xz
 # then, on the GPU machine, from the repository root:
-#   scripts/gpu_check.sh pal-cuda.xz [OUT_DIR] [pal-cuda-nccl.xz]
+#   scripts/gpu_check.sh pal-cuda.xz [OUT_DIR] [pal-cuda-nccl.xz] [FIXTURE_DIR]
+# (scripts/gpu_carry.sh prepares gpu-carry/ with the binary and the two optional arguments.)
 # The third, optional, is the NCCL build (PAL_CUDA_FEATURES=cuda,nccl scripts/build_cuda.sh
 # pal-cuda-nccl.xz, no MPI: GPU machines may have no OpenMPI); its selftest adds the NCCL
 # all-reduce of a training step's gradients, one rank on this GPU (selftest-nccl.*), with the
 # machine's libnccl.so.2 (a system NCCL, or the nvidia-nccl wheel of its PyTorch).
+# The fourth, optional, is a tiny training job (python scripts/tiny_train_fixture.py DIR, made
+# where numpy is, about 1 MB): 10 steps of LAL and PLITS with `pal train --device cuda`, the NCCL
+# build's (one rank, the gradients through NCCL) and `--device cpu`; the adapters compared in
+# train-equivalence.json (scripts/compare_adapters.py), logs in train-SIDE-ROUTE.log.
 # It writes to OUT_DIR (default: $OUT, else ./gpu-results): nvidia-smi.txt, libraries.txt (which
 # CUDA libraries it found where), selftest.md / selftest.json / selftest.rc (`pal selftest
 # --device cuda`: every op, a training step per route and a generation against the CPU in f64).
@@ -26,6 +31,7 @@ cd "$(dirname "$0")/.."
 archive=${1:?usage: scripts/gpu_check.sh PAL_CUDA_XZ [OUT_DIR]}
 out=${2:-${OUT:-gpu-results}}
 nccl_archive=${3:-}
+fixture=${4:-}
 mkdir -p "$out"
 work=$(mktemp -d)
 xz -dc "$archive" > "$work/pal" && chmod +x "$work/pal"
@@ -103,6 +109,29 @@ torch.cuda.synchronize()
 print(json.dumps({"n": n, "tflops": 2 * n**3 * reps / (time.perf_counter() - start) / 1e12,
                   "device": torch.cuda.get_device_name()}))
 PY
+if [ -n "$fixture" ]; then
+  pairs=()
+  for route in lal plits; do
+    for side in cpu cuda nccl; do
+      binary="$work/pal" device=cuda libraries="$LD_LIBRARY_PATH"
+      [ "$side" = cpu ] && device=cpu
+      if [ "$side" = nccl ]; then
+        [ -x "$work/pal-nccl" ] || continue
+        binary="$work/pal-nccl" libraries="${nccl_dir:+$nccl_dir:}$LD_LIBRARY_PATH"
+      fi
+      (cd "$fixture" && LD_LIBRARY_PATH="$libraries" timeout 120 "$binary" train --quiet \
+        --device "$device" --config "train-$route.toml" --output "$work/run-$side-$route") \
+        > "$out/train-$side-$route.log" 2>&1
+      echo $? > "$out/train-$side-$route.rc"
+    done
+    pairs+=("$route cuda vs cpu=$work/run-cpu-$route/adapter.safetensors:$work/run-cuda-$route/adapter.safetensors")
+    if [ -x "$work/pal-nccl" ]; then
+      pairs+=("$route nccl vs cuda=$work/run-cuda-$route/adapter.safetensors:$work/run-nccl-$route/adapter.safetensors")
+    fi
+  done
+  python3 scripts/compare_adapters.py "${pairs[@]}" > "$out/train-equivalence.json"
+  cat "$out/train-equivalence.json"
+fi
 python3 scripts/gpu_report.py "$out" > "$out/gpu.md"
 cat "$out/gpu.md"
 rm -rf "$work"

@@ -11,12 +11,29 @@ import pathlib
 import sys
 
 
+def read_json(path):
+    """A result file's JSON, or None when a step failed to write it (every other result is
+    still reported)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_json_line(line):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
-    peak = json.loads((out / "bf16-peak.json").read_text())["tflops"] * 1e12 \
-        if (out / "bf16-peak.json").exists() else None
-    torch = [json.loads(l) for l in (out / "torch-reference.jsonl").read_text().splitlines()
-             if l.strip()] if (out / "torch-reference.jsonl").exists() else []
+    peak = (read_json(out / "bf16-peak.json") or {}).get("tflops")
+    peak = peak * 1e12 if peak else None
+    lines = (out / "torch-reference.jsonl").read_text().splitlines() \
+        if (out / "torch-reference.jsonl").exists() else []
+    torch = [t for t in (read_json_line(l) for l in lines) if t is not None]
     print("# pal against PyTorch on one GPU\n")
     print(f"From `scripts/gpu_check.sh` (results in `{out.name}`): training steps (forward and "
           "backward, no optimizer step on either side) with the frozen LLM in bf16 and the adapter "
@@ -28,7 +45,10 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for report in sorted(out.glob("modes-*.json")):
         shapes = report.stem.removeprefix("modes-")
-        data = json.loads(report.read_text())
+        data = read_json(report)
+        if data is None:
+            print(f"| {shapes} | - | - | no report (see {report.stem}.log) |")
+            continue
         for e in data["measurements"]:
             if e["task"] != "train" or e["implementation"] != "pal":
                 continue
@@ -54,15 +74,26 @@ def main():
     # `pal selftest --device cuda`, and the NCCL build's (which adds the gradients' all-reduce).
     for name, label in [("selftest", "CUDA build"), ("selftest-nccl", "NCCL build")]:
         path = out / f"{name}.json"
-        if not path.exists():
+        if not path.exists() and not (out / f"{name}.md").exists():
             continue
-        checks = json.loads(path.read_text())["checks"]
+        checks = (read_json(path) or {}).get("checks")
+        if checks is None:
+            print(f"\n`pal selftest --device cuda` ({label}): no result (see {name}.md)")
+            continue
         bad = [c["name"] for c in checks if c["error"] > c["tolerance"]]
         nccl = [c for c in checks if c["name"].startswith("NCCL")]
         print(f"\n`pal selftest --device cuda` ({label}): {len(checks) - len(bad)} of "
               f"{len(checks)} checks pass" + (f"; failed: {bad}" if bad else "") + ".")
         for c in nccl:
             print(f"- {c['name']}: error {c['error']:.2e} (tolerance {c['tolerance']:.0e})")
+    # `pal train` of the tiny job on the GPU, through NCCL and on the CPU (gpu_check.sh).
+    path = out / "train-equivalence.json"
+    if path.exists():
+        print("\n10 training steps of the tiny job (`scripts/tiny_train_fixture.py`), adapters' "
+              "largest relative difference (`|a - b| / |a|` per tensor):\n")
+        for name, value in (read_json(path) or {}).items():
+            shown = f"{value:.2e}" if isinstance(value, float) else value
+            print(f"- {name}: {shown}")
 
 
 if __name__ == "__main__":
