@@ -1,10 +1,11 @@
 //! `pal train` end to end with the real SmolLM2-135M + Whisper tiny.en on generated tones:
 //! a run killed with SIGKILL resumes to the same losses as an uninterrupted run; a truncated
-//! checkpoint is reported and the previous one stays intact; bad manifest lines are named.
+//! checkpoint is reported and the previous one stays intact; bad manifest lines are named. And
+//! the tiny job a GPU machine trains (no fetched model) trains here, twice to the same adapter.
 
 mod common;
 
-use common::{models_present, ok, pal, tone_manifest, tone_model};
+use common::{models_present, ok, pal, python, repo, tone_manifest, tone_model};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -365,4 +366,56 @@ trainable = {last}
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--dtype f32"), "{stderr}");
+}
+
+/// `scripts/tiny_train_fixture.py` (what `scripts/gpu_check.sh` trains on a GPU, where no model
+/// can be fetched) makes a job `pal train` runs, for LAL and PLITS; two runs give the same
+/// adapter, as `scripts/compare_adapters.py` (the GPU check's comparison) measures it.
+#[test]
+fn the_tiny_gpu_check_job_trains_and_repeats_exactly() {
+    let Some(python) = python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = tmp.path().join("fixture");
+    ok(&std::process::Command::new(&python)
+        .arg(repo().join("scripts/tiny_train_fixture.py"))
+        .arg(&fixture)
+        .output()
+        .unwrap());
+    let mut pairs = vec![];
+    for route in ["lal", "plits"] {
+        let runs = ["a", "b"].map(|r| tmp.path().join(format!("{route}-{r}")));
+        for run in &runs {
+            ok(&pal()
+                .args(["train", "--quiet", "--device", "cpu", "--config"])
+                .arg(format!("train-{route}.toml"))
+                .arg("--output")
+                .arg(run)
+                .current_dir(&fixture)
+                .output()
+                .unwrap());
+            let summary: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(run.join("train_summary.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(summary["steps"], 10, "{route}");
+            assert!(summary["final_loss"].as_f64().unwrap().is_finite());
+        }
+        pairs.push(format!(
+            "{route}={}:{}",
+            runs[0].join("adapter.safetensors").display(),
+            runs[1].join("adapter.safetensors").display()
+        ));
+    }
+    let out = std::process::Command::new(&python)
+        .arg(repo().join("scripts/compare_adapters.py"))
+        .args(&pairs)
+        .output()
+        .unwrap();
+    ok(&out);
+    let differences: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for route in ["lal", "plits"] {
+        assert_eq!(differences[route], 0.0, "{route}: {differences}");
+    }
 }
