@@ -271,13 +271,17 @@ impl LlmReport {
                     ));
                 }
             }
-            let batches: Vec<usize> = pal.throughput.iter().map(|t| t.batch).collect();
+        }
+        // How each engine's decoding scales with the batch on this machine (llama.cpp and
+        // transformers too, as a yardstick for pal's).
+        for engine in &self.engines {
+            let batches: Vec<usize> = engine.throughput.iter().map(|t| t.batch).collect();
             if let (Some(&lo), Some(&hi)) = (batches.iter().min(), batches.iter().max()) {
-                if let (Some(a), Some(b)) = (find(&pal.engine, lo), find(&pal.engine, hi)) {
+                if let (Some(a), Some(b)) = (find(&engine.engine, lo), find(&engine.engine, hi)) {
                     if hi > lo {
                         ratios.push_str(&format!(
                             "- {}: batch-{hi} decode / batch-{lo} decode: {:.2}x\n",
-                            pal.engine,
+                            engine.engine,
                             b.decode_tokens_per_s / a.decode_tokens_per_s
                         ));
                     }
