@@ -12,7 +12,8 @@
 # The fourth, optional, is a tiny training job (python scripts/tiny_train_fixture.py DIR, made
 # where numpy is, about 1 MB): 10 steps of LAL and PLITS with `pal train --device cuda`, the NCCL
 # build's (one rank, the gradients through NCCL) and `--device cpu`; the adapters compared in
-# train-equivalence.json (scripts/compare_adapters.py), logs in train-SIDE-ROUTE.log.
+# train-equivalence.json (scripts/compare_adapters.py), logs in train-SIDE-ROUTE.log, each run's
+# train_summary.json (steps, loss, seconds, the engine that summed) in train-SIDE-ROUTE.json.
 # It writes to OUT_DIR (default: $OUT, else ./gpu-results): nvidia-smi.txt, libraries.txt (which
 # CUDA libraries it found where), selftest.md / selftest.json / selftest.rc (`pal selftest
 # --device cuda`: every op, a training step per route and a generation against the CPU in f64).
@@ -123,6 +124,8 @@ if [ -n "$fixture" ]; then
         --device "$device" --config "train-$route.toml" --output "$work/run-$side-$route") \
         > "$out/train-$side-$route.log" 2>&1
       echo $? > "$out/train-$side-$route.rc"
+      # steps, final loss, seconds and the engine that summed the gradients (NCCL for the NCCL build)
+      cp "$work/run-$side-$route/train_summary.json" "$out/train-$side-$route.json" 2>/dev/null
     done
     pairs+=("$route cuda vs cpu=$work/run-cpu-$route/adapter.safetensors:$work/run-cuda-$route/adapter.safetensors")
     if [ -x "$work/pal-nccl" ]; then

@@ -118,6 +118,7 @@ fn two_ranks_with_batch_4_train_what_one_process_with_batch_8_trains() {
         )
         .unwrap();
         assert_eq!(summary["ranks"], 2, "{route}: ran as two ranks");
+        assert_eq!(summary["engine"], "MPI", "{route}: summed by MPI");
         let d = relative_difference(&adapter(&dir.join("single")), &adapter(&dir.join("ranks")));
         assert!(d <= 1e-5, "{route}: adapters differ by {d} (relative)");
     }

@@ -55,6 +55,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let resumed = args.resume;
     // Under `mpirun`/`srun` (a build with `--features mpi`) this process is one rank of the job.
     let ranks = pal_train::distributed::from_launcher(options.device)?;
+    if ranks.rank() == 0 && !options.quiet && (ranks.size() > 1 || ranks.sums_single_rank()) {
+        eprintln!(
+            "data-parallel training: {} rank(s), gradients summed by {}",
+            ranks.size(),
+            ranks.engine()
+        );
+    }
     let summary = match train_ranks(&args.config, &options, ranks.as_ref()) {
         Ok(summary) => summary,
         Err(e) if ranks.size() > 1 => {
@@ -78,6 +85,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "peak_rss_bytes": peak_rss_bytes,
             "resumed": resumed,
             "ranks": ranks.size(),
+            "engine": ranks.engine(),
         }))?,
     )?;
     println!(
