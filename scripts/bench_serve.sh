@@ -23,8 +23,10 @@ for cache in 0 512; do
     report=$("$python" scripts/load_test.py --base-url "$addr/v1" --model bench $warm \
       --requests "$requests" --concurrency "$concurrency" assets/clips/*.wav)
     health=$(curl -s "$addr/health")
+    # The server's CPU seconds (user + system) over its life.
+    server_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$pid/stat)
     kill -TERM $pid; wait $pid
-    results+=("{\"max_batch\": $batch, \"audio_cache_mb\": $cache, \"load\": $report, \"server\": $health}")
+    results+=("{\"max_batch\": $batch, \"audio_cache_mb\": $cache, \"load\": $report, \"server\": $health, \"server_cpu_s\": $server_cpu}")
   done
 done
 json="[$(IFS=,; echo "${results[*]}")]"
@@ -49,8 +51,32 @@ for cache, name in ((0, "cache off"), (512, "cache warm")):
         print(f"\nBatching speed-up, {name} (requests/s, max batch 8 vs 1, same run): {by[(cache, 8)] / by[(cache, 1)]:.2f}x")
 if (512, 8) in by and (0, 1) in by:
     print(f"\nBatching and a warm cache against neither: {by[(512, 8)] / by[(0, 1)]:.2f}x")
+print("\n## Where the time went\n")
+print("Seconds over the whole run of each setting (with the cache on, the untimed warm-up "
+      "questions count too): the encoder thread's busy time (cache lookups, encoding, LAL prefix), "
+      "the model thread's prefill and decoding steps (`/health`, `busy_s`), the server's CPU time, "
+      "and the load generator's own CPU time on the same cores.\n")
+print("| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    l, busy = r["load"], r["server"].get("busy_s", {})
+    cache = "off" if r["audio_cache_mb"] == 0 else f"{r['audio_cache_mb']} MiB, warm"
+    print(f"| {cache} | {r['max_batch']} | {l['wall_s']} | {busy.get('encode', '-')} | {busy.get('prefill', '-')} | "
+          f"{busy.get('decode', '-')} | {r.get('server_cpu_s', '-')} | {l.get('client_cpu_s', '-')} |")
 print("""
 ## Earlier figures
+
+2026-12-01, the same server and adapter, with the 512-bit decoding kernel, before the busy-time
+counters (the previous run of this script):
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 7.874 | 1.736 | 3.889 | 1.281 | 1.942 | 97 | 7.5 | 0 |
+| off | 1 | 0 | 6.539 | 2.418 | 2.572 | 2.396 | 2.547 | 730 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 13.917 | 0.939 | 2.156 | 0.69 | 1.257 | 120 | 6.3 | 200 |
+| 512 MiB, warm | 1 | 0 | 10.928 | 1.449 | 1.53 | 1.427 | 1.515 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.20x (cache off), 1.27x (warm).
 
 2026-12-01, the same server and adapter, before the 512-bit decoding kernel:
 

@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -91,6 +92,10 @@ def main():
         "ttft_p50_s": round(statistics.median(firsts), 3) if firsts else None,
         "ttft_p95_s": round(firsts[int(0.95 * (len(firsts) - 1))], 3) if firsts else None,
         "warm": args.warm,
+        # CPU seconds this load generator used (all its threads): on a small machine it competes
+        # with the server for the same cores.
+        "client_cpu_s": round(sum(getattr(resource.getrusage(resource.RUSAGE_SELF), f)
+                                  for f in ("ru_utime", "ru_stime")), 2),
     }
     print(json.dumps(report))
     sys.exit(1 if failed else 0)

@@ -12,7 +12,7 @@
 //! thread carries on (counted, and reported by `/health`).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -148,6 +148,20 @@ pub struct Counters {
     pub audio_cache_hits: AtomicUsize,
     /// Clips encoded (and kept, when the cache is on).
     pub audio_cache_misses: AtomicUsize,
+    /// Microseconds the encoder thread spent preparing chats (cache lookups, encoding, the LAL
+    /// prefix, the position check).
+    pub encode_micros: AtomicU64,
+    /// Microseconds the model thread spent admitting requests (their prefill).
+    pub prefill_micros: AtomicU64,
+    /// Microseconds the model thread spent in decoding steps.
+    pub decode_micros: AtomicU64,
+}
+
+impl Counters {
+    /// Adds the time since `start` to `micros`: where the threads' time goes, for `/health`.
+    fn spent(micros: &AtomicU64, start: std::time::Instant) {
+        micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// The sending side of the queue.
@@ -257,9 +271,11 @@ fn encode_requests(
                     counters.cancelled.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                let start = std::time::Instant::now();
                 let prepared = isolated(counters, || {
                     prepare(bundle, &mut cache, segments, &clips, &params, counters)
                 });
+                Counters::spent(&counters.encode_micros, start);
                 match prepared {
                     Ok(Ok((example, clip))) => {
                         let request = Ready {
@@ -354,7 +370,11 @@ fn generate_requests(
                 Err(_) => break,
             }
         }
-        admit(bundle, &mut running, arrivals, counters);
+        if !arrivals.is_empty() {
+            let start = std::time::Instant::now();
+            admit(bundle, &mut running, arrivals, counters);
+            Counters::spent(&counters.prefill_micros, start);
+        }
         if running.is_empty() {
             continue;
         }
@@ -362,11 +382,13 @@ fn generate_requests(
         counters
             .decoded_rows
             .fetch_add(running.len(), Ordering::Relaxed);
+        let start = std::time::Instant::now();
         let outcome = isolated(counters, || {
             running
                 .step(&bundle.model.llm, &bundle.tokenizer, stream)
                 .map_err(|e| e.to_string())
         });
+        Counters::spent(&counters.decode_micros, start);
         match outcome {
             Ok(Ok(outcome)) => {
                 for (events, generation) in outcome.ended {

@@ -160,12 +160,23 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "audio_cache_misses": c.audio_cache_misses.load(Ordering::Relaxed),
         "panics": panics,
         "last_panic": last_panic,
+        // Seconds each stage's thread has been busy since the start (where the time goes).
+        "busy_s": {
+            "encode": seconds(&c.encode_micros),
+            "prefill": seconds(&c.prefill_micros),
+            "decode": seconds(&c.decode_micros),
+        },
     }));
     if stopped {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else {
         body.into_response()
     }
+}
+
+/// A microsecond counter in seconds, to the millisecond.
+fn seconds(micros: &std::sync::atomic::AtomicU64) -> f64 {
+    (micros.load(Ordering::Relaxed) / 1000) as f64 / 1000.0
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {

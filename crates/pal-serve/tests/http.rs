@@ -93,6 +93,12 @@ async fn answers_streams_and_refuses_bad_requests() {
     .unwrap();
     assert_eq!(text, direct[0].text);
     assert_eq!(answer["usage"]["completion_tokens"], direct[0].tokens.len());
+    // `/health` says where the time of that answer went: encoding, prefill, decoding steps.
+    let (_, body) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
+    let busy = &serde_json::from_slice::<Value>(&body).unwrap()["busy_s"];
+    for stage in ["encode", "prefill", "decode"] {
+        assert!(busy[stage].as_f64().unwrap() > 0.0, "{stage}: {busy}");
+    }
 
     // Streaming: the deltas add up to the same answer, and the stream ends with [DONE].
     let (status, body) = send(
