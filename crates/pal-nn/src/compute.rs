@@ -49,9 +49,6 @@ pub fn local_rank() -> usize {
 /// `CUDA_VISIBLE_DEVICES` still works).
 pub fn local_gpu() -> usize {
     let rank = local_rank();
-    if rank == 0 {
-        return 0;
-    }
     #[cfg(feature = "cuda")]
     if let Ok(count) = candle_core::cuda::cudarc::driver::CudaContext::device_count() {
         return rank % (count.max(1) as usize);
@@ -59,24 +56,36 @@ pub fn local_gpu() -> usize {
     rank
 }
 
+impl ComputeDevice {
+    /// Every device, in the order their names are listed.
+    pub const ALL: [Self; 2] = [Self::Cpu, Self::Cuda];
+
+    /// The name `--device` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
 impl std::str::FromStr for ComputeDevice {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown device '{other}' (cpu or cuda)")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown device '{s}' ({})", names.join(" or "))
+            })
     }
 }
 
 impl std::fmt::Display for ComputeDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -91,11 +100,22 @@ pub enum ComputeDtype {
 }
 
 impl ComputeDtype {
+    /// Every type, in the order their names are listed.
+    pub const ALL: [Self; 2] = [Self::F32, Self::Bf16];
+
     /// The candle type.
     pub fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name `--dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
         }
     }
 }
@@ -104,20 +124,19 @@ impl std::str::FromStr for ComputeDtype {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown dtype '{other}' (f32 or bf16)")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown dtype '{s}' ({})", names.join(" or "))
+            })
     }
 }
 
 impl std::fmt::Display for ComputeDtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -129,10 +148,10 @@ mod tests {
     /// choices.
     #[test]
     fn names_round_trip_and_unknown_ones_are_refused() {
-        for device in [ComputeDevice::Cpu, ComputeDevice::Cuda] {
+        for device in ComputeDevice::ALL {
             assert_eq!(device.to_string().parse::<ComputeDevice>(), Ok(device));
         }
-        for dtype in [ComputeDtype::F32, ComputeDtype::Bf16] {
+        for dtype in ComputeDtype::ALL {
             assert_eq!(dtype.to_string().parse::<ComputeDtype>(), Ok(dtype));
         }
         let error = "gpu".parse::<ComputeDevice>().unwrap_err();

@@ -61,10 +61,13 @@ pub enum RandomShapes {
 impl std::str::FromStr for RandomShapes {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "llama-3.2-1b" => Ok(Self::Llama32_1b),
-            "smollm2-135m" => Ok(Self::Smollm2_135m),
-            other => anyhow::bail!("unknown --shapes '{other}' (llama-3.2-1b, smollm2-135m)"),
+        let all = [Self::Llama32_1b, Self::Smollm2_135m];
+        match all.into_iter().find(|shapes| shapes.torch_name() == s) {
+            Some(shapes) => Ok(shapes),
+            None => {
+                let names: Vec<&str> = all.iter().map(|shapes| shapes.torch_name()).collect();
+                anyhow::bail!("unknown --shapes '{s}' ({})", names.join(", "))
+            }
         }
     }
 }

@@ -155,9 +155,9 @@ pub struct ModesReport {
     pub decode_tokens: usize,
     /// Threads.
     pub threads: usize,
-    /// Where it ran (`cpu`, `cuda`) and the frozen LLM's type (`f32`, `bf16`).
+    /// Where it ran (`cpu`, `cuda`).
     pub device: String,
-    /// The frozen LLM's type.
+    /// The frozen LLM's type (`f32`, `bf16`).
     pub dtype: String,
     /// Every measurement.
     pub measurements: Vec<Entry>,

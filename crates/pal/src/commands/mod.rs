@@ -35,7 +35,8 @@ pub struct WeightsArg {
 /// `--device` and `--dtype`: where a model runs and the type its frozen backbone computes in.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct DeviceArgs {
-    /// `cpu`, or `cuda` (GPU 0; a build with `--features cuda`, see scripts/build_cuda.sh).
+    /// `cpu`, or `cuda` (GPU 0, or under `mpirun`/`srun` the GPU of the node-local rank; a
+    /// build with `--features cuda`, see scripts/build_cuda.sh).
     #[arg(long, default_value = "cpu")]
     pub device: pal_nn::ComputeDevice,
     /// `f32`, or `bf16`: the frozen LLM and encoders in bf16, the adapter (and LoRA) in f32
