@@ -66,8 +66,27 @@ for r in rows:
 print("""
 ## Earlier figures
 
+2026-12-01, the same server and adapter before the tile kernel (decoding on chunks of eight
+blocks, prefill in f32; the previous run of this script):
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 6.954 | 1.965 | 4.271 | 1.451 | 2.331 | 97 | 7.5 | 0 |
+| off | 1 | 0 | 6.066 | 2.595 | 2.848 | 2.577 | 2.829 | 730 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 12.216 | 1.116 | 2.337 | 0.793 | 1.33 | 120 | 6.3 | 200 |
+| 512 MiB, warm | 1 | 0 | 10.63 | 1.488 | 1.625 | 1.461 | 1.605 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.15x (cache off), 1.15x (warm).
+
+| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) |
+|---|---|---|---|---|---|---|---|
+| off | 8 | 28.76 | 19.459 | 25.812 | 2.745 | 56.09 | 1.43 |
+| off | 1 | 32.97 | 18.997 | 27.588 | 4.851 | 61.97 | 1.44 |
+| 512 MiB, warm | 8 | 16.37 | 0.481 | 14.268 | 2.735 | 32.97 | 1.35 |
+| 512 MiB, warm | 1 | 18.81 | 0.42 | 15.012 | 4.184 | 38.19 | 1.33 |
+
 2026-12-01, the same server and adapter, with the 512-bit decoding kernel, before the busy-time
-counters (the previous run of this script):
+counters (the run before that):
 
 | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
 |---|---|---|---|---|---|---|---|---|---|---|

@@ -20,13 +20,17 @@ pub struct Lora {
 
 /// A frozen weight's block-quantized form (from a GGUF file) and the largest product, in rows
 /// of the input, that uses it instead of the f32 weight: decoding multiplies one row per sequence,
-/// and reading a sixth of the bytes makes it that much faster; a long prefill is faster in f32.
+/// and reading a sixth of the bytes makes it that much faster; a long prefill may be faster in
+/// f32 (see `QuantizedWeight::fast_at_any_rows`).
 #[derive(Clone, Debug)]
 pub struct QuantizedForm {
     /// The weight as stored in the file.
     pub weight: Arc<QuantizedWeight>,
-    /// Products of up to this many rows use `weight`; `usize::MAX` when no f32 weight is held.
+    /// Products of up to this many rows that need no gradient use `weight`.
     pub max_rows: usize,
+    /// Whether the f32 weight is held too (for gradients, and for products past `max_rows`);
+    /// when not, `Linear::weight` is a zero-stride stand-in of its shape.
+    pub f32_held: bool,
 }
 
 /// `y = x W^T + b (+ scale * x A^T B^T)` with `W` stored as `(out, in)`, as in PyTorch and on disk.
@@ -116,9 +120,7 @@ impl Linear {
     /// Whether the f32 weight is held: not when only the quantized form is (then `weight` is a
     /// zero-stride stand-in of its shape, and nothing may multiply with it directly).
     pub fn holds_f32(&self) -> bool {
-        self.quantized
-            .as_ref()
-            .is_none_or(|q| q.max_rows != usize::MAX)
+        self.quantized.as_ref().is_none_or(|q| q.f32_held)
     }
 
     /// `(in_features, out_features)`.

@@ -518,6 +518,22 @@ fn batched_matmul_equals_candle_matmul_for_plain_and_transposed_operands() {
             (a.clone(), bt.t().unwrap()),
             (at.t().unwrap(), b.clone()),
             (a.reshape((6, 5, 4)).unwrap(), b.reshape((6, 4, 6)).unwrap()),
+            // Attention-shaped probabilities times values (a decoding step's 5 query rows over
+            // 170 keys, 70 columns: whole and partial 32-column parts, three rows and two).
+            (
+                rand(&[2, 3, 5, 170], 66).to_dtype(dtype).unwrap(),
+                rand(&[2, 3, 170, 70], 67).to_dtype(dtype).unwrap(),
+            ),
+            // Attention-shaped scores: 5 query rows against 170 keys of 70 values, the keys a
+            // transposed view (dot products).
+            (
+                rand(&[2, 3, 5, 70], 68).to_dtype(dtype).unwrap(),
+                rand(&[2, 3, 170, 70], 69)
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .t()
+                    .unwrap(),
+            ),
             // A batch of 40 items: the pool's threads split it.
             (
                 rand(&[40, 7, 3], 64).to_dtype(dtype).unwrap(),

@@ -1,6 +1,6 @@
 //! Products against quantized weights agree with the f32 product on the dequantized weights,
 //! for every block format, for a decoding step (one row) and a prefill (many rows, several
-//! groups of eight), on row lengths that are and are not multiples of eight blocks.
+//! groups of eight), on weights whose row counts do and do not fill tiles of sixteen rows.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
@@ -25,7 +25,7 @@ fn quantized_products_match_f32_on_dequantized_weights() -> Result<()> {
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
     ] {
-        for (out, inp) in [(72, 256), (40, 576), (24, 1536)] {
+        for (out, inp) in [(72, 256), (40, 576), (24, 1536), (64, 576)] {
             if dtype == GgmlDType::Q4K && inp % 256 != 0 {
                 continue;
             }

@@ -463,7 +463,7 @@ impl ModesReport {
             .collect();
         if !infer.is_empty() {
             let held = match (self.device.as_str(), self.dtype.as_str()) {
-                ("cpu", "f32") => "Frozen LLM weights held as `--weights auto` holds them (a GGUF's quantized blocks for decoding, f32 for prefill); random-weight shapes stay in f32.".to_string(),
+                ("cpu", "f32") => "Frozen LLM weights held as `--weights auto` holds them (a GGUF's quantized blocks on pal's kernels for decoding and prefill); random-weight shapes stay in f32.".to_string(),
                 (device, dtype) => format!("Frozen LLM weights in {dtype} on {device} (the quantized forms are for f32 on the CPU)."),
             };
             md.push_str(&format!("\n## Inference (greedy, {} decoded tokens)\n\n{held}\n\n| mode | Na | batch | prefill (s) | decode tokens/s | samples/s | peak RSS (MiB) |{gpu_header}\n|---|---|---|---|---|---|---|{gpu_rule}\n", self.decode_tokens));

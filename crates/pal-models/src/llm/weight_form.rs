@@ -1,12 +1,14 @@
 //! The form a frozen LLM's linear weights are held in at inference (`--weights`). Decoding
 //! multiplies one row per sequence by every weight, so its speed is the bytes it reads: a GGUF
-//! file's Q4_1 weights are a sixth of their f32 form. A prefill of many rows is compute-bound,
-//! and fastest in f32.
+//! file's Q4_1 weights are a sixth of their f32 form. A prefill of many rows is compute-bound:
+//! pal's own kernels (Q4_0, Q4_1, Q8_0 with AVX2 or AVX-512) are faster than f32 there too,
+//! candle's (the k-quants) are not.
 //!
 //! - `f32`: every weight dequantized to f32 (what training uses).
-//! - `auto` (the default): a GGUF file's quantized weights as stored, for products of up to
-//!   [`DECODE_ROWS`] rows (decoding), and f32 for longer ones (prefill, the audio's LAL keys).
-//!   A safetensors model stays in its f32 form.
+//! - `auto` (the default): a GGUF file's quantized weights as stored, for every product pal's
+//!   kernels take, and for products of up to [`DECODE_ROWS`] rows (decoding) with candle's; f32
+//!   for the rest (a k-quant prefill). The f32 copy stays, for training through the frozen
+//!   layers. A safetensors model stays in its f32 form.
 //! - `quantized`: the quantized weights for every product, and no f32 copy of them: the least
 //!   memory. A safetensors model is quantized to Q8_0 at load.
 
@@ -24,13 +26,14 @@ use crate::formats::gguf::GgufFile;
 use crate::llm::decoder::Llama;
 use crate::llm::layer::{FFN_LINEARS, LINEAR_NAMES};
 
-/// Products of up to this many rows use the quantized weights in the `auto` form.
+/// Products of up to this many rows use quantized weights on candle's kernels in the `auto`
+/// form.
 pub const DECODE_ROWS: usize = 16;
 
 /// How frozen linear weights are held at inference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightForm {
-    /// Quantized for decoding, f32 for prefill (see the module docs).
+    /// Quantized wherever pal's kernels are fastest, an f32 copy held (see the module docs).
     #[default]
     Auto,
     /// f32 only.
@@ -73,6 +76,8 @@ pub struct WeightsInUse {
     pub quantized: BTreeMap<String, usize>,
     /// Linear weights held only in f32.
     pub f32_only: usize,
+    /// Quantized weights used for decoding only (up to [`DECODE_ROWS`] rows), f32 beyond.
+    pub decode_only: usize,
 }
 
 impl std::fmt::Display for WeightsInUse {
@@ -87,10 +92,12 @@ impl std::fmt::Display for WeightsInUse {
             .collect();
         match self.form {
             WeightForm::Quantized => write!(f, "quantized ({})", types.join(", ")),
+            _ if self.decode_only == 0 => write!(f, "{} for every product", types.join(", ")),
             _ => write!(
                 f,
-                "{} for up to {DECODE_ROWS} rows (decoding), f32 for more (prefill)",
-                types.join(", ")
+                "{}; {} of them for up to {DECODE_ROWS} rows (decoding), f32 for more",
+                types.join(", "),
+                self.decode_only
             ),
         }?;
         if self.f32_only > 0 {
@@ -121,10 +128,6 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
     if from_file.is_none() && form == WeightForm::Auto {
         return Ok(used);
     }
-    let max_rows = match form {
-        WeightForm::Quantized => usize::MAX,
-        _ => DECODE_ROWS,
-    };
     let mut attach = |name: &str, linear: &mut pal_nn::Linear| -> Result<()> {
         if linear.weight.is_variable() {
             used.f32_only += 1;
@@ -162,9 +165,18 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
             linear.weight = Tensor::zeros((), DType::F32, &candle_core::Device::Cpu)?
                 .broadcast_as((out, inp))?;
         }
+        let max_rows = if form == WeightForm::Quantized || weight.fast_at_any_rows() {
+            usize::MAX
+        } else {
+            DECODE_ROWS
+        };
+        if max_rows != usize::MAX {
+            used.decode_only += 1;
+        }
         linear.quantized = Some(QuantizedForm {
             weight: Arc::new(weight),
             max_rows,
+            f32_held: form != WeightForm::Quantized,
         });
         Ok(())
     };

@@ -119,6 +119,17 @@ unsafe fn small_block<T: candle_core::WithDType>(
         );
         return;
     }
+    if b_col == 1 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked above); the caller's contract covers the rows.
+        super::few_rows::row_updates(
+            super::few_rows::avx2_fma(),
+            (m, n, k),
+            (a as *const f32, a_row, a_col),
+            (b as *const f32, b_row),
+            (dst as *mut f32, dst_row),
+        );
+        return;
+    }
     let mut a_row_buf = vec![T::zero(); k];
     for i in 0..m {
         for (kk, v) in a_row_buf.iter_mut().enumerate() {

@@ -3,7 +3,9 @@
 //! cost more than the product, which should read each weight once and be limited by memory
 //! bandwidth. Here each weight row is read once and multiplied with every row of `x` while it is
 //! in L1, with AVX2/FMA when the CPU has them (checked at run time) and a portable loop
-//! otherwise. The columns are split over candle's thread pool.
+//! otherwise. The columns are split over candle's thread pool. The same file holds the small
+//! products of decoding's attention (`batched_matmul`'s small blocks): scores as dot products
+//! and probabilities times values as row updates (on AVX-512 where the CPU has it).
 
 use candle_core::Layout;
 
@@ -69,6 +71,162 @@ pub(crate) unsafe fn dot_products(
             *out.add(i * out_row + j) = dot(simd, x_at(i), row);
         }
     }
+}
+
+/// `out_i = sum_t a[i, t] b_t` for `m` rows of `a` (element `(i, t)` at `i * a_row + t * a_col`)
+/// and `k` rows `b_t` of length `n` (row stride `b_row`): attention's probabilities times its
+/// values, on the calling thread; `simd` from [`avx2_fma`]. With AVX2, each row of `b` is loaded
+/// once for every three rows of `a`, 32 columns at a time.
+///
+/// # Safety
+/// The rows must lie inside their buffers, and no other thread may write the output meanwhile.
+pub(crate) unsafe fn row_updates(
+    simd: bool,
+    (m, n, k): (usize, usize, usize),
+    (a, a_row, a_col): (*const f32, usize, usize),
+    (b, b_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        let wide = avx512();
+        let mut first = 0;
+        while first < m {
+            let rows = (m - first).min(3);
+            let a = (a.add(first * a_row), a_row, a_col);
+            let out = (out.add(first * out_row), out_row);
+            match (wide, rows) {
+                (true, 1) => row_updates_avx512::<1>((n, k), a, (b, b_row), out),
+                (true, 2) => row_updates_avx512::<2>((n, k), a, (b, b_row), out),
+                (true, _) => row_updates_avx512::<3>((n, k), a, (b, b_row), out),
+                (false, _) => row_updates_avx2(rows, (n, k), a, (b, b_row), out),
+            }
+            first += rows;
+        }
+        return;
+    }
+    let _ = simd;
+    for i in 0..m {
+        let row = std::slice::from_raw_parts_mut(out.add(i * out_row), n);
+        row.fill(0.0);
+        for t in 0..k {
+            let scale = *a.add(i * a_row + t * a_col);
+            let values = std::slice::from_raw_parts(b.add(t * b_row), n);
+            for (o, &v) in row.iter_mut().zip(values) {
+                *o += scale * v;
+            }
+        }
+    }
+}
+
+/// [`row_updates`] for one to three rows of `a` with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_updates_avx2(
+    rows: usize,
+    (n, k): (usize, usize),
+    (a, a_row, a_col): (*const f32, usize, usize),
+    (b, b_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    use std::arch::x86_64::*;
+    let mut c = 0;
+    while c + 32 <= n {
+        let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+        for t in 0..k {
+            let values = b.add(t * b_row + c);
+            let v = [0, 1, 2, 3].map(|l| _mm256_loadu_ps(values.add(8 * l)));
+            for (r, sums) in acc.iter_mut().enumerate().take(rows) {
+                let scale = _mm256_set1_ps(*a.add(r * a_row + t * a_col));
+                for (sum, &vl) in sums.iter_mut().zip(&v) {
+                    *sum = _mm256_fmadd_ps(scale, vl, *sum);
+                }
+            }
+        }
+        for (r, sums) in acc.iter().enumerate().take(rows) {
+            for (l, sum) in sums.iter().enumerate() {
+                _mm256_storeu_ps(out.add(r * out_row + c + 8 * l), *sum);
+            }
+        }
+        c += 32;
+    }
+    for r in 0..rows {
+        for j in c..n {
+            let mut sum = 0f32;
+            for t in 0..k {
+                sum += *a.add(r * a_row + t * a_col) * *b.add(t * b_row + j);
+            }
+            *out.add(r * out_row + j) = sum;
+        }
+    }
+}
+
+/// [`row_updates`] for `R` (1 to 3) rows of `a` with AVX-512: 64 columns at a time (each row of
+/// `b` loaded once for all `R` rows), then 16, then the rest one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_updates_avx512<const R: usize>(
+    (n, k): (usize, usize),
+    (a, a_row, a_col): (*const f32, usize, usize),
+    (b, b_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    let a = (a, a_row, a_col);
+    let mut c = 0;
+    while c + 64 <= n {
+        columns_avx512::<R, 4>(c, k, a, (b, b_row), (out, out_row));
+        c += 64;
+    }
+    while c + 16 <= n {
+        columns_avx512::<R, 1>(c, k, a, (b, b_row), (out, out_row));
+        c += 16;
+    }
+    for r in 0..R {
+        for j in c..n {
+            let mut sum = 0f32;
+            for t in 0..k {
+                sum += *a.0.add(r * a_row + t * a_col) * *b.add(t * b_row + j);
+            }
+            *out.add(r * out_row + j) = sum;
+        }
+    }
+}
+
+/// Columns `c..c + 16 V` of [`row_updates_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_avx512<const R: usize, const V: usize>(
+    c: usize,
+    k: usize,
+    (a, a_row, a_col): (*const f32, usize, usize),
+    (b, b_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for t in 0..k {
+        let values = b.add(t * b_row + c);
+        let v: [__m512; V] = std::array::from_fn(|l| _mm512_loadu_ps(values.add(16 * l)));
+        for (r, sums) in acc.iter_mut().enumerate() {
+            let scale = _mm512_set1_ps(*a.add(r * a_row + t * a_col));
+            for (sum, &vl) in sums.iter_mut().zip(&v) {
+                *sum = _mm512_fmadd_ps(scale, vl, *sum);
+            }
+        }
+    }
+    for (r, sums) in acc.iter().enumerate() {
+        for (l, sum) in sums.iter().enumerate() {
+            _mm512_storeu_ps(out.add(r * out_row + c + 16 * l), *sum);
+        }
+    }
+}
+
+/// Whether the CPU has AVX-512 F (checked once per product).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the CPU has AVX2 and FMA (checked once per product, not per dot product).

@@ -26,8 +26,9 @@ pub fn resolve_llm(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// `--weights`: how the frozen LLM's linear weights are held at inference.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct WeightsArg {
-    /// `auto`: a GGUF file's quantized weights for decoding (a sixth of the bytes per token) and
-    /// f32 for prefill; `f32`: dequantized only; `quantized`: quantized only (least memory).
+    /// `auto`: a GGUF file's quantized weights (a sixth of the bytes per token) for decoding and
+    /// prefill on pal's kernels (Q4_0, Q4_1, Q8_0), for decoding only with the k-quants, and an
+    /// f32 copy for the rest; `f32`: dequantized only; `quantized`: quantized only (least memory).
     #[arg(long = "weights", default_value = "auto")]
     pub weights: pal_models::WeightForm,
 }

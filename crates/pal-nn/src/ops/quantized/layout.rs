@@ -1,26 +1,34 @@
-//! The layouts the kernels read: weights repacked at load so that eight blocks sit side by side,
-//! activations quantized into the same arrangement, and the portable product that defines what
-//! the SIMD kernels compute.
+//! The layouts the kernels read: weights repacked at load into tiles of [`TILE`] rows, so that a
+//! vector holds one value pair of the same block for every row of a tile; activations quantized
+//! to 16 bits in their natural order; and the portable product that defines what the SIMD
+//! kernels compute.
 //!
-//! A row of blocks is cut into chunks of [`CHUNK`] blocks (the last may hold fewer). A weight
-//! chunk of `c` blocks holds the `c` f16 scales, then (Q4_1) the `c` f16 offsets, then the
-//! values as 4-byte groups: group `u` holds bytes `4u..4u+4` of each block's stored values, block
-//! after block. So a 32-byte load of a full chunk's group gives block `l` in lane `l`, and a
-//! dot product of 4-byte lanes (`vpdpbusd`) accumulates each block's sum in its own lane: no
-//! horizontal reduction per block. The chunk takes exactly the bytes of its blocks in the file.
+//! A tile is [`TILE`] consecutive weight rows (the last tile is padded with zero rows). For each
+//! block index `b` of the rows, a tile holds the 16 f16 scales (one per row), then (Q4_1) the 16
+//! f16 offsets, then the values:
+//! - 4-bit formats: four 64-byte segments; 32-bit lane `i` of segment `s` is row `i`'s value
+//!   pairs `4s..4s+4` as nibbles: pair `4s + j` (values `8s + 2j` and `8s + 2j + 1`) at bits
+//!   `4j` and `16 + 4j`. So `(lane >> 4j) & 0x000F000F` is the pair as two 16-bit integers;
+//! - Q8_0: sixteen 32-byte segments; segment `k` holds values `2k, 2k + 1` of each row, row
+//!   after row, so sign-extending it to 16 bits gives the pair in each 32-bit lane.
+//!
+//! One `vpdpwssd` of such a vector with an activation pair broadcast to every lane adds that
+//! pair's products to all sixteen rows at once; sixteen of them make a block, then one multiply
+//! by the scales per block and row. Every lane ends with an output: no horizontal sums, and no
+//! padding inside rows whatever their length (a multiple of 32). The tile takes exactly the
+//! bytes of its blocks in the file.
+//!
 //! Activations are quantized to 16 bits per value (scale `amax / 32767` per block of 32: about
 //! 1.5e-5 of the block's largest value, so products match the f32 path's to about 1e-5, and
-//! greedy answers with them). An activation chunk is always eight blocks: for each group `g`
-//! (values `4g..4g+4` of every block) two vectors of sixteen 16-bit values, laid out as the
-//! kernels' 8-to-16-bit unpacking lays out the weights (see [`act_offset`]); then its scales and
-//! sums, zero past `c`.
+//! greedy answers with them), with the block's scale and its sum (scale times the sum of its
+//! integers) beside them.
 
 use candle_core::quantized::GgmlDType;
 
 /// Weights per block in every format the kernels take.
 pub(super) const BLOCK: usize = 32;
-/// Blocks per chunk: one per 4-byte lane of a 256-bit vector.
-pub(super) const CHUNK: usize = 8;
+/// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
+pub(super) const TILE: usize = 16;
 
 /// The block formats the kernels multiply directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +62,7 @@ impl BlockFormat {
     }
 
     /// Bytes of stored values per block.
-    pub(super) fn value_bytes(self) -> usize {
+    fn value_bytes(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q4_1 => 16,
             Self::Q8_0 => 32,
@@ -65,121 +73,144 @@ impl BlockFormat {
     fn scale_bytes(self) -> usize {
         self.bytes() - self.value_bytes()
     }
-}
 
-/// One row of file blocks repacked into chunks (see the module docs), appended to `out`.
-pub(super) fn repack_row(format: BlockFormat, file_row: &[u8], out: &mut Vec<u8>) {
-    let blocks: Vec<&[u8]> = file_row.chunks_exact(format.bytes()).collect();
-    for chunk in blocks.chunks(CHUNK) {
-        for part in 0..format.scale_bytes() / 2 {
-            for block in chunk {
-                out.extend_from_slice(&block[2 * part..2 * part + 2]);
-            }
-        }
-        for group in 0..format.value_bytes() / 4 {
-            for block in chunk {
-                let values = &block[format.scale_bytes()..];
-                out.extend_from_slice(&values[4 * group..4 * group + 4]);
-            }
-        }
+    /// Bytes of one block index of a tile: its [`TILE`] rows' blocks.
+    pub(super) fn tile_block_bytes(self) -> usize {
+        TILE * self.bytes()
     }
 }
 
-/// One chunk of a repacked weight row, decoded (for the portable product and dequantization).
-pub(super) struct WeightChunk {
-    /// Blocks in the chunk.
-    pub count: usize,
-    /// Per block: scale and offset (`value = d q + m`).
-    pub scale_offset: [(f32, f32); CHUNK],
-    /// Per block: the stored integers (0..15 for 4-bit formats, signed for Q8_0).
-    pub ints: [[i32; BLOCK]; CHUNK],
+/// Value `v` (0..32) of a 4-bit block's stored bytes: values 0..16 in the low nibbles, 16..32 in
+/// the high ones (GGML's order).
+fn nibble(values: &[u8], v: usize) -> u32 {
+    if v < 16 {
+        u32::from(values[v] & 0x0F)
+    } else {
+        u32::from(values[v - 16] >> 4)
+    }
 }
 
-/// The decoded chunks of a repacked weight row.
-pub(super) fn weight_chunks(format: BlockFormat, row: &[u8]) -> Vec<WeightChunk> {
-    let blocks = row.len() / format.bytes();
-    let mut chunks = vec![];
-    let mut at = 0;
-    let mut first = 0;
-    while first < blocks {
-        let count = (blocks - first).min(CHUNK);
-        let f16 = |i: usize| half::f16::from_le_bytes([row[i], row[i + 1]]).to_f32();
-        let mut scale_offset = [(0f32, 0f32); CHUNK];
-        for (l, so) in scale_offset.iter_mut().take(count).enumerate() {
-            let d = f16(at + 2 * l);
-            let m = match format {
-                BlockFormat::Q4_1 => f16(at + 2 * count + 2 * l),
-                BlockFormat::Q4_0 => -8.0 * d,
-                BlockFormat::Q8_0 => 0.0,
-            };
-            *so = (d, m);
-        }
-        at += format.scale_bytes() * count;
-        let mut ints = [[0i32; BLOCK]; CHUNK];
-        for group in 0..format.value_bytes() / 4 {
-            for (l, block) in ints.iter_mut().take(count).enumerate() {
-                for j in 0..4 {
-                    let byte = row[at + group * 4 * count + 4 * l + j];
-                    let i = 4 * group + j;
-                    match format {
-                        BlockFormat::Q8_0 => block[i] = i32::from(byte as i8),
-                        _ => {
-                            block[i] = i32::from(byte & 0x0F);
-                            block[i + 16] = i32::from(byte >> 4);
+/// A file matrix of `rows` rows of `cols / BLOCK` blocks, repacked into tiles (see the module
+/// docs).
+pub(super) fn repack(format: BlockFormat, file: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let blocks = cols / BLOCK;
+    let row_bytes = blocks * format.bytes();
+    let tiles = rows.div_ceil(TILE);
+    let zero = [0u8; 34];
+    let mut out = Vec::with_capacity(tiles * blocks * format.tile_block_bytes());
+    for t in 0..tiles {
+        for b in 0..blocks {
+            let block: [&[u8]; TILE] = std::array::from_fn(|i| {
+                let row = t * TILE + i;
+                if row < rows {
+                    &file[row * row_bytes + b * format.bytes()..][..format.bytes()]
+                } else {
+                    &zero[..format.bytes()]
+                }
+            });
+            for part in 0..format.scale_bytes() / 2 {
+                for bytes in block {
+                    out.extend_from_slice(&bytes[2 * part..2 * part + 2]);
+                }
+            }
+            let values = block.map(|bytes| &bytes[format.scale_bytes()..]);
+            match format {
+                BlockFormat::Q8_0 => {
+                    for k in 0..BLOCK / 2 {
+                        for v in values {
+                            out.extend_from_slice(&v[2 * k..2 * k + 2]);
+                        }
+                    }
+                }
+                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                    for s in 0..4 {
+                        for v in values {
+                            let mut lane = 0u32;
+                            for j in 0..4 {
+                                let pair = 4 * s + j;
+                                lane |= nibble(v, 2 * pair) << (4 * j);
+                                lane |= nibble(v, 2 * pair + 1) << (16 + 4 * j);
+                            }
+                            out.extend_from_slice(&lane.to_le_bytes());
                         }
                     }
                 }
             }
         }
-        at += format.value_bytes() * count;
-        chunks.push(WeightChunk {
-            count,
-            scale_offset,
-            ints,
-        });
-        first += count;
     }
-    chunks
+    out
 }
 
-/// 16-bit values per activation chunk: eight groups, two vectors of sixteen each.
-pub(super) const CHUNK_VALUES: usize = CHUNK * BLOCK;
-
-/// Where the sixteen 16-bit activations of vector `h` (0 or 1) of group `g` start in a chunk:
-/// the vectors of groups `2p` and `2p + 1` are stored as low(2p), low(2p + 1), high(2p),
-/// high(2p + 1), so that the 512-bit kernel reads the two low (or high) vectors of a pair of
-/// groups with one load, just as it unpacks the pair's 64 weight bytes.
-pub(super) fn act_vector(g: usize, h: usize) -> usize {
-    16 * (4 * (g / 2) + 2 * h + g % 2)
+/// One block index of a tile, decoded (for the portable product and dequantization).
+pub(super) struct TileBlock {
+    /// Per row: scale and offset (`value = d q + m`).
+    pub scale_offset: [(f32, f32); TILE],
+    /// Per row: the block's integers (0..15 for 4-bit formats, signed for Q8_0).
+    pub ints: [[i32; BLOCK]; TILE],
 }
 
-/// Where value `4 g + e` (`e` in 0..4) of block `l` of a chunk lies among the chunk's 16-bit
-/// activation values. Unpacking a group's 32 bytes (four per block) to 16 bits gives two
-/// vectors: the low halves of each 128-bit lane hold blocks 0, 1, 4, 5 (vector 0 of the group)
-/// and the high halves blocks 2, 3, 6, 7 (vector 1), each block's four values in two 32-bit
-/// lanes; the activations are stored in that order (the vectors as [`act_vector`] places them).
-pub(super) fn act_offset(g: usize, l: usize, e: usize) -> usize {
-    act_vector(g, (l / 2) % 2) + 4 * (l % 2) + 8 * (l / 4) + e
+/// Decodes one block index of a tile (`format.tile_block_bytes()` bytes).
+pub(super) fn tile_block(format: BlockFormat, bytes: &[u8]) -> TileBlock {
+    let f16 = |i: usize| half::f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32();
+    let mut scale_offset = [(0f32, 0f32); TILE];
+    for (i, so) in scale_offset.iter_mut().enumerate() {
+        let d = f16(2 * i);
+        let m = match format {
+            BlockFormat::Q4_1 => f16(2 * TILE + 2 * i),
+            BlockFormat::Q4_0 => d * -8.0,
+            BlockFormat::Q8_0 => 0.0,
+        };
+        *so = (d, m);
+    }
+    let values = &bytes[TILE * format.scale_bytes()..];
+    let mut ints = [[0i32; BLOCK]; TILE];
+    for (i, row) in ints.iter_mut().enumerate() {
+        match format {
+            BlockFormat::Q8_0 => {
+                for k in 0..BLOCK / 2 {
+                    let at = 2 * (k * TILE + i);
+                    row[2 * k] = i32::from(values[at] as i8);
+                    row[2 * k + 1] = i32::from(values[at + 1] as i8);
+                }
+            }
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                for s in 0..4 {
+                    let at = 4 * (s * TILE + i);
+                    let lane = u32::from_le_bytes([
+                        values[at],
+                        values[at + 1],
+                        values[at + 2],
+                        values[at + 3],
+                    ]);
+                    for j in 0..4 {
+                        let pair = 4 * s + j;
+                        row[2 * pair] = ((lane >> (4 * j)) & 0x0F) as i32;
+                        row[2 * pair + 1] = ((lane >> (16 + 4 * j)) & 0x0F) as i32;
+                    }
+                }
+            }
+        }
+    }
+    TileBlock { scale_offset, ints }
 }
 
 /// Rows of `x` quantized to 16 bits per value with a scale per block of 32 (`amax / 32767`),
-/// in chunks (see the module docs): per chunk, [`CHUNK_VALUES`] values, eight scales and eight
-/// sums (scale times the sum of the block's values).
+/// in their natural order, with each block's scale and sum.
 pub(super) struct QuantizedRows {
     values: Vec<i16>,
     scales: Vec<f32>,
     sums: Vec<f32>,
-    chunks: usize,
+    cols: usize,
 }
 
 /// One quantized row of `x`.
 #[derive(Clone, Copy)]
 pub(super) struct Row<'a> {
-    /// `chunks * CHUNK_VALUES` values.
+    /// `cols` values.
     pub values: &'a [i16],
-    /// `chunks * 8` scales.
+    /// One scale per block.
     pub scales: &'a [f32],
-    /// `chunks * 8` sums.
+    /// Per block: scale times the sum of its values.
     pub sums: &'a [f32],
 }
 
@@ -188,69 +219,83 @@ impl QuantizedRows {
     pub(super) fn new(x: &[f32], cols: usize) -> Self {
         let rows = x.len() / cols;
         let blocks = cols / BLOCK;
-        let chunks = blocks.div_ceil(CHUNK);
-        let mut values = vec![0i16; rows * chunks * CHUNK_VALUES];
-        let mut scales = vec![0f32; rows * chunks * CHUNK];
-        let mut sums = vec![0f32; rows * chunks * CHUNK];
-        // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties to even) in a
-        // form the compiler vectorizes; |v * inv| <= 32767.
-        const ROUND: f32 = 12_582_912.0;
-        for (r, row) in x.chunks_exact(cols).enumerate() {
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 32767.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                let mut ints = [0i32; BLOCK];
-                for (q, &v) in ints.iter_mut().zip(block) {
-                    *q = ((v * inv + ROUND) - ROUND) as i32;
-                }
-                let (chunk, lane) = (b / CHUNK, b % CHUNK);
-                let base = (r * chunks + chunk) * CHUNK_VALUES;
-                for (g, four) in ints.chunks_exact(4).enumerate() {
-                    let at = base + act_offset(g, lane, 0);
-                    for (v, &q) in values[at..at + 4].iter_mut().zip(four) {
-                        *v = q as i16;
-                    }
-                }
-                let at = (r * chunks + chunk) * CHUNK + lane;
-                scales[at] = d;
-                sums[at] = d * ints.iter().sum::<i32>() as f32;
-            }
+        let mut values = vec![0i16; rows * cols];
+        let mut scales = vec![0f32; rows * blocks];
+        let mut sums = vec![0f32; rows * blocks];
+        #[cfg(target_arch = "x86_64")]
+        let wide = std::arch::is_x86_feature_detected!("avx512bw");
+        let parts = x.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK));
+        for ((block, ints), (scale, sum)) in parts.zip(scales.iter_mut().zip(sums.iter_mut())) {
+            let block: &[f32; BLOCK] = block.try_into().expect("a whole block");
+            let ints: &mut [i16; BLOCK] = ints.try_into().expect("a whole block");
+            #[cfg(target_arch = "x86_64")]
+            let (d, total) = if wide {
+                // SAFETY: the CPU has AVX-512 BW (checked above), which implies F.
+                unsafe { super::x86::quantize_block_avx512(block, ints) }
+            } else {
+                quantize_block(block, ints)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (d, total) = quantize_block(block, ints);
+            *scale = d;
+            *sum = d * total as f32;
         }
         Self {
             values,
             scales,
             sums,
-            chunks,
+            cols,
         }
     }
 
     /// Row `i`.
     pub(super) fn row(&self, i: usize) -> Row<'_> {
-        let (v, s) = (self.chunks * CHUNK_VALUES, self.chunks * CHUNK);
+        let blocks = self.cols / BLOCK;
         Row {
-            values: &self.values[i * v..(i + 1) * v],
-            scales: &self.scales[i * s..(i + 1) * s],
-            sums: &self.sums[i * s..(i + 1) * s],
+            values: &self.values[i * self.cols..(i + 1) * self.cols],
+            scales: &self.scales[i * blocks..(i + 1) * blocks],
+            sums: &self.sums[i * blocks..(i + 1) * blocks],
         }
     }
 }
 
-/// The product of one repacked weight row with one quantized row, without SIMD: what the
-/// kernels compute.
-pub(super) fn dot_portable(format: BlockFormat, w: &[u8], x: &Row) -> f32 {
-    let mut total = 0f32;
-    for (c, chunk) in weight_chunks(format, w).iter().enumerate() {
-        for l in 0..chunk.count {
-            let (d, m) = chunk.scale_offset[l];
-            let at = c * CHUNK + l;
-            let mut dot = 0i32;
-            for (i, &q) in chunk.ints[l].iter().enumerate() {
-                let p = x.values[c * CHUNK_VALUES + act_offset(i / 4, l, i % 4)];
-                dot += q * i32::from(p);
+/// One block of 32 activations quantized to 16 bits: returns the scale (`amax / 32767`) and the
+/// sum of the integers.
+pub(super) fn quantize_block(block: &[f32; BLOCK], ints: &mut [i16; BLOCK]) -> (f32, i32) {
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties to even) in a form
+    // the compiler vectorizes; |v * inv| <= 32767.
+    const ROUND: f32 = 12_582_912.0;
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 32767.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut total = 0i32;
+    for (q, &v) in ints.iter_mut().zip(block) {
+        let rounded = ((v * inv + ROUND) - ROUND) as i32;
+        total += rounded;
+        *q = rounded as i16;
+    }
+    (d, total)
+}
+
+/// The products of one tile's rows with one quantized row, without SIMD: what the kernels
+/// compute, lane by lane and in the same order of float operations.
+pub(super) fn tile_portable(format: BlockFormat, tile: &[u8], x: &Row) -> [f32; TILE] {
+    let mut acc = [0f32; TILE];
+    for (b, bytes) in tile.chunks_exact(format.tile_block_bytes()).enumerate() {
+        let block = tile_block(format, bytes);
+        let values = &x.values[b * BLOCK..(b + 1) * BLOCK];
+        for (i, out) in acc.iter_mut().enumerate() {
+            let (d, m) = block.scale_offset[i];
+            let dot: i32 = block.ints[i]
+                .iter()
+                .zip(values)
+                .map(|(&q, &p)| q * i32::from(p))
+                .sum();
+            *out = (dot as f32).mul_add(d * x.scales[b], *out);
+            if format != BlockFormat::Q8_0 {
+                *out = m.mul_add(x.sums[b], *out);
             }
-            total += d * x.scales[at] * dot as f32 + m * x.sums[at];
         }
     }
-    total
+    acc
 }

@@ -3,12 +3,12 @@
 //! the bytes it reads: a Q4_1 matrix is a sixth of its f32 form.
 //!
 //! Q4_0, Q4_1 and Q8_0 (blocks of 32 weights with an f16 scale) run on the kernels here: the
-//! weights are repacked at load ([`layout`]: eight blocks side by side, same bytes as the file),
-//! each row of `x` is quantized to 16 bits per value with a scale per block of 32 (near-exact:
-//! 8 bits, as llama.cpp uses, changed SmolLM2's answers), and each weight row is read once and
-//! multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI on 512-bit vectors or AVX2, chosen at
-//! run time; a portable loop elsewhere). The other quantized GGUF types (the k-quants, Q5_0, Q5_1) go through candle's
-//! quantized matmul.
+//! weights are repacked at load ([`layout`]: tiles of sixteen rows, one row per vector lane, same
+//! bytes as the file), each row of `x` is quantized to 16 bits per value with a scale per block
+//! of 32 (near-exact: 8 bits, as llama.cpp uses, changed SmolLM2's answers), and each tile is
+//! read once and multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI on
+//! 512-bit vectors or AVX2, chosen at run time; a portable loop elsewhere). The other quantized
+//! GGUF types (the k-quants, Q5_0, Q5_1) go through candle's quantized matmul.
 //!
 //! For a Q4_1 block with scale `d`, offset `m` and 4-bit values `q`, against an activation block
 //! with scale `a` and 8-bit values `p`: `sum((d q_i + m) a p_i) = d a sum(q_i p_i) + m a sum(p_i)`.
@@ -23,13 +23,14 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
-use layout::{BlockFormat, QuantizedRows, Row, BLOCK};
+use layout::{BlockFormat, QuantizedRows, Row, BLOCK, TILE};
 
 /// Rows of `x` a weight block is multiplied with while it is in registers.
 const GROUP: usize = 8;
 
 enum Storage {
-    /// Rows of blocks, repacked (see [`layout`]); as many bytes as in the file.
+    /// Tiles of rows, repacked (see [`layout`]); as many bytes as in the file, plus the zero
+    /// rows that pad the last tile.
     Blocks { format: BlockFormat, data: Vec<u8> },
     /// Any other quantized type, through candle.
     Candle(QMatMul),
@@ -70,11 +71,10 @@ impl QuantizedWeight {
                 if file.len() != rows * row_bytes {
                     candle_core::bail!("{dtype:?} tensor ({rows}, {cols}): {} bytes", file.len());
                 }
-                let mut data = Vec::with_capacity(file.len());
-                for row in file.chunks_exact(row_bytes) {
-                    layout::repack_row(format, row, &mut data);
+                Storage::Blocks {
+                    format,
+                    data: layout::repack(format, &file, rows, cols),
                 }
-                Storage::Blocks { format, data }
             }
             _ => Storage::Candle(QMatMul::from_qtensor(q)?),
         };
@@ -121,16 +121,30 @@ impl QuantizedWeight {
         self.dtype
     }
 
+    /// Whether products of any number of rows are at least as fast here as in f32: true on pal's
+    /// own kernels with SIMD (Q4_0, Q4_1, Q8_0 on AVX2 or AVX-512), whose integer products of
+    /// 16-bit pairs outrun f32 multiply-adds on prefills too; false for candle's kernels (the
+    /// k-quants) and the portable loop, which are for decoding.
+    pub fn fast_at_any_rows(&self) -> bool {
+        matches!(self.storage, Storage::Blocks { .. }) && simd_level() != Simd::None
+    }
+
     /// The weight in f32 `(rows, cols)` (tests, and comparisons against the f32 path).
     pub fn dequantize(&self) -> Result<Tensor> {
         match &self.storage {
             Storage::Blocks { format, data } => {
-                let mut out = Vec::with_capacity(self.rows * self.cols);
-                for row in data.chunks_exact(self.cols / BLOCK * format.bytes()) {
-                    for chunk in layout::weight_chunks(*format, row) {
-                        for l in 0..chunk.count {
-                            let (d, m) = chunk.scale_offset[l];
-                            out.extend(chunk.ints[l].iter().map(|&q| d * q as f32 + m));
+                let mut out = vec![0f32; self.rows * self.cols];
+                let blocks = self.cols / BLOCK;
+                let tile_block_bytes = format.tile_block_bytes();
+                for (t, tile) in data.chunks_exact(blocks * tile_block_bytes).enumerate() {
+                    for (b, bytes) in tile.chunks_exact(tile_block_bytes).enumerate() {
+                        let block = layout::tile_block(*format, bytes);
+                        for i in 0..TILE.min(self.rows - t * TILE) {
+                            let (d, m) = block.scale_offset[i];
+                            let at = (t * TILE + i) * self.cols + b * BLOCK;
+                            for (o, &q) in out[at..at + BLOCK].iter_mut().zip(&block.ints[i]) {
+                                *o = d * q as f32 + m;
+                            }
                         }
                     }
                 }
@@ -178,7 +192,7 @@ impl CustomOp1 for BlockMatmul<'_> {
         };
         let x: &[f32] = super::contiguous_slice(storage, layout, "quantized matmul")?;
         let m = x.len() / w.cols;
-        let row_bytes = w.cols / BLOCK * format.bytes();
+        let tile_bytes = w.cols / BLOCK * format.tile_block_bytes();
         let quantized = QuantizedRows::new(x, w.cols);
         // Groups of up to GROUP rows (the last padded by repeating its last row), with their
         // real row counts.
@@ -195,16 +209,24 @@ impl CustomOp1 for BlockMatmul<'_> {
         let dst = super::SharedMut(out.as_mut_ptr());
         let dst = &dst;
         let simd = simd_level();
-        // Parts of at least 32 columns; as many as threads.
-        super::column_parts(n, 32, |columns| {
-            for j in columns {
-                let wrow = &data[j * row_bytes..(j + 1) * row_bytes];
+        // Parts of whole tiles; as many as threads.
+        super::column_parts(n.div_ceil(TILE), 1, |tiles| {
+            for t in tiles {
+                let tile = &data[t * tile_bytes..(t + 1) * tile_bytes];
+                let first = t * TILE;
+                let width = (n - first).min(TILE);
                 for (g, (refs, len)) in groups.iter().enumerate() {
-                    let values = dot_rows(simd, *format, wrow, refs, *len);
-                    for (r, value) in values.iter().take(*len).enumerate() {
-                        // SAFETY: row `GROUP g + r < m`, column `j < n`, and column `j` is
-                        // written by this part only.
-                        unsafe { *dst.0.add((GROUP * g + r) * n + j) = *value };
+                    let values = tile_rows(simd, *format, tile, refs, *len);
+                    for (r, lanes) in values.iter().take(*len).enumerate() {
+                        // SAFETY: row `GROUP g + r < m` and columns `first..first + width` lie
+                        // inside `out`; those columns are written by this part only.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                dst.0.add((GROUP * g + r) * n + first),
+                                width,
+                            )
+                        };
+                        row.copy_from_slice(&lanes[..width]);
                     }
                 }
             }
@@ -240,37 +262,43 @@ fn simd_level() -> Simd {
     Simd::None
 }
 
-/// Dot products of the repacked weight row `w` with the first `n` (1 to [`GROUP`]) rows of
-/// `x`.
-fn dot_rows(simd: Simd, format: BlockFormat, w: &[u8], x: &[Row; GROUP], n: usize) -> [f32; GROUP] {
+/// The products of one tile (see [`layout`]) with the first `n` (1 to [`GROUP`]) rows of `x`:
+/// row `r`, lane `i` is weight row `i` of the tile times row `r` of `x`.
+fn tile_rows(
+    simd: Simd,
+    format: BlockFormat,
+    tile: &[u8],
+    x: &[Row; GROUP],
+    n: usize,
+) -> [[f32; TILE]; GROUP] {
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! by_rows {
             ($($kernel:ident)::+) => {
                 match n {
-                    1 => $($kernel)::+::<1>(format, w, x),
-                    2 => $($kernel)::+::<2>(format, w, x),
-                    3 => $($kernel)::+::<3>(format, w, x),
-                    4 => $($kernel)::+::<4>(format, w, x),
-                    5 => $($kernel)::+::<5>(format, w, x),
-                    6 => $($kernel)::+::<6>(format, w, x),
-                    7 => $($kernel)::+::<7>(format, w, x),
-                    _ => $($kernel)::+::<8>(format, w, x),
+                    1 => $($kernel)::+::<1>(format, tile, x),
+                    2 => $($kernel)::+::<2>(format, tile, x),
+                    3 => $($kernel)::+::<3>(format, tile, x),
+                    4 => $($kernel)::+::<4>(format, tile, x),
+                    5 => $($kernel)::+::<5>(format, tile, x),
+                    6 => $($kernel)::+::<6>(format, tile, x),
+                    7 => $($kernel)::+::<7>(format, tile, x),
+                    _ => $($kernel)::+::<8>(format, tile, x),
                 }
             };
         }
         // SAFETY: the CPU has the instructions each kernel is compiled for (`simd` comes from
-        // `simd_level`); `w` is a whole repacked row and every row of `x` holds its chunks.
+        // `simd_level`); `tile` is a whole tile and every row of `x` holds its blocks.
         match simd {
-            Simd::Vnni => return unsafe { by_rows!(x86::dot_vnni) },
-            Simd::Avx2 => return unsafe { by_rows!(x86::dot_avx2) },
+            Simd::Vnni => return unsafe { by_rows!(x86::tile_vnni) },
+            Simd::Avx2 => return unsafe { by_rows!(x86::tile_avx2) },
             Simd::None => {}
         }
     }
     let _ = simd;
-    let mut out = [0f32; GROUP];
+    let mut out = [[0f32; TILE]; GROUP];
     for (o, row) in out.iter_mut().zip(x).take(n) {
-        *o = layout::dot_portable(format, w, row);
+        *o = layout::tile_portable(format, tile, row);
     }
     out
 }
@@ -279,15 +307,16 @@ fn dot_rows(simd: Simd, format: BlockFormat, w: &[u8], x: &[Row; GROUP], n: usiz
 mod tests {
     use super::*;
 
-    /// The SIMD kernels and the portable loop agree (the two SIMD kernels exactly), for each
-    /// block format, row count and a row length that is not a multiple of eight blocks; and the repacked weights dequantize to
-    /// what candle dequantizes from the file's blocks.
+    /// The SIMD kernels and the portable loop give identical results, for each block format,
+    /// row count and a tile padded with zero rows; and the repacked weights dequantize to what
+    /// candle dequantizes from the file's blocks.
     #[test]
     fn kernels_agree() -> Result<()> {
         let device = Device::Cpu;
         let cols = 11 * BLOCK;
+        let rows = TILE + 5;
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let f32_weight = Tensor::randn(0f32, 1.0, (4, cols), &device)?;
+            let f32_weight = Tensor::randn(0f32, 1.0, (rows, cols), &device)?;
             let file = QTensor::quantize(&f32_weight, dtype)?;
             let expected = file.dequantize(&device)?;
             let w = QuantizedWeight::from_qtensor(file)?.expect("a quantized type");
@@ -303,33 +332,41 @@ mod tests {
                 .flatten_all()?
                 .to_vec1()?;
             let q = QuantizedRows::new(&x, cols);
-            let rows: [Row; GROUP] = std::array::from_fn(|r| q.row(r));
-            for row in data.chunks_exact(cols / BLOCK * format.bytes()) {
+            let x_rows: [Row; GROUP] = std::array::from_fn(|r| q.row(r));
+            let level = simd_level();
+            let tile_bytes = cols / BLOCK * format.tile_block_bytes();
+            assert_eq!(data.len(), rows.div_ceil(TILE) * tile_bytes);
+            for tile in data.chunks_exact(tile_bytes) {
                 for n in 1..=GROUP {
-                    let slow = dot_rows(Simd::None, *format, row, &rows, n);
-                    let level = simd_level();
-                    if level == Simd::Vnni {
-                        // Same integer sums and the same float steps: identical results, so
-                        // the kernel a CPU picks never changes an answer.
-                        let narrow = dot_rows(Simd::Avx2, *format, row, &rows, n);
-                        let wide = dot_rows(Simd::Vnni, *format, row, &rows, n);
-                        assert_eq!(narrow, wide, "{dtype:?}: AVX2 and AVX-512 kernels");
-                    }
+                    let portable = tile_rows(Simd::None, *format, tile, &x_rows, n);
                     for simd in [Simd::Avx2, Simd::Vnni] {
                         if level == Simd::None || (simd == Simd::Vnni && level != Simd::Vnni) {
                             continue;
                         }
-                        let fast = dot_rows(simd, *format, row, &rows, n);
-                        for r in 0..n {
-                            assert!(
-                                (fast[r] - slow[r]).abs() <= 1e-4 * (1.0 + slow[r].abs()),
-                                "{dtype:?} {simd:?} row {r}: {} vs {}",
-                                fast[r],
-                                slow[r]
-                            );
-                        }
+                        let fast = tile_rows(simd, *format, tile, &x_rows, n);
+                        assert_eq!(fast[..n], portable[..n], "{dtype:?} {simd:?}, {n} rows");
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX-512 activation quantizer gives the portable loop's integers, scale and sum,
+    /// block by block (zeros, tiny and large magnitudes included).
+    #[test]
+    fn quantizers_agree() -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, 64 * BLOCK, &Device::Cpu)?.to_vec1()?;
+            for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+                let scale = [0.0, 1e-30, 1e-3, 1.0, 3e4][b % 5];
+                let block: [f32; BLOCK] = std::array::from_fn(|i| block[i] * scale);
+                let (mut portable, mut wide) = ([0i16; BLOCK], [0i16; BLOCK]);
+                let expected = layout::quantize_block(&block, &mut portable);
+                // SAFETY: checked above.
+                let got = unsafe { x86::quantize_block_avx512(&block, &mut wide) };
+                assert_eq!((got, wide), (expected, portable), "block {b}");
             }
         }
         Ok(())
