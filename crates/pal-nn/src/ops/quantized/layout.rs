@@ -215,28 +215,24 @@ pub(super) struct Row<'a> {
 }
 
 impl QuantizedRows {
-    /// Quantizes rows of `cols` values (a multiple of 32).
-    pub(super) fn new(x: &[f32], cols: usize) -> Self {
+    /// Quantizes rows of `cols` values (a multiple of 32), block by block with `quantize` (a
+    /// block's values to integers, returning its scale and the integers' sum: [`quantize_block`]
+    /// or a SIMD version of it).
+    pub(super) fn new(
+        x: &[f32],
+        cols: usize,
+        quantize: impl Fn(&[f32; BLOCK], &mut [i16; BLOCK]) -> (f32, i32),
+    ) -> Self {
         let rows = x.len() / cols;
         let blocks = cols / BLOCK;
         let mut values = vec![0i16; rows * cols];
         let mut scales = vec![0f32; rows * blocks];
         let mut sums = vec![0f32; rows * blocks];
-        #[cfg(target_arch = "x86_64")]
-        let wide = std::arch::is_x86_feature_detected!("avx512bw");
         let parts = x.chunks_exact(BLOCK).zip(values.chunks_exact_mut(BLOCK));
         for ((block, ints), (scale, sum)) in parts.zip(scales.iter_mut().zip(sums.iter_mut())) {
             let block: &[f32; BLOCK] = block.try_into().expect("a whole block");
             let ints: &mut [i16; BLOCK] = ints.try_into().expect("a whole block");
-            #[cfg(target_arch = "x86_64")]
-            let (d, total) = if wide {
-                // SAFETY: the CPU has AVX-512 BW (checked above), which implies F.
-                unsafe { super::x86::quantize_block_avx512(block, ints) }
-            } else {
-                quantize_block(block, ints)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let (d, total) = quantize_block(block, ints);
+            let (d, total) = quantize(block, ints);
             *scale = d;
             *sum = d * total as f32;
         }

@@ -193,7 +193,7 @@ impl CustomOp1 for BlockMatmul<'_> {
         let x: &[f32] = super::contiguous_slice(storage, layout, "quantized matmul")?;
         let m = x.len() / w.cols;
         let tile_bytes = w.cols / BLOCK * format.tile_block_bytes();
-        let quantized = QuantizedRows::new(x, w.cols);
+        let quantized = quantize_rows(x, w.cols);
         // Groups of up to GROUP rows (the last padded by repeating its last row), with their
         // real row counts.
         let groups: Vec<([Row; GROUP], usize)> = (0..m)
@@ -233,6 +233,19 @@ impl CustomOp1 for BlockMatmul<'_> {
         });
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
+}
+
+/// Rows of `x` quantized to 16 bits (see [`layout`]), with AVX-512 where the CPU has it (the
+/// same values as the portable loop).
+fn quantize_rows(x: &[f32], cols: usize) -> QuantizedRows {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512 BW (checked above), which implies F.
+        return QuantizedRows::new(x, cols, |block, ints| unsafe {
+            x86::quantize_block_avx512(block, ints)
+        });
+    }
+    QuantizedRows::new(x, cols, layout::quantize_block)
 }
 
 /// The instructions the CPU offers the kernels (checked once per product).
@@ -331,7 +344,7 @@ mod tests {
             let x: Vec<f32> = Tensor::randn(0f32, 1.0, (GROUP, cols), &device)?
                 .flatten_all()?
                 .to_vec1()?;
-            let q = QuantizedRows::new(&x, cols);
+            let q = quantize_rows(&x, cols);
             let x_rows: [Row; GROUP] = std::array::from_fn(|r| q.row(r));
             let level = simd_level();
             let tile_bytes = cols / BLOCK * format.tile_block_bytes();
