@@ -267,7 +267,10 @@ impl DecoderLayer {
         let h2 = rms_norm(x1, &self.post_attention_layernorm, c.rms_norm_eps)?;
         let gate = self.gate_proj.forward(&h2)?;
         let up = self.up_proj.forward(&h2)?;
-        let y = (x1 + self.down_proj.forward(&(gate.silu()? * &up)?)?)?;
+        let y = (x1
+            + self
+                .down_proj
+                .forward(&pal_nn::ops::silu_mul(&gate, &up)?)?)?;
         Ok((y, gate, up))
     }
 

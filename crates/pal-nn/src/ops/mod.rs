@@ -11,6 +11,7 @@ mod precomputed;
 mod quantized;
 mod rms_norm;
 mod rope;
+mod silu_mul;
 mod softmax;
 
 pub use batched_matmul::{batched_matmul, matmul};
@@ -21,6 +22,7 @@ pub use precomputed::Precomputed;
 pub use quantized::QuantizedWeight;
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};
 pub use rope::{kv_heads_to_rows, kv_rows_to_heads, rope, KvShape};
+pub use silu_mul::silu_mul;
 pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
@@ -68,12 +70,13 @@ pub(crate) fn column_parts(n: usize, min_width: usize, f: impl Fn(std::ops::Rang
     });
 }
 
-/// Runs `f(row_index, row)` over the rows (of `row_len`) of `out`, spread over candle's CPU
-/// thread pool when there is enough work to pay for it.
+/// Runs `f(row_index, row)` over the rows (of `row_len`; `out.len()` is a multiple of it) of
+/// `out`, spread over candle's CPU thread pool when there is enough work to pay for it.
 pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let row_len = row_len.max(1);
+    debug_assert!(out.len().is_multiple_of(row_len), "par_rows: partial row");
     let rows = out.len() / row_len;
-    if out.len() < 1 << 15 {
+    if out.len() < 1 << 13 {
         for (r, row) in out.chunks_mut(row_len).enumerate() {
             f(r, row);
         }
