@@ -233,7 +233,7 @@ impl DecoderLayer {
             .transpose(1, 2)?
             .reshape((b, n, c.num_attention_heads * c.head_dim))?;
         let x1 = (x + self.o_proj.forward(&attn)?)?;
-        let (y, gate, up) = self.ffn(c, &x1)?;
+        let (y, gate, up) = self.ffn(c, &x1, !keep)?;
         let saved = keep.then(|| LayerActivations {
             x: x.clone(),
             q,
@@ -263,14 +263,22 @@ impl DecoderLayer {
 
     /// The FFN block on `x1` `(b, n, d)`: `y = x1 + down(silu(gate) * up)`, with gate, up =
     /// W h2, h2 = rmsnorm(x1). Returns `y`, and `gate` and `up` (which a backward needs).
-    fn ffn(&self, c: &LlamaConfig, x1: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// `inference`: the gate in one fused pass ([`pal_nn::ops::silu_mul`]); training keeps
+    /// candle's `silu` and `mul`, whose rounding its written-out backward matches.
+    fn ffn(
+        &self,
+        c: &LlamaConfig,
+        x1: &Tensor,
+        inference: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let h2 = rms_norm(x1, &self.post_attention_layernorm, c.rms_norm_eps)?;
         let gate = self.gate_proj.forward(&h2)?;
         let up = self.up_proj.forward(&h2)?;
-        let y = (x1
-            + self
-                .down_proj
-                .forward(&pal_nn::ops::silu_mul(&gate, &up)?)?)?;
+        let gated = match inference {
+            true => pal_nn::ops::silu_mul(&gate, &up)?,
+            false => (gate.silu()? * &up)?,
+        };
+        let y = (x1 + self.down_proj.forward(&gated)?)?;
         Ok((y, gate, up))
     }
 
@@ -306,7 +314,7 @@ impl DecoderLayer {
             c.num_attention_heads * c.head_dim,
         ))?;
         let x1 = (x + self.o_proj.forward(&attn)?)?;
-        Ok(self.ffn(c, &x1)?.0)
+        Ok(self.ffn(c, &x1, true)?.0)
     }
 }
 
