@@ -28,9 +28,10 @@ pub fn prefill(model: &AudioLlm, example: &Example, lal: Option<&ClipLal>) -> Re
     Ok(prefilled.remove(0))
 }
 
-/// Runs the prompts of examples that arrive together in one left-padded batch (a long product
-/// is faster per row than several short ones), then gives each its own cache without the
-/// padding. `cached`: each example's LAL keys/values, or empty to compute them.
+/// Runs the prompts of several examples in one left-padded batch, then gives each its own
+/// cache without the padding. `cached`: each example's LAL keys/values, or empty to compute
+/// them. (`pal serve` prefills one request at a time: on pal's quantized kernels a row costs
+/// the same in a short product as in a long one, and padding costs rows.)
 pub fn prefill_batch(
     model: &AudioLlm,
     examples: &[Example],

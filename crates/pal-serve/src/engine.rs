@@ -17,9 +17,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use pal_infer::continuous::{prefill_batch, Prefilled, Running};
+use pal_infer::continuous::{prefill, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
+use pal_models::audio_llm::{AudioLlm, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::Segment;
@@ -407,54 +407,30 @@ fn generate_requests(
     }
 }
 
-/// Prefills the requests that arrived together in one batch and adds them to the running
-/// batch. When the batch's prefill fails, each is prefilled alone, so only a request the model
-/// fails on fails; a panic fails the requests of this prefill.
+/// Prefills the requests that arrived, one at a time, and adds each to the running batch. One
+/// prompt at a time: pal's kernels are as fast per row on one prompt as on several, and a padded
+/// batch would pad every prompt and LAL prefix to the longest (measured 5% slower on the load
+/// test). A request the model fails on, or panics on, fails alone.
 fn admit(
     bundle: &Bundle,
     running: &mut Running<mpsc::UnboundedSender<Event>>,
     arrivals: Vec<Ready>,
     counters: &Counters,
 ) {
-    let arrivals: Vec<Ready> = arrivals
-        .into_iter()
-        .filter(|r| {
-            let closed = r.events.is_closed();
-            if closed {
-                counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            !closed
-        })
-        .collect();
-    if arrivals.is_empty() {
-        return;
-    }
-    let prefilled = isolated(counters, || {
-        if let Some(fault) = &bundle.fault_injection {
-            if arrivals.iter().any(|r| (fault.0)(&r.example.segments)) {
-                panic!("fault injected for a test");
-            }
+    for request in arrivals {
+        if request.events.is_closed() {
+            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
-        match prefill_all(bundle, &arrivals) {
-            Ok(all) => all.into_iter().map(Ok).collect(),
-            Err(_) if arrivals.len() > 1 => arrivals
-                .iter()
-                .map(|r| prefill_all(bundle, std::slice::from_ref(r)).map(|mut p| p.remove(0)))
-                .collect(),
-            Err(e) => vec![Err(e)],
-        }
-    });
-    let prefilled: Vec<Result<Prefilled, String>> = match prefilled {
-        Ok(each) => each,
-        Err(message) => {
-            for r in arrivals {
-                let _ = r.events.send(Event::Failed(message.clone()));
+        let prefilled = isolated(counters, || {
+            if let Some(fault) = &bundle.fault_injection {
+                if (fault.0)(&request.example.segments) {
+                    panic!("fault injected for a test");
+                }
             }
-            return;
-        }
-    };
-    for (request, prefilled) in arrivals.into_iter().zip(prefilled) {
-        let joined = prefilled.and_then(|p| {
+            prefill_one(bundle, &request)
+        });
+        let joined = prefilled.and_then(|p| p).and_then(|p| {
             running
                 .join(
                     request.events.clone(),
@@ -475,18 +451,10 @@ fn admit(
     }
 }
 
-/// One padded prefill of `requests` (their LAL keys/values from the audio cache when every one
-/// has them).
-fn prefill_all(bundle: &Bundle, requests: &[Ready]) -> Result<Vec<Prefilled>, String> {
-    let examples: Vec<Example> = requests.iter().map(|r| r.example.clone()).collect();
-    let cached: Vec<Option<&ClipLal>> = match requests.iter().all(|r| r.clip.is_some()) {
-        true => requests
-            .iter()
-            .map(|r| r.clip.as_deref().map(|c| &c.lal))
-            .collect(),
-        false => vec![],
-    };
-    prefill_batch(&bundle.model, &examples, &cached).map_err(|e| e.to_string())
+/// The prefill of one request (its LAL keys/values from the audio cache when it has them).
+fn prefill_one(bundle: &Bundle, request: &Ready) -> Result<Prefilled, String> {
+    let lal = request.clip.as_deref().map(|c| &c.lal);
+    prefill(&bundle.model, &request.example, lal).map_err(|e| e.to_string())
 }
 
 /// Streams a piece of text; `false` (cancel) once the client has gone away.

@@ -1,6 +1,7 @@
 //! One request cannot fail the others: a request past the model's positions is refused before it
 //! joins a batch while the request batched with it is answered; a panic on the model thread
-//! fails only its batch, the next request is answered and `/health` says what happened.
+//! fails only the request it was prefilling (or the batch of the step it hit), the next request
+//! is answered and `/health` says what happened.
 
 mod common;
 
@@ -43,7 +44,7 @@ async fn a_request_past_the_position_limit_fails_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_fails_its_batch_only_and_health_reports_it() {
+async fn a_panic_fails_only_its_request_and_health_reports_it() {
     let Some(mut bundle) = fresh_bundle() else {
         return;
     };
