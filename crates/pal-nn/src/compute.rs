@@ -69,17 +69,25 @@ impl ComputeDevice {
     }
 }
 
+/// The entry of `all` named `s` (by `name`), or an error that lists the names; `kind` says what
+/// is named (`--device`, `--dtype`).
+fn by_name<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+    kind: &str,
+) -> std::result::Result<T, String> {
+    all.iter().copied().find(|&t| name(t) == s).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|&t| name(t)).collect();
+        format!("unknown {kind} '{s}' ({})", names.join(" or "))
+    })
+}
+
 impl std::str::FromStr for ComputeDevice {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|d| d.name()).collect();
-                format!("unknown device '{s}' ({})", names.join(" or "))
-            })
+        by_name(&Self::ALL, Self::name, s, "device")
     }
 }
 
@@ -124,13 +132,7 @@ impl std::str::FromStr for ComputeDtype {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|d| d.name()).collect();
-                format!("unknown dtype '{s}' ({})", names.join(" or "))
-            })
+        by_name(&Self::ALL, Self::name, s, "dtype")
     }
 }
 

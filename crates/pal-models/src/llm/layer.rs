@@ -263,8 +263,10 @@ impl DecoderLayer {
 
     /// The FFN block on `x1` `(b, n, d)`: `y = x1 + down(silu(gate) * up)`, with gate, up =
     /// W h2, h2 = rmsnorm(x1). Returns `y`, and `gate` and `up` (which a backward needs).
-    /// `inference`: the gate in one fused pass ([`pal_nn::ops::silu_mul`]); training keeps
-    /// candle's `silu` and `mul`, whose rounding its written-out backward matches.
+    /// `inference`: the gate in one fused pass ([`pal_nn::ops::silu_mul`]); a forward that keeps
+    /// activations for a written-out backward uses candle's `silu` and `mul`, whose rounding that
+    /// backward matches. (An activation-checkpointed layer's untracked forward also takes the
+    /// fused pass; its backward recomputes the layer with candle's ops, 1e-7 apart.)
     fn ffn(
         &self,
         c: &LlamaConfig,

@@ -75,8 +75,8 @@ pub(crate) unsafe fn dot_products(
 
 /// `out_i = sum_t a[i, t] b_t` for `m` rows of `a` (element `(i, t)` at `i * a_row + t * a_col`)
 /// and `k` rows `b_t` of length `n` (row stride `b_row`): attention's probabilities times its
-/// values, on the calling thread; `simd` from [`avx2_fma`]. With AVX2, each row of `b` is loaded
-/// once for every three rows of `a`, 32 columns at a time.
+/// values, on the calling thread; `simd` from [`avx2_fma`]. With AVX2 (AVX-512), each row of `b`
+/// is loaded once for every three rows of `a`, 32 (64, then 16) columns at a time.
 ///
 /// # Safety
 /// The rows must lie inside their buffers, and no other thread may write the output meanwhile.
@@ -106,12 +106,27 @@ pub(crate) unsafe fn row_updates(
         return;
     }
     let _ = simd;
-    for i in 0..m {
-        let row = std::slice::from_raw_parts_mut(out.add(i * out_row), n);
+    row_update_columns(m, (0, n, k), (a, a_row, a_col), (b, b_row), (out, out_row));
+}
+
+/// Columns `first..n` of [`row_updates`] for `rows` rows of `a`, without SIMD: the portable
+/// product, and the columns the SIMD kernels leave over.
+///
+/// # Safety
+/// As [`row_updates`].
+unsafe fn row_update_columns(
+    rows: usize,
+    (first, n, k): (usize, usize, usize),
+    (a, a_row, a_col): (*const f32, usize, usize),
+    (b, b_row): (*const f32, usize),
+    (out, out_row): (*mut f32, usize),
+) {
+    for i in 0..rows {
+        let row = std::slice::from_raw_parts_mut(out.add(i * out_row + first), n - first);
         row.fill(0.0);
         for t in 0..k {
             let scale = *a.add(i * a_row + t * a_col);
-            let values = std::slice::from_raw_parts(b.add(t * b_row), n);
+            let values = std::slice::from_raw_parts(b.add(t * b_row + first), n - first);
             for (o, &v) in row.iter_mut().zip(values) {
                 *o += scale * v;
             }
@@ -150,15 +165,13 @@ unsafe fn row_updates_avx2(
         }
         c += 32;
     }
-    for r in 0..rows {
-        for j in c..n {
-            let mut sum = 0f32;
-            for t in 0..k {
-                sum += *a.add(r * a_row + t * a_col) * *b.add(t * b_row + j);
-            }
-            *out.add(r * out_row + j) = sum;
-        }
-    }
+    row_update_columns(
+        rows,
+        (c, n, k),
+        (a, a_row, a_col),
+        (b, b_row),
+        (out, out_row),
+    );
 }
 
 /// [`row_updates`] for `R` (1 to 3) rows of `a` with AVX-512: 64 columns at a time (each row of
@@ -181,15 +194,7 @@ unsafe fn row_updates_avx512<const R: usize>(
         columns_avx512::<R, 1>(c, k, a, (b, b_row), (out, out_row));
         c += 16;
     }
-    for r in 0..R {
-        for j in c..n {
-            let mut sum = 0f32;
-            for t in 0..k {
-                sum += *a.0.add(r * a_row + t * a_col) * *b.add(t * b_row + j);
-            }
-            *out.add(r * out_row + j) = sum;
-        }
-    }
+    row_update_columns(R, (c, n, k), a, (b, b_row), (out, out_row));
 }
 
 /// Columns `c..c + 16 V` of [`row_updates_avx512`].

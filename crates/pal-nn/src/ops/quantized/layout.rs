@@ -96,7 +96,7 @@ pub(super) fn repack(format: BlockFormat, file: &[u8], rows: usize, cols: usize)
     let blocks = cols / BLOCK;
     let row_bytes = blocks * format.bytes();
     let tiles = rows.div_ceil(TILE);
-    let zero = [0u8; 34];
+    let zero = vec![0u8; format.bytes()];
     let mut out = Vec::with_capacity(tiles * blocks * format.tile_block_bytes());
     for t in 0..tiles {
         for b in 0..blocks {
@@ -105,7 +105,7 @@ pub(super) fn repack(format: BlockFormat, file: &[u8], rows: usize, cols: usize)
                 if row < rows {
                     &file[row * row_bytes + b * format.bytes()..][..format.bytes()]
                 } else {
-                    &zero[..format.bytes()]
+                    &zero
                 }
             });
             for part in 0..format.scale_bytes() / 2 {
