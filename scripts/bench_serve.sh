@@ -56,18 +56,40 @@ print("Seconds over the whole run of each setting (with the cache on, the untime
       "questions count too): the encoder thread's busy time (cache lookups, encoding, LAL prefix), "
       "the model thread's prefill and decoding steps (`/health`, `busy_s`), the server's CPU time, "
       "and the load generator's own CPU time on the same cores.\n")
-print("| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) | prompt rows run | prompt rows reused | whole prompts reused |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    l, busy = r["load"], r["server"].get("busy_s", {})
+    l, s = r["load"], r["server"]
+    busy = s.get("busy_s", {})
     cache = "off" if r["audio_cache_mb"] == 0 else f"{r['audio_cache_mb']} MiB, warm"
     print(f"| {cache} | {r['max_batch']} | {l['wall_s']} | {busy.get('encode', '-')} | {busy.get('prefill', '-')} | "
-          f"{busy.get('decode', '-')} | {r.get('server_cpu_s', '-')} | {l.get('client_cpu_s', '-')} |")
+          f"{busy.get('decode', '-')} | {r.get('server_cpu_s', '-')} | {l.get('client_cpu_s', '-')} | "
+          f"{s.get('prompt_rows_run', '-')} | {s.get('prompt_rows_reused', '-')} | {s.get('prompt_cache_hits', '-')} |")
 print("""
 ## Earlier figures
 
+2026-12-01, the same server and adapter before prompts were kept with their clip (every request
+ran its whole prompt; with the cache off, the LAL prefix was computed on the model thread; the
+previous run of this script):
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 10.497 | 1.296 | 2.902 | 0.902 | 1.25 | 99 | 7.4 | 0 |
+| off | 1 | 0 | 9.383 | 1.692 | 1.869 | 1.668 | 1.846 | 730 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 23.045 | 0.581 | 1.313 | 0.406 | 0.522 | 120 | 6.3 | 200 |
+| 512 MiB, warm | 1 | 0 | 19.243 | 0.822 | 0.883 | 0.809 | 0.869 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.12x (cache off), 1.20x (warm).
+
+| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) |
+|---|---|---|---|---|---|---|---|
+| off | 8 | 19.05 | 16.692 | 16.948 | 1.98 | 35.6 | 1.08 |
+| off | 1 | 21.31 | 17.033 | 16.904 | 3.825 | 39.25 | 1.16 |
+| 512 MiB, warm | 8 | 8.68 | 0.364 | 7.609 | 1.357 | 18.03 | 0.98 |
+| 512 MiB, warm | 1 | 10.39 | 0.378 | 7.889 | 2.625 | 21.16 | 1.14 |
+
 2026-12-01, the same server and adapter before the tile kernel (decoding on chunks of eight
-blocks, prefill in f32; the previous run of this script):
+blocks, prefill in f32):
 
 | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
 |---|---|---|---|---|---|---|---|---|---|---|

@@ -9,6 +9,7 @@ use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::{KvCache, Llama, Tokenizer};
 
 use crate::generate::prefill_examples;
+use crate::reuse::{items, PromptCache};
 use crate::sequence::SequenceState;
 use crate::sequence::{Generation, GenerationParams};
 use crate::Result;
@@ -20,12 +21,102 @@ pub struct Prefilled {
     prompt_tokens: usize,
 }
 
+impl Prefilled {
+    /// Rows of its prompt (text and in-sequence audio; LAL keys not counted).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+}
+
 /// Runs the prompt of one example (its LAL keys/values taken from `lal` when given, as a
 /// server's audio cache keeps them; computed otherwise).
 pub fn prefill(model: &AudioLlm, example: &Example, lal: Option<&ClipLal>) -> Result<Prefilled> {
     let cached: Vec<Option<&ClipLal>> = lal.map(|l| vec![Some(l)]).unwrap_or_default();
     let mut prefilled = prefill_batch(model, std::slice::from_ref(example), &cached)?;
     Ok(prefilled.remove(0))
+}
+
+/// A prompt's cache and the logits of its last row, as a server keeps them (with the clip they
+/// are about): the same prompt again starts decoding at once, and one that shares a beginning
+/// with it runs only the rest ([`prefill_reusing`]).
+#[derive(Clone, Debug)]
+pub struct KeptPrompt {
+    /// The prompt's KV cache and what it holds.
+    pub prompt: PromptCache,
+    /// Logits of the token after the prompt.
+    pub logits: Vec<f32>,
+}
+
+impl KeptPrompt {
+    /// Bytes it holds (its clip's LAL keys/values are the clip's, not counted).
+    pub fn bytes(&self) -> usize {
+        self.prompt.bytes() + self.logits.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// How much of a prompt an earlier one spared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reused {
+    /// Rows taken from the earlier prompt's cache.
+    pub rows: usize,
+    /// Rows run through the LLM.
+    pub run: usize,
+}
+
+/// Runs the prompt of a one-clip example like [`prefill`], starting from the earlier prompt
+/// about the same clip in `kept` that shares the most with it: the same prompt runs nothing, a
+/// different question about the clip only the rows after the clip. Returns the sequence, what
+/// was reused, and the prompt to keep for later requests.
+pub fn prefill_reusing(
+    model: &AudioLlm,
+    example: &Example,
+    lal: Option<&ClipLal>,
+    kept: &[std::sync::Arc<KeptPrompt>],
+) -> Result<(Prefilled, Reused, KeptPrompt)> {
+    let wanted = items(&example.segments);
+    let best = kept
+        .iter()
+        .filter_map(|k| Some((k, k.prompt.shared_items(&wanted)?)))
+        .max_by_key(|(_, shared)| *shared);
+    let (kept, reused) = match best {
+        Some((k, shared)) if shared == wanted.len() && k.prompt.fed.len() == shared => {
+            let rows = k.prompt.cache.len();
+            ((**k).clone(), Reused { rows, run: 0 })
+        }
+        Some((k, shared)) => {
+            let keep = shared.min(wanted.len() - 1);
+            let (mut prompt, hidden) = k.prompt.clone().extend(&model.llm, &wanted, keep)?;
+            // Kept and cloned for every request that reuses it: without the growable buffers.
+            prompt.cache.compact()?;
+            let run = hidden.dims()[1];
+            let logits = last_logits(&model.llm, &hidden)?.remove(0);
+            let rows = prompt.cache.len() - run;
+            (KeptPrompt { prompt, logits }, Reused { rows, run })
+        }
+        None => {
+            let prefilled = prefill(model, example, lal)?;
+            let run = prefilled.prompt_tokens;
+            let prompt = PromptCache::new(prefilled.cache, wanted);
+            let logits = prefilled.logits;
+            (KeptPrompt { prompt, logits }, Reused { rows: 0, run })
+        }
+    };
+    let prefilled = Prefilled {
+        cache: kept.prompt.cache.clone(),
+        logits: kept.logits.clone(),
+        prompt_tokens: kept.prompt.cache.len(),
+    };
+    Ok((prefilled, reused, kept))
+}
+
+/// The logits of the last row of each item of `hidden` `(b, n, d)`, as f32.
+fn last_logits(llm: &Llama, hidden: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
+    let n = hidden.dims()[1];
+    Ok(llm
+        .logits(&hidden.narrow(1, n - 1, 1)?)?
+        .squeeze(1)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?)
 }
 
 /// Runs the prompts of several examples in one left-padded batch, then gives each its own
@@ -38,13 +129,7 @@ pub fn prefill_batch(
     cached: &[Option<&ClipLal>],
 ) -> Result<Vec<Prefilled>> {
     let (cache, hidden, prompt_tokens) = prefill_examples(model, examples, cached)?;
-    let n = hidden.dims()[1];
-    let logits = model
-        .llm
-        .logits(&hidden.narrow(1, n - 1, 1)?)?
-        .squeeze(1)?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec2::<f32>()?;
+    let logits = last_logits(&model.llm, &hidden)?;
     Ok(cache
         .split()?
         .into_iter()

@@ -6,49 +6,11 @@ use candle_core::Tensor;
 use pal_models::audio_llm::{AudioLlm, Example, Padding};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::segments::prompt_segments;
-use pal_models::text::Segment;
-use pal_models::{KvCache, Tokenizer};
+use pal_models::Tokenizer;
 
 use crate::generate::{decode, Generation, GenerationParams};
+use crate::reuse::{items, Item, PromptCache};
 use crate::{ChatTemplate, InferError, Message, Result};
-
-/// What one position of the conversation holds: the clip (all its in-sequence rows) or a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Item {
-    Audio,
-    Token(u32),
-}
-
-fn items(segments: &[Segment]) -> Vec<Item> {
-    segments
-        .iter()
-        .flat_map(|s| match s {
-            Segment::Audio => vec![Item::Audio],
-            Segment::Text { ids, .. } => ids.iter().map(|&t| Item::Token(t)).collect(),
-        })
-        .collect()
-}
-
-/// The KV cache after the latest turn and what its rows hold.
-struct Cached {
-    cache: KvCache,
-    fed: Vec<Item>,
-    /// Rows the clip takes in the sequence (0 for a LAL-only model).
-    audio_rows: usize,
-}
-
-impl Cached {
-    /// Cache rows taken by the first `n` items.
-    fn rows(&self, n: usize) -> usize {
-        self.fed[..n]
-            .iter()
-            .map(|i| match i {
-                Item::Audio => self.audio_rows,
-                Item::Token(_) => 1,
-            })
-            .sum()
-    }
-}
 
 /// A conversation about one clip.
 pub struct Conversation<'m> {
@@ -58,7 +20,7 @@ pub struct Conversation<'m> {
     audio: Vec<Tensor>,
     /// The messages so far (user and assistant turns, and a system message if given).
     pub messages: Vec<Message>,
-    cached: Option<Cached>,
+    cached: Option<PromptCache>,
 }
 
 impl<'m> Conversation<'m> {
@@ -109,40 +71,13 @@ impl<'m> Conversation<'m> {
         self.messages.push(Message::new("user", text));
         let segments = prompt_segments(&self.template, self.tokenizer, &self.messages)?;
         let wanted = items(&segments);
-        let reusable = self.cached.take().and_then(|mut c| {
-            let mut common = c
-                .fed
-                .iter()
-                .zip(&wanted)
-                .take_while(|(a, b)| a == b)
-                .count();
-            // At least one new position must run to give the next logits.
-            common = common.min(wanted.len() - 1);
-            let clip_kept = !c.fed[common..].contains(&Item::Audio);
-            let no_new_clip = !wanted[common..].contains(&Item::Audio);
-            (clip_kept && no_new_clip).then(|| {
-                let rows = c.rows(common);
-                c.fed.truncate(common);
-                (c, rows)
-            })
+        // At least one new position must run to give the next logits.
+        let reusable = self.cached.take().and_then(|c| {
+            let keep = c.shared_items(&wanted)?.min(wanted.len() - 1);
+            (keep > 0).then_some((c, keep))
         });
         let (mut cached, hidden) = match reusable {
-            Some((mut c, rows)) => {
-                c.cache.truncate(rows)?;
-                let ids: Vec<u32> = wanted[c.fed.len()..]
-                    .iter()
-                    .map(|i| match i {
-                        Item::Token(t) => *t,
-                        Item::Audio => unreachable!("checked above"),
-                    })
-                    .collect();
-                let device = self.model.llm.device();
-                let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
-                let embeds = self.model.llm.embed(&ids)?;
-                let hidden = self.model.llm.forward_embeds(&embeds, None, &mut c.cache)?;
-                c.fed = wanted.clone();
-                (c, hidden)
-            }
+            Some((c, keep)) => c.extend(&self.model.llm, &wanted, keep)?,
             None => {
                 let example = Example::one_clip(segments, self.audio.clone());
                 let mut batch = self.model.prepare(&[example], Padding::Left)?.detach();
@@ -151,16 +86,7 @@ impl<'m> Conversation<'m> {
                     Some(&batch.valid),
                     &mut batch.cache,
                 )?;
-                let tokens = wanted.iter().filter(|i| **i != Item::Audio).count();
-                let audio_rows = batch.cache.len() - tokens;
-                (
-                    Cached {
-                        cache: batch.cache,
-                        fed: wanted.clone(),
-                        audio_rows,
-                    },
-                    hidden,
-                )
+                (PromptCache::new(batch.cache, wanted.clone()), hidden)
             }
         };
         let prompt_rows = cached.cache.len();

@@ -6,6 +6,7 @@
 pub mod continuous;
 pub mod conversation;
 pub mod generate;
+pub mod reuse;
 pub mod sampling;
 pub mod sequence;
 pub mod transcribe;

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::ops::{batched_matmul, scaled_masked_softmax, softmax_backward};
+use crate::ops::{
+    batched_matmul, decode_attention_cpu, scaled_masked_softmax, softmax_backward, SequenceKeys,
+};
 
 /// A large negative value for masked scores, finite so that fully masked rows stay finite.
 pub fn mask_value(dtype: DType) -> f64 {
@@ -103,6 +105,32 @@ pub fn attention_split(
     };
     let out = batched_matmul(&probs, &v)?.reshape((b, q_heads, q_rows, head_dim))?;
     Ok((out, probs))
+}
+
+/// Decoding under continuous batching: `q (b, q_heads, 1, head_dim)`, one query row per
+/// sequence, attends sequence `i` over `sequences[i]`: its prefix's keys and values (LAL's audio,
+/// with a softmax of its own when gated, as in [`attention_split`]) then its own, the two parts
+/// read as one. Returns `(b, q_heads, 1, head_dim)`. On the CPU in f32, every sequence and head
+/// in one pass with [`attention_split`]'s arithmetic; elsewhere, sequence by sequence through
+/// it. Inference only (no gradient).
+pub fn decode_attention(q: &Tensor, sequences: &[SequenceKeys], scale: f64) -> Result<Tensor> {
+    if let Some(out) = decode_attention_cpu(q, sequences, scale)? {
+        return Ok(out);
+    }
+    let mut rows = Vec::with_capacity(sequences.len());
+    for (i, s) in sequences.iter().enumerate() {
+        let (k, v, own_softmax) = match s.prefix {
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, s.k], 2)?,
+                Tensor::cat(&[pv, s.v], 2)?,
+                if s.prefix_own_softmax { pk.dim(2)? } else { 0 },
+            ),
+            None => (s.k.clone(), s.v.clone(), 0),
+        };
+        let q = q.narrow(0, i, 1)?;
+        rows.push(attention_split(&q, &k, &v, None, scale, own_softmax)?.0);
+    }
+    Tensor::cat(&rows, 0)
 }
 
 /// The gradients `(dq, dk, dv)` of [`attention`] for the output gradient `d_out`, from its

@@ -22,8 +22,9 @@ pub mod rng;
 
 pub use attention::{
     attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
-    causal_mask, mask_value,
+    causal_mask, decode_attention, mask_value,
 };
 pub use compute::{ComputeDevice, ComputeDtype};
 pub use linear::{Linear, Lora, QuantizedForm};
+pub use ops::SequenceKeys;
 pub use params::{Init, Params};

@@ -1,10 +1,13 @@
 //! The two threads behind the server. Requests wait in a bounded queue (a full queue is refused
-//! at once: 503). The encoder thread takes them in order, encodes each clip (or finds it in the
-//! audio cache) and checks the request against the model's real position limit; the model
-//! thread admits ready requests between decoding steps and runs them with continuous batching
-//! ([`pal_infer::continuous`]): a request joins the running batch as soon as it is prefilled,
-//! and leaves it as soon as it ends or its client goes away. So encoding never stalls decoding
-//! steps, and a finished answer never costs another step.
+//! at once: 503). The encoder thread takes them in order, encodes each clip and computes its LAL
+//! keys/values (or finds them in the audio cache) and checks the request against the model's
+//! real position limit; the model thread admits ready requests between decoding steps, prefills
+//! each (from the prompt kept with its clip that shares the most with it, when the cache is on)
+//! and runs them with continuous batching ([`pal_infer::continuous`]): a request joins the
+//! running batch as soon as it is prefilled, and leaves it as soon as it ends or its client goes
+//! away. So encoding never stalls decoding steps, and a finished answer never costs another
+//! step. The audio cache is shared: the encoder thread keeps clips in it, the model thread the
+//! prompts asked about them.
 //!
 //! Nothing one request does takes the others down: a request past the position limit is refused
 //! before it joins; a step the model fails is retried one sequence at a time, so the request at
@@ -17,7 +20,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use pal_infer::continuous::{prefill, Prefilled, Running};
+use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
 use pal_models::audio_llm::{AudioLlm, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
@@ -26,7 +29,7 @@ use pal_models::text::Segment;
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audio_cache::{AudioCache, CachedClip};
+use crate::audio_cache::{AudioCache, CachedClip, ClipKey};
 
 /// A loaded model bundle: the audio-LLM, its encoders, its tokenizer, and a Whisper with its
 /// decoder when the bundle's encoder is one (for transcriptions).
@@ -148,6 +151,13 @@ pub struct Counters {
     pub audio_cache_hits: AtomicUsize,
     /// Clips encoded (and kept, when the cache is on).
     pub audio_cache_misses: AtomicUsize,
+    /// Prompts found whole in the audio cache (the same question about the same clip): no
+    /// prefill at all.
+    pub prompt_cache_hits: AtomicUsize,
+    /// Prompt rows taken from a kept prompt about the same clip instead of run.
+    pub prompt_rows_reused: AtomicUsize,
+    /// Prompt rows run through the LLM.
+    pub prompt_rows_run: AtomicUsize,
     /// Microseconds the encoder thread spent preparing chats (cache lookups, encoding, the LAL
     /// prefix, the position check).
     pub encode_micros: AtomicU64,
@@ -205,6 +215,9 @@ pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
 /// the queue is drained.
 pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::JoinHandle<()>) {
     let (queue, receiver) = queue(batching.queue_capacity);
+    // The encoder thread keeps clips in it, the model thread the prompts asked about them.
+    let cache = Arc::new(Mutex::new(AudioCache::new(batching.audio_cache_bytes)));
+    let model_cache = cache.clone();
     // Encoded requests wait here for the model thread; a small buffer keeps the encoder at most
     // a batch ahead.
     let (ready_sender, ready) = sync_channel::<Ready>(batching.max_batch.max(1));
@@ -217,7 +230,7 @@ pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::Jo
                 &encoder_bundle,
                 &receiver,
                 &ready_sender,
-                batching,
+                &cache,
                 &encoder_counters,
             )
         })
@@ -226,7 +239,7 @@ pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::Jo
     let handle = std::thread::Builder::new()
         .name("pal-model".into())
         .spawn(move || {
-            generate_requests(&bundle, &ready, batching, &model_counters);
+            generate_requests(&bundle, &ready, batching, &model_cache, &model_counters);
             let _ = encoder.join();
             model_counters.stopped.store(true, Ordering::Relaxed);
         })
@@ -237,8 +250,10 @@ pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::Jo
 /// A chat request whose clip is encoded and which fits the model: ready to join the batch.
 struct Ready {
     example: Example,
-    /// The clip's LAL keys/values, when the audio cache keeps them.
+    /// A one-clip request's clip with its LAL keys/values (computed on the encoder thread).
     clip: Option<Arc<CachedClip>>,
+    /// Its key when the audio cache keeps the clip (and the prompts asked about it).
+    clip_key: Option<ClipKey>,
     params: GenerationParams,
     events: mpsc::UnboundedSender<Event>,
 }
@@ -249,10 +264,9 @@ fn encode_requests(
     bundle: &Bundle,
     receiver: &Receiver<Job>,
     ready: &SyncSender<Ready>,
-    batching: Batching,
+    cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
-    let mut cache = AudioCache::new(batching.audio_cache_bytes);
     while let Ok(job) = receiver.recv() {
         match job {
             Job::Transcribe { samples, reply } => {
@@ -273,14 +287,15 @@ fn encode_requests(
                 }
                 let start = std::time::Instant::now();
                 let prepared = isolated(counters, || {
-                    prepare(bundle, &mut cache, segments, &clips, &params, counters)
+                    prepare(bundle, cache, segments, &clips, &params, counters)
                 });
                 Counters::spent(&counters.encode_micros, start);
                 match prepared {
-                    Ok(Ok((example, clip))) => {
+                    Ok(Ok((example, clip, clip_key))) => {
                         let request = Ready {
                             example,
                             clip,
+                            clip_key,
                             params,
                             events,
                         };
@@ -301,30 +316,44 @@ fn encode_requests(
 }
 
 /// The request's example, its clips from the cache or just encoded, once it is known to fit
-/// the model's positions; else the event that tells the client why not. The LAL keys/values of
-/// a one-clip request come along from the cache (a later clip's would sit at other positions).
+/// the model's positions; else the event that tells the client why not. A one-clip request
+/// also gets its clip's LAL keys/values (from the cache, or computed here, off the model
+/// thread) and, when the cache keeps the clip, its key; a later clip's keys would sit at other
+/// positions, so a request with several clips has them computed in its prefill.
+type Prepared = (Example, Option<Arc<CachedClip>>, Option<ClipKey>);
+
 fn prepare(
     bundle: &Bundle,
-    cache: &mut AudioCache,
+    cache: &Mutex<AudioCache>,
     segments: Vec<Segment>,
     clips: &[Vec<f32>],
     params: &GenerationParams,
     counters: &Counters,
-) -> Result<(Example, Option<Arc<CachedClip>>), Event> {
+) -> Result<Prepared, Event> {
+    let failed = |e: pal_models::ModelError| Event::Failed(format!("encoding the audio: {e}"));
     let mut audio = Vec::with_capacity(clips.len());
-    let mut kept = None;
+    let mut clip = None;
     for samples in clips {
-        let clip = clip_audio(bundle, cache, samples, counters)
-            .map_err(|e| Event::Failed(format!("encoding the audio: {e}")))?;
-        match clip {
-            Clip::Kept(c) => {
+        match clip_audio(bundle, cache, samples, counters).map_err(failed)? {
+            Clip::Kept(key, c) => {
                 audio.push(c.audio.clone());
-                kept = Some(c);
+                clip = Some((c, Some(key)));
             }
             Clip::Encoded(outputs) => audio.push(outputs),
         }
     }
-    let clip = kept.filter(|_| clips.len() == 1);
+    let (clip, clip_key) = match (clips.len(), clip) {
+        (1, Some((c, key))) => (Some(c), key),
+        (1, None) => {
+            let lal = bundle.model.clip_lal(&audio[0]).map_err(failed)?;
+            let c = CachedClip {
+                audio: audio[0].clone(),
+                lal,
+            };
+            (Some(Arc::new(c)), None)
+        }
+        _ => (None, None),
+    };
     let example = Example {
         segments,
         clips: audio,
@@ -344,7 +373,7 @@ fn prepare(
             code: "context_length_exceeded",
         });
     }
-    Ok((example, clip))
+    Ok((example, clip, clip_key))
 }
 
 /// The model thread: admits ready requests between steps (waiting only when nothing runs) and
@@ -353,6 +382,7 @@ fn generate_requests(
     bundle: &Bundle,
     ready: &Receiver<Ready>,
     batching: Batching,
+    cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
     let mut running: Running<mpsc::UnboundedSender<Event>> = Running::default();
@@ -372,7 +402,7 @@ fn generate_requests(
         }
         if !arrivals.is_empty() {
             let start = std::time::Instant::now();
-            admit(bundle, &mut running, arrivals, counters);
+            admit(bundle, &mut running, arrivals, cache, counters);
             Counters::spent(&counters.prefill_micros, start);
         }
         if running.is_empty() {
@@ -415,6 +445,7 @@ fn admit(
     bundle: &Bundle,
     running: &mut Running<mpsc::UnboundedSender<Event>>,
     arrivals: Vec<Ready>,
+    cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
     for request in arrivals {
@@ -428,7 +459,7 @@ fn admit(
                     panic!("fault injected for a test");
                 }
             }
-            prefill_one(bundle, &request)
+            prefill_one(bundle, &request, cache, counters)
         });
         let joined = prefilled.and_then(|p| p).and_then(|p| {
             running
@@ -451,10 +482,43 @@ fn admit(
     }
 }
 
-/// The prefill of one request (its LAL keys/values from the audio cache when it has them).
-fn prefill_one(bundle: &Bundle, request: &Ready) -> Result<Prefilled, String> {
+/// The prefill of one request: its LAL keys/values from its clip when it has them, and, when
+/// the audio cache keeps the clip, starting from the prompt asked about it that shares the most
+/// with this one (then kept in its turn).
+fn prefill_one(
+    bundle: &Bundle,
+    request: &Ready,
+    cache: &Mutex<AudioCache>,
+    counters: &Counters,
+) -> Result<Prefilled, String> {
     let lal = request.clip.as_deref().map(|c| &c.lal);
-    prefill(&bundle.model, &request.example, lal).map_err(|e| e.to_string())
+    let Some(key) = &request.clip_key else {
+        let prefilled = prefill(&bundle.model, &request.example, lal).map_err(|e| e.to_string())?;
+        counters
+            .prompt_rows_run
+            .fetch_add(prefilled.prompt_tokens(), Ordering::Relaxed);
+        return Ok(prefilled);
+    };
+    let kept = locked(cache).prompts(key);
+    let (prefilled, reused, prompt) =
+        prefill_reusing(&bundle.model, &request.example, lal, &kept).map_err(|e| e.to_string())?;
+    if reused.run == 0 {
+        counters.prompt_cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    counters
+        .prompt_rows_reused
+        .fetch_add(reused.rows, Ordering::Relaxed);
+    counters
+        .prompt_rows_run
+        .fetch_add(reused.run, Ordering::Relaxed);
+    locked(cache).keep_prompt(key, prompt);
+    Ok(prefilled)
+}
+
+/// The audio cache, locked (a panic while it was held left nothing half-done that matters: at
+/// worst a clip or prompt is missing).
+fn locked(cache: &Mutex<AudioCache>) -> std::sync::MutexGuard<'_, AudioCache> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Streams a piece of text; `false` (cancel) once the client has gone away.
@@ -503,33 +567,33 @@ fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
     pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
 }
 
-/// A request's clip: kept from an earlier request, or just encoded (the cache is off).
+/// A request's clip: kept in the cache (under its key), or just encoded (the cache is off).
 enum Clip {
-    Kept(Arc<CachedClip>),
+    Kept(ClipKey, Arc<CachedClip>),
     Encoded(Vec<Tensor>),
 }
 
-/// The clip's encoder outputs and LAL keys/values: from the cache, or computed (and kept when
-/// the cache is on).
+/// The clip's encoder outputs, and its LAL keys/values when the cache is on: from the cache, or
+/// computed and kept.
 fn clip_audio(
     bundle: &Bundle,
-    cache: &mut AudioCache,
+    cache: &Mutex<AudioCache>,
     samples: &[f32],
     counters: &Counters,
 ) -> pal_models::Result<Clip> {
-    if !cache.enabled() {
+    if !locked(cache).enabled() {
         counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
         return Ok(Clip::Encoded(encode_clip(&bundle.encoders, samples)?));
     }
     let key = AudioCache::key(samples);
-    if let Some(clip) = cache.get(&key) {
+    if let Some(clip) = locked(cache).get(&key) {
         counters.audio_cache_hits.fetch_add(1, Ordering::Relaxed);
-        return Ok(Clip::Kept(clip));
+        return Ok(Clip::Kept(key, clip));
     }
     counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
     let audio = encode_clip(&bundle.encoders, samples)?;
     let lal = bundle.model.clip_lal(&audio)?;
     let clip = Arc::new(CachedClip { audio, lal });
-    cache.insert(key, clip.clone());
-    Ok(Clip::Kept(clip))
+    locked(cache).insert(key, clip.clone());
+    Ok(Clip::Kept(key, clip))
 }

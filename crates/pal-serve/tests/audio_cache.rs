@@ -1,5 +1,6 @@
 //! The audio cache: a second question about a clip (from any client) is served from the cache,
-//! skipping the encoder and the LAL prefix, with the answer the clip gets when computed afresh.
+//! skipping the encoder and the LAL prefix, and the prompt rows it shares with an earlier
+//! question, with the answer the clip gets when computed afresh.
 
 mod common;
 
@@ -11,14 +12,21 @@ use pal_serve::{router, Limits};
 use serde_json::{json, Value};
 
 async fn answer(app: &axum::Router, question: &str) -> String {
-    let (status, body) = send(
-        app,
-        post(
-            "/v1/chat/completions",
-            chat_body(&clip_wav(), question, json!({})).to_string(),
-        ),
-    )
-    .await;
+    answer_to(app, chat_body(&clip_wav(), question, json!({}))).await
+}
+
+/// The next turn of a chat about the clip: `question`, its answer, then `follow_up`.
+fn follow_up_body(question: &str, answer: &str, follow_up: &str) -> Value {
+    let mut body = chat_body(&clip_wav(), question, json!({}));
+    let first = body["messages"][0].clone();
+    body["messages"] = json!([first,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": follow_up}]);
+    body
+}
+
+async fn answer_to(app: &axum::Router, request: Value) -> String {
+    let (status, body) = send(app, post("/v1/chat/completions", request.to_string())).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
     v["choices"][0]["message"]["content"]
@@ -41,8 +49,37 @@ async fn a_second_question_about_a_clip_is_served_from_the_cache() {
     assert_eq!(computations() - before, 1);
     let second = answer(&app, "What is said?").await;
     assert_eq!(second, first);
+    // The same question again: its whole prompt was kept with the clip, nothing runs.
+    assert_eq!(counters.prompt_cache_hits.load(Ordering::Relaxed), 1);
+    let run = counters.prompt_rows_run.load(Ordering::Relaxed);
     let other = answer(&app, "Describe the sound.").await;
-    assert_eq!(counters.audio_cache_hits.load(Ordering::Relaxed), 2);
+    // Another question: everything up to and including the clip is reused, only its own
+    // rows run.
+    let reused = counters.prompt_rows_reused.load(Ordering::Relaxed);
+    let other_run = counters.prompt_rows_run.load(Ordering::Relaxed) - run;
+    assert!(
+        other_run > 0 && other_run < 16,
+        "{other_run} rows run for a new question"
+    );
+    // The same question reused all its `run` rows; the other more than it ran.
+    assert!(
+        reused - run > other_run,
+        "{} rows reused and {other_run} run for a new question",
+        reused - run
+    );
+    // The chat's next turn reuses its first turn's prompt and runs its answer and new question.
+    let first_rows = run; // the first prompt ran all its rows
+    let reused_before = counters.prompt_rows_reused.load(Ordering::Relaxed);
+    let run_before = counters.prompt_rows_run.load(Ordering::Relaxed);
+    let next_turn = follow_up_body("What is said?", &first, "Say more.");
+    let next = answer_to(&app, next_turn.clone()).await;
+    let reused = counters.prompt_rows_reused.load(Ordering::Relaxed) - reused_before;
+    let run = counters.prompt_rows_run.load(Ordering::Relaxed) - run_before;
+    assert!(
+        reused >= first_rows && run < first_rows,
+        "the next turn reused {reused} rows and ran {run}; the first turn had {first_rows}"
+    );
+    assert_eq!(counters.audio_cache_hits.load(Ordering::Relaxed), 3);
     assert_eq!(counters.audio_cache_misses.load(Ordering::Relaxed), 1);
     assert_eq!(
         computations() - before,
@@ -61,4 +98,5 @@ async fn a_second_question_about_a_clip_is_served_from_the_cache() {
     let app = router(state(&bundle, queue, Limits::default(), None));
     assert_eq!(answer(&app, "What is said?").await, first);
     assert_eq!(answer(&app, "Describe the sound.").await, other);
+    assert_eq!(answer_to(&app, next_turn).await, next);
 }

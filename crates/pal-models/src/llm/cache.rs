@@ -97,6 +97,17 @@ impl Clone for KvStore {
     }
 }
 
+/// What [`LayerCache::append_apart`] returns: the prefix's keys and values (when the layer has
+/// one) and the layer's own, each `(batch, kv_heads, rows, head_dim)`.
+pub struct ApartKeys {
+    /// The prefix's keys and values.
+    pub prefix: Option<(Tensor, Tensor)>,
+    /// Cached and new keys.
+    pub k: Tensor,
+    /// Cached and new values.
+    pub v: Tensor,
+}
+
 /// Rows a new buffer gets room for, beyond what it must hold.
 const STORE_HEADROOM: usize = 64;
 
@@ -125,7 +136,8 @@ impl LayerCache {
                 && s.k.dims()[2] >= needed
         });
         if !usable {
-            self.store = Some(self.rebuild_store(k_new, needed + STORE_HEADROOM.max(needed / 2))?);
+            let capacity = needed + STORE_HEADROOM.max(needed / 2);
+            self.store = Some(self.rebuild_store(k_new, capacity, true)?);
         }
         let store = self.store.as_mut().expect("built above");
         store.k.slice_set(&k_new.contiguous()?, 2, store.rows)?;
@@ -136,14 +148,45 @@ impl LayerCache {
         Ok((store.k.narrow(2, 0, needed)?, store.v.narrow(2, 0, needed)?))
     }
 
-    /// New buffers of `capacity` rows holding the prefix and the cached rows (shaped as `like`).
-    fn rebuild_store(&self, like: &Tensor, capacity: usize) -> Result<KvStore> {
+    /// [`Self::append_in_place`] for decoding with the prefix kept apart: the buffers hold only
+    /// the layer's own rows, and the prefix (a clip's LAL keys, which every request about the
+    /// clip shares) is never copied. Returns the prefix's keys and values when there is one,
+    /// then the cached and new keys and values as views of the buffers; attention reads the
+    /// two parts as one ([`pal_nn::decode_attention`]).
+    pub fn append_apart(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<ApartKeys> {
+        let cached = self.k.as_ref().map_or(0, |k| k.dims()[2]);
+        let needed = cached + k_new.dims()[2];
+        let usable = self.store.as_ref().is_some_and(|s| {
+            s.prefix_rows == 0
+                && s.rows == cached
+                && s.k.dims()[0] == k_new.dims()[0]
+                && s.k.dims()[2] >= needed
+        });
+        if !usable {
+            let capacity = needed + STORE_HEADROOM.max(needed / 2);
+            self.store = Some(self.rebuild_store(k_new, capacity, false)?);
+        }
+        let store = self.store.as_mut().expect("built above");
+        store.k.slice_set(&k_new.contiguous()?, 2, store.rows)?;
+        store.v.slice_set(&v_new.contiguous()?, 2, store.rows)?;
+        store.rows += k_new.dims()[2];
+        let (k, v) = (store.k.narrow(2, 0, needed)?, store.v.narrow(2, 0, needed)?);
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        let prefix = self.prefix.as_ref().map(|p| (p.k.clone(), p.v.clone()));
+        Ok(ApartKeys { prefix, k, v })
+    }
+
+    /// New buffers of `capacity` rows holding the cached rows, after the prefix when
+    /// `with_prefix` (shaped as `like`).
+    fn rebuild_store(&self, like: &Tensor, capacity: usize, with_prefix: bool) -> Result<KvStore> {
         let (b, heads, _, head_dim) = like.dims4()?;
         let zeros = || Tensor::zeros((b, heads, capacity, head_dim), like.dtype(), like.device());
         let (k, v) = (zeros()?, zeros()?);
         let mut rows = 0;
+        let prefix = self.prefix.as_ref().filter(|_| with_prefix);
         let parts = [
-            self.prefix.as_ref().map(|p| (&p.k, &p.v)),
+            prefix.map(|p| (&p.k, &p.v)),
             self.k.as_ref().zip(self.v.as_ref()),
         ];
         for (pk, pv) in parts.into_iter().flatten() {
@@ -154,9 +197,9 @@ impl LayerCache {
         Ok(KvStore {
             k,
             v,
-            prefix_rows: self.prefix.as_ref().map_or(0, |p| p.k.dims()[2]),
+            prefix_rows: prefix.map_or(0, |p| p.k.dims()[2]),
             rows,
-            prefix_id: self.prefix.as_ref().map(|p| p.k.id()),
+            prefix_id: prefix.map(|p| p.k.id()),
         })
     }
 }
@@ -191,6 +234,20 @@ impl KvCache {
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Copies each layer's rows out of its growable buffers (which may hold the prefix too, and
+    /// room to grow) and drops the buffers: for a cache kept for later (a server keeps prompts),
+    /// whose clones then share their tensors instead of copying the buffers, and which holds
+    /// only the bytes of its rows.
+    pub fn compact(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            if layer.store.take().is_some() {
+                layer.k = layer.k.as_ref().map(|k| k.copy()).transpose()?;
+                layer.v = layer.v.as_ref().map(|v| v.copy()).transpose()?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps only the first `rows` cached rows (prefixes stay): a conversation whose latest turn
@@ -243,6 +300,10 @@ impl KvCache {
                 .collect();
             Ok(Tensor::new(keep.as_slice(), valid.device())?)
         };
+        let all_valid = |valid: &Tensor| -> Result<bool> {
+            let real = valid.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            Ok(real as usize == valid.elem_count())
+        };
         let mut out = Vec::with_capacity(b);
         for i in 0..b {
             let keys = self
@@ -256,6 +317,12 @@ impl KvCache {
                     Ok(t.narrow(0, i, 1)?.contiguous()?.index_select(rows, 2)?)
                 };
                 let prefix = match &layer.prefix {
+                    // One item whose rows are all real: the same tensors, not a copy (a server's
+                    // audio cache then shares one clip's LAL keys with every request about it).
+                    Some(p) if b == 1 && all_valid(&p.valid)? => Some(KeyValuePrefix {
+                        stacked: None,
+                        ..p.clone()
+                    }),
                     Some(p) => {
                         let rows = valid_rows(&p.valid, i)?;
                         let n = rows.dims()[0];

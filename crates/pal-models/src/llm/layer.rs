@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::{rms_norm, rope};
-use pal_nn::{attention_split, Linear};
+use pal_nn::{attention_split, decode_attention, Linear, SequenceKeys};
 
 use crate::error::Result;
 use crate::llm::cache::LayerCache;
@@ -303,18 +303,24 @@ impl DecoderLayer {
         let q = self.queries(c, &h, cos, sin)?;
         let (k_new, v_new) = self.keys_values(c, &h, Some((cos, sin)))?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut rows = Vec::with_capacity(b);
+        let mut keys = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
-            let own_softmax = cache.prefix.as_ref().map_or(0, |p| p.own_softmax_rows());
-            let (k, v) = cache.append_in_place(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
-            let q = q.narrow(0, i, 1)?;
-            rows.push(attention_split(&q, &k, &v, None, scale, own_softmax)?.0);
+            let own_softmax = cache.prefix.as_ref().is_some_and(|p| p.own_softmax);
+            let apart = cache.append_apart(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
+            keys.push((apart, own_softmax));
         }
-        let attn = Tensor::cat(&rows, 0)?.transpose(1, 2)?.reshape((
-            b,
-            1,
-            c.num_attention_heads * c.head_dim,
-        ))?;
+        let sequences: Vec<SequenceKeys> = keys
+            .iter()
+            .map(|(apart, own_softmax)| SequenceKeys {
+                prefix: apart.prefix.as_ref().map(|(k, v)| (k, v)),
+                prefix_own_softmax: *own_softmax,
+                k: &apart.k,
+                v: &apart.v,
+            })
+            .collect();
+        let attn = decode_attention(&q, &sequences, scale)?
+            .transpose(1, 2)?
+            .reshape((b, 1, c.num_attention_heads * c.head_dim))?;
         let x1 = (x + self.o_proj.forward(&attn)?)?;
         Ok(self.ffn(c, &x1, true)?.0)
     }

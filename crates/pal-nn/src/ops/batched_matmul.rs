@@ -38,7 +38,8 @@ fn collapsible(t: &Tensor) -> Result<Tensor> {
 struct BatchedMatmul;
 
 /// `dst = a b` for one `m x k` by `k x n` block on the calling thread; `a` and `b` are given by
-/// (row, column) strides, `dst` is row-major with row stride `dst_row`.
+/// (row, column) strides, `dst` is row-major with row stride `dst_row` and holds zeros (the
+/// small products' row updates add to it).
 ///
 /// # Safety
 /// The pointers and strides must describe blocks inside their buffers, and no other thread may

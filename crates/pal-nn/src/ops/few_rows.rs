@@ -73,7 +73,8 @@ pub(crate) unsafe fn dot_products(
     }
 }
 
-/// `out_i = sum_t a[i, t] b_t` for `m` rows of `a` (element `(i, t)` at `i * a_row + t * a_col`)
+/// `out_i += sum_t a[i, t] b_t` (added to what `out` holds, in order of `t`: a product split
+/// into consecutive runs of `t` gives the same sums) for `m` rows of `a` (element `(i, t)` at `i * a_row + t * a_col`)
 /// and `k` rows `b_t` of length `n` (row stride `b_row`): attention's probabilities times its
 /// values, on the calling thread; `simd` from [`avx2_fma`]. With AVX2 (AVX-512), each row of `b`
 /// is loaded once for every three rows of `a`, 32 (64, then 16) columns at a time.
@@ -123,7 +124,6 @@ unsafe fn row_update_columns(
 ) {
     for i in 0..rows {
         let row = std::slice::from_raw_parts_mut(out.add(i * out_row + first), n - first);
-        row.fill(0.0);
         for t in 0..k {
             let scale = *a.add(i * a_row + t * a_col);
             let values = std::slice::from_raw_parts(b.add(t * b_row + first), n - first);
@@ -148,6 +148,11 @@ unsafe fn row_updates_avx2(
     let mut c = 0;
     while c + 32 <= n {
         let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+        for (r, sums) in acc.iter_mut().enumerate().take(rows) {
+            for (l, sum) in sums.iter_mut().enumerate() {
+                *sum = _mm256_loadu_ps(out.add(r * out_row + c + 8 * l));
+            }
+        }
         for t in 0..k {
             let values = b.add(t * b_row + c);
             let v = [0, 1, 2, 3].map(|l| _mm256_loadu_ps(values.add(8 * l)));
@@ -208,7 +213,9 @@ unsafe fn columns_avx512<const R: usize, const V: usize>(
     (out, out_row): (*mut f32, usize),
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|l| _mm512_loadu_ps(out.add(r * out_row + c + 16 * l)))
+    });
     for t in 0..k {
         let values = b.add(t * b_row + c);
         let v: [__m512; V] = std::array::from_fn(|l| _mm512_loadu_ps(values.add(16 * l)));

@@ -4,6 +4,7 @@
 
 mod batched_matmul;
 mod constant_input_linear;
+mod decode_attention;
 mod few_rows;
 mod frozen_linear;
 mod loss;
@@ -16,6 +17,8 @@ mod softmax;
 
 pub use batched_matmul::{batched_matmul, matmul};
 pub use constant_input_linear::constant_input_linear;
+pub(crate) use decode_attention::decode_attention_cpu;
+pub use decode_attention::SequenceKeys;
 pub use frozen_linear::frozen_linear;
 pub use loss::{cross_entropy, linear_cross_entropy};
 pub use precomputed::Precomputed;

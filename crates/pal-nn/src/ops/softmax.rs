@@ -72,6 +72,23 @@ pub fn softmax_backward(y: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor>
     (y * grad.broadcast_sub(&dot)?)? * scale
 }
 
+/// Softmax of a row of already scaled (and masked) scores, in place; a fully masked row (all
+/// -inf) becomes zeros rather than NaN. The one softmax loop of the CPU kernels.
+pub(crate) fn softmax_in_place<T: WithDType + Exp>(row: &mut [T]) {
+    let max = lane_max(row);
+    if max.to_f64() == f64::NEG_INFINITY {
+        row.iter_mut().for_each(|o| *o = T::zero());
+        return;
+    }
+    for o in row.iter_mut() {
+        *o = (*o - max).exp_fast();
+    }
+    let inv = T::one() / lane_sum(row);
+    for o in row.iter_mut() {
+        *o *= inv;
+    }
+}
+
 struct ScaledMaskedSoftmax {
     scale: f64,
 }
@@ -105,19 +122,7 @@ fn softmax_rows<T: WithDType + Exp>(
                 }
             }
         }
-        let max = lane_max(row);
-        if max.to_f64() == f64::NEG_INFINITY {
-            // A fully masked row (all -inf) yields zeros rather than NaN.
-            row.iter_mut().for_each(|o| *o = T::zero());
-            return;
-        }
-        for o in row.iter_mut() {
-            *o = (*o - max).exp_fast();
-        }
-        let inv = T::one() / lane_sum(row);
-        for o in row.iter_mut() {
-            *o *= inv;
-        }
+        softmax_in_place(row);
     });
     out
 }

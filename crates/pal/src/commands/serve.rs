@@ -48,7 +48,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     max_concurrent_decodes: usize,
     /// Memory for the audio cache in MiB: encoder outputs and LAL keys/values of recent clips,
-    /// so that more questions about a clip skip the encoder (0 turns it off).
+    /// with the last prompts asked about each, so that more questions about a clip skip the
+    /// encoder and the prompt rows they share (0 turns it off).
     #[arg(long, default_value_t = 512)]
     audio_cache_mb: usize,
     #[command(flatten)]

@@ -1,0 +1,135 @@
+//! Decoding's attention over every sequence's own cache in one pass gives what attending each
+//! sequence alone through `attention_split` gives, bit for bit, on caches of different lengths,
+//! with and without a LAL prefix under its own softmax, read where they lie in a cache's
+//! buffers (views with room to grow).
+
+use candle_core::{DType, Device, Tensor};
+use pal_nn::gradcheck::pseudo_random;
+use pal_nn::{attention_split, decode_attention, SequenceKeys};
+
+/// `(1, kv_heads, rows, head_dim)` keys or values as a view of the first `rows` rows of a
+/// buffer with room for more, as a KV cache holds them.
+fn cache_view(kv_heads: usize, rows: usize, head_dim: usize, seed: u64) -> Tensor {
+    let room = rows + 37;
+    let data: Vec<f32> = pseudo_random(kv_heads * room * head_dim, seed)
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    Tensor::from_vec(data, (1, kv_heads, room, head_dim), &Device::Cpu)
+        .unwrap()
+        .narrow(2, 0, rows)
+        .unwrap()
+}
+
+#[test]
+fn one_pass_over_ragged_caches_matches_each_sequence_alone() {
+    let (q_heads, kv_heads, head_dim) = (9, 3, 64);
+    // Per sequence: prefix rows (a clip's LAL keys), its own rows, and whether the prefix has a
+    // softmax of its own (gated LAL).
+    let sequences = [
+        (0, 60, false),
+        (550, 63, true),
+        (0, 1, false),
+        (200, 50, false),
+        (1500, 500, true),
+    ];
+    let b = sequences.len();
+    let q: Vec<f32> = pseudo_random(b * q_heads * head_dim, 1)
+        .into_iter()
+        .map(|x| 3.0 * x as f32)
+        .collect();
+    let q = Tensor::from_vec(q, (b, q_heads, 1, head_dim), &Device::Cpu).unwrap();
+    let view = |rows: usize, seed: u64| cache_view(kv_heads, rows, head_dim, seed);
+    let parts: Vec<_> = sequences
+        .iter()
+        .enumerate()
+        .map(|(i, &(prefix, own, _))| {
+            let seed = 10 + 4 * i as u64;
+            let prefix = (prefix > 0).then(|| (view(prefix, seed), view(prefix, seed + 1)));
+            (prefix, view(own, seed + 2), view(own, seed + 3))
+        })
+        .collect();
+    let keys: Vec<SequenceKeys> = parts
+        .iter()
+        .zip(&sequences)
+        .map(|((prefix, k, v), &(_, _, gated))| SequenceKeys {
+            prefix: prefix.as_ref().map(|(k, v)| (k, v)),
+            prefix_own_softmax: gated,
+            k,
+            v,
+        })
+        .collect();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let together = decode_attention(&q, &keys, scale).unwrap();
+    assert_eq!(together.dims(), &[b, q_heads, 1, head_dim]);
+    for (i, (prefix, k, v)) in parts.iter().enumerate() {
+        let (prefix_rows, own_rows, gated) = sequences[i];
+        let (k, v) = match prefix {
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, k], 2).unwrap(),
+                Tensor::cat(&[pv, v], 2).unwrap(),
+            ),
+            None => (k.clone(), v.clone()),
+        };
+        let own_softmax = if gated { prefix_rows } else { 0 };
+        let q = q.narrow(0, i, 1).unwrap();
+        let alone = attention_split(&q, &k, &v, None, scale, own_softmax)
+            .unwrap()
+            .0;
+        let diff = (together.narrow(0, i, 1).unwrap() - &alone)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Up to 1,365 keys the one-sequence path takes the same small-product loops: the same
+        // numbers. Past that it takes gemm, whose sums are ordered differently.
+        let rows = prefix_rows + own_rows;
+        let bound = if rows * 3 * head_dim <= 1 << 18 {
+            0.0
+        } else {
+            1e-5
+        };
+        assert!(
+            diff <= bound,
+            "sequence {i} ({prefix_rows} prefix keys, gated {gated}, {own_rows} own): {diff}"
+        );
+    }
+}
+
+#[test]
+fn other_dtypes_attend_sequence_by_sequence() {
+    let q = Tensor::ones((2, 4, 1, 8), DType::F64, &Device::Cpu).unwrap();
+    let k = Tensor::ones((1, 2, 5, 8), DType::F64, &Device::Cpu).unwrap();
+    let v = (Tensor::arange(0f64, 5.0, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 5, 1))
+        .unwrap()
+        .broadcast_as((1, 2, 5, 8))
+        .unwrap())
+    .contiguous()
+    .unwrap();
+    // The first two keys as a prefix: one softmax over all seven keys, then the prefix apart.
+    let (pk, pv) = (k.narrow(2, 0, 2).unwrap(), v.narrow(2, 0, 2).unwrap());
+    let (rk, rv) = (k.narrow(2, 2, 3).unwrap(), v.narrow(2, 2, 3).unwrap());
+    let joint = SequenceKeys {
+        prefix: Some((&pk, &pv)),
+        prefix_own_softmax: false,
+        k: &rk,
+        v: &rv,
+    };
+    let gated = SequenceKeys {
+        prefix_own_softmax: true,
+        ..joint
+    };
+    let out = decode_attention(&q, &[joint, gated], 0.5).unwrap();
+    let out = out.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    // Equal scores: the mean value 2 over one softmax; with the first two keys apart,
+    // (0 + 1) / 2 + (2 + 3 + 4) / 3 = 3.5.
+    assert!(out[..32].iter().all(|&x| (x - 2.0).abs() < 1e-12));
+    assert!(out[32..].iter().all(|&x| (x - 3.5).abs() < 1e-12));
+}
