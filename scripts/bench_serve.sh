@@ -2,7 +2,8 @@
 # Load test of `pal serve`, every setting one after the other on the same machine, on loopback:
 # 200 streamed chat completions with audio, 16 at a time, through the openai client, over the
 # bundled clips. Settings: max batch 8 and 1, with the audio cache off, then on and warm (one
-# untimed question per clip first). Writes docs/bench/serve.{json,md}.
+# untimed question per clip first), with every core computing, then with one (`--threads 1`:
+# the HTTP side and the load generator share these cores). Writes docs/bench/serve.{json,md}.
 #   scripts/bench_serve.sh RUN_DIR PYTHON_WITH_OPENAI [REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,24 +11,27 @@ run=$1 python=$2 requests=${3:-200} concurrency=${4:-16}
 cargo build --release -q -p pal
 mkdir -p docs/bench
 results=()
-for cache in 0 512; do
+cores=$(nproc)
+for threads in "$cores" 1; do
+ for cache in 0 512; do
   for batch in 8 1; do
     log=$(mktemp)
-    target/release/pal serve --model "$run" --port 0 --model-name bench --max-batch "$batch" \
-      --queue 64 --audio-cache-mb "$cache" 2> "$log" &
+    target/release/pal --threads "$threads" serve --model "$run" --port 0 --model-name bench \
+      --max-batch "$batch" --queue 64 --audio-cache-mb "$cache" 2> "$log" &
     pid=$!
     until grep -q "on http://" "$log"; do sleep 0.2; kill -0 $pid; done
     addr=$(grep -o "http://[0-9.:]*" "$log" | head -1)
     warm=$([ "$cache" -gt 0 ] && echo --warm || true)
-    echo "max_batch=$batch audio_cache_mb=$cache: $addr" >&2
+    echo "threads=$threads max_batch=$batch audio_cache_mb=$cache: $addr" >&2
     report=$("$python" scripts/load_test.py --base-url "$addr/v1" --model bench $warm \
       --requests "$requests" --concurrency "$concurrency" assets/clips/*.wav)
     health=$(curl -s "$addr/health")
     # The server's CPU seconds (user + system) over its life.
     server_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$pid/stat)
     kill -TERM $pid; wait $pid
-    results+=("{\"max_batch\": $batch, \"audio_cache_mb\": $cache, \"load\": $report, \"server\": $health, \"server_cpu_s\": $server_cpu}")
+    results+=("{\"threads\": $threads, \"max_batch\": $batch, \"audio_cache_mb\": $cache, \"load\": $report, \"server\": $health, \"server_cpu_s\": $server_cpu}")
   done
+ done
 done
 json="[$(IFS=,; echo "${results[*]}")]"
 echo "$json" > docs/bench/serve.json
@@ -36,41 +40,66 @@ import json, sys
 rows = json.loads(sys.argv[1])
 print("# pal serve load test\n")
 print("`scripts/bench_serve.sh RUN_DIR PYTHON`: loopback, openai client, streamed, greedy, max_tokens 16, "
-      "200 requests 16 at a time over the bundled clips, every setting in one run on one machine. "
-      "With the cache on, one untimed question per clip comes first (the cache is warm).\n")
-print("| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+      "200 requests 16 at a time over the bundled clips (six clips, four questions), every setting in one "
+      "run on one machine: every core computing, then one (`pal --threads 1 serve`), each with the audio "
+      "cache off and on. With the cache on, one untimed question per clip comes first (the cache holds "
+      "every clip; the prompts asked about them are kept as the timed requests come).\n")
+print("| threads | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     l, s = r["load"], r["server"]
     cache = "off" if r["audio_cache_mb"] == 0 else f"{r['audio_cache_mb']} MiB, warm"
-    print(f"| {cache} | {r['max_batch']} | {l['failed']} | {l['requests_per_s']} | {l['p50_s']} | {l['p95_s']} | "
+    print(f"| {r['threads']} | {cache} | {r['max_batch']} | {l['failed']} | {l['requests_per_s']} | {l['p50_s']} | {l['p95_s']} | "
           f"{l['ttft_p50_s']} | {l['ttft_p95_s']} | {s['decode_steps']} | {s['decoded_rows'] / max(s['decode_steps'], 1):.1f} | {s.get('audio_cache_hits', 0)} |")
-by = {(r["audio_cache_mb"], r["max_batch"]): r["load"]["requests_per_s"] for r in rows}
-for cache, name in ((0, "cache off"), (512, "cache warm")):
-    if (cache, 8) in by and (cache, 1) in by:
-        print(f"\nBatching speed-up, {name} (requests/s, max batch 8 vs 1, same run): {by[(cache, 8)] / by[(cache, 1)]:.2f}x")
-if (512, 8) in by and (0, 1) in by:
-    print(f"\nBatching and a warm cache against neither: {by[(512, 8)] / by[(0, 1)]:.2f}x")
+by = {(r["threads"], r["audio_cache_mb"], r["max_batch"]): r["load"]["requests_per_s"] for r in rows}
+print()
+for threads in dict.fromkeys(r["threads"] for r in rows):
+    cores = f"{threads} compute thread" + ("s" if threads != 1 else "")
+    for cache, name in ((0, "cache off"), (512, "cache warm")):
+        if (threads, cache, 8) in by and (threads, cache, 1) in by:
+            ratio = by[(threads, cache, 8)] / by[(threads, cache, 1)]
+            print(f"- batching speed-up, {cores}, {name} (requests/s, max batch 8 vs 1): {ratio:.2f}x")
+    if (threads, 512, 8) in by and (threads, 0, 1) in by:
+        print(f"- batching and a warm cache against neither, {cores}: {by[(threads, 512, 8)] / by[(threads, 0, 1)]:.2f}x")
 print("\n## Where the time went\n")
 print("Seconds over the whole run of each setting (with the cache on, the untimed warm-up "
       "questions count too): the encoder thread's busy time (cache lookups, encoding, LAL prefix), "
       "the model thread's prefill and decoding steps (`/health`, `busy_s`), the server's CPU time, "
       "and the load generator's own CPU time on the same cores.\n")
-print("| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) | prompt rows run | prompt rows reused | whole prompts reused |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| threads | audio cache | max batch | timed wall (s) | encoder busy (s) | encoder batches | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) | prompt rows run | prompt rows reused | whole prompts reused |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     l, s = r["load"], r["server"]
     busy = s.get("busy_s", {})
     cache = "off" if r["audio_cache_mb"] == 0 else f"{r['audio_cache_mb']} MiB, warm"
-    print(f"| {cache} | {r['max_batch']} | {l['wall_s']} | {busy.get('encode', '-')} | {busy.get('prefill', '-')} | "
+    print(f"| {r['threads']} | {cache} | {r['max_batch']} | {l['wall_s']} | {busy.get('encode', '-')} | {s.get('encoder_batches', '-')} | {busy.get('prefill', '-')} | "
           f"{busy.get('decode', '-')} | {r.get('server_cpu_s', '-')} | {l.get('client_cpu_s', '-')} | "
           f"{s.get('prompt_rows_run', '-')} | {s.get('prompt_rows_reused', '-')} | {s.get('prompt_cache_hits', '-')} |")
 print("""
 ## Earlier figures
 
+2026-12-01, the same server and adapter with prompts kept with their clip and decoding's
+attention in one pass, before the encoder thread took waiting requests together (every core
+computing; the previous run of this script):
+
+| audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 0 | 9.458 | 1.654 | 1.96 | 1.61 | 1.781 | 603 | 1.2 | 0 |
+| off | 1 | 0 | 9.141 | 1.727 | 1.911 | 1.707 | 1.88 | 730 | 1.0 | 0 |
+| 512 MiB, warm | 8 | 0 | 104.754 | 0.127 | 0.278 | 0.071 | 0.127 | 120 | 6.3 | 200 |
+| 512 MiB, warm | 1 | 0 | 59.544 | 0.257 | 0.34 | 0.242 | 0.318 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.03x (cache off), 1.76x (warm).
+
+| audio cache | max batch | timed wall (s) | encoder busy (s) | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) | prompt rows run | prompt rows reused | whole prompts reused |
+|---|---|---|---|---|---|---|---|---|---|---|
+| off | 8 | 21.15 | 20.98 | 13.746 | 4.349 | 39.47 | 1.13 | 10300 | 0 | 0 |
+| off | 1 | 21.88 | 21.312 | 14.047 | 4.679 | 40.51 | 1.13 | 10300 | 0 | 0 |
+| 512 MiB, warm | 8 | 1.91 | 0.395 | 0.394 | 1.777 | 4.88 | 0.91 | 369 | 10239 | 194 |
+| 512 MiB, warm | 1 | 3.36 | 0.396 | 0.368 | 3.142 | 7.62 | 1.02 | 369 | 10239 | 194 |
+
 2026-12-01, the same server and adapter before prompts were kept with their clip (every request
-ran its whole prompt; with the cache off, the LAL prefix was computed on the model thread; the
-previous run of this script):
+ran its whole prompt; with the cache off, the LAL prefix was computed on the model thread):
 
 | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
 |---|---|---|---|---|---|---|---|---|---|---|

@@ -24,7 +24,7 @@ use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
 use pal_models::audio_llm::{AudioLlm, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
-use pal_models::encoders::{encode_clip, AudioEncoder};
+use pal_models::encoders::{encode_clip, encode_clips, AudioEncoder};
 use pal_models::text::Segment;
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
@@ -151,6 +151,8 @@ pub struct Counters {
     pub audio_cache_hits: AtomicUsize,
     /// Clips encoded (and kept, when the cache is on).
     pub audio_cache_misses: AtomicUsize,
+    /// Encoder batches run (clips of equal length from the requests waiting together).
+    pub encoder_batches: AtomicUsize,
     /// Prompts found whole in the audio cache (the same question about the same clip): no
     /// prefill at all.
     pub prompt_cache_hits: AtomicUsize,
@@ -204,7 +206,7 @@ impl Queue {
     }
 }
 
-/// A queue of `capacity` jobs and its receiving end (what [`start`] hands the model thread).
+/// A queue of `capacity` jobs and its receiving end (what [`start_on`] hands the encoder thread).
 pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
     let (sender, receiver) = sync_channel(capacity.max(1));
     let counters = Arc::new(Counters::default());
@@ -215,6 +217,18 @@ pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
 /// the queue is drained.
 pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::JoinHandle<()>) {
     let (queue, receiver) = queue(batching.queue_capacity);
+    let handle = start_on(bundle, batching, &queue, receiver);
+    (queue, handle)
+}
+
+/// [`start`] on a queue made by [`queue`] (which may already hold jobs: the encoder thread then
+/// takes them together, as it takes requests that arrive while it encodes).
+pub fn start_on(
+    bundle: Arc<Bundle>,
+    batching: Batching,
+    queue: &Queue,
+    receiver: Receiver<Job>,
+) -> std::thread::JoinHandle<()> {
     // The encoder thread keeps clips in it, the model thread the prompts asked about them.
     let cache = Arc::new(Mutex::new(AudioCache::new(batching.audio_cache_bytes)));
     let model_cache = cache.clone();
@@ -230,21 +244,21 @@ pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::Jo
                 &encoder_bundle,
                 &receiver,
                 &ready_sender,
+                batching,
                 &cache,
                 &encoder_counters,
             )
         })
         .expect("spawn the encoder thread");
     let model_counters = queue.counters.clone();
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("pal-model".into())
         .spawn(move || {
             generate_requests(&bundle, &ready, batching, &model_cache, &model_counters);
             let _ = encoder.join();
             model_counters.stopped.store(true, Ordering::Relaxed);
         })
-        .expect("spawn the model thread");
-    (queue, handle)
+        .expect("spawn the model thread")
 }
 
 /// A chat request whose clip is encoded and which fits the model: ready to join the batch.
@@ -258,83 +272,125 @@ struct Ready {
     events: mpsc::UnboundedSender<Event>,
 }
 
-/// The encoder thread: transcriptions, and each chat's clip encoded and checked; a panic fails
-/// the request it happened on.
+/// A chat the encoder thread has taken from the queue.
+struct Chat {
+    segments: Vec<Segment>,
+    clips: Vec<Vec<f32>>,
+    params: GenerationParams,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// The encoder thread: takes what waits in the queue (up to a batch), runs transcriptions, and
+/// gets the chats' clips together ([`gather_clips`]: equal-length clips encoded in one batch),
+/// then checks each chat and hands it to the model thread; a panic fails the request it
+/// happened on.
 fn encode_requests(
     bundle: &Bundle,
     receiver: &Receiver<Job>,
     ready: &SyncSender<Ready>,
+    batching: Batching,
     cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
     while let Ok(job) = receiver.recv() {
-        match job {
-            Job::Transcribe { samples, reply } => {
-                let result = isolated(counters, || transcribe(bundle, &samples)).and_then(|r| r);
-                counters.transcriptions.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
+        let mut jobs = vec![job];
+        while jobs.len() < batching.max_batch.max(1) {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            Job::Chat {
-                segments,
-                clips,
-                params,
-                events,
-            } => {
-                counters.chats.fetch_add(1, Ordering::Relaxed);
-                if events.is_closed() {
-                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                    continue;
+        }
+        let mut chats = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Transcribe { samples, reply } => {
+                    let result =
+                        isolated(counters, || transcribe(bundle, &samples)).and_then(|r| r);
+                    counters.transcriptions.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(result);
                 }
-                let start = std::time::Instant::now();
-                let prepared = isolated(counters, || {
-                    prepare(bundle, cache, segments, &clips, &params, counters)
-                });
-                Counters::spent(&counters.encode_micros, start);
-                match prepared {
-                    Ok(Ok((example, clip, clip_key))) => {
-                        let request = Ready {
-                            example,
-                            clip,
-                            clip_key,
-                            params,
-                            events,
-                        };
-                        if ready.send(request).is_err() {
-                            return;
-                        }
+                Job::Chat {
+                    segments,
+                    clips,
+                    params,
+                    events,
+                } => {
+                    counters.chats.fetch_add(1, Ordering::Relaxed);
+                    if events.is_closed() {
+                        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
-                    Ok(Err(event)) => {
-                        let _ = events.send(event);
+                    chats.push(Chat {
+                        segments,
+                        clips,
+                        params,
+                        events,
+                    });
+                }
+            }
+        }
+        if chats.is_empty() {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let clip_sets: Vec<&[Vec<f32>]> = chats.iter().map(|c| c.clips.as_slice()).collect();
+        let gathered = gather_clips(bundle, cache, &clip_sets, counters);
+        let mut prepared = Vec::with_capacity(chats.len());
+        for (chat, clips) in chats.into_iter().zip(gathered) {
+            let outcome = clips.map_err(Event::Failed).and_then(|clips| {
+                isolated(counters, || {
+                    prepare(bundle, chat.segments, clips, &chat.params, counters)
+                })
+                .map_err(Event::Failed)
+                .and_then(|p| p)
+            });
+            prepared.push((outcome, chat.params, chat.events));
+        }
+        Counters::spent(&counters.encode_micros, start);
+        for (outcome, params, events) in prepared {
+            match outcome {
+                Ok((example, clip, clip_key)) => {
+                    let request = Ready {
+                        example,
+                        clip,
+                        clip_key,
+                        params,
+                        events,
+                    };
+                    if ready.send(request).is_err() {
+                        return;
                     }
-                    Err(message) => {
-                        let _ = events.send(Event::Failed(message));
-                    }
+                }
+                Err(event) => {
+                    let _ = events.send(event);
                 }
             }
         }
     }
 }
 
-/// The request's example, its clips from the cache or just encoded, once it is known to fit
-/// the model's positions; else the event that tells the client why not. A one-clip request
-/// also gets its clip's LAL keys/values (from the cache, or computed here, off the model
-/// thread) and, when the cache keeps the clip, its key; a later clip's keys would sit at other
-/// positions, so a request with several clips has them computed in its prefill.
+/// A chat's example, its clip with its LAL keys/values (one-clip chats), and the clip's key in
+/// the audio cache (when it keeps it).
 type Prepared = (Example, Option<Arc<CachedClip>>, Option<ClipKey>);
 
+/// The request's example from its clips (kept or just encoded), once it is known to fit the
+/// model's positions; else the event that tells the client why not. A one-clip request also gets
+/// its clip's LAL keys/values (from the cache, or computed here, off the model thread) and, when
+/// the cache keeps the clip, its key; a later clip's keys would sit at other positions, so a
+/// request with several clips has them computed in its prefill.
 fn prepare(
     bundle: &Bundle,
-    cache: &Mutex<AudioCache>,
     segments: Vec<Segment>,
-    clips: &[Vec<f32>],
+    clips: Vec<Clip>,
     params: &GenerationParams,
     counters: &Counters,
 ) -> Result<Prepared, Event> {
     let failed = |e: pal_models::ModelError| Event::Failed(format!("encoding the audio: {e}"));
-    let mut audio = Vec::with_capacity(clips.len());
+    let count = clips.len();
+    let mut audio = Vec::with_capacity(count);
     let mut clip = None;
-    for samples in clips {
-        match clip_audio(bundle, cache, samples, counters).map_err(failed)? {
+    for c in clips {
+        match c {
             Clip::Kept(key, c) => {
                 audio.push(c.audio.clone());
                 clip = Some((c, Some(key)));
@@ -342,7 +398,7 @@ fn prepare(
             Clip::Encoded(outputs) => audio.push(outputs),
         }
     }
-    let (clip, clip_key) = match (clips.len(), clip) {
+    let (clip, clip_key) = match (count, clip) {
         (1, Some((c, key))) => (Some(c), key),
         (1, None) => {
             let lal = bundle.model.clip_lal(&audio[0]).map_err(failed)?;
@@ -573,27 +629,129 @@ enum Clip {
     Encoded(Vec<Tensor>),
 }
 
-/// The clip's encoder outputs, and its LAL keys/values when the cache is on: from the cache, or
-/// computed and kept.
-fn clip_audio(
+/// The clips of the chats taken together (`requests[i]`: chat `i`'s clips): each from the audio
+/// cache when it holds it, else encoded, clips of equal length in one batch (no padding, so a
+/// clip's outputs are the ones it gets alone, bit for bit); with the cache on, a clip asked
+/// twice is encoded once and kept (with its LAL keys/values). A batch that fails is retried clip
+/// by clip, so only the chats whose clip fails get an error.
+fn gather_clips(
     bundle: &Bundle,
     cache: &Mutex<AudioCache>,
-    samples: &[f32],
+    requests: &[&[Vec<f32>]],
     counters: &Counters,
-) -> pal_models::Result<Clip> {
-    if !locked(cache).enabled() {
-        counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
-        return Ok(Clip::Encoded(encode_clip(&bundle.encoders, samples)?));
+) -> Vec<Result<Vec<Clip>, String>> {
+    let cached = locked(cache).enabled();
+    // Each request's clips: kept in the cache, or a place in `unique`, the clips to encode.
+    enum Source {
+        Kept(Clip),
+        Encoded(usize),
     }
-    let key = AudioCache::key(samples);
-    if let Some(clip) = locked(cache).get(&key) {
-        counters.audio_cache_hits.fetch_add(1, Ordering::Relaxed);
-        return Ok(Clip::Kept(key, clip));
+    let mut sources: Vec<Vec<Source>> = Vec::with_capacity(requests.len());
+    let mut unique: Vec<(&[f32], Option<ClipKey>)> = vec![];
+    for clips in requests {
+        let mut request = Vec::with_capacity(clips.len());
+        for samples in clips.iter() {
+            let key = cached.then(|| AudioCache::key(samples));
+            let in_cache = key.and_then(|k| locked(cache).get(&k).map(|c| Clip::Kept(k, c)));
+            // A clip another request taken together asks about too is encoded once.
+            let taken_together = key.and_then(|k| unique.iter().position(|(_, u)| *u == Some(k)));
+            let (source, counter) = match (in_cache, taken_together) {
+                (Some(clip), _) => (Source::Kept(clip), &counters.audio_cache_hits),
+                (None, Some(place)) => (Source::Encoded(place), &counters.audio_cache_hits),
+                (None, None) => {
+                    unique.push((samples.as_slice(), key));
+                    let place = unique.len() - 1;
+                    (Source::Encoded(place), &counters.audio_cache_misses)
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            request.push(source);
+        }
+        sources.push(request);
     }
-    counters.audio_cache_misses.fetch_add(1, Ordering::Relaxed);
-    let audio = encode_clip(&bundle.encoders, samples)?;
-    let lal = bundle.model.clip_lal(&audio)?;
-    let clip = Arc::new(CachedClip { audio, lal });
-    locked(cache).insert(key, clip.clone());
-    Ok(Clip::Kept(key, clip))
+    let samples: Vec<&[f32]> = unique.iter().map(|(s, _)| *s).collect();
+    let encoded = encode_equal_lengths(bundle, &samples, counters);
+    // Kept in the cache with their LAL keys/values, when it is on.
+    let mut done: Vec<Option<Result<Clip, String>>> = encoded
+        .into_iter()
+        .zip(&unique)
+        .map(|(audio, (_, key))| {
+            Some(audio.and_then(|audio| match key {
+                None => Ok(Clip::Encoded(audio)),
+                Some(key) => {
+                    let lal = isolated(counters, || bundle.model.clip_lal(&audio))?
+                        .map_err(|e| e.to_string())?;
+                    let clip = Arc::new(CachedClip { audio, lal });
+                    locked(cache).insert(*key, clip.clone());
+                    Ok(Clip::Kept(*key, clip))
+                }
+            }))
+        })
+        .collect();
+    let mut take = |place: usize| -> Result<Clip, String> {
+        // A clip two requests share is kept (the cache is on): both get the kept clip.
+        match done[place].take().expect("every place is filled") {
+            Ok(Clip::Kept(key, clip)) => {
+                done[place] = Some(Ok(Clip::Kept(key, clip.clone())));
+                Ok(Clip::Kept(key, clip))
+            }
+            Ok(Clip::Encoded(audio)) => Ok(Clip::Encoded(audio)),
+            Err(e) => {
+                done[place] = Some(Err(e.clone()));
+                Err(e)
+            }
+        }
+    };
+    sources
+        .into_iter()
+        .map(|request| {
+            request
+                .into_iter()
+                .map(|source| match source {
+                    Source::Kept(clip) => Ok(clip),
+                    Source::Encoded(place) => {
+                        take(place).map_err(|e| format!("encoding the audio: {e}"))
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Each clip's encoder outputs, clips of equal length encoded together; a batch that fails or
+/// panics is retried clip by clip.
+fn encode_equal_lengths(
+    bundle: &Bundle,
+    clips: &[&[f32]],
+    counters: &Counters,
+) -> Vec<Result<Vec<Tensor>, String>> {
+    let mut out: Vec<Option<Result<Vec<Tensor>, String>>> = vec![None; clips.len()];
+    let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, c) in clips.iter().enumerate() {
+        by_length.entry(c.len()).or_default().push(i);
+    }
+    for group in by_length.into_values() {
+        let samples: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();
+        counters.encoder_batches.fetch_add(1, Ordering::Relaxed);
+        let batch = isolated(counters, || encode_clips(&bundle.encoders, &samples))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match batch {
+            Ok(audio) => {
+                for (&i, audio) in group.iter().zip(audio) {
+                    out[i] = Some(Ok(audio));
+                }
+            }
+            Err(_) if group.len() > 1 => {
+                for &i in &group {
+                    let one = isolated(counters, || encode_clip(&bundle.encoders, clips[i]))
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    out[i] = Some(one);
+                }
+            }
+            Err(e) => out[group[0]] = Some(Err(e)),
+        }
+    }
+    out.into_iter()
+        .map(|o| o.expect("every clip is in a group"))
+        .collect()
 }

@@ -158,6 +158,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "too_long": c.too_long.load(Ordering::Relaxed),
         "audio_cache_hits": c.audio_cache_hits.load(Ordering::Relaxed),
         "audio_cache_misses": c.audio_cache_misses.load(Ordering::Relaxed),
+        "encoder_batches": c.encoder_batches.load(Ordering::Relaxed),
         "prompt_cache_hits": c.prompt_cache_hits.load(Ordering::Relaxed),
         "prompt_rows_reused": c.prompt_rows_reused.load(Ordering::Relaxed),
         "prompt_rows_run": c.prompt_rows_run.load(Ordering::Relaxed),

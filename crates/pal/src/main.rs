@@ -8,8 +8,23 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "pal", version, about)]
 struct Cli {
+    /// Compute threads (default: every core). On a machine whose cores are shared with other
+    /// work (a server's HTTP side and its clients, say), fewer threads can be faster: the
+    /// threads of one computation wait for each other at every step.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sizes candle's compute pools (both read these variables once, when first used; no thread has
+/// started yet). Child processes (`pal probe`'s cells) inherit them.
+fn set_compute_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        let n = n.max(1).to_string();
+        std::env::set_var("CANDLE_NUM_THREADS", &n);
+        std::env::set_var("RAYON_NUM_THREADS", &n);
+    }
 }
 
 #[derive(Subcommand)]
@@ -73,7 +88,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    set_compute_threads(cli.threads);
+    match cli.command {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Ask(args) => commands::ask::run(args),
