@@ -75,12 +75,47 @@ for r in rows:
     print(f"| {r['threads']} | {cache} | {r['max_batch']} | {l['wall_s']} | {busy.get('encode', '-')} | {s.get('encoder_batches', '-')} | {busy.get('prefill', '-')} | "
           f"{busy.get('decode', '-')} | {r.get('server_cpu_s', '-')} | {l.get('client_cpu_s', '-')} | "
           f"{s.get('prompt_rows_run', '-')} | {s.get('prompt_rows_reused', '-')} | {s.get('prompt_cache_hits', '-')} |")
+print("\n## What bounds the batching speed-up here\n")
+print("With the cache off every request's clip goes through the encoder, one stage that batching the "
+      "model thread cannot shorten (clips of equal length are encoded together, but on a CPU a batch "
+      "saves little: 3 to 7% on 5 to 10 s clips). The encoder thread's busy time bounds the requests/s "
+      "of the batched setting:\n")
+for threads in dict.fromkeys(r["threads"] for r in rows):
+    eight = next((r for r in rows if (r["threads"], r["audio_cache_mb"], r["max_batch"]) == (threads, 0, 8)), None)
+    one = by.get((threads, 0, 1))
+    if eight and one:
+        busy = eight["server"]["busy_s"]["encode"]
+        bound = eight["load"]["requests"] / busy
+        print(f"- {threads} compute thread{'s' if threads != 1 else ''}: encoder busy {busy} s of {eight['load']['wall_s']} s, "
+              f"so at most {bound:.1f} requests/s, {bound / one:.2f}x the max-batch-1 setting")
+print("\nWith the cache warm, a request's prompt is mostly reused and its answer is a few tokens "
+      "(this adapter answers in about 3.7): what is left is decoding steps and each request's own "
+      "HTTP, audio decoding and sampling. The model's own decoding scales 2.59x from batch 1 to 8 "
+      "(`docs/bench/llm.md`, without a client on the same cores); here the running batch averages "
+      "about 6 and the load generator shares the 2 cores.")
 print("""
 ## Earlier figures
 
+2026-12-01, the same code less a refactor of the KV cache's appends (the previous run of this
+script; the differences from the run above are this machine's noise):
+
+| threads | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| 2 | off | 8 | 0 | 10.52 | 1.442 | 2.493 | 1.102 | 1.516 | 181 | 4.0 | 0 |
+| 2 | off | 1 | 0 | 9.715 | 1.639 | 1.774 | 1.613 | 1.752 | 730 | 1.0 | 0 |
+| 2 | 512 MiB, warm | 8 | 0 | 106.926 | 0.125 | 0.276 | 0.072 | 0.115 | 120 | 6.3 | 200 |
+| 2 | 512 MiB, warm | 1 | 0 | 63.479 | 0.24 | 0.309 | 0.227 | 0.291 | 753 | 1.0 | 200 |
+| 1 | off | 8 | 0 | 13.526 | 1.146 | 1.603 | 0.936 | 1.319 | 223 | 3.3 | 0 |
+| 1 | off | 1 | 0 | 12.329 | 1.292 | 1.376 | 1.274 | 1.363 | 730 | 1.0 | 0 |
+| 1 | 512 MiB, warm | 8 | 0 | 130.721 | 0.099 | 0.23 | 0.059 | 0.088 | 121 | 6.2 | 200 |
+| 1 | 512 MiB, warm | 1 | 0 | 72.187 | 0.205 | 0.308 | 0.188 | 0.287 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.08x (2 threads, cache off), 1.68x (2 threads, warm), 1.10x (1 thread,
+cache off), 1.81x (1 thread, warm).
+
 2026-12-01, the same server and adapter with prompts kept with their clip and decoding's
 attention in one pass, before the encoder thread took waiting requests together (every core
-computing; the previous run of this script):
+computing):
 
 | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
 |---|---|---|---|---|---|---|---|---|---|---|

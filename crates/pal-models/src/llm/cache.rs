@@ -124,28 +124,12 @@ impl LayerCache {
     /// may need a gradient) and returns `[prefix ; cached ; new]` keys and values as views of the
     /// buffers. The buffers are (re)built when missing, full, or made for another prefix.
     pub fn append_in_place(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<(Tensor, Tensor)> {
-        let prefix_rows = self.prefix.as_ref().map_or(0, |p| p.k.dims()[2]);
-        let cached = self.k.as_ref().map_or(0, |k| k.dims()[2]);
-        let new = k_new.dims()[2];
-        let needed = prefix_rows + cached + new;
-        let prefix_id = self.prefix.as_ref().map(|p| p.k.id());
-        let usable = self.store.as_ref().is_some_and(|s| {
-            s.prefix_id == prefix_id
-                && s.rows == prefix_rows + cached
-                && s.k.dims()[0] == k_new.dims()[0]
-                && s.k.dims()[2] >= needed
-        });
-        if !usable {
-            let capacity = needed + STORE_HEADROOM.max(needed / 2);
-            self.store = Some(self.rebuild_store(k_new, capacity, true)?);
-        }
-        let store = self.store.as_mut().expect("built above");
-        store.k.slice_set(&k_new.contiguous()?, 2, store.rows)?;
-        store.v.slice_set(&v_new.contiguous()?, 2, store.rows)?;
-        store.rows += new;
-        self.k = Some(store.k.narrow(2, prefix_rows, cached + new)?);
-        self.v = Some(store.v.narrow(2, prefix_rows, cached + new)?);
-        Ok((store.k.narrow(2, 0, needed)?, store.v.narrow(2, 0, needed)?))
+        let store = self.append_to_store(k_new, v_new, true)?;
+        let (all, prefix_rows) = (store.rows, store.prefix_rows);
+        let (k, v) = (store.k.narrow(2, 0, all)?, store.v.narrow(2, 0, all)?);
+        self.k = Some(k.narrow(2, prefix_rows, all - prefix_rows)?);
+        self.v = Some(v.narrow(2, prefix_rows, all - prefix_rows)?);
+        Ok((k, v))
     }
 
     /// [`Self::append_in_place`] for decoding with the prefix kept apart: the buffers hold only
@@ -154,27 +138,45 @@ impl LayerCache {
     /// then the cached and new keys and values as views of the buffers; attention reads the
     /// two parts as one ([`pal_nn::decode_attention`]).
     pub fn append_apart(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<ApartKeys> {
+        let store = self.append_to_store(k_new, v_new, false)?;
+        let (k, v) = (
+            store.k.narrow(2, 0, store.rows)?,
+            store.v.narrow(2, 0, store.rows)?,
+        );
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        let prefix = self.prefix.as_ref().map(|p| (p.k.clone(), p.v.clone()));
+        Ok(ApartKeys { prefix, k, v })
+    }
+
+    /// Writes the new rows into the buffers after the rows they hold, first (re)building them
+    /// when missing, full, or made for another prefix (or, `with_prefix` false, holding one).
+    fn append_to_store(
+        &mut self,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        with_prefix: bool,
+    ) -> Result<&KvStore> {
+        let prefix = self.prefix.as_ref().filter(|_| with_prefix);
+        let prefix_rows = prefix.map_or(0, |p| p.k.dims()[2]);
+        let prefix_id = prefix.map(|p| p.k.id());
         let cached = self.k.as_ref().map_or(0, |k| k.dims()[2]);
-        let needed = cached + k_new.dims()[2];
+        let needed = prefix_rows + cached + k_new.dims()[2];
         let usable = self.store.as_ref().is_some_and(|s| {
-            s.prefix_rows == 0
-                && s.rows == cached
+            s.prefix_id == prefix_id
+                && s.rows == prefix_rows + cached
                 && s.k.dims()[0] == k_new.dims()[0]
                 && s.k.dims()[2] >= needed
         });
         if !usable {
             let capacity = needed + STORE_HEADROOM.max(needed / 2);
-            self.store = Some(self.rebuild_store(k_new, capacity, false)?);
+            self.store = Some(self.rebuild_store(k_new, capacity, with_prefix)?);
         }
         let store = self.store.as_mut().expect("built above");
         store.k.slice_set(&k_new.contiguous()?, 2, store.rows)?;
         store.v.slice_set(&v_new.contiguous()?, 2, store.rows)?;
         store.rows += k_new.dims()[2];
-        let (k, v) = (store.k.narrow(2, 0, needed)?, store.v.narrow(2, 0, needed)?);
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        let prefix = self.prefix.as_ref().map(|p| (p.k.clone(), p.v.clone()));
-        Ok(ApartKeys { prefix, k, v })
+        Ok(store)
     }
 
     /// New buffers of `capacity` rows holding the cached rows, after the prefix when
