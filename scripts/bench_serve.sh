@@ -96,8 +96,26 @@ print("\nWith the cache warm, a request's prompt is mostly reused and its answer
 print("""
 ## Earlier figures
 
-2026-12-01, the same code less a refactor of the KV cache's appends (the previous run of this
-script; the differences from the run above are this machine's noise):
+2026-12-01, the same code less a review (a kept prompt is shared, not copied, when the same
+question comes again; encoding's retry of a failed batch shared with `pal encode`; the previous
+run of this script):
+
+| threads | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| 2 | off | 8 | 0 | 9.877 | 1.475 | 2.659 | 1.093 | 1.683 | 169 | 4.3 | 0 |
+| 2 | off | 1 | 0 | 9.197 | 1.736 | 1.872 | 1.708 | 1.848 | 730 | 1.0 | 0 |
+| 2 | 512 MiB, warm | 8 | 0 | 86.706 | 0.149 | 0.385 | 0.08 | 0.196 | 121 | 6.2 | 200 |
+| 2 | 512 MiB, warm | 1 | 0 | 50.514 | 0.296 | 0.455 | 0.281 | 0.426 | 753 | 1.0 | 200 |
+| 1 | off | 8 | 0 | 12.588 | 1.245 | 1.709 | 1.014 | 1.378 | 231 | 3.2 | 0 |
+| 1 | off | 1 | 0 | 11.858 | 1.339 | 1.419 | 1.322 | 1.405 | 730 | 1.0 | 0 |
+| 1 | 512 MiB, warm | 8 | 0 | 120.065 | 0.103 | 0.253 | 0.062 | 0.092 | 120 | 6.3 | 200 |
+| 1 | 512 MiB, warm | 1 | 0 | 69.967 | 0.211 | 0.298 | 0.193 | 0.28 | 753 | 1.0 | 200 |
+
+Batching speed-up then: 1.07x (2 threads, cache off), 1.72x (2 threads, warm), 1.06x (1 thread,
+cache off), 1.72x (1 thread, warm).
+
+2026-12-01, the same code less a refactor of the KV cache's appends (the differences from the run
+after it are this machine's noise):
 
 | threads | audio cache | max batch | failed | requests/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | p95 first token (s) | decode steps | mean running batch | cache hits |
 |---|---|---|---|---|---|---|---|---|---|---|---|

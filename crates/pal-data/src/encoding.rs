@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use candle_core::Tensor;
-use pal_models::encoders::{encode_clips, AudioEncoder};
+use pal_models::encoders::{batch_or_each, encode_clips, AudioEncoder};
 
 /// How clips are decoded and batched.
 #[derive(Debug, Clone, Copy)]
@@ -155,29 +155,13 @@ fn encode_window<E: AudioEncoder>(
         let (batch, tail) = rest.split_at(take);
         rest = tail;
         let samples: Vec<&[f32]> = batch.iter().map(|(_, s)| s.as_slice()).collect();
-        match encode_clips(encoders, &samples) {
-            Ok(audio) => {
-                for ((i, s), audio) in batch.iter().zip(audio) {
-                    let seconds = s.len() as f64 / 16000.0;
-                    outcomes.insert(*i, Ok(EncodedClip { seconds, audio }));
-                }
-            }
-            // One bad clip (too long, say) must not fail its neighbours: retry one by one to
-            // name it.
-            Err(_) if batch.len() > 1 => {
-                for (i, s) in batch {
-                    let outcome = encode_clips(encoders, &[s.as_slice()])
-                        .map(|mut a| EncodedClip {
-                            seconds: s.len() as f64 / 16000.0,
-                            audio: a.pop().expect("one clip"),
-                        })
-                        .map_err(|e| e.to_string());
-                    outcomes.insert(*i, outcome);
-                }
-            }
-            Err(e) => {
-                outcomes.insert(batch[0].0, Err(e.to_string()));
-            }
+        // One bad clip (too long, say) must not fail its neighbours.
+        let encoded = batch_or_each(&samples, |clips| {
+            encode_clips(encoders, clips).map_err(|e| e.to_string())
+        });
+        for ((i, s), audio) in batch.iter().zip(encoded) {
+            let seconds = s.len() as f64 / 16000.0;
+            outcomes.insert(*i, audio.map(|audio| EncodedClip { seconds, audio }));
         }
     }
     outcomes.into_iter().collect()

@@ -5,6 +5,8 @@
 //! different positions and about different clips decode together
 //! ([`pal_models::Llama::decode_step`]).
 
+use std::sync::Arc;
+
 use pal_models::audio_llm::{AudioLlm, ClipLal, Example};
 use pal_models::{KvCache, Llama, Tokenizer};
 
@@ -66,13 +68,14 @@ pub struct Reused {
 /// Runs the prompt of a one-clip example like [`prefill`], starting from the earlier prompt
 /// about the same clip in `kept` that shares the most with it: the same prompt runs nothing, a
 /// different question about the clip only the rows after the clip. Returns the sequence, what
-/// was reused, and the prompt to keep for later requests.
+/// was reused, and the prompt to keep for later requests (the kept one itself when the prompts
+/// are the same).
 pub fn prefill_reusing(
     model: &AudioLlm,
     example: &Example,
     lal: Option<&ClipLal>,
-    kept: &[std::sync::Arc<KeptPrompt>],
-) -> Result<(Prefilled, Reused, KeptPrompt)> {
+    kept: &[Arc<KeptPrompt>],
+) -> Result<(Prefilled, Reused, Arc<KeptPrompt>)> {
     let wanted = items(&example.segments);
     let best = kept
         .iter()
@@ -81,7 +84,7 @@ pub fn prefill_reusing(
     let (kept, reused) = match best {
         Some((k, shared)) if shared == wanted.len() && k.prompt.fed.len() == shared => {
             let rows = k.prompt.cache.len();
-            ((**k).clone(), Reused { rows, run: 0 })
+            (Arc::clone(k), Reused { rows, run: 0 })
         }
         Some((k, shared)) => {
             let keep = shared.min(wanted.len() - 1);
@@ -91,14 +94,20 @@ pub fn prefill_reusing(
             let run = hidden.dims()[1];
             let logits = last_logits(&model.llm, &hidden)?.remove(0);
             let rows = prompt.cache.len() - run;
-            (KeptPrompt { prompt, logits }, Reused { rows, run })
+            (
+                Arc::new(KeptPrompt { prompt, logits }),
+                Reused { rows, run },
+            )
         }
         None => {
             let prefilled = prefill(model, example, lal)?;
             let run = prefilled.prompt_tokens;
             let prompt = PromptCache::new(prefilled.cache, wanted);
             let logits = prefilled.logits;
-            (KeptPrompt { prompt, logits }, Reused { rows: 0, run })
+            (
+                Arc::new(KeptPrompt { prompt, logits }),
+                Reused { rows: 0, run },
+            )
         }
     };
     let prefilled = Prefilled {

@@ -123,7 +123,7 @@ impl AudioCache {
     /// prompt: it replaces a kept prompt with the same items, and the oldest goes past
     /// [`PROMPTS_PER_CLIP`]. Other clips leave, least recently used first, to make room; a
     /// prompt that does not fit even then is not kept.
-    pub fn keep_prompt(&mut self, key: &ClipKey, prompt: KeptPrompt) {
+    pub fn keep_prompt(&mut self, key: &ClipKey, prompt: Arc<KeptPrompt>) {
         let bytes = prompt.bytes();
         let Some(entry) = self.entries.get_mut(key) else {
             return;
@@ -144,7 +144,7 @@ impl AudioCache {
         self.used -= freed;
         self.make_room(bytes, Some(key));
         let entry = self.entries.get_mut(key).expect("make_room spares it");
-        entry.prompts.push(Arc::new(prompt));
+        entry.prompts.push(prompt);
         entry.bytes += bytes;
         self.used += bytes;
     }
@@ -214,17 +214,17 @@ mod tests {
     }
 
     /// A kept prompt of `tokens` items whose cache holds `floats` keys and as many values.
-    fn prompt(tokens: &[u32], floats: usize) -> KeptPrompt {
+    fn prompt(tokens: &[u32], floats: usize) -> Arc<KeptPrompt> {
         use pal_infer::reuse::{Item, PromptCache};
         let mut cache = pal_models::KvCache::new(1);
         let t = Tensor::zeros(floats, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         cache.layers[0].k = Some(t.clone());
         cache.layers[0].v = Some(t);
         let fed = tokens.iter().map(|&t| Item::Token(t)).collect();
-        KeptPrompt {
+        Arc::new(KeptPrompt {
             prompt: PromptCache::new(cache, fed),
             logits: vec![0.0; 10],
-        }
+        })
     }
 
     #[test]

@@ -24,7 +24,7 @@ use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
 use pal_models::audio_llm::{AudioLlm, Example};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
-use pal_models::encoders::{encode_clip, encode_clips, AudioEncoder};
+use pal_models::encoders::{batch_or_each, encode_clips, AudioEncoder};
 use pal_models::text::Segment;
 use pal_models::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
@@ -624,6 +624,8 @@ fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
 }
 
 /// A request's clip: kept in the cache (under its key), or just encoded (the cache is off).
+/// Cloning shares the tensors.
+#[derive(Clone)]
 enum Clip {
     Kept(ClipKey, Arc<CachedClip>),
     Encoded(Vec<Tensor>),
@@ -672,11 +674,11 @@ fn gather_clips(
     let samples: Vec<&[f32]> = unique.iter().map(|(s, _)| *s).collect();
     let encoded = encode_equal_lengths(bundle, &samples, counters);
     // Kept in the cache with their LAL keys/values, when it is on.
-    let mut done: Vec<Option<Result<Clip, String>>> = encoded
+    let done: Vec<Result<Clip, String>> = encoded
         .into_iter()
         .zip(&unique)
         .map(|(audio, (_, key))| {
-            Some(audio.and_then(|audio| match key {
+            audio.and_then(|audio| match key {
                 None => Ok(Clip::Encoded(audio)),
                 Some(key) => {
                     let lal = isolated(counters, || bundle.model.clip_lal(&audio))?
@@ -685,23 +687,9 @@ fn gather_clips(
                     locked(cache).insert(*key, clip.clone());
                     Ok(Clip::Kept(*key, clip))
                 }
-            }))
+            })
         })
         .collect();
-    let mut take = |place: usize| -> Result<Clip, String> {
-        // A clip two requests share is kept (the cache is on): both get the kept clip.
-        match done[place].take().expect("every place is filled") {
-            Ok(Clip::Kept(key, clip)) => {
-                done[place] = Some(Ok(Clip::Kept(key, clip.clone())));
-                Ok(Clip::Kept(key, clip))
-            }
-            Ok(Clip::Encoded(audio)) => Ok(Clip::Encoded(audio)),
-            Err(e) => {
-                done[place] = Some(Err(e.clone()));
-                Err(e)
-            }
-        }
-    };
     sources
         .into_iter()
         .map(|request| {
@@ -709,9 +697,10 @@ fn gather_clips(
                 .into_iter()
                 .map(|source| match source {
                     Source::Kept(clip) => Ok(clip),
-                    Source::Encoded(place) => {
-                        take(place).map_err(|e| format!("encoding the audio: {e}"))
-                    }
+                    // A clip two requests share is kept (the cache is on): both get it.
+                    Source::Encoded(place) => done[place]
+                        .clone()
+                        .map_err(|e| format!("encoding the audio: {e}")),
                 })
                 .collect()
         })
@@ -733,22 +722,12 @@ fn encode_equal_lengths(
     for group in by_length.into_values() {
         let samples: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();
         counters.encoder_batches.fetch_add(1, Ordering::Relaxed);
-        let batch = isolated(counters, || encode_clips(&bundle.encoders, &samples))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match batch {
-            Ok(audio) => {
-                for (&i, audio) in group.iter().zip(audio) {
-                    out[i] = Some(Ok(audio));
-                }
-            }
-            Err(_) if group.len() > 1 => {
-                for &i in &group {
-                    let one = isolated(counters, || encode_clip(&bundle.encoders, clips[i]))
-                        .and_then(|r| r.map_err(|e| e.to_string()));
-                    out[i] = Some(one);
-                }
-            }
-            Err(e) => out[group[0]] = Some(Err(e)),
+        let encoded = batch_or_each(&samples, |clips| {
+            isolated(counters, || encode_clips(&bundle.encoders, clips))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        });
+        for (&i, audio) in group.iter().zip(encoded) {
+            out[i] = Some(audio);
         }
     }
     out.into_iter()

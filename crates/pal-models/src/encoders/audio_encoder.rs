@@ -54,3 +54,23 @@ pub fn encode_clips<E: AudioEncoder>(encoders: &[E], clips: &[&[f32]]) -> Result
     }
     Ok(per_clip)
 }
+
+/// One outcome per clip of `clips`, in order: `encode` runs them all at once and, when that
+/// fails, each alone, so that a clip that cannot be encoded (too long, say) fails by itself
+/// instead of failing the clips batched with it.
+pub fn batch_or_each<T>(
+    clips: &[&[f32]],
+    encode: impl Fn(&[&[f32]]) -> std::result::Result<Vec<T>, String>,
+) -> Vec<std::result::Result<T, String>> {
+    match encode(clips) {
+        Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+        Err(_) if clips.len() > 1 => clips
+            .iter()
+            .map(|clip| {
+                encode(std::slice::from_ref(clip))
+                    .map(|mut one| one.pop().expect("one clip in, one out"))
+            })
+            .collect(),
+        Err(e) => vec![Err(e)],
+    }
+}

@@ -17,7 +17,7 @@ pub mod selection;
 pub mod whisper;
 pub mod windows;
 
-pub use audio_encoder::{encode_clip, encode_clips, AudioEncoder};
+pub use audio_encoder::{batch_or_each, encode_clip, encode_clips, AudioEncoder};
 pub use cache::CachedEncoder;
 pub use selection::LayerSelection;
 pub use windows::WindowPolicy;
