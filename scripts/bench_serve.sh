@@ -25,7 +25,22 @@ for threads in "$cores" 1; do
     echo "threads=$threads max_batch=$batch audio_cache_mb=$cache: $addr" >&2
     report=$("$python" scripts/load_test.py --base-url "$addr/v1" --model bench $warm \
       --requests "$requests" --concurrency "$concurrency" assets/clips/*.wav)
-    health=$(curl -s "$addr/health")
+    # The server's counters (/metrics, Prometheus text) as the JSON fields the tables read.
+    health=$(curl -s "$addr/metrics" | "$python" -c '
+import json, sys
+m = {}
+for line in sys.stdin:
+    if line.startswith("#") or not line.strip():
+        continue
+    name, value = line.rsplit(" ", 1)
+    m[name] = float(value)
+n = lambda k: int(m.get(k, 0))
+print(json.dumps({
+    "decode_steps": n("pal_decode_steps_total"), "decoded_rows": n("pal_decoded_rows_total"),
+    "audio_cache_hits": n("pal_audio_cache_hits_total"), "encoder_batches": n("pal_encoder_batches_total"),
+    "prompt_rows_run": n("pal_prompt_rows_run_total"), "prompt_rows_reused": n("pal_prompt_rows_reused_total"),
+    "prompt_cache_hits": n("pal_prompt_cache_hits_total"),
+    "busy_s": {s: round(m.get("pal_busy_seconds_total{stage=\"%s\"}" % s, 0), 3) for s in ("encode", "prefill", "decode")}}))')
     # The server's CPU seconds (user + system) over its life.
     server_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$pid/stat)
     kill -TERM $pid; wait $pid
@@ -64,7 +79,7 @@ for threads in dict.fromkeys(r["threads"] for r in rows):
 print("\n## Where the time went\n")
 print("Seconds over the whole run of each setting (with the cache on, the untimed warm-up "
       "questions count too): the encoder thread's busy time (cache lookups, encoding, LAL prefix), "
-      "the model thread's prefill and decoding steps (`/health`, `busy_s`), the server's CPU time, "
+      "the model thread's prefill and decoding steps (`/metrics`, `pal_busy_seconds_total`), the server's CPU time, "
       "and the load generator's own CPU time on the same cores.\n")
 print("| threads | audio cache | max batch | timed wall (s) | encoder busy (s) | encoder batches | prefill (s) | decode steps (s) | server CPU (s) | load generator CPU (s) | prompt rows run | prompt rows reused | whole prompts reused |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

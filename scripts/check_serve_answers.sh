@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shipped adapter's answers through `pal serve` are the same with everything that makes it
 # fast (audio cache with kept prompts, batched encoding, continuous batching of 8) as without
-# (cache off, max batch 1): every held-out clip asked three questions (scripts/serve_answers.py).
+# (cache off, max batch 1): every held-out clip asked in every shape of conversation the server
+# accepts, eight asks per clip (scripts/serve_answers.py); refusals must match too.
 # Needs the instruction set (pal data instruct) and a Python with openai.
 #   scripts/check_serve_answers.sh PYTHON_WITH_OPENAI
 set -euo pipefail

@@ -144,6 +144,23 @@ fn ogg_crc(data: &[u8]) -> u32 {
     crc
 }
 
+/// Writes the hostile files a load test sends from outside the process into `dir`:
+/// `ten_hours.flac` (ten hours of 48 kHz stereo silence, about 7 MB), `no_length.flac` (the
+/// same with the length left out of its header), `fast_384k.flac` (110 s at 384 kHz) and
+/// `lying.ogg` (an Ogg Vorbis tone whose header claims 24 channels, made from `ogg`).
+pub fn write_files(dir: &std::path::Path, ogg: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let flac = silent_flac(36_000.0, 48_000, 2);
+    std::fs::write(dir.join("ten_hours.flac"), &flac)?;
+    // STREAMINFO's total-samples field (36 bits) set to 0: "unknown".
+    let mut unknown = flac;
+    unknown[18 + 3] &= 0xF0;
+    unknown[18 + 4..18 + 8].copy_from_slice(&[0; 4]);
+    std::fs::write(dir.join("no_length.flac"), unknown)?;
+    std::fs::write(dir.join("fast_384k.flac"), silent_flac(110.0, 384_000, 2))?;
+    std::fs::write(dir.join("lying.ogg"), ogg_claiming_channels(ogg, 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::utf8_number;

@@ -1,7 +1,9 @@
 //! The audio front-end of pal: everything between an audio file and an encoder's input features.
 //!
 //! - [`decode`]: wav, flac, ogg/vorbis and mp3 to mono f32 ([`Audio`]), with clear errors on bad files.
-//! - [`resample`]: any rate to the 16 kHz the encoders expect.
+//! - [`resample`]: any rate to the 16 kHz the encoders expect, whole or as it arrives.
+//! - [`stream`]: a file decoded to 16 kHz one packet at a time ([`Stream16k`]), for long
+//!   recordings and servers.
 //! - [`whisper_mel`]: Whisper's log-mel spectrogram (80 or 128 bins).
 //! - [`fbank`]: Kaldi filterbank features (as `torchaudio.compliance.kaldi.fbank`), for ViT encoders.
 //! - [`hostile`]: well-formed hostile inputs (hours of audio in megabytes, lying lengths) for tests.
@@ -13,12 +15,14 @@ pub mod fbank;
 pub mod hostile;
 pub mod resample;
 mod spectrum;
+pub mod stream;
 pub mod wav;
 pub mod whisper_mel;
 
-pub use decode::{decode_bytes, decode_bytes_limited, load_audio, Audio};
+pub use decode::{decode_bytes, decode_bytes_limited, load_audio, Audio, Packets};
 pub use fbank::{KaldiFbank, WindowType};
-pub use resample::resample;
+pub use resample::{resample, StreamResampler};
+pub use stream::Stream16k;
 pub use wav::{wav_bytes, write_wav};
 pub use whisper_mel::WhisperMel;
 

@@ -76,7 +76,7 @@ pub fn prefill_reusing(
     lal: Option<&ClipLal>,
     kept: &[Arc<KeptPrompt>],
 ) -> Result<(Prefilled, Reused, Arc<KeptPrompt>)> {
-    let wanted = items(&example.segments);
+    let wanted = items(&example.segments, example.clips.len());
     let best = kept
         .iter()
         .filter_map(|k| Some((k, k.prompt.shared_items(&wanted)?)))
@@ -252,14 +252,16 @@ impl<K> Running<K> {
                 }
             };
             let key = &entry.key;
-            match advance(&mut entry.state, &row, tokenizer, |p| on_event(key, p))? {
-                Some(next) => {
+            // A sequence whose sampling or text fails fails alone; the others go on.
+            match advance(&mut entry.state, &row, tokenizer, |p| on_event(key, p)) {
+                Ok(Some(next)) => {
                     entry.next = next;
                     kept.push(entry);
                 }
-                None => outcome
+                Ok(None) => outcome
                     .ended
                     .push((entry.key, entry.state.into_generation())),
+                Err(e) => outcome.failed.push((entry.key, e.to_string())),
             }
         }
         self.entries = kept;

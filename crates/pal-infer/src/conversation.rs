@@ -70,7 +70,7 @@ impl<'m> Conversation<'m> {
     ) -> Result<Generation> {
         self.messages.push(Message::new("user", text));
         let segments = prompt_segments(&self.template, self.tokenizer, &self.messages)?;
-        let wanted = items(&segments);
+        let wanted = items(&segments, 1);
         // At least one new position must run to give the next logits.
         let reusable = self.cached.take().and_then(|c| {
             let keep = c.shared_items(&wanted)?.min(wanted.len() - 1);

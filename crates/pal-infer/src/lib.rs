@@ -18,7 +18,7 @@ pub use generate::{
 };
 pub use pal_models::text::chat_template::{ChatTemplate, Message};
 pub use sampling::Sampler;
-pub use transcribe::transcribe;
+pub use transcribe::{transcribe, transcribe_windows};
 
 /// Errors of generation and template rendering.
 #[derive(Debug, thiserror::Error)]

@@ -21,14 +21,18 @@ pub enum Item {
     Token(u32),
 }
 
-/// The items of a prompt, in order.
-pub fn items(segments: &[Segment]) -> Vec<Item> {
-    segments
-        .iter()
-        .flat_map(|s| match s {
+/// The items of a prompt about `clips` clips, in order. A prompt without audio placeholders has
+/// its clips' rows first, where the model puts them
+/// ([`pal_models::audio_llm::AudioLlm::prepare`]): they are items too, or a kept prompt's rows
+/// would be miscounted.
+pub fn items(segments: &[Segment], clips: usize) -> Vec<Item> {
+    let placed = segments.contains(&Segment::Audio);
+    let first = if placed { 0 } else { clips };
+    std::iter::repeat_n(Item::Audio, first)
+        .chain(segments.iter().flat_map(|s| match s {
             Segment::Audio => vec![Item::Audio],
             Segment::Text { ids, .. } => ids.iter().map(|&t| Item::Token(t)).collect(),
-        })
+        }))
         .collect()
 }
 
@@ -154,5 +158,21 @@ mod tests {
         // Parting before the clip: its rows would be cut, and the clip is needed again.
         assert_eq!(asked.shared_items(&[Token(1), Token(9), Audio]), None);
         assert_eq!(asked.shared_items(&[Token(7)]), None);
+    }
+
+    #[test]
+    fn a_prompt_without_placeholder_has_its_clip_first() {
+        let text = |ids: &[u32]| Segment::Text {
+            ids: ids.to_vec(),
+            trained: false,
+        };
+        assert_eq!(
+            items(&[text(&[1, 2])], 1),
+            vec![Item::Audio, Item::Token(1), Item::Token(2)]
+        );
+        assert_eq!(
+            items(&[text(&[1]), Segment::Audio, text(&[2])], 1),
+            vec![Item::Token(1), Item::Audio, Item::Token(2)]
+        );
     }
 }

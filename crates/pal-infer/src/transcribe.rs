@@ -16,11 +16,27 @@ pub fn transcribe(
     tokenizer: &WhisperTokenizer,
     samples: &[f32],
 ) -> Result<String> {
+    let mut text = String::new();
+    transcribe_windows(model, tokenizer, samples, |window| {
+        text.push_str(window);
+        true
+    })?;
+    Ok(text)
+}
+
+/// [`transcribe`] window by window: each 30 s window's text goes to `on_window` as soon as it
+/// is decoded, which returns `false` to stop there (its caller went away). Returns whether
+/// every window was transcribed.
+pub fn transcribe_windows(
+    model: &Whisper,
+    tokenizer: &WhisperTokenizer,
+    samples: &[f32],
+    mut on_window: impl FnMut(&str) -> bool,
+) -> Result<bool> {
     let decoder = model.decoder()?;
     let mel = WhisperMel::new(model.config.num_mel_bins);
     let device = model.encoder.embed_positions.device().clone();
     let dtype = model.encoder.embed_positions.dtype();
-    let mut text = String::new();
     for window in samples.chunks(WHISPER_WINDOW_SAMPLES) {
         let (feats, frames) = mel.compute(window, true);
         let feats = Tensor::from_vec(feats, (1, mel.n_mels(), frames), &Device::Cpu)?
@@ -63,7 +79,9 @@ pub fn transcribe(
             generated.push(next);
             input = Tensor::new(&[[next]], &device)?;
         }
-        text.push_str(&tokenizer.decode(&generated)?);
+        if !on_window(&tokenizer.decode(&generated)?) {
+            return Ok(false);
+        }
     }
-    Ok(text)
+    Ok(true)
 }

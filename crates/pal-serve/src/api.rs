@@ -1,6 +1,8 @@
 //! The OpenAI wire format: chat completion requests (text and `input_audio` content parts),
 //! responses, stream chunks, model lists and the error body. Unknown request fields are
-//! ignored, as OpenAI clients send many.
+//! ignored, as OpenAI clients send many; known ones that would change the answer's meaning and
+//! that pal does not do (`tools`, `response_format`, `logprobs`, `n > 1`, ...) are refused
+//! ([`crate::request`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +33,40 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Number of choices; only 1 is supported.
     pub n: Option<u64>,
+    /// Streaming options: `include_usage` adds a last chunk with the token counts.
+    pub stream_options: Option<StreamOptions>,
+    /// Tools the model may call (refused when not empty: pal does not call tools).
+    pub tools: Option<Value>,
+    /// Which tool to call (refused unless `none` or `auto` without tools).
+    pub tool_choice: Option<Value>,
+    /// The older name of tools (refused when not empty).
+    pub functions: Option<Value>,
+    /// The older name of tool_choice.
+    pub function_call: Option<Value>,
+    /// Structured output (refused unless `{"type": "text"}`).
+    pub response_format: Option<Value>,
+    /// Log-probabilities of the tokens (refused when true).
+    pub logprobs: Option<bool>,
+    /// How many alternatives' log-probabilities (refused when above 0).
+    pub top_logprobs: Option<u64>,
+    /// Token biases (refused when not empty).
+    pub logit_bias: Option<Value>,
+    /// Penalties (refused when not 0: pal does not apply them).
+    pub presence_penalty: Option<f64>,
+    /// Penalties (refused when not 0: pal does not apply them).
+    pub frequency_penalty: Option<f64>,
+    /// Output modalities (refused when they ask for audio).
+    pub modalities: Option<Vec<String>>,
+    /// Output audio settings (refused: pal answers in text).
+    pub audio: Option<Value>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and no choices) before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// `stop`: one string or a list.
@@ -166,6 +202,18 @@ pub fn completion(
             "logprobs": null,
             "finish_reason": finish,
         }],
+        "usage": usage,
+    })
+}
+
+/// The chunk that ends a stream with `include_usage`: no choices, the token counts.
+pub fn usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
         "usage": usage,
     })
 }

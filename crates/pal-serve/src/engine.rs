@@ -11,48 +11,32 @@
 //!
 //! Nothing one request does takes the others down: a request past the position limit is refused
 //! before it joins; a step the model fails is retried one sequence at a time, so the request at
-//! fault fails alone; a panic fails the requests of its step (or its encoding) with 500 and the
-//! thread carries on (counted, and reported by `/health`).
+//! fault fails alone; a panic fails the requests of its step (or its encoding, prefill or first
+//! token) with 500 and the thread carries on (counted in `/metrics`). Should the model thread
+//! end anyway, `/health` says so (503) and every waiting client gets an error, never a silent
+//! end. Transcriptions run on a thread of their own ([`crate::transcriber`]).
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use candle_core::Tensor;
 use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
-use pal_models::audio_llm::{AudioLlm, Example};
-use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
-use pal_models::encoders::{batch_or_each, encode_clips, AudioEncoder};
+use pal_models::audio_llm::Example;
+use pal_models::encoders::{batch_or_each, encode_clips};
 use pal_models::text::Segment;
-use pal_models::Tokenizer;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::audio_cache::{AudioCache, CachedClip, ClipKey};
-
-/// A loaded model bundle: the audio-LLM, its encoders, its tokenizer, and a Whisper with its
-/// decoder when the bundle's encoder is one (for transcriptions).
-pub struct Bundle {
-    /// The audio-LLM.
-    pub model: AudioLlm,
-    /// One encoder per attachment.
-    pub encoders: Vec<Box<dyn AudioEncoder>>,
-    /// The LLM's tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Whisper with its decoder, for `/v1/audio/transcriptions`.
-    pub whisper: Option<(Whisper, WhisperTokenizer)>,
-    /// For tests of the server's resilience only: panics the model thread in the middle of a
-    /// batch holding a request whose prompt this matches. `None` in every real server.
-    pub fault_injection: Option<FaultInjection>,
-}
-
-/// Decides from a request's prompt whether the model thread panics on it (see [`FaultInjection`]).
-pub type PanicWhen = dyn Fn(&[Segment]) -> bool + Send + Sync;
-
-/// A test hook that decides, from a request's prompt, whether the model thread panics on it.
-#[derive(Clone)]
-pub struct FaultInjection(pub Arc<PanicWhen>);
+pub use crate::bundle::Bundle;
+use crate::bundle::FaultPoint;
+use crate::metrics::{Counters, Outcome};
+use crate::transcriber::{self, Transcription, Transcriptions};
+use crate::work::isolated;
+pub use crate::work::SubmitError;
 
 /// What the worker tells a chat request, in order: text pieces, then `Done` or `Failed`.
 #[derive(Debug)]
@@ -80,26 +64,18 @@ pub enum Event {
     },
 }
 
-/// Work for the model thread.
-pub enum Job {
-    /// Answer a conversation about one clip or several.
-    Chat {
-        /// The prompt, with the clips' places.
-        segments: Vec<Segment>,
-        /// The clips in order, 16 kHz mono.
-        clips: Vec<Vec<f32>>,
-        /// How to generate.
-        params: GenerationParams,
-        /// Where the answer goes; closed when the client goes away.
-        events: mpsc::UnboundedSender<Event>,
-    },
-    /// Transcribe a clip with Whisper.
-    Transcribe {
-        /// The clip, 16 kHz mono.
-        samples: Vec<f32>,
-        /// The transcript or an error.
-        reply: oneshot::Sender<Result<String, String>>,
-    },
+/// A chat for the model threads.
+pub struct Job {
+    /// The prompt, with the clips' places.
+    pub segments: Vec<Segment>,
+    /// The clips in order, 16 kHz mono.
+    pub clips: Vec<Vec<f32>>,
+    /// How to generate.
+    pub params: GenerationParams,
+    /// Where the answer goes; closed when the client goes away.
+    pub events: mpsc::UnboundedSender<Event>,
+    /// When the request arrived (for time to first token).
+    pub arrived: Instant,
 }
 
 /// How requests are batched.
@@ -124,111 +100,89 @@ impl Default for Batching {
     }
 }
 
-/// Counters for `/health` and the load test.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Chat requests answered (completed, failed or cancelled).
-    pub chats: AtomicUsize,
-    /// Decoding steps run (each over the whole running batch).
-    pub decode_steps: AtomicUsize,
-    /// Rows those steps decoded (the running batch's size, summed over steps).
-    pub decoded_rows: AtomicUsize,
-    /// Requests cancelled because their client went away.
-    pub cancelled: AtomicUsize,
-    /// Transcriptions done.
-    pub transcriptions: AtomicUsize,
-    /// Requests refused because the queue was full.
-    pub refused: AtomicUsize,
-    /// Requests refused after encoding because they would not fit the model's context.
-    pub too_long: AtomicUsize,
-    /// Batches that panicked (their requests got 500; the thread carried on).
-    pub panics: AtomicUsize,
-    /// The last panic's message.
-    pub last_panic: Mutex<Option<String>>,
-    /// Set when the model thread has stopped (shutdown, or a failure it could not survive).
-    pub stopped: AtomicBool,
-    /// Clips found in the audio cache (encoder and LAL prefix skipped).
-    pub audio_cache_hits: AtomicUsize,
-    /// Clips encoded (and kept, when the cache is on).
-    pub audio_cache_misses: AtomicUsize,
-    /// Encoder batches run (clips of equal length from the requests waiting together).
-    pub encoder_batches: AtomicUsize,
-    /// Prompts found whole in the audio cache (the same question about the same clip): no
-    /// prefill at all.
-    pub prompt_cache_hits: AtomicUsize,
-    /// Prompt rows taken from a kept prompt about the same clip instead of run.
-    pub prompt_rows_reused: AtomicUsize,
-    /// Prompt rows run through the LLM.
-    pub prompt_rows_run: AtomicUsize,
-    /// Microseconds the encoder thread spent preparing chats (cache lookups, encoding, the LAL
-    /// prefix, the position check).
-    pub encode_micros: AtomicU64,
-    /// Microseconds the model thread spent admitting requests (their prefill).
-    pub prefill_micros: AtomicU64,
-    /// Microseconds the model thread spent in decoding steps.
-    pub decode_micros: AtomicU64,
-}
-
-impl Counters {
-    /// Adds the time since `start` to `micros`: where the threads' time goes, for `/health`.
-    fn spent(micros: &AtomicU64, start: std::time::Instant) {
-        micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-/// The sending side of the queue.
+/// The sending side of the queues: chats for the encoder and model threads, transcriptions
+/// for the transcription thread.
 #[derive(Clone)]
 pub struct Queue {
     sender: SyncSender<Job>,
+    /// Where transcriptions go.
+    pub transcriptions: Transcriptions,
     /// Shared counters.
     pub counters: Arc<Counters>,
 }
 
-/// Why a job was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The queue is full.
-    Full,
-    /// The worker has stopped (shutting down).
-    Stopped,
-}
-
 impl Queue {
-    /// Queues a job without waiting.
+    /// Queues a chat without waiting.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.sender.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                SubmitError::Full
+        match self.sender.try_send(job) {
+            Ok(()) => {
+                self.counters.queued_chats.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
-            TrySendError::Disconnected(_) => SubmitError::Stopped,
-        })
+            Err(TrySendError::Full(_)) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(SubmitError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Queues a transcription without waiting.
+    pub fn transcribe(&self, job: Transcription) -> Result<(), SubmitError> {
+        self.transcriptions.submit(job)
     }
 }
 
-/// A queue of `capacity` jobs and its receiving end (what [`start_on`] hands the encoder thread).
-pub fn queue(capacity: usize) -> (Queue, Receiver<Job>) {
-    let (sender, receiver) = sync_channel(capacity.max(1));
-    let counters = Arc::new(Counters::default());
-    (Queue { sender, counters }, receiver)
+/// The receiving side of the chat queue, for [`start_on`]; the transcription thread, which
+/// [`queue`] starts (it waits for jobs and ends when every [`Queue`] is dropped).
+pub struct Receivers {
+    chats: Receiver<Job>,
+    transcriber: std::thread::JoinHandle<()>,
 }
 
-/// Starts the encoder and model threads. They end when every [`Queue`] clone is dropped and
-/// the queue is drained.
+/// Queues of `capacity` jobs each, and what [`start_on`] hands the threads.
+pub fn queue(bundle: Arc<Bundle>, capacity: usize) -> (Queue, Receivers) {
+    let (sender, chats) = sync_channel(capacity.max(1));
+    let counters = Arc::new(Counters::default());
+    let (transcriptions, transcriber) = transcriber::start(bundle, capacity, counters.clone());
+    let queue = Queue {
+        sender,
+        transcriptions,
+        counters,
+    };
+    (queue, Receivers { chats, transcriber })
+}
+
+/// Starts the encoder, model and transcription threads. They end when every [`Queue`] clone is
+/// dropped and the queues are drained; the handle ends with the last of them.
 pub fn start(bundle: Arc<Bundle>, batching: Batching) -> (Queue, std::thread::JoinHandle<()>) {
-    let (queue, receiver) = queue(batching.queue_capacity);
-    let handle = start_on(bundle, batching, &queue, receiver);
+    let (queue, receivers) = queue(bundle.clone(), batching.queue_capacity);
+    let handle = start_on(bundle, batching, &queue, receivers);
     (queue, handle)
 }
 
-/// [`start`] on a queue made by [`queue`] (which may already hold jobs: the encoder thread then
+/// Marks the model thread stopped when dropped, however it ends (a return or a panic that got
+/// past every isolation), so `/health` never says "ok" for a server that cannot answer.
+struct StoppedOnDrop(Arc<Counters>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+/// [`start`] on queues made by [`queue`] (which may already hold jobs: the encoder thread then
 /// takes them together, as it takes requests that arrive while it encodes).
 pub fn start_on(
     bundle: Arc<Bundle>,
     batching: Batching,
     queue: &Queue,
-    receiver: Receiver<Job>,
+    receivers: Receivers,
 ) -> std::thread::JoinHandle<()> {
+    let Receivers {
+        chats: receiver,
+        transcriber,
+    } = receivers;
     // The encoder thread keeps clips in it, the model thread the prompts asked about them.
     let cache = Arc::new(Mutex::new(AudioCache::new(batching.audio_cache_bytes)));
     let model_cache = cache.clone();
@@ -254,9 +208,14 @@ pub fn start_on(
     std::thread::Builder::new()
         .name("pal-model".into())
         .spawn(move || {
+            let stopped = StoppedOnDrop(model_counters.clone());
             generate_requests(&bundle, &ready, batching, &model_cache, &model_counters);
+            drop(stopped);
+            // Whatever the encoder still hands over finds no model thread: its clients get an
+            // error when their channel closes.
+            drop(ready);
             let _ = encoder.join();
-            model_counters.stopped.store(true, Ordering::Relaxed);
+            let _ = transcriber.join();
         })
         .expect("spawn the model thread")
 }
@@ -269,21 +228,40 @@ struct Ready {
     /// Its key when the audio cache keeps the clip (and the prompts asked about it).
     clip_key: Option<ClipKey>,
     params: GenerationParams,
-    events: mpsc::UnboundedSender<Event>,
+    client: Client,
 }
 
-/// A chat the encoder thread has taken from the queue.
-struct Chat {
-    segments: Vec<Segment>,
-    clips: Vec<Vec<f32>>,
-    params: GenerationParams,
+/// A chat's client, as the model thread knows it: where its events go, and when it arrived
+/// and got its first token (for the latency histograms).
+pub struct Client {
     events: mpsc::UnboundedSender<Event>,
+    arrived: Instant,
+    first_token: Cell<Option<Instant>>,
 }
 
-/// The encoder thread: takes what waits in the queue (up to a batch), runs transcriptions, and
-/// gets the chats' clips together ([`gather_clips`]: equal-length clips encoded in one batch),
-/// then checks each chat and hands it to the model thread; a panic fails the request it
-/// happened on.
+impl Client {
+    fn new(events: mpsc::UnboundedSender<Event>, arrived: Instant) -> Self {
+        Self {
+            events,
+            arrived,
+            first_token: Cell::new(None),
+        }
+    }
+
+    /// Tells the client its request failed or was refused.
+    fn fail(&self, event: Event, counters: &Counters) {
+        let outcome = match event {
+            Event::Refused { .. } => Outcome::Refused,
+            _ => Outcome::Failed,
+        };
+        counters.chat_ended(outcome);
+        let _ = self.events.send(event);
+    }
+}
+
+/// The encoder thread: takes the chats waiting in the queue (up to a batch) and gets their clips
+/// together ([`gather_clips`]: equal-length clips encoded in one batch), then checks each chat
+/// and hands it to the model thread; a panic fails the request it happened on.
 fn encode_requests(
     bundle: &Bundle,
     receiver: &Receiver<Job>,
@@ -300,54 +278,39 @@ fn encode_requests(
                 Err(_) => break,
             }
         }
-        let mut chats = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match job {
-                Job::Transcribe { samples, reply } => {
-                    let result =
-                        isolated(counters, || transcribe(bundle, &samples)).and_then(|r| r);
-                    counters.transcriptions.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(result);
+        counters
+            .queued_chats
+            .fetch_sub(jobs.len(), Ordering::Relaxed);
+        let chats: Vec<Job> = jobs
+            .into_iter()
+            .filter(|job| {
+                let gone = job.events.is_closed();
+                if gone {
+                    counters.chat_ended(Outcome::Cancelled);
                 }
-                Job::Chat {
-                    segments,
-                    clips,
-                    params,
-                    events,
-                } => {
-                    counters.chats.fetch_add(1, Ordering::Relaxed);
-                    if events.is_closed() {
-                        counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    chats.push(Chat {
-                        segments,
-                        clips,
-                        params,
-                        events,
-                    });
-                }
-            }
-        }
+                !gone
+            })
+            .collect();
         if chats.is_empty() {
             continue;
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let clip_sets: Vec<&[Vec<f32>]> = chats.iter().map(|c| c.clips.as_slice()).collect();
         let gathered = gather_clips(bundle, cache, &clip_sets, counters);
         let mut prepared = Vec::with_capacity(chats.len());
         for (chat, clips) in chats.into_iter().zip(gathered) {
             let outcome = clips.map_err(Event::Failed).and_then(|clips| {
                 isolated(counters, || {
-                    prepare(bundle, chat.segments, clips, &chat.params, counters)
+                    prepare(bundle, chat.segments, clips, &chat.params)
                 })
                 .map_err(Event::Failed)
                 .and_then(|p| p)
             });
-            prepared.push((outcome, chat.params, chat.events));
+            let client = Client::new(chat.events, chat.arrived);
+            prepared.push((outcome, chat.params, client));
         }
         Counters::spent(&counters.encode_micros, start);
-        for (outcome, params, events) in prepared {
+        for (outcome, params, client) in prepared {
             match outcome {
                 Ok((example, clip, clip_key)) => {
                     let request = Ready {
@@ -355,15 +318,17 @@ fn encode_requests(
                         clip,
                         clip_key,
                         params,
-                        events,
+                        client,
                     };
-                    if ready.send(request).is_err() {
+                    counters.ready_chats.fetch_add(1, Ordering::Relaxed);
+                    if let Err(unsent) = ready.send(request) {
+                        counters.ready_chats.fetch_sub(1, Ordering::Relaxed);
+                        let message = "the model thread has stopped".to_string();
+                        unsent.0.client.fail(Event::Failed(message), counters);
                         return;
                     }
                 }
-                Err(event) => {
-                    let _ = events.send(event);
-                }
+                Err(event) => client.fail(event, counters),
             }
         }
     }
@@ -383,7 +348,6 @@ fn prepare(
     segments: Vec<Segment>,
     clips: Vec<Clip>,
     params: &GenerationParams,
-    counters: &Counters,
 ) -> Result<Prepared, Event> {
     let failed = |e: pal_models::ModelError| Event::Failed(format!("encoding the audio: {e}"));
     let count = clips.len();
@@ -421,7 +385,6 @@ fn prepare(
         .map_err(|e| Event::Failed(e.to_string()))?
         + params.max_tokens;
     if needed > positions {
-        counters.too_long.fetch_add(1, Ordering::Relaxed);
         return Err(Event::Refused {
             message: format!(
                 "the audio, the prompt and max_tokens take {needed} positions; the model has {positions} (send a shorter clip or prompt, or fewer max_tokens)"
@@ -441,8 +404,9 @@ fn generate_requests(
     cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
-    let mut running: Running<mpsc::UnboundedSender<Event>> = Running::default();
+    let mut running: Running<Client> = Running::default();
     loop {
+        counters.running.store(running.len(), Ordering::Relaxed);
         let mut arrivals = vec![];
         if running.is_empty() {
             match ready.recv() {
@@ -456,8 +420,17 @@ fn generate_requests(
                 Err(_) => break,
             }
         }
+        counters
+            .ready_chats
+            .fetch_sub(arrivals.len(), Ordering::Relaxed);
+        if let Some(fault) = &bundle.fault_injection {
+            let struck = arrivals
+                .iter()
+                .any(|r| fault.strikes(FaultPoint::ModelThread, &r.example.segments));
+            assert!(!struck, "fault injected on the model thread for a test");
+        }
         if !arrivals.is_empty() {
-            let start = std::time::Instant::now();
+            let start = Instant::now();
             admit(bundle, &mut running, arrivals, cache, counters);
             Counters::spent(&counters.prefill_micros, start);
         }
@@ -468,7 +441,7 @@ fn generate_requests(
         counters
             .decoded_rows
             .fetch_add(running.len(), Ordering::Relaxed);
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let outcome = isolated(counters, || {
             running
                 .step(&bundle.model.llm, &bundle.tokenizer, stream)
@@ -477,16 +450,19 @@ fn generate_requests(
         Counters::spent(&counters.decode_micros, start);
         match outcome {
             Ok(Ok(outcome)) => {
-                for (events, generation) in outcome.ended {
-                    finish(&events, generation, counters);
+                for (client, generation) in outcome.ended {
+                    finish(&client, generation, counters);
                 }
-                for (events, error) in outcome.failed {
-                    let _ = events.send(Event::Failed(error));
+                for (client, error) in outcome.failed {
+                    client.fail(Event::Failed(error), counters);
                 }
             }
+            // The sequences still in the batch fail with the step; any a panic took out of it
+            // were dropped, and their clients' channels closed without an answer (an error to
+            // them, never a complete-looking end).
             Ok(Err(error)) | Err(error) => {
-                for events in running.drain() {
-                    let _ = events.send(Event::Failed(error.clone()));
+                for client in running.drain() {
+                    client.fail(Event::Failed(error.clone()), counters);
                 }
             }
         }
@@ -496,43 +472,44 @@ fn generate_requests(
 /// Prefills the requests that arrived, one at a time, and adds each to the running batch. One
 /// prompt at a time: pal's kernels are as fast per row on one prompt as on several, and a padded
 /// batch would pad every prompt and LAL prefix to the longest (measured 5% slower on the load
-/// test). A request the model fails on, or panics on, fails alone.
+/// test). A request the model fails on, or panics on (in its prefill or its first token),
+/// fails alone.
 fn admit(
     bundle: &Bundle,
-    running: &mut Running<mpsc::UnboundedSender<Event>>,
+    running: &mut Running<Client>,
     arrivals: Vec<Ready>,
     cache: &Mutex<AudioCache>,
     counters: &Counters,
 ) {
     for request in arrivals {
-        if request.events.is_closed() {
-            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        if request.client.events.is_closed() {
+            counters.chat_ended(Outcome::Cancelled);
             continue;
         }
         let prefilled = isolated(counters, || {
             if let Some(fault) = &bundle.fault_injection {
-                if (fault.0)(&request.example.segments) {
+                if fault.strikes(FaultPoint::Prefill, &request.example.segments) {
                     panic!("fault injected for a test");
                 }
             }
             prefill_one(bundle, &request, cache, counters)
-        });
-        let joined = prefilled.and_then(|p| p).and_then(|p| {
-            running
-                .join(
-                    request.events.clone(),
-                    p,
-                    request.params,
-                    &bundle.tokenizer,
-                    stream,
-                )
-                .map_err(|e| e.to_string())
+        })
+        .and_then(|p| p);
+        let events = request.client.events.clone();
+        let joined = prefilled.and_then(|p| {
+            isolated(counters, || {
+                running
+                    .join(request.client, p, request.params, &bundle.tokenizer, stream)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|r| r)
         });
         match joined {
-            Ok(Some((events, generation))) => finish(&events, generation, counters),
+            Ok(Some((client, generation))) => finish(&client, generation, counters),
             Ok(None) => {}
             Err(error) => {
-                let _ = request.events.send(Event::Failed(error));
+                counters.chat_ended(Outcome::Failed);
+                let _ = events.send(Event::Failed(error));
             }
         }
     }
@@ -577,50 +554,46 @@ fn locked(cache: &Mutex<AudioCache>) -> std::sync::MutexGuard<'_, AudioCache> {
     cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Streams a piece of text; `false` (cancel) once the client has gone away.
-fn stream(events: &mpsc::UnboundedSender<Event>, piece: &str) -> bool {
-    if !piece.is_empty() {
-        let _ = events.send(Event::Text(piece.to_string()));
+/// Streams a piece of text; `false` (cancel) once the client has gone away. The first call is
+/// the first token's time.
+fn stream(client: &Client, piece: &str) -> bool {
+    if client.first_token.get().is_none() {
+        client.first_token.set(Some(Instant::now()));
     }
-    !events.is_closed()
+    if !piece.is_empty() {
+        let _ = client.events.send(Event::Text(piece.to_string()));
+    }
+    !client.events.is_closed()
 }
 
-/// Tells the client its answer is complete.
-fn finish(events: &mpsc::UnboundedSender<Event>, generation: Generation, counters: &Counters) {
+/// Tells the client its answer is complete, and records its latencies.
+fn finish(client: &Client, generation: Generation, counters: &Counters) {
+    let now = Instant::now();
+    let tokens = generation.tokens.len();
+    counters
+        .generated_tokens
+        .fetch_add(tokens, Ordering::Relaxed);
     if generation.finish_reason == FinishReason::Cancelled {
-        counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        counters.chat_ended(Outcome::Cancelled);
+    } else {
+        counters.chat_ended(Outcome::Answered);
+        counters.request_seconds.observe(now - client.arrived);
+        if let Some(first) = client.first_token.get() {
+            counters
+                .time_to_first_token
+                .observe(first.saturating_duration_since(client.arrived));
+            if tokens > 1 {
+                counters
+                    .time_per_output_token
+                    .observe((now - first) / (tokens as u32 - 1));
+            }
+        }
     }
-    let _ = events.send(Event::Done {
+    let _ = client.events.send(Event::Done {
         finish: generation.finish_reason,
         prompt_tokens: generation.prompt_tokens,
-        completion_tokens: generation.tokens.len(),
+        completion_tokens: tokens,
     });
-}
-
-/// Runs `f`, turning a panic into the message of a 500 (counted, and kept for `/health`): the
-/// thread carries on.
-fn isolated<T>(counters: &Counters, f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        counters.panics.fetch_add(1, Ordering::Relaxed);
-        *counters
-            .last_panic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
-        format!("internal error while generating (the request was not at fault): {message}")
-    })
-}
-
-fn transcribe(bundle: &Bundle, samples: &[f32]) -> Result<String, String> {
-    let (model, tokenizer) = bundle
-        .whisper
-        .as_ref()
-        .ok_or_else(|| "this model has no Whisper decoder".to_string())?;
-    pal_infer::transcribe(model, tokenizer, samples).map_err(|e| e.to_string())
 }
 
 /// A request's clip: kept in the cache (under its key), or just encoded (the cache is off).

@@ -2,71 +2,53 @@
 //!
 //! - `POST /v1/chat/completions`: messages with `text` and `input_audio` content parts
 //!   (base64 wav, mp3, flac or ogg), `stream` as server-sent events ending in `[DONE]`,
-//!   `max_tokens`, `temperature`, `top_p`, `seed`, `stop`.
+//!   `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `stream_options.include_usage`.
 //! - `POST /v1/audio/transcriptions` (multipart `file`): Whisper transcription, when the
 //!   bundle's encoder is a Whisper with its decoder.
-//! - `GET /v1/models`, `GET /health`.
+//! - `GET /v1/models`; `GET /metrics` (Prometheus, behind the key like `/v1`); `GET /health`
+//!   (liveness only).
 //!
-//! Requests are checked and their audio decoded on the async side ([`routes`]); one model thread
-//! batches and runs them ([`engine`]).
+//! The way in ([`listener`]: connections, header timeouts, graceful shutdown; [`guard`]: host,
+//! origin, key and content type; [`body`]: bodies read within a byte budget and timeouts), the
+//! requests ([`request`]: checked, rendered and tokenized off the async threads; [`audio_in`]:
+//! clips decoded within a budget of seconds, stopped when their client leaves), the handlers
+//! ([`routes`], sharing [`state`]), and the threads that run the model ([`engine`],
+//! [`transcriber`], on a [`bundle`], with [`work`]'s panic isolation), with what they count
+//! ([`metrics`]); [`settings`] holds the limits.
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod audio_cache;
+pub mod audio_in;
+pub mod body;
+pub mod bundle;
 pub mod engine;
+pub mod guard;
+pub mod listener;
+pub mod metrics;
+pub mod request;
 pub mod routes;
+pub mod settings;
+pub mod state;
+pub mod transcriber;
+pub mod work;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use pal_models::audio_llm::{build::resolve_path, config::EncoderKind, load_run, ModelConfig};
 use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
 use pal_models::WeightForm;
 
-pub use engine::{Batching, Bundle, Counters, FaultInjection, Queue};
-pub use routes::{router, AppState};
-
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest request body (413 above).
-    pub max_body_bytes: usize,
-    /// Longest clip in seconds (400 above).
-    pub max_audio_seconds: f64,
-    /// Largest `max_tokens` a request may ask for (400 above); also the default.
-    pub max_tokens: usize,
-    /// Longest prompt in tokens, audio excluded (400 above).
-    pub max_prompt_tokens: usize,
-    /// Requests whose body is read and whose audio is decoded at once; more wait their turn
-    /// before their body is read (bounds the memory of uploads and decoding).
-    pub max_concurrent_decodes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 25 * 1024 * 1024,
-            max_audio_seconds: 120.0,
-            max_tokens: 512,
-            max_prompt_tokens: 2048,
-            max_concurrent_decodes: 4,
-        }
-    }
-}
-
-/// Errors while starting the server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The model bundle did not load.
-    #[error(transparent)]
-    Model(#[from] pal_models::ModelError),
-    /// The address could not be bound, or serving failed.
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-}
+pub use bundle::{Bundle, FaultInjection, FaultPoint};
+pub use engine::{Batching, Queue};
+pub use listener::serve;
+pub use metrics::Counters;
+pub use routes::router;
+pub use settings::{api_key, Limits, Network, ServeError};
+pub use state::AppState;
 
 /// Loads a run folder as a servable bundle on `device`, the frozen LLM and encoders in `dtype`
 /// (the adapter in f32 beside bf16), the LLM's linear weights held in `weights`.
@@ -107,20 +89,6 @@ pub fn exposure_warning(addr: &SocketAddr, has_api_key: bool) -> Option<String> 
             "warning: serving on {addr} without an API key: anyone who can reach this address can use the model (set --api-key or PAL_API_KEY)"
         )
     })
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting connections
-/// and lets the requests in flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ServeError::Io(format!("serving on {addr:?}"), e))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -100,3 +100,64 @@ async fn a_second_question_about_a_clip_is_served_from_the_cache() {
     assert_eq!(answer(&app, "Describe the sound.").await, other);
     assert_eq!(answer_to(&app, next_turn).await, next);
 }
+
+/// The shapes of conversation a server accepts, about `audio` (a base64 WAV) with `question`:
+/// user only, system only, system + user, several turns with the audio first, the audio in a
+/// later turn, and two clips.
+fn shapes(audio: &str, other: &str, question: &str) -> Vec<Value> {
+    let clip =
+        |data: &str| json!({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}});
+    let text = |t: &str| json!({"type": "text", "text": t});
+    vec![
+        json!([{"role": "user", "content": [text(question), clip(audio)]}]),
+        json!([{"role": "system", "content": [clip(audio), text(question)]}]),
+        json!([{"role": "system", "content": [text("Be brief."), clip(audio)]},
+               {"role": "user", "content": question}]),
+        json!([{"role": "user", "content": [clip(audio), text("Listen.")]},
+               {"role": "assistant", "content": "I am listening."},
+               {"role": "user", "content": question}]),
+        json!([{"role": "user", "content": "Hello."},
+               {"role": "assistant", "content": "Hi. Send a clip."},
+               {"role": "user", "content": [text(question), clip(audio)]}]),
+        json!([{"role": "user", "content": [text("First:"), clip(audio), text("second:"), clip(other), text(question)]}]),
+    ]
+}
+
+/// Every accepted shape of conversation gets the same answer with the audio cache (and its
+/// kept prompts) on as off, asked in turn about several clips: the kept prompts count the clip's
+/// rows wherever the clip sits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_conversation_shape_answers_the_same_with_the_cache_on_and_off() {
+    let Some(bundle) = load(&format!("max_clips = 2\n{MODEL_TOML}")) else {
+        return;
+    };
+    let bundle = std::sync::Arc::new(bundle);
+    let b64 =
+        |wav: Vec<u8>| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wav);
+    let clips = [b64(clip_wav()), b64(tone_wav(2.0))];
+    let mut answers: Vec<Vec<String>> = vec![];
+    for cache_mb in [0usize, 64] {
+        let batching = Batching {
+            audio_cache_bytes: cache_mb << 20,
+            ..Batching::default()
+        };
+        let (queue, _worker) = engine::start(bundle.clone(), batching);
+        let app = router(state(&bundle, queue, Limits::default(), None));
+        let mut got = vec![];
+        for question in ["What is said?", "Describe the sound.", "What is said?"] {
+            for (i, audio) in clips.iter().enumerate() {
+                let other = &clips[(i + 1) % clips.len()];
+                for messages in shapes(audio, other, question) {
+                    let body = json!({"model": "test-model", "messages": messages,
+                                      "temperature": 0, "max_tokens": 6});
+                    got.push(answer_to(&app, body).await);
+                }
+            }
+        }
+        answers.push(got);
+    }
+    assert_eq!(answers[0].len(), 36);
+    for (i, (off, on)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(off, on, "ask {i}: cache off {off:?}, on {on:?}");
+    }
+}

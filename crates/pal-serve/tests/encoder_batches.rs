@@ -24,11 +24,12 @@ fn chat(bundle: &Bundle, question: &str, clip: Vec<f32>) -> (Job, mpsc::Unbounde
         max_tokens: 8,
         ..Default::default()
     };
-    let job = Job::Chat {
+    let job = Job {
         segments,
         clips: vec![clip],
         params,
         events,
+        arrived: std::time::Instant::now(),
     };
     (job, answer)
 }
@@ -60,7 +61,7 @@ fn waiting_chats_are_encoded_together_and_answer_as_alone() {
     // Three clips of one length, a clip of another, and the first clip again.
     let clips = [louder(1.0), louder(0.5), louder(0.25), tone, louder(1.0)];
 
-    let (queue, receiver) = engine::queue(16);
+    let (queue, receiver) = engine::queue(bundle.clone(), 16);
     let answers: Vec<_> = clips
         .iter()
         .map(|clip| {

@@ -37,8 +37,8 @@ async fn answers_streams_and_refuses_bad_requests() {
     let (status, body) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        serde_json::from_slice::<Value>(&body).unwrap()["status"],
-        "ok"
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"status": "ok"})
     );
     let (_, body) = send(
         &app,
@@ -93,11 +93,16 @@ async fn answers_streams_and_refuses_bad_requests() {
     .unwrap();
     assert_eq!(text, direct[0].text);
     assert_eq!(answer["usage"]["completion_tokens"], direct[0].tokens.len());
-    // `/health` says where the time of that answer went: encoding, prefill, decoding steps.
-    let (_, body) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
-    let busy = &serde_json::from_slice::<Value>(&body).unwrap()["busy_s"];
+    // `/metrics` says where the time of that answer went: encoding, prefill, decoding steps.
+    let (_, body) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = String::from_utf8(body).unwrap();
     for stage in ["encode", "prefill", "decode"] {
-        assert!(busy[stage].as_f64().unwrap() > 0.0, "{stage}: {busy}");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("pal_busy_seconds_total{{stage=\"{stage}\"}}")))
+            .unwrap();
+        let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(seconds > 0.0, "{line}");
     }
 
     // Streaming: the deltas add up to the same answer, and the stream ends with [DONE].
@@ -252,7 +257,7 @@ async fn answers_streams_and_refuses_bad_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_is_required_when_set() {
     let Some(bundle) = bundle() else { return };
-    let (queue, _receiver) = engine::queue(4);
+    let (queue, _receiver) = engine::queue(bundle.clone(), 4);
     let app = router(state(&bundle, queue, Limits::default(), Some("sekret")));
     for auth in [None, Some("Bearer wrong")] {
         let mut request = Request::get("/v1/models");
@@ -268,6 +273,9 @@ async fn api_key_is_required_when_set() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    // The metrics tell what others asked about: behind the key too.
+    let (status, _) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Health stays open for load balancers.
     assert_eq!(
         send(&app, Request::get("/health").body(Body::empty()).unwrap())
@@ -281,14 +289,15 @@ async fn api_key_is_required_when_set() {
 async fn a_full_queue_answers_503() {
     let Some(bundle) = bundle() else { return };
     // A queue of one that nobody takes from, already holding a job: the next is refused.
-    let (queue, _receiver) = engine::queue(1);
+    let (queue, _receiver) = engine::queue(bundle.clone(), 1);
     let (events, _answer) = tokio::sync::mpsc::unbounded_channel();
     queue
-        .submit(engine::Job::Chat {
+        .submit(engine::Job {
             segments: vec![],
             clips: vec![],
             params: GenerationParams::default(),
             events,
+            arrived: Instant::now(),
         })
         .unwrap();
     let app = router(state(&bundle, queue, Limits::default(), None));
@@ -335,11 +344,7 @@ async fn a_client_leaving_mid_stream_is_cancelled() {
     }
     drop(body);
     let start = Instant::now();
-    while counters
-        .cancelled
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
+    while counters.chats(pal_serve::metrics::Outcome::Cancelled) == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the abandoned request was never cancelled"

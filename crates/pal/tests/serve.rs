@@ -208,3 +208,45 @@ fn pal_ask_takes_several_clips_when_the_config_allows() {
     assert!(!in_order.is_empty());
     assert_ne!(in_order, swapped, "the order of the clips should matter");
 }
+
+/// The short form of the soak test (`scripts/soak_serve.py`, the long run is
+/// `docs/bench/serve-soak.md`): the shipped adapter served for about a minute to the official
+/// `openai` client beside slow, vanishing and hostile clients. Every normal request is
+/// answered, each answer equals the quiet run's, no hostile request gets a 5xx, the server
+/// stays up with bounded memory, and SIGTERM ends it within its deadline.
+#[test]
+fn a_minute_of_hostile_traffic_changes_no_answer() {
+    if !models_present() {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ogg = std::fs::read(repo().join("crates/pal-audio/tests/fixtures/tone.ogg")).unwrap();
+    pal_audio::hostile::write_files(tmp.path(), &ogg).unwrap();
+    let report = tmp.path().join("report.json");
+    let out = Command::new(&python)
+        .arg(repo().join("scripts/soak_serve.py"))
+        .arg("--pal")
+        .arg(env!("CARGO_BIN_EXE_pal"))
+        .arg("--model")
+        .arg(repo().join("adapters/smollm2-whisper-pal"))
+        .arg("--hostile")
+        .arg(tmp.path())
+        .args(["--seconds", "40", "--quiet-seconds", "15"])
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .unwrap();
+    ok(&out);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["soak"]["failed"], 0, "{report}");
+    assert!(report["soak"]["served"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["answers_identical_to_quiet"], report["soak"]["served"],
+        "{report}"
+    );
+    assert_eq!(report["hostile_5xx"], 0, "{report}");
+    // The served model and its caches: well under what the decode bombs would take.
+    assert!(report["peak_rss_mb"].as_f64().unwrap() < 3000.0, "{report}");
+}

@@ -29,6 +29,8 @@ pub struct Tokenizer {
     pub stop_token_ids: Vec<u32>,
     /// Jinja chat template, if the model has one.
     pub chat_template: Option<String>,
+    /// `inner` with special-token matching off (made on first use by [`Self::encode_text`]).
+    plain: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 /// End-of-turn tokens of common chat formats: a generation stops at any of them that the
@@ -68,6 +70,7 @@ impl Tokenizer {
             eos_token,
             stop_token_ids,
             chat_template,
+            plain: std::sync::OnceLock::new(),
         }
     }
 
@@ -128,6 +131,30 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| ModelError::Unsupported(format!("tokenizer failed to encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of text a person wrote: a special token's spelling in it (`<|im_end|>`) is
+    /// ordinary characters, never the control token. Only the chat template places those.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut plain = self.inner.clone();
+            plain.set_encode_special_tokens(true);
+            plain
+        });
+        let enc = plain
+            .encode(text, false)
+            .map_err(|e| ModelError::Unsupported(format!("tokenizer failed to encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The first special token whose spelling `text` contains, if any.
+    pub fn special_token_in(&self, text: &str) -> Option<String> {
+        self.inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content)
+            .find(|t| text.contains(t.as_str()))
     }
 
     /// Text of `ids`, without special tokens when `skip_special` is set.

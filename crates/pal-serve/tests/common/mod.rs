@@ -10,7 +10,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use pal_models::audio_llm::{write_untrained_run, ModelConfig};
 use pal_serve::engine::{Bundle, Queue};
-use pal_serve::{AppState, Limits};
+use pal_serve::{AppState, Limits, Network};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -61,16 +61,81 @@ pub fn state(
     limits: Limits,
     api_key: Option<&str>,
 ) -> Arc<AppState> {
+    state_with(bundle, queue, limits, Network::default(), api_key)
+}
+
+/// [`state`] with its network settings.
+pub fn state_with(
+    bundle: &Arc<Bundle>,
+    queue: Queue,
+    limits: Limits,
+    network: Network,
+    api_key: Option<&str>,
+) -> Arc<AppState> {
     Arc::new(
         AppState::new(
             "test-model".into(),
             bundle,
             queue,
             limits,
+            network,
             api_key.map(String::from),
         )
         .unwrap(),
     )
+}
+
+/// A server for `state` on a free loopback port: its address, what stops it, and its task
+/// (which ends when the server has stopped).
+pub async fn serve_on_loopback(
+    state: Arc<AppState>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        pal_serve::serve(listener, state, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, stop, task)
+}
+
+/// Sends a whole HTTP/1.1 request on a new connection and reads the response to its end:
+/// (status, body).
+pub async fn http_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = vec![];
+    stream.read_to_end(&mut response).await.unwrap();
+    parse_response(&response)
+}
+
+/// (status, body) of a raw HTTP/1.1 response (0 and empty when there is none).
+pub fn parse_response(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub fn clip_wav() -> Vec<u8> {

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use pal_serve::{AppState, Batching, Limits};
+use pal_serve::{AppState, Batching, Limits, Network};
 
 /// Arguments of `pal serve`.
 #[derive(Args)]
@@ -43,10 +44,53 @@ pub struct ServeArgs {
     /// Longest prompt in text tokens.
     #[arg(long, default_value_t = 2048)]
     max_prompt_tokens: usize,
-    /// Requests reading their body and decoding audio at once; others wait before their body is
-    /// read (bounds memory under many concurrent uploads).
+    /// Most messages in a conversation.
+    #[arg(long, default_value_t = 256)]
+    max_messages: usize,
+    /// Most content parts over all messages.
+    #[arg(long, default_value_t = 256)]
+    max_parts: usize,
+    /// Most bytes of text over all messages (checked before anything is tokenized).
+    #[arg(long, default_value_t = 256 * 1024)]
+    max_prompt_bytes: usize,
+    /// Longest stop string in bytes.
+    #[arg(long, default_value_t = 256)]
+    max_stop_bytes: usize,
+    /// MiB of request bodies held at once over all requests (a body's bytes count as they
+    /// arrive; more wait for room).
+    #[arg(long, default_value_t = 256)]
+    upload_budget_mb: usize,
+    /// Clips decoded at once; more wait their turn.
     #[arg(long, default_value_t = 4)]
     max_concurrent_decodes: usize,
+    /// Seconds of audio decoded at once over all requests (default: --max-concurrent-decodes
+    /// times --max-audio-seconds).
+    #[arg(long)]
+    max_decoding_seconds: Option<f64>,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_s: u64,
+    /// Seconds a request body may stall between two pieces (408 past it).
+    #[arg(long, default_value_t = 30)]
+    body_idle_timeout_s: u64,
+    /// Seconds a request body has to arrive whole (408 past it).
+    #[arg(long, default_value_t = 300)]
+    body_timeout_s: u64,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds requests in flight get to finish on SIGTERM or Ctrl-C before the server stops
+    /// anyway.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_s: u64,
+    /// Host names clients may address the server by, besides IP addresses and localhost
+    /// (comma-separated; `*` for any). Guards against DNS rebinding.
+    #[arg(long, value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// A browser origin allowed to call the API from its pages (CORS), such as
+    /// https://app.example; none by default.
+    #[arg(long)]
+    cors_origin: Option<String>,
     /// Memory for the audio cache in MiB: encoder outputs and LAL keys/values of recent clips,
     /// with the last prompts asked about each, so that more questions about a clip skip the
     /// encoder and the prompt rows they share (0 turns it off).
@@ -60,6 +104,8 @@ pub struct ServeArgs {
 
 /// Loads the bundle and serves until SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // A bad key is refused before minutes of loading.
+    let api_key = pal_serve::api_key(args.api_key)?;
     let device = args.device.device.open()?;
     let bundle = pal_serve::load_bundle(
         &args.model,
@@ -90,15 +136,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_audio_seconds: args.max_audio_seconds,
         max_tokens: args.max_tokens,
         max_prompt_tokens: args.max_prompt_tokens,
+        max_messages: args.max_messages,
+        max_parts: args.max_parts,
+        max_prompt_bytes: args.max_prompt_bytes,
+        max_stop_bytes: args.max_stop_bytes,
+        upload_budget_bytes: args.upload_budget_mb << 20,
         max_concurrent_decodes: args.max_concurrent_decodes.max(1),
+        max_decoding_seconds: args
+            .max_decoding_seconds
+            .unwrap_or(args.max_concurrent_decodes.max(1) as f64 * args.max_audio_seconds),
     };
-    let has_key = args.api_key.is_some();
+    let args_hosts_set = !args.allowed_hosts.is_empty();
+    let network = Network {
+        header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        body_idle_timeout: Duration::from_secs(args.body_idle_timeout_s.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+        max_connections: args.max_connections.max(1),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
+        allowed_hosts: args.allowed_hosts,
+        cors_origin: args.cors_origin,
+    };
+    let has_key = api_key.is_some();
     let state = Arc::new(AppState::new(
         model_name.clone(),
         &bundle,
         queue,
         limits,
-        args.api_key,
+        network,
+        api_key,
     )?);
     drop(bundle);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,6 +178,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(warning) = pal_serve::exposure_warning(&addr, has_key) {
             eprintln!("{warning}");
         }
+        if !addr.ip().is_loopback() && !args_hosts_set {
+            eprintln!("note: clients must address this server by IP address or localhost; allow host names with --allowed-hosts");
+        }
         eprintln!(
             "serving '{model_name}' on http://{addr} (transcription {})",
             if can_transcribe { "on" } else { "off" }
@@ -120,6 +188,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         pal_serve::serve(listener, state, pal_serve::shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
+    // Blocking work left (a decode whose client has gone) is not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     // The queue's senders are gone with the server: the model thread drains and ends.
     let _ = worker.join();
     eprintln!("stopped");
