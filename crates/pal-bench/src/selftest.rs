@@ -22,8 +22,21 @@ const OP_TOLERANCE: f64 = 1e-4;
 /// Largest relative error of a training step's loss and gradients (a 2-layer model, f32).
 const STEP_TOLERANCE: f64 = 1e-3;
 /// A training step with a bf16 backbone (8-bit mantissa: about 4e-3 per rounding) and f32
-/// adapters, against f64.
+/// adapters, against f64; also a step whose backbone products run in bf16 on the CPU.
 const BF16_STEP_TOLERANCE: f64 = 5e-2;
+/// A bf16 product (inputs rounded to bf16, f32 sums) against f64.
+const BF16_PRODUCT_TOLERANCE: f64 = 2e-2;
+
+/// How a check's backbone computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backbone {
+    /// In the device's f32.
+    F32,
+    /// In bf16 tensors (the GPU path; on the CPU correct but slow).
+    Bf16,
+    /// f32 tensors, products on this CPU kernel in bf16.
+    Bf16Products(pal_nn::ops::bf16::Bf16Kernel),
+}
 
 /// One comparison.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +63,9 @@ pub struct SelfTest {
     pub device: String,
     /// The checks, in order.
     pub checks: Vec<Check>,
+    /// The CPU's bf16 product kernels, each checked (`portable` always; `avx512-bf16`, `amx`
+    /// where the CPU has them).
+    pub bf16_kernels: Vec<String>,
 }
 
 impl SelfTest {
@@ -61,8 +77,9 @@ impl SelfTest {
     /// The checks as a markdown table.
     pub fn markdown(&self) -> String {
         let mut md = format!(
-            "pal selftest on {} (f32, and bf16 backbones with f32 adapters) against the CPU (f64)\n\n| check | error | tolerance | |\n|---|---|---|---|\n",
-            self.device
+            "pal selftest on {} (f32, and bf16 backbones with f32 adapters) against the CPU (f64); bf16 kernels this CPU has: {}\n\n| check | error | tolerance | |\n|---|---|---|---|\n",
+            self.device,
+            self.bf16_kernels.join(", ")
         );
         for c in &self.checks {
             let verdict = if c.passed() { "pass" } else { "FAIL" };
@@ -85,21 +102,53 @@ pub fn run(device: &Device) -> anyhow::Result<SelfTest> {
     let mut checks = vec![];
     checks.extend(ops(device)?);
     for route in [Route::Plits, Route::Lal, Route::Pal] {
-        checks.extend(training_step(device, route, false, false, DType::F32)?);
+        checks.extend(training_step(device, route, false, false, Backbone::F32)?);
     }
-    checks.extend(training_step(device, Route::Lal, true, false, DType::F32)?);
-    checks.extend(training_step(device, Route::Lal, false, true, DType::F32)?);
+    checks.extend(training_step(
+        device,
+        Route::Lal,
+        true,
+        false,
+        Backbone::F32,
+    )?);
+    checks.extend(training_step(
+        device,
+        Route::Lal,
+        false,
+        true,
+        Backbone::F32,
+    )?);
     for route in [Route::Plits, Route::Lal, Route::Pal] {
-        checks.extend(training_step(device, route, false, false, DType::BF16)?);
+        checks.extend(training_step(device, route, false, false, Backbone::Bf16)?);
+    }
+    if device.is_cpu() {
+        use pal_nn::ops::bf16::{cpu, Bf16Kernel};
+        let chosen = cpu::chosen();
+        for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.available()) {
+            checks.push(bf16_product(kernel)?);
+            cpu::use_kernel(kernel);
+            for route in [Route::Plits, Route::Lal, Route::Pal] {
+                let step =
+                    training_step(device, route, false, false, Backbone::Bf16Products(kernel));
+                checks.extend(step?);
+            }
+        }
+        cpu::use_kernel(chosen);
     }
     checks.push(generation(device)?);
     #[cfg(feature = "nccl")]
     if device.is_cuda() {
         checks.push(nccl_gradient_sum(device)?);
     }
+    let bf16_kernels = pal_nn::ops::bf16::Bf16Kernel::ALL
+        .into_iter()
+        .filter(|k| k.available())
+        .map(|k| k.name().to_string())
+        .collect();
     Ok(SelfTest {
         device: format!("{device:?}"),
         checks,
+        bf16_kernels,
     })
 }
 
@@ -293,9 +342,15 @@ fn tiny_model(
     Ok((model, params))
 }
 
-/// Two examples of different clip and text lengths.
-fn tiny_examples(device: &Device, dtype: DType) -> anyhow::Result<Vec<Example>> {
-    [(6usize, 9usize), (10, 5)]
+/// Two examples of different clip and text lengths (`long`: long enough that every product has
+/// at least 32 rows).
+fn tiny_examples(device: &Device, dtype: DType, long: bool) -> anyhow::Result<Vec<Example>> {
+    let lengths: &[(usize, usize)] = if long {
+        &[(36, 30), (44, 24)]
+    } else {
+        &[(6, 9), (10, 5)]
+    };
+    lengths
         .iter()
         .enumerate()
         .map(|(i, &(frames, text))| {
@@ -317,20 +372,62 @@ fn tiny_examples(device: &Device, dtype: DType) -> anyhow::Result<Vec<Example>> 
         .collect()
 }
 
-/// One training step of `route` with the backbone in `dtype` on `device`: the loss and every
-/// adapter gradient, against the CPU in f64.
+/// A `(72, 100) x (100, 90)` product on a bf16 kernel against f64 (both layouts it packs: the
+/// forward's and the input gradient's).
+fn bf16_product(kernel: pal_nn::ops::bf16::Bf16Kernel) -> anyhow::Result<Check> {
+    use pal_nn::ops::bf16::{product_on, Bf16Weight};
+    let (m, k, n) = (72, 100, 90);
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let x = f32s(pseudo_random(m * k, 7));
+    let w = f32s(pseudo_random(n * k, 8));
+    let weights = Bf16Weight::new(&w, n, k);
+    let forward = product_on(kernel, &x, m, &weights.forward);
+    let g = f32s(pseudo_random(m * n, 9));
+    let backward = product_on(kernel, &g, m, &weights.backward);
+    let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?.to_dtype(DType::F64)?;
+    let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?.to_dtype(DType::F64)?;
+    let gt = Tensor::from_vec(g, (m, n), &Device::Cpu)?.to_dtype(DType::F64)?;
+    let error = relative_error(
+        &Tensor::from_vec(forward, (m, n), &Device::Cpu)?,
+        &xt.matmul(&wt.t()?)?,
+    )?
+    .max(relative_error(
+        &Tensor::from_vec(backward, (m, k), &Device::Cpu)?,
+        &gt.matmul(&wt)?,
+    )?);
+    Ok(Check {
+        name: format!(
+            "bf16 product on the {} kernel (x W^T and g W)",
+            kernel.name()
+        ),
+        error,
+        tolerance: BF16_PRODUCT_TOLERANCE,
+    })
+}
+
+/// One training step of `route` with the backbone computing as `backbone` on `device`: the loss
+/// and every adapter gradient, against the CPU in f64. bf16 products need a product of at least
+/// 32 rows: their step runs longer examples.
 fn training_step(
     device: &Device,
     route: Route,
     checkpointed: bool,
     gated: bool,
-    dtype: DType,
+    backbone: Backbone,
 ) -> anyhow::Result<Vec<Check>> {
+    let dtype = match backbone {
+        Backbone::Bf16 => DType::BF16,
+        Backbone::F32 | Backbone::Bf16Products(_) => DType::F32,
+    };
+    let long = matches!(backbone, Backbone::Bf16Products(_));
     let mut runs = vec![];
     for (device, dtype) in [(device.clone(), dtype), (Device::Cpu, DType::F64)] {
         let (mut model, params) = tiny_model(route, &device, dtype, gated)?;
+        if long && dtype == DType::F32 {
+            model.llm.hold_bf16()?;
+        }
         model.llm.checkpoint_layers = checkpointed;
-        let mut batch = model.prepare(&tiny_examples(&device, dtype)?, Padding::Right)?;
+        let mut batch = model.prepare(&tiny_examples(&device, dtype, long)?, Padding::Right)?;
         let (loss, _) = model.loss(&mut batch)?;
         let grads = loss.backward()?;
         let mut named = vec![];
@@ -341,9 +438,9 @@ fn training_step(
         }
         runs.push((loss, named));
     }
-    let tolerance = match dtype {
-        DType::BF16 => BF16_STEP_TOLERANCE,
-        _ => STEP_TOLERANCE,
+    let tolerance = match backbone {
+        Backbone::F32 => STEP_TOLERANCE,
+        _ => BF16_STEP_TOLERANCE,
     };
     let label = format!(
         "{route:?} training step{}{}{}",
@@ -353,7 +450,11 @@ fn training_step(
             ""
         },
         if gated { " (gated)" } else { "" },
-        if dtype == DType::BF16 { " (bf16)" } else { "" }
+        match backbone {
+            Backbone::F32 => String::new(),
+            Backbone::Bf16 => " (bf16)".into(),
+            Backbone::Bf16Products(k) => format!(" (bf16 products, {})", k.name()),
+        }
     );
     let (device_run, reference) = (&runs[0], &runs[1]);
     let mut worst = 0f64;
@@ -385,7 +486,7 @@ fn nccl_gradient_sum(device: &Device) -> anyhow::Result<Check> {
     use pal_train::distributed::{nccl::NcclWorld, sum_gradients, SingleProcess};
     let (model, params) = tiny_model(Route::Lal, device, DType::F32, false)?;
     let world = NcclWorld::new(Box::new(SingleProcess))?;
-    let micro = [tiny_examples(device, DType::F32)?];
+    let micro = [tiny_examples(device, DType::F32, false)?];
     let (grads, _, _) = pal_train::trainer::rank_gradients(&model, &params, &micro, &world)?;
     let mut summed = grads.clone();
     let bytes = sum_gradients(&world, &mut summed, &params.vars())?;
@@ -410,7 +511,7 @@ fn generation(device: &Device) -> anyhow::Result<Check> {
     for (device, dtype) in [(device.clone(), DType::F32), (Device::Cpu, DType::F64)] {
         let (model, _) = tiny_model(Route::Pal, &device, dtype, false)?;
         let mut batch = model
-            .prepare(&tiny_examples(&device, dtype)?[..1], Padding::Left)?
+            .prepare(&tiny_examples(&device, dtype, false)?[..1], Padding::Left)?
             .detach();
         let hidden =
             model

@@ -97,33 +97,82 @@ impl std::fmt::Display for ComputeDevice {
     }
 }
 
-/// The type the frozen LLM and encoders compute in.
+/// The type the frozen LLM and encoders compute in (`--dtype`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ComputeDtype {
-    /// f32 everywhere.
+    /// bf16 where the hardware multiplies it fastest, f32 elsewhere: on the CPU, bf16
+    /// products when it has AMX; on a GPU, f32.
     #[default]
+    Auto,
+    /// f32 everywhere.
     F32,
-    /// bf16 backbone and encoders; f32 adapter parameters, gradients and loss.
+    /// bf16 backbone and encoders; f32 adapter parameters, gradients and loss. On the CPU: the
+    /// frozen backbone's products in bf16 with f32 accumulation, everything else in f32.
     Bf16,
+}
+
+/// What a model computes in, once `--dtype` meets a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Precision {
+    /// The candle type of the frozen backbone's tensors.
+    pub dtype: DType,
+    /// Whether the frozen backbone's products run in bf16 on the CPU's kernels
+    /// ([`crate::ops::bf16`]), its tensors staying f32.
+    pub bf16_products: bool,
 }
 
 impl ComputeDtype {
     /// Every type, in the order their names are listed.
-    pub const ALL: [Self; 2] = [Self::F32, Self::Bf16];
+    pub const ALL: [Self; 3] = [Self::Auto, Self::F32, Self::Bf16];
 
-    /// The candle type.
-    pub fn dtype(self) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::Bf16 => DType::BF16,
+    /// What this means on `device`. On the CPU, `bf16` means bf16 products on a bf16 kernel
+    /// (without one, f32: widened bf16 would be slower and no more exact), and `auto` means
+    /// bf16 products where they are faster than f32: on AMX (pal's AVX512-BF16 kernel is not,
+    /// on the CPUs measured: `docs/bench/matmul.md`).
+    pub fn precision(self, device: ComputeDevice) -> Precision {
+        use crate::ops::bf16::{cpu, Bf16Kernel};
+        let kernel = match self {
+            Self::Auto => cpu::chosen() == Bf16Kernel::Amx,
+            _ => cpu::chosen() > Bf16Kernel::Portable,
+        };
+        match (self, device) {
+            (Self::F32, _) | (Self::Auto, ComputeDevice::Cuda) => Precision {
+                dtype: DType::F32,
+                bf16_products: false,
+            },
+            (Self::Bf16, ComputeDevice::Cuda) => Precision {
+                dtype: DType::BF16,
+                bf16_products: false,
+            },
+            (Self::Bf16 | Self::Auto, ComputeDevice::Cpu) => Precision {
+                dtype: DType::F32,
+                bf16_products: kernel,
+            },
         }
     }
 
     /// The name `--dtype` takes.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl Precision {
+    /// In words, for logs and reports: `f32`, `bf16`, or `f32 with bf16 products (amx)`.
+    pub fn describe(&self) -> String {
+        if self.bf16_products {
+            format!(
+                "f32 with bf16 products ({})",
+                crate::ops::bf16::cpu::chosen().name()
+            )
+        } else if self.dtype == DType::BF16 {
+            "bf16".into()
+        } else {
+            "f32".into()
         }
     }
 }
@@ -163,7 +212,7 @@ mod tests {
         );
         let error = "fp8".parse::<ComputeDtype>().unwrap_err();
         assert!(
-            error.contains("'fp8'") && error.contains("f32 or bf16"),
+            error.contains("'fp8'") && error.contains("auto or f32 or bf16"),
             "{error}"
         );
     }

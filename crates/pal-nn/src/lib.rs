@@ -24,7 +24,7 @@ pub use attention::{
     attention, attention_backward, attention_split, attention_split_backward, attention_with_probs,
     causal_mask, decode_attention, mask_value,
 };
-pub use compute::{ComputeDevice, ComputeDtype};
+pub use compute::{ComputeDevice, ComputeDtype, Precision};
 pub use linear::{Linear, Lora, QuantizedForm};
 pub use ops::SequenceKeys;
 pub use params::{Init, Params};

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
-use crate::ops::{constant_input_linear, frozen_linear, QuantizedWeight};
+use crate::ops::bf16::Bf16Weight;
+use crate::ops::{constant_input_linear, frozen_linear_with, QuantizedWeight};
 
 /// A low-rank update `scale * B A` of a linear layer's weight (LoRA): `A` is `(rank, in)`,
 /// `B` is `(out, rank)`, `scale = alpha / rank`.
@@ -50,6 +51,9 @@ pub struct Linear {
     pub lora: Option<Lora>,
     /// The frozen weight's quantized form, for inference (see [`QuantizedForm`]).
     pub quantized: Option<QuantizedForm>,
+    /// The frozen weight in bf16, when the model's products run in bf16 on the CPU
+    /// ([`crate::ops::bf16`]).
+    pub bf16: Option<Bf16Weight>,
 }
 
 impl Linear {
@@ -60,6 +64,7 @@ impl Linear {
             bias,
             lora: None,
             quantized: None,
+            bf16: None,
         }
     }
 
@@ -93,7 +98,7 @@ impl Linear {
         } else if self.weight.is_variable() {
             x.broadcast_matmul(&self.weight.t()?)?
         } else {
-            frozen_linear(x, &self.weight)?
+            frozen_linear_with(x, &self.weight, self.bf16.as_ref())?
         };
         let y = match self.lora_delta(x)? {
             Some(delta) => (y + delta)?,
@@ -121,6 +126,27 @@ impl Linear {
     /// zero-stride stand-in of its shape, and nothing may multiply with it directly).
     pub fn holds_f32(&self) -> bool {
         self.quantized.as_ref().is_none_or(|q| q.f32_held)
+    }
+
+    /// The input gradient `g W` of the frozen product (`g`: `(rows, out)`), in bf16 when the
+    /// layer holds a bf16 form.
+    pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        crate::ops::input_grad(g, &self.weight, self.bf16.as_ref())
+    }
+
+    /// Packs the frozen f32 weight in bf16 for the CPU's bf16 products (a trainable or
+    /// non-f32 weight, or one held only quantized, is left as it is).
+    pub fn hold_bf16(&mut self) -> Result<()> {
+        if self.weight.is_variable()
+            || !self.holds_f32()
+            || self.weight.dtype() != candle_core::DType::F32
+        {
+            return Ok(());
+        }
+        let (input, out) = self.dims();
+        let w = self.weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        self.bf16 = Some(Bf16Weight::new(&w, out, input));
+        Ok(())
     }
 
     /// `(in_features, out_features)`.

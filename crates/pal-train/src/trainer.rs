@@ -57,6 +57,8 @@ pub struct TrainSummary {
     pub skipped: usize,
     /// The run folder.
     pub run_dir: PathBuf,
+    /// What the frozen backbone computed in (`f32`, `bf16`, `f32 with bf16 products (amx)`).
+    pub precision: String,
 }
 
 /// Sets up what `trainable` needs in the model: LoRA adapters or trainable LLM weights
@@ -169,6 +171,18 @@ pub fn train_ranks(
 ) -> Result<TrainSummary, TrainError> {
     let lead = collective.rank() == 0;
     let curriculum = Curriculum::load(path)?;
+    let full = curriculum
+        .stages
+        .iter()
+        .any(|s| matches!(s.trainable, crate::curriculum::Trainable::Full));
+    if full && options.dtype == pal_nn::ComputeDtype::Bf16 {
+        return Err(pal_models::ModelError::Unsupported(
+            "training the whole LLM needs --dtype f32 (bf16 is for a frozen backbone; train the \
+             adapter or LoRA on it, or use --dtype auto, which trains a whole LLM in f32)"
+                .into(),
+        )
+        .into());
+    }
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let run = options
         .output
@@ -188,12 +202,16 @@ pub fn train_ranks(
         std::fs::copy(path, run.join("curriculum.toml"))
             .map_err(|e| TrainError::Io(run.clone(), e))?;
     }
-    let built = build(
+    // A whole LLM trains in f32 (its weights change: no frozen bf16 form to multiply with).
+    let mut precision = options.dtype.precision(options.device);
+    precision.bf16_products &= !full;
+    let mut built = build(
         &model_config,
         model_path.parent().unwrap_or(Path::new(".")),
-        options.dtype.dtype(),
+        precision.dtype,
         &options.device.open()?,
     )?;
+    built.hold_precision(precision)?;
     let checkpoints = run.join("checkpoints");
     let BuiltModel {
         mut model,
@@ -379,5 +397,6 @@ pub fn train_ranks(
         final_loss,
         skipped: skipped_total,
         run_dir: run,
+        precision: precision.describe(),
     })
 }

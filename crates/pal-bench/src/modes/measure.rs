@@ -17,19 +17,24 @@ use crate::report::median;
 /// The LLM of a setup and its report name, on the setup's device in its dtype: random weights
 /// for `shapes`, else the file.
 pub fn setup_llm(setup: &Setup) -> anyhow::Result<(Llama, String)> {
-    let (dtype, device) = (setup.dtype.dtype(), setup.device.open()?);
-    match setup.shapes {
+    let precision = setup.dtype.precision(setup.device);
+    let (dtype, device) = (precision.dtype, setup.device.open()?);
+    let (mut llm, name) = match setup.shapes {
         Some(shapes) => {
             let llm = Llama::random(shapes.config()?, dtype, &device)?;
-            Ok((llm, shapes.report_name().into()))
+            (llm, shapes.report_name().into())
         }
         None => {
             let path = crate::llm_or_default(setup.llm.as_deref())?;
             let (llm, _) = pal_models::load_llm(&path, dtype, &device)?;
             let name = path.file_name().map(|n| n.to_string_lossy().to_string());
-            Ok((llm, name.unwrap_or_default()))
+            (llm, name.unwrap_or_default())
         }
+    };
+    if precision.bf16_products {
+        llm.hold_bf16()?;
     }
+    Ok((llm, name))
 }
 
 /// The audio-LLM of a measurement: one encoder on `route`, LAL from `lal_start`.
@@ -121,7 +126,8 @@ pub fn run_child(job: &ChildJob) -> anyhow::Result<ChildResult> {
     let setup = &job.setup;
     let device = setup.device.open()?;
     let mut gpu = GpuPeak::new(&device);
-    let params = Params::new(0, Params::master_dtype(setup.dtype.dtype()), &device);
+    let dtype = setup.dtype.precision(setup.device).dtype;
+    let params = Params::new(0, Params::master_dtype(dtype), &device);
     let route = match job.measurement {
         Measurement::Train { route, .. } | Measurement::Infer { route, .. } => route,
     };

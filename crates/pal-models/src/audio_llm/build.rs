@@ -66,6 +66,16 @@ impl BuiltModel {
     pub fn hold_weights(&mut self, form: WeightForm) -> Result<WeightsInUse> {
         weight_form::apply(&mut self.model.llm, &self.llm_path, form)
     }
+
+    /// Packs the frozen LLM's linear weights in bf16 when `precision` asks for bf16 products
+    /// (see [`crate::llm::decoder::Llama::hold_bf16`]); returns the bytes packed.
+    pub fn hold_precision(&mut self, precision: pal_nn::Precision) -> Result<usize> {
+        if precision.bf16_products {
+            self.model.llm.hold_bf16()
+        } else {
+            Ok(0)
+        }
+    }
 }
 
 /// The config's encoders alone (paths relative to `base`), in order: what `pal encode` needs.

@@ -199,6 +199,23 @@ impl Llama {
         })
     }
 
+    /// Packs every frozen f32 linear weight (the layers' and the output projection's) in bf16,
+    /// so that their products run on the CPU's bf16 kernels ([`pal_nn::ops::bf16`]); returns
+    /// the bytes the packed forms hold.
+    pub fn hold_bf16(&mut self) -> Result<usize> {
+        let mut bytes = 0;
+        for layer in &mut self.layers {
+            for name in crate::llm::layer::LINEAR_NAMES {
+                let linear = layer.linear_mut(name).expect("known linear");
+                linear.hold_bf16()?;
+                bytes += linear.bf16.as_ref().map_or(0, |w| w.bytes());
+            }
+        }
+        self.lm_head.hold_bf16()?;
+        bytes += self.lm_head.bf16.as_ref().map_or(0, |w| w.bytes());
+        Ok(bytes)
+    }
+
     /// The dtype activations are computed in.
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
@@ -240,9 +257,10 @@ impl Llama {
             && head.bias.is_none()
             && head.lora.is_none()
         {
-            return Ok(pal_nn::ops::linear_cross_entropy(
+            return Ok(pal_nn::ops::linear_cross_entropy_with(
                 hidden,
                 &head.weight,
+                head.bf16.as_ref(),
                 targets,
             )?);
         }

@@ -49,7 +49,7 @@ fn input_grad(g: &Tensor, linear: &Linear) -> candle_core::Result<Tensor> {
     let (out_dim, in_dim) = linear.weight.dims2()?;
     let mut dims = g.dims().to_vec();
     let rows = g.elem_count() / out_dim;
-    let dx = pal_nn::ops::matmul(&g.contiguous()?.reshape((rows, out_dim))?, &linear.weight)?;
+    let dx = linear.input_grad(&g.contiguous()?.reshape((rows, out_dim))?)?;
     *dims.last_mut().expect("rank >= 1") = in_dim;
     dx.reshape(dims)
 }

@@ -8,7 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use pal_nn::ops::{
-    kv_heads_to_rows, kv_rows_to_heads, matmul, rms_norm, rms_norm_input_grad, KvShape, Precomputed,
+    frozen_linear_with, input_grad, kv_heads_to_rows, kv_rows_to_heads, matmul, rms_norm,
+    rms_norm_input_grad, KvShape, Precomputed,
 };
 use pal_nn::Linear;
 
@@ -67,9 +68,19 @@ pub fn keys_values(
     )?;
     let projected = matmul(&frames, &weight.t()?)?;
     let normed = rms_norm(&projected, &layer.input_layernorm, eps)?;
-    // Keys and values with one matrix product: `[W_k; W_v]`.
+    // Keys and values with one matrix product: `[W_k; W_v]` (two, in bf16, with the layer's
+    // bf16 forms).
     let kv_weight = Tensor::cat(&[&layer.k_proj.weight, &layer.v_proj.weight], 0)?;
-    let mut kv = matmul(&normed, &kv_weight.t()?)?;
+    let mut kv = match (&layer.k_proj.bf16, &layer.v_proj.bf16) {
+        (Some(kb), Some(vb)) => Tensor::cat(
+            &[
+                frozen_linear_with(&normed, &layer.k_proj.weight, Some(kb))?,
+                frozen_linear_with(&normed, &layer.v_proj.weight, Some(vb))?,
+            ],
+            1,
+        )?,
+        _ => matmul(&normed, &kv_weight.t()?)?,
+    };
     if let (Some(kb), Some(vb)) = (&layer.k_proj.bias, &layer.v_proj.bias) {
         kv = kv.broadcast_add(&Tensor::cat(&[kb, vb], 0)?)?;
     }
@@ -146,7 +157,16 @@ impl CustomOp2 for LalPrefix {
         let rope_pair = self.rope.as_ref().map(|(c, s)| (c, s));
         let d_kv = kv_heads_to_rows(grad, kv_shape, rope_pair)?;
         let l = &self.layer;
-        let d_normed = matmul(&d_kv, &self.kv_weight)?;
+        let d_normed = match (&l.k_proj.bf16, &l.v_proj.bf16) {
+            (Some(kb), Some(vb)) => {
+                let k_dim = l.k_proj.weight.dim(0)?;
+                let d_k = d_kv.narrow(1, 0, k_dim)?.contiguous()?;
+                let d_v = d_kv.narrow(1, k_dim, d_kv.dim(1)? - k_dim)?.contiguous()?;
+                (input_grad(&d_k, &l.k_proj.weight, Some(kb))?
+                    + input_grad(&d_v, &l.v_proj.weight, Some(vb))?)?
+            }
+            _ => matmul(&d_kv, &self.kv_weight)?,
+        };
         let d_projected =
             rms_norm_input_grad(&self.projected, &l.input_layernorm, &d_normed, self.eps)?;
         // `[dP | dp] = dA^T [E | 1]`: the bias gradient (the column sums of dA) comes with the

@@ -152,17 +152,29 @@ impl CustomOp1 for CrossEntropyRows {
 /// from it, so the `(rows, vocab)` gradient never passes through candle's gradient store (which
 /// would zero-fill and add a buffer of that size).
 pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    linear_cross_entropy_with(hidden, weight, None, targets)
+}
+
+/// [`linear_cross_entropy`] with the projection's products (logits and the hidden states'
+/// gradient) in bf16 when `weight` has a bf16 form (the loss itself stays f32).
+pub fn linear_cross_entropy_with(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bf16: Option<&super::bf16::Bf16Weight>,
+    targets: &Tensor,
+) -> Result<Tensor> {
     let fused = hidden.device().is_cpu()
         && matches!(hidden.dtype(), DType::F32 | DType::F64)
         && hidden.dtype() == weight.dtype()
         && !weight.track_op();
     if !fused {
-        return cross_entropy(&super::frozen_linear(hidden, weight)?, targets);
+        return cross_entropy(&super::frozen_linear_with(hidden, weight, bf16)?, targets);
     }
     let (rows, _) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
     let targets = checked_targets(targets, rows, vocab)?;
-    let logits = super::matmul(&hidden.detach(), &weight.t()?)?;
+    let bf16 = bf16.filter(|_| hidden.dtype() == DType::F32);
+    let logits = super::frozen_linear_with(&hidden.detach(), weight, bf16)?;
     let per_row = {
         let (storage, layout) = logits.storage_and_layout();
         let name = "cross_entropy";
@@ -183,6 +195,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) 
     let node = LinearCrossEntropy {
         logits,
         weight: weight.clone(),
+        bf16: bf16.cloned(),
         targets,
         per_row: super::Precomputed::new("cross-entropy", per_row),
     };
@@ -193,6 +206,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor) 
 struct LinearCrossEntropy {
     logits: Tensor,
     weight: Tensor,
+    bf16: Option<super::bf16::Bf16Weight>,
     targets: Vec<u32>,
     per_row: super::Precomputed,
 }
@@ -236,6 +250,10 @@ impl CustomOp1 for LinearCrossEntropy {
                 _ => candle_core::bail!("{name}: logits off the CPU"),
             }
         };
-        Ok(Some(super::matmul(&d_logits, &self.weight)?))
+        Ok(Some(super::input_grad(
+            &d_logits,
+            &self.weight,
+            self.bf16.as_ref(),
+        )?))
     }
 }

@@ -3,6 +3,7 @@
 //! otherwise a composition of primitive candle ops (slower, but correct gradients).
 
 mod batched_matmul;
+pub mod bf16;
 mod constant_input_linear;
 mod decode_attention;
 mod few_rows;
@@ -19,8 +20,8 @@ pub use batched_matmul::{batched_matmul, matmul};
 pub use constant_input_linear::constant_input_linear;
 pub(crate) use decode_attention::decode_attention_cpu;
 pub use decode_attention::SequenceKeys;
-pub use frozen_linear::frozen_linear;
-pub use loss::{cross_entropy, linear_cross_entropy};
+pub use frozen_linear::{frozen_linear, frozen_linear_with, input_grad};
+pub use loss::{cross_entropy, linear_cross_entropy, linear_cross_entropy_with};
 pub use precomputed::Precomputed;
 pub use quantized::QuantizedWeight;
 pub use rms_norm::{layer_norm, rms_norm, rms_norm_input_grad};

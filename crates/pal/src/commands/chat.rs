@@ -121,8 +121,9 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<()> {
     }
     let path = super::resolve_llm(args.llm)?;
     let device = args.device.device.open()?;
-    let (mut model, tokenizer) = pal_models::load_llm(&path, args.device.dtype.dtype(), &device)
-        .with_context(|| format!("loading the LLM from {}", path.display()))?;
+    let (mut model, tokenizer) =
+        pal_models::load_llm(&path, args.device.precision().dtype, &device)
+            .with_context(|| format!("loading the LLM from {}", path.display()))?;
     pal_models::llm::weight_form::apply(&mut model, &path, args.weights.weights)?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
     let params = args.sampling.params();

@@ -40,10 +40,19 @@ pub struct DeviceArgs {
     /// build with `--features cuda`, see scripts/build_cuda.sh).
     #[arg(long, default_value = "cpu")]
     pub device: pal_nn::ComputeDevice,
-    /// `f32`, or `bf16`: the frozen LLM and encoders in bf16, the adapter (and LoRA) in f32
-    /// master copies, the loss in f32. For GPUs; on a CPU bf16 is correct but slow.
-    #[arg(long, default_value = "f32")]
+    /// `auto`, `f32` or `bf16`. On the CPU, `bf16` runs the frozen backbone's products in bf16
+    /// (AMX or AVX512-BF16, f32 accumulation; activations, adapter and loss stay f32), and
+    /// `auto` does so where the CPU has AMX, f32 elsewhere. On a GPU, `bf16` holds the
+    /// frozen LLM and encoders in bf16 (the adapter in f32 master copies), `auto` means f32.
+    #[arg(long, default_value = "auto")]
     pub dtype: pal_nn::ComputeDtype,
+}
+
+impl DeviceArgs {
+    /// What `--dtype` means on `--device`.
+    pub fn precision(&self) -> pal_nn::Precision {
+        self.dtype.precision(self.device)
+    }
 }
 
 /// Loads a run folder on `device` with the frozen LLM weights held in `weights` (the quantized
@@ -53,9 +62,9 @@ pub fn load_run(
     weights: WeightsArg,
     device: DeviceArgs,
 ) -> anyhow::Result<pal_models::audio_llm::BuiltModel> {
-    let mut built =
-        pal_models::audio_llm::load_run(dir, device.dtype.dtype(), &device.device.open()?)
-            .with_context(|| format!("loading the run folder {}", dir.display()))?;
+    let precision = device.precision();
+    let mut built = pal_models::audio_llm::load_run(dir, precision.dtype, &device.device.open()?)
+        .with_context(|| format!("loading the run folder {}", dir.display()))?;
     built.hold_weights(weights.weights).with_context(|| {
         format!(
             "holding the LLM weights of {} as {}",
@@ -63,5 +72,9 @@ pub fn load_run(
             weights.weights
         )
     })?;
+    // Prefill on bf16 products where no quantized form takes it.
+    if weights.weights == pal_models::WeightForm::F32 {
+        built.hold_precision(precision)?;
+    }
     Ok(built)
 }

@@ -110,7 +110,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let bundle = pal_serve::load_bundle(
         &args.model,
         args.weights.weights,
-        args.device.dtype.dtype(),
+        args.device.precision().dtype,
         &device,
     )
     .with_context(|| format!("loading the run folder {}", args.model.display()))?;

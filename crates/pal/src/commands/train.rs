@@ -62,6 +62,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             ranks.engine()
         );
     }
+    if ranks.rank() == 0 && !options.quiet {
+        eprintln!(
+            "computing in {}",
+            options.dtype.precision(options.device).describe()
+        );
+    }
     let summary = match train_ranks(&args.config, &options, ranks.as_ref()) {
         Ok(summary) => summary,
         Err(e) if ranks.size() > 1 => {
@@ -86,6 +92,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "resumed": resumed,
             "ranks": ranks.size(),
             "engine": ranks.engine(),
+            "precision": summary.precision,
         }))?,
     )?;
     println!(

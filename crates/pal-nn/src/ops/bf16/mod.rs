@@ -1,0 +1,266 @@
+//! Products against frozen weights held in bf16, accumulated in f32: the backbone's products
+//! when a model computes in bf16 on the CPU (`--dtype bf16`, or `auto` on a CPU that has a bf16
+//! kernel). Activations stay f32 (norms, softmax, the adapter and the loss never see bf16);
+//! each product rounds its input to bf16 as it packs it, multiplies on the fastest kernel the
+//! CPU has ([`cpu`]: AMX tiles, or AVX512-BF16) and returns f32.
+//!
+//! A frozen `(out, in)` weight is packed twice ([`Bf16Weight`]): for the forward `x W^T` and
+//! for the input gradient `g W`. Products of fewer than [`MIN_ROWS`] rows (decoding) stay on the
+//! f32 or quantized paths.
+
+pub mod cpu;
+pub mod pack;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::Arc;
+
+pub use cpu::Bf16Kernel;
+pub use pack::PackedWeight;
+
+use super::{column_parts, SharedMut};
+use pack::{row_tiles, TILE, TILE_ROWS};
+
+/// Products with fewer rows than this run in f32: a tile pads rows to 32, and at a few rows the
+/// product reads its weight once either way.
+pub const MIN_ROWS: usize = 32;
+
+/// Tiles along `k` a block multiplies before it moves on (its weight tiles stay in the cache).
+const K_BLOCK: usize = 32;
+/// Column pairs (32 columns each) a thread takes at a time.
+const N_BLOCK: usize = 8;
+
+/// A frozen `(out, in)` weight in bf16, packed for both products it takes part in.
+#[derive(Clone, Debug)]
+pub struct Bf16Weight {
+    /// For `x W^T` (`n = out`, `k = in`).
+    pub forward: Arc<PackedWeight>,
+    /// For `g W` (`n = in`, `k = out`).
+    pub backward: Arc<PackedWeight>,
+}
+
+impl Bf16Weight {
+    /// Packs a row-major `(out, in)` weight.
+    pub fn new(w: &[f32], out: usize, input: usize) -> Self {
+        Self {
+            forward: Arc::new(PackedWeight::new(w, out, input, input, 1)),
+            backward: Arc::new(PackedWeight::new(w, input, out, 1, input)),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.forward.bytes() + self.backward.bytes()
+    }
+}
+
+/// `x W^T` for `x` `(m, k)` row-major, on the chosen kernel ([`cpu::chosen`]); `(m, n)`.
+pub fn product(x: &[f32], m: usize, w: &PackedWeight) -> Vec<f32> {
+    product_on(cpu::chosen(), x, m, w)
+}
+
+/// [`product`] on `kernel` (which must be [`Bf16Kernel::available`]; the portable one always
+/// is).
+pub fn product_on(kernel: Bf16Kernel, x: &[f32], m: usize, w: &PackedWeight) -> Vec<f32> {
+    assert!(
+        kernel.available(),
+        "the {} kernel is not available",
+        kernel.name()
+    );
+    assert_eq!(x.len(), m * w.k, "bf16 product: x is not (m, k)");
+    let (n, k_tiles) = (w.n, w.k_tiles);
+    if m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
+    let rows = row_tiles(m) * TILE_ROWS;
+    let mut a = vec![0u16; row_tiles(m) * k_tiles * TILE];
+    {
+        let dst = SharedMut(a.as_mut_ptr());
+        let (dst, len) = (&dst, a.len());
+        // Pairs of row tiles (32 rows) per pool part.
+        column_parts(rows / 32, 1, |pairs| {
+            // SAFETY: each part packs its own rows' tiles only.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.0, len) };
+            pack::pack_rows(x, m, w.k, k_tiles, pairs.start * 32..pairs.end * 32, out);
+        });
+    }
+    if kernel == Bf16Kernel::Portable {
+        return portable(&a, m, w);
+    }
+    // The output: directly when whole tiles fit it, else a padded block then copied.
+    let padded_n = w.n_blocks * TILE_ROWS;
+    let direct = rows == m && padded_n == n;
+    let mut c = vec![0f32; rows * padded_n];
+    {
+        let dst = SharedMut(c.as_mut_ptr());
+        let dst = &dst;
+        let a = &a;
+        column_parts(w.n_blocks / 2, 1, |pairs| {
+            // SAFETY: the kernel is available (asserted); each part writes its own columns.
+            unsafe { blocks(kernel, a, rows, w, pairs, dst.0, padded_n) };
+        });
+    }
+    if direct {
+        return c;
+    }
+    let mut out = vec![0f32; m * n];
+    for (o, row) in out.chunks_mut(n).zip(c.chunks(padded_n)) {
+        o.copy_from_slice(&row[..n]);
+    }
+    out
+}
+
+/// The blocks of column pairs `pairs` of the product, on an x86 kernel.
+///
+/// # Safety
+/// `kernel` is available; `c` holds `rows` rows of `ldc` floats; `a` is packed for `rows`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn blocks(
+    kernel: Bf16Kernel,
+    a: &[u16],
+    rows: usize,
+    w: &PackedWeight,
+    pairs: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k_tiles = w.k_tiles;
+    let amx = kernel == Bf16Kernel::Amx;
+    if amx {
+        x86::amx_configure();
+    }
+    let mut first = pairs.start;
+    while first < pairs.end {
+        let last = (first + N_BLOCK).min(pairs.end);
+        let mut k0 = 0;
+        while k0 < k_tiles {
+            let kt = K_BLOCK.min(k_tiles - k0);
+            for row_pair in 0..rows / 32 {
+                let a0 = a.as_ptr().add((2 * row_pair * k_tiles + k0) * TILE);
+                let a1 = a.as_ptr().add(((2 * row_pair + 1) * k_tiles + k0) * TILE);
+                for pair in first..last {
+                    let b0 = w.tiles.as_ptr().add((2 * pair * k_tiles + k0) * TILE);
+                    let b1 = w.tiles.as_ptr().add(((2 * pair + 1) * k_tiles + k0) * TILE);
+                    let block = x86::Block {
+                        a: [a0, a1],
+                        b: [b0, b1],
+                        k_tiles: kt,
+                        c: c.add(row_pair * 32 * ldc + pair * 32),
+                        ldc,
+                        accumulate: k0 > 0,
+                    };
+                    if amx {
+                        x86::amx_block(&block);
+                    } else {
+                        x86::avx512_block(&block);
+                    }
+                }
+            }
+            k0 += kt;
+        }
+        first = last;
+    }
+    if amx {
+        x86::amx_release();
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn blocks(
+    _: Bf16Kernel,
+    _: &[u16],
+    _: usize,
+    _: &PackedWeight,
+    _: std::ops::Range<usize>,
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("only the portable bf16 kernel exists off x86-64")
+}
+
+/// The product widened to f32, one sum per output in `k` order (the reference).
+fn portable(a: &[u16], m: usize, w: &PackedWeight) -> Vec<f32> {
+    let k_tiles = w.k_tiles;
+    let mut out = vec![0f32; m * w.n];
+    for (i, row) in out.chunks_mut(w.n).enumerate() {
+        let (tile_row, r) = (i / TILE_ROWS, i % TILE_ROWS);
+        for (j, o) in row.iter_mut().enumerate() {
+            let mut sum = 0f32;
+            for kk in 0..w.k {
+                let (t, within) = (kk / pack::TILE_K, kk % pack::TILE_K);
+                let x =
+                    pack::from_bf16(a[(tile_row * k_tiles + t) * TILE + r * pack::TILE_K + within]);
+                sum += x * w.get(j, kk);
+            }
+            *o = sum;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel the CPU has gives the portable kernel's products (the same bf16 inputs,
+    /// summed in another order: within 1e-5 of the sum of magnitudes), at shapes that fill
+    /// and do not fill whole tiles, and with `k` longer than a block.
+    #[test]
+    fn every_kernel_agrees_with_the_portable_one() {
+        for (m, k, n) in [
+            (1, 5, 3),
+            (32, 32, 32),
+            (45, 70, 37),
+            (64, 1100, 96),
+            (33, 64, 160),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 13 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let packed = PackedWeight::new(&w, n, k, k, 1);
+            let reference = product_on(Bf16Kernel::Portable, &x, m, &packed);
+            for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.available()) {
+                let got = product_on(kernel, &x, m, &packed);
+                assert_eq!(got.len(), m * n);
+                for (g, r) in got.iter().zip(&reference) {
+                    assert!(
+                        (g - r).abs() <= 1e-5 * k as f32,
+                        "{} {m}x{k}x{n}: {g} vs {r}",
+                        kernel.name()
+                    );
+                }
+            }
+            // And the portable one is the bf16 inputs' exact product, near the f32 one.
+            for i in 0..m {
+                for j in 0..n {
+                    let f32_sum: f32 = (0..k).map(|kk| x[i * k + kk] * w[j * k + kk]).sum();
+                    let scale: f32 = (0..k).map(|kk| (x[i * k + kk] * w[j * k + kk]).abs()).sum();
+                    assert!((reference[i * n + j] - f32_sum).abs() <= 8e-3 * scale.max(1e-6));
+                }
+            }
+        }
+    }
+
+    /// The input gradient's packing multiplies with the same stored weight.
+    #[test]
+    fn the_backward_packing_is_the_transpose() {
+        let (out, input, m) = (40, 72, 33);
+        let w: Vec<f32> = (0..out * input)
+            .map(|i| ((i * 7 % 31) as f32 - 15.0) / 8.0)
+            .collect();
+        let g: Vec<f32> = (0..m * out)
+            .map(|i| ((i * 11 % 23) as f32 - 11.0) / 8.0)
+            .collect();
+        let weights = Bf16Weight::new(&w, out, input);
+        let dx = product(&g, m, &weights.backward);
+        for i in 0..m {
+            for j in 0..input {
+                let exact: f32 = (0..out).map(|o| g[i * out + o] * w[o * input + j]).sum();
+                assert!((dx[i * input + j] - exact).abs() < 1e-3, "{i},{j}");
+            }
+        }
+    }
+}
