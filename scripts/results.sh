@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's results table: trains PAL, LAL and PLITS adapters on the instruction set with the
+# The results table of docs/results.md: trains PAL, LAL and PLITS adapters on the instruction set with the
 # same curriculum (configs/instruct.toml), evaluates each on every held-out split, and writes
 # docs/results.{md,json}. Finished runs are reused (delete runs/instruct-* to retrain).
 #   scripts/results.sh [SHARED_DATA_ROOT]        (default ../shared/data)

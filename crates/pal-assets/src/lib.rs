@@ -176,6 +176,14 @@ pub const ALL: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN, WHISPER_BASE];
 /// What `pal fetch` fetches when no name is given: the demo's and the tests' models.
 pub const DEFAULTS: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN];
 
+/// The asset named `name`, or a message listing the known names.
+pub fn by_name(name: &str) -> std::result::Result<&'static Asset, String> {
+    ALL.iter().find(|a| a.name == name).ok_or_else(|| {
+        let known: Vec<&str> = ALL.iter().map(|a| a.name).collect();
+        format!("unknown asset '{name}' (known: {})", known.join(", "))
+    })
+}
+
 /// pal's cache folder: `$PAL_HOME`, else `$XDG_CACHE_HOME/pal`, else `~/.cache/pal`.
 pub fn cache_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("PAL_HOME") {

@@ -72,6 +72,42 @@ pub enum EncodeError {
     Conflict(PathBuf, String),
 }
 
+/// A model's frozen encoders and their descriptions for a shard set's index.
+pub type DescribedEncoders = (Vec<Box<dyn AudioEncoder>>, Vec<ShardEncoder>);
+
+/// The frozen encoders of a model config (a `model.toml`, or a run folder holding one), on the
+/// CPU in f32, and their descriptions for a shard set's index.
+pub fn encoders_of(model: &Path) -> pal_models::Result<DescribedEncoders> {
+    let config_path = if model.is_dir() {
+        model.join("model.toml")
+    } else {
+        model.to_path_buf()
+    };
+    let config = pal_models::audio_llm::ModelConfig::load(&config_path)?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let encoders = pal_models::audio_llm::build_encoders(
+        &config,
+        base,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let described = config
+        .encoders
+        .iter()
+        .zip(&encoders)
+        .map(|(spec, e)| ShardEncoder {
+            name: spec.name.clone(),
+            id: e.id(),
+            dim: e.dim(),
+            config: serde_json::json!({
+                "kind": spec.kind, "layer": spec.layer, "real_length": spec.real_length,
+                "max_windows": spec.max_windows,
+            }),
+        })
+        .collect();
+    Ok((encoders, described))
+}
+
 /// Encodes the job's clips with `encoders` (described by `described`, same order), calling
 /// `progress(records done, records in all, seconds of audio done)` after each record.
 pub fn encode_to_shards<E: AudioEncoder>(

@@ -58,17 +58,77 @@ pub fn decode_clip(path: &std::path::Path) -> Result<Vec<f32>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A clip to encode: something the decode workers turn into 16 kHz mono samples.
+pub trait ClipSource: Sync {
+    /// The clip's samples at 16 kHz, or a message naming what could not be read.
+    fn samples(&self) -> Result<Vec<f32>, String>;
+}
+
+impl<S: ClipSource + ?Sized> ClipSource for &S {
+    fn samples(&self) -> Result<Vec<f32>, String> {
+        (**self).samples()
+    }
+}
+
+impl ClipSource for PathBuf {
+    fn samples(&self) -> Result<Vec<f32>, String> {
+        decode_clip(self)
+    }
+}
+
+/// A clip given in memory: a file's bytes, or samples at some rate.
+#[derive(Debug, Clone)]
+pub enum AudioInput {
+    /// A file on disk.
+    File(PathBuf),
+    /// An encoded file's bytes (wav, flac, ogg, mp3), named `origin` in errors.
+    Encoded {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// What to call it in errors.
+        origin: String,
+    },
+    /// Mono samples at `rate` Hz.
+    Samples {
+        /// The samples.
+        samples: Vec<f32>,
+        /// Their rate.
+        rate: u32,
+        /// What to call it in errors.
+        origin: String,
+    },
+}
+
+impl ClipSource for AudioInput {
+    fn samples(&self) -> Result<Vec<f32>, String> {
+        match self {
+            Self::File(path) => decode_clip(path),
+            Self::Encoded { bytes, origin } => pal_audio::decode_bytes(bytes.clone(), None, origin)
+                .and_then(|a| a.to_16k(origin))
+                .map(|a| a.samples)
+                .map_err(|e| e.to_string()),
+            Self::Samples {
+                samples,
+                rate,
+                origin,
+            } => pal_audio::resample(samples, *rate, pal_audio::SAMPLE_RATE, origin)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Encodes the clips `files[start..]` with `encoders` and hands each result to `each` in input
 /// order (`Err` with a message for a clip that could not be read or encoded). Stops at the first
 /// error `each` returns.
-pub fn encode_in_order<E, F, X>(
-    files: &[PathBuf],
+pub fn encode_in_order<S, E, F, X>(
+    files: &[S],
     start: usize,
     encoders: &[E],
     options: &EncodeOptions,
     mut each: F,
 ) -> Result<(), X>
 where
+    S: ClipSource,
     E: AudioEncoder,
     F: FnMut(usize, Result<EncodedClip, String>) -> Result<(), X>,
 {
@@ -90,7 +150,7 @@ where
                 if i >= files.len() || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if send.send((i, decode_clip(&files[i]))).is_err() {
+                if send.send((i, files[i].samples())).is_err() {
                     break;
                 }
             });

@@ -6,7 +6,9 @@
 pub mod metrics;
 pub mod probe;
 pub mod probe_attention;
+pub mod probe_external;
 pub mod probe_plot;
+pub mod probe_report;
 pub mod runner;
 pub mod stats;
 pub mod wellformed;

@@ -65,7 +65,8 @@ pub struct Suite {
     pub lal_start: usize,
     /// Held-out splits.
     pub splits: Vec<Split>,
-    /// Encoders.
+    /// Encoders (none: a suite whose encoders are all given from Python, `pal.probe`).
+    #[serde(default)]
     pub encoders: Vec<ProbeEncoder>,
     /// Sweeps of one encoder's layer and of the LAL start (LAL cells).
     #[serde(default)]
@@ -321,6 +322,12 @@ pub fn run(
     let base = suite_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = base.join(&suite.output);
     let cells = suite.cells();
+    if cells.is_empty() {
+        anyhow::bail!(
+            "{}: the suite has no encoders to probe: name some under [[encoders]] (or give your own from Python: pal.probe(suite, encoders={{...}}))",
+            suite_path.display()
+        );
+    }
     let digest = suite.digest(&base)?;
     let mut results = vec![];
     for (i, cell) in cells.iter().enumerate() {

@@ -1,6 +1,7 @@
-//! A multi-turn chat about one clip (`pal chat --model RUN --audio FILE`): the clip goes through
-//! the encoders once and its LAL key/value prefix is computed once; each later turn runs only its
-//! new tokens through the LLM, on the KV cache kept from the turns before.
+//! A multi-turn chat about one clip (`pal chat --model RUN --audio FILE`, the Python package's
+//! `AudioLlm.chat`): the clip goes through the encoders once and its LAL key/value prefix is
+//! computed once; each later turn runs only its new tokens through the LLM, on the KV cache kept
+//! from the turns before.
 
 use candle_core::Tensor;
 use pal_models::audio_llm::{AudioLlm, Example, Padding};
@@ -12,34 +13,21 @@ use crate::generate::{decode, Generation, GenerationParams};
 use crate::reuse::{items, Item, PromptCache};
 use crate::{ChatTemplate, InferError, Message, Result};
 
-/// A conversation about one clip.
+/// A conversation about one clip, with the model it talks to.
 pub struct Conversation<'m> {
     model: &'m AudioLlm,
     tokenizer: &'m Tokenizer,
-    template: ChatTemplate,
-    audio: Vec<Tensor>,
-    /// The messages so far (user and assistant turns, and a system message if given).
-    pub messages: Vec<Message>,
-    cached: Option<PromptCache>,
+    /// What the conversation holds.
+    pub state: ConversationState,
 }
 
 impl<'m> Conversation<'m> {
     /// Starts a conversation about a clip already encoded by each of the model's encoders.
     pub fn new(model: &'m AudioLlm, tokenizer: &'m Tokenizer, audio: Vec<Tensor>) -> Result<Self> {
-        if audio.len() != model.encoders.len() {
-            return Err(InferError::Invalid(format!(
-                "{} encoder outputs for a model with {} encoders",
-                audio.len(),
-                model.encoders.len()
-            )));
-        }
         Ok(Self {
             model,
             tokenizer,
-            template: ChatTemplate::for_tokenizer(tokenizer)?,
-            audio,
-            messages: vec![],
-            cached: None,
+            state: ConversationState::new(model, tokenizer, audio)?,
         })
     }
 
@@ -56,8 +44,13 @@ impl<'m> Conversation<'m> {
 
     /// Adds a system message (before the first turn).
     pub fn with_system(mut self, system: &str) -> Self {
-        self.messages.insert(0, Message::new("system", system));
+        self.state = self.state.with_system(system);
         self
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.state.messages
     }
 
     /// Asks `text` and generates the answer, streaming it through `on_text`; the answer becomes
@@ -66,10 +59,60 @@ impl<'m> Conversation<'m> {
         &mut self,
         text: &str,
         params: &GenerationParams,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        self.state
+            .say(self.model, self.tokenizer, text, params, on_text)
+    }
+}
+
+/// A conversation's own state (the clip's encoder outputs, the messages, the KV cache of the
+/// turns so far), apart from the model: held by whoever holds the model, and given it at each
+/// turn.
+pub struct ConversationState {
+    template: ChatTemplate,
+    audio: Vec<Tensor>,
+    /// The messages so far (user and assistant turns, and a system message if given).
+    pub messages: Vec<Message>,
+    cached: Option<PromptCache>,
+}
+
+impl ConversationState {
+    /// A conversation about a clip already encoded by each of `model`'s encoders.
+    pub fn new(model: &AudioLlm, tokenizer: &Tokenizer, audio: Vec<Tensor>) -> Result<Self> {
+        if audio.len() != model.encoders.len() {
+            return Err(InferError::Invalid(format!(
+                "{} encoder outputs for a model with {} encoders",
+                audio.len(),
+                model.encoders.len()
+            )));
+        }
+        Ok(Self {
+            template: ChatTemplate::for_tokenizer(tokenizer)?,
+            audio,
+            messages: vec![],
+            cached: None,
+        })
+    }
+
+    /// Adds a system message (before the first turn).
+    pub fn with_system(mut self, system: &str) -> Self {
+        self.messages.insert(0, Message::new("system", system));
+        self
+    }
+
+    /// Asks `text` of `model` (the one the conversation was started with) and generates the
+    /// answer, streaming it through `on_text`; the answer becomes part of the conversation.
+    pub fn say(
+        &mut self,
+        model: &AudioLlm,
+        tokenizer: &Tokenizer,
+        text: &str,
+        params: &GenerationParams,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
         self.messages.push(Message::new("user", text));
-        let segments = prompt_segments(&self.template, self.tokenizer, &self.messages)?;
+        let segments = prompt_segments(&self.template, tokenizer, &self.messages)?;
         let wanted = items(&segments, 1);
         // At least one new position must run to give the next logits.
         let reusable = self.cached.take().and_then(|c| {
@@ -77,11 +120,11 @@ impl<'m> Conversation<'m> {
             (keep > 0).then_some((c, keep))
         });
         let (mut cached, hidden) = match reusable {
-            Some((c, keep)) => c.extend(&self.model.llm, &wanted, keep)?,
+            Some((c, keep)) => c.extend(&model.llm, &wanted, keep)?,
             None => {
                 let example = Example::one_clip(segments, self.audio.clone());
-                let mut batch = self.model.prepare(&[example], Padding::Left)?.detach();
-                let hidden = self.model.llm.forward_embeds(
+                let mut batch = model.prepare(&[example], Padding::Left)?.detach();
+                let hidden = model.llm.forward_embeds(
                     &batch.embeds,
                     Some(&batch.valid),
                     &mut batch.cache,
@@ -91,8 +134,8 @@ impl<'m> Conversation<'m> {
         };
         let prompt_rows = cached.cache.len();
         let generation = decode(
-            &self.model.llm,
-            self.tokenizer,
+            &model.llm,
+            tokenizer,
             &mut cached.cache,
             &hidden,
             &[prompt_rows],

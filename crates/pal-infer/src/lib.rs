@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ask;
 pub mod continuous;
 pub mod conversation;
 pub mod generate;
@@ -11,7 +12,7 @@ pub mod sampling;
 pub mod sequence;
 pub mod transcribe;
 
-pub use conversation::Conversation;
+pub use conversation::{Conversation, ConversationState};
 pub use generate::{
     generate, generate_batch, generate_batch_cached, generate_with_audio, FinishReason, Generation,
     GenerationParams,

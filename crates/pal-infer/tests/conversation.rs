@@ -62,7 +62,7 @@ fn conversation_reuses_the_clip_and_answers_like_a_fresh_generation() {
                 .say(question, &params, |piece| streamed.push_str(piece))
                 .unwrap();
             // A fresh generation over the same messages answers the same.
-            let asked: Vec<Message> = chat.messages[..chat.messages.len() - 1].to_vec();
+            let asked: Vec<Message> = chat.messages()[..chat.messages().len() - 1].to_vec();
             let fresh = generate_with_audio(
                 &model,
                 &tokenizer,

@@ -38,8 +38,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use pal_models::audio_llm::{build::resolve_path, config::EncoderKind, load_run, ModelConfig};
-use pal_models::encoders::whisper::{Whisper, WhisperTokenizer};
+use pal_models::audio_llm::{build::run_transcriber, load_run};
 use pal_models::WeightForm;
 
 pub use bundle::{Bundle, FaultInjection, FaultPoint};
@@ -61,17 +60,7 @@ pub fn load_bundle(
 ) -> Result<Bundle, ServeError> {
     let mut built = load_run(run, dtype, device)?;
     built.hold_weights(weights)?;
-    let config = ModelConfig::load(&run.join("model.toml"))?;
-    let whisper = config
-        .encoders
-        .iter()
-        .find(|e| e.kind == EncoderKind::Whisper)
-        .and_then(|spec| {
-            let folder = resolve_path(&spec.path, run).ok()?;
-            let model = Whisper::from_folder(&folder, true, dtype, device).ok()?;
-            let tokenizer = WhisperTokenizer::from_folder(&folder, &model.config, "en").ok()?;
-            Some((model, tokenizer))
-        });
+    let whisper = run_transcriber(run, dtype, device)?;
     Ok(Bundle {
         model: built.model,
         encoders: built.encoders,

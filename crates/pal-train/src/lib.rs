@@ -46,4 +46,12 @@ pub enum TrainError {
     /// Starting or running a multi-process job failed (launcher, MPI, NCCL).
     #[error("distributed training: {0}")]
     Distributed(String),
+    /// The run was stopped (its step hook asked to) after a checkpoint: resume it.
+    #[error("stopped at step {step}; the checkpoint in {} resumes it", .run.display())]
+    Stopped {
+        /// The last step done.
+        step: u64,
+        /// The run folder.
+        run: PathBuf,
+    },
 }

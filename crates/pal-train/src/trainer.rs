@@ -16,7 +16,8 @@ use pal_models::encoders::{AudioEncoder, CachedEncoder};
 use crate::checkpoint::{self, TrainState};
 use crate::curriculum::{Curriculum, Stage};
 use crate::distributed::{sum_gradients, Collective, SingleProcess};
-use crate::metrics::{self, MetricsLog, StepMetrics};
+pub use crate::metrics::StepMetrics;
+use crate::metrics::{self, MetricsLog};
 use crate::optim::{accumulate, clip_grad_norm, lr_at, named_grads, AdamW, AdamWConfig};
 use crate::stage_data::{RunContext, StageData};
 use crate::TrainError;
@@ -44,6 +45,20 @@ pub struct TrainOptions {
     pub device: pal_nn::ComputeDevice,
     /// The type the frozen backbone and encoders compute in (the adapter stays f32).
     pub dtype: pal_nn::ComputeDtype,
+    /// Called after every optimizer step (on rank 0); `false` stops the run after a checkpoint
+    /// ([`TrainError::Stopped`]).
+    pub on_step: Option<StepHook>,
+}
+
+/// A function called with each step's metrics; `false` stops training (the Python package's
+/// `on_step` callback, and its Ctrl-C).
+#[derive(Clone)]
+pub struct StepHook(pub std::sync::Arc<dyn Fn(&StepMetrics) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for StepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepHook")
+    }
 }
 
 /// What a finished run reports.
@@ -59,6 +74,45 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     /// What the frozen backbone computed in (`f32`, `bf16`, `f32 with bf16 products (amx)`).
     pub precision: String,
+}
+
+impl TrainSummary {
+    /// What this invocation cost, as `train_summary.json` holds it (`scripts/results.sh` and
+    /// `pal probe` read it): steps, final loss, `seconds`, peak RSS, whether it resumed, ranks
+    /// and gradient engine, precision.
+    pub fn json(
+        &self,
+        seconds: f64,
+        resumed: bool,
+        ranks: usize,
+        engine: &str,
+    ) -> serde_json::Value {
+        let (peak_rss_bytes, _) = metrics::memory_bytes();
+        serde_json::json!({
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "seconds": seconds,
+            "peak_rss_bytes": peak_rss_bytes,
+            "resumed": resumed,
+            "ranks": ranks,
+            "engine": engine,
+            "precision": self.precision,
+        })
+    }
+
+    /// Writes [`Self::json`] to the run folder's `train_summary.json`.
+    pub fn write(
+        &self,
+        seconds: f64,
+        resumed: bool,
+        ranks: usize,
+        engine: &str,
+    ) -> Result<(), TrainError> {
+        let path = self.run_dir.join("train_summary.json");
+        let text = serde_json::to_string_pretty(&self.json(seconds, resumed, ranks, engine))
+            .expect("a JSON value serialises");
+        std::fs::write(&path, text).map_err(|e| TrainError::Io(path, e))
+    }
 }
 
 /// Sets up what `trainable` needs in the model: LoRA adapters or trainable LLM weights
@@ -370,16 +424,26 @@ pub fn train_ranks(
                 "loss {loss:.4} lr {lr:.2e} {:.1} samples/s",
                 m.samples_per_s
             ));
-            if options.quiet && lead {
+            // A step hook reports steps its own way (the Python package's progress bar).
+            if options.quiet && lead && options.on_step.is_none() {
                 eprintln!("step {} loss {loss:.4} lr {lr:.2e}", state.global_step);
             }
+            let stop = lead && options.on_step.as_ref().is_some_and(|hook| !(hook.0)(&m));
             let checkpoint_due = state
                 .global_step
                 .is_multiple_of(curriculum.checkpoint_every)
-                || state.stage_step == total;
+                || state.stage_step == total
+                || stop;
             if let Some(log) = log.as_ref().filter(|_| checkpoint_due) {
                 checkpoint::save(&checkpoints, &state, &params, &optimizer.state_tensors())?;
                 metrics::plot(&metrics::read(log.path())?, &run.join("loss.png"))?;
+            }
+            if stop {
+                bar.abandon();
+                return Err(TrainError::Stopped {
+                    step: state.global_step,
+                    run,
+                });
             }
         }
         bar.finish();

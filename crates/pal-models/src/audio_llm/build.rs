@@ -78,6 +78,35 @@ impl BuiltModel {
     }
 }
 
+/// The run's Whisper with its decoder, for transcription: the first Whisper encoder of the
+/// run's `model.toml` whose folder also holds the decoder; `None` when there is none.
+pub fn run_transcriber(
+    run: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<
+    Option<(
+        crate::encoders::whisper::Whisper,
+        crate::encoders::whisper::WhisperTokenizer,
+    )>,
+> {
+    use crate::encoders::whisper::{Whisper, WhisperTokenizer};
+    let config = ModelConfig::load(&run.join("model.toml"))?;
+    let Some(spec) = config
+        .encoders
+        .iter()
+        .find(|e| e.kind == EncoderKind::Whisper)
+    else {
+        return Ok(None);
+    };
+    let folder = resolve_path(&spec.path, run)?;
+    let Ok(model) = Whisper::from_folder(&folder, true, dtype, device) else {
+        return Ok(None);
+    };
+    let tokenizer = WhisperTokenizer::from_folder(&folder, &model.config, "en")?;
+    Ok(Some((model, tokenizer)))
+}
+
 /// The config's encoders alone (paths relative to `base`), in order: what `pal encode` needs.
 pub fn build_encoders(
     config: &ModelConfig,
@@ -160,8 +189,26 @@ pub fn build(
     })
 }
 
+/// A run folder loaded for inference as `--weights`, `--device` and `--dtype` say: the LLM's
+/// frozen linear weights held in `weights`, and, with f32 weights, their bf16 products for
+/// prefill where `dtype` asks for them (quantized forms take prefill otherwise).
+pub fn load_run_for_inference(
+    dir: &Path,
+    weights: WeightForm,
+    device: pal_nn::ComputeDevice,
+    dtype: pal_nn::ComputeDtype,
+) -> Result<BuiltModel> {
+    let precision = dtype.precision(device);
+    let mut built = load_run(dir, precision.dtype, &device.open()?)?;
+    built.hold_weights(weights)?;
+    if weights == WeightForm::F32 {
+        built.hold_precision(precision)?;
+    }
+    Ok(built)
+}
+
 /// Loads a run folder (`model.toml` + `adapter.safetensors`, as `pal train` writes them): the
-/// model with its trained adapter.
+/// model with its trained adapter, the backbone in `dtype`.
 pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel> {
     let config = ModelConfig::load(&dir.join("model.toml"))?;
     let built = build(&config, dir, dtype, device)?;

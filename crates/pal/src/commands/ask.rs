@@ -6,9 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use pal_infer::{generate_with_audio, ChatTemplate, Message};
-use pal_models::audio_llm::Example;
-use pal_models::text::segments::AUDIO_MARKER;
 
 use super::chat::SamplingArgs;
 
@@ -35,45 +32,26 @@ pub struct AskArgs {
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
     let built = super::load_run(&args.model, args.weights, args.device)?;
-    if args.audio.len() > built.model.max_clips {
-        anyhow::bail!(
-            "{} clips given; this model takes at most {} (max_clips in {})",
-            args.audio.len(),
-            built.model.max_clips,
-            args.model.join("model.toml").display()
-        );
-    }
     let mut clips = Vec::with_capacity(args.audio.len());
     for path in &args.audio {
-        let audio = pal_audio::load_audio(path)?.to_16k(&path.display().to_string())?;
         clips.push(
-            built
-                .encode_clip(&audio.samples)
-                .with_context(|| format!("encoding {}", path.display()))?,
+            pal_audio::load_audio(path)?
+                .to_16k(&path.display().to_string())?
+                .samples,
         );
     }
-    // One clip goes where training put it; several are placed in order before the question.
-    let question = match clips.len() {
-        1 => args.question,
-        n => format!("{}{}", format!("{AUDIO_MARKER}\n").repeat(n), args.question),
-    };
-    let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
-    let segments = pal_models::text::segments::prompt_segments(
-        &template,
-        &built.tokenizer,
-        &[Message::new("user", question)],
-    )?;
     let mut out = std::io::stdout();
-    generate_with_audio(
-        &built.model,
-        &built.tokenizer,
-        &[Example { segments, clips }],
+    pal_infer::ask::ask(
+        &built,
+        &clips,
+        &args.question,
         &args.sampling.params(),
-        |_, piece| {
+        |piece| {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         },
-    )?;
+    )
+    .with_context(|| format!("asking {}", args.model.display()))?;
     println!();
     Ok(())
 }

@@ -6,13 +6,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pal_data::encode_shards::{encode_to_shards, EncodeJob};
+use pal_data::encode_shards::{encode_to_shards, encoders_of, EncodeJob};
 use pal_data::encoding::EncodeOptions;
-use pal_models::audio_llm::{build_encoders, ModelConfig};
-use pal_models::formats::feature_shards::{FeatureDtype, ShardEncoder};
+use pal_models::formats::feature_shards::FeatureDtype;
 
 /// Arguments of `pal encode`.
 #[derive(Args)]
@@ -48,29 +46,8 @@ pub struct EncodeArgs {
 
 /// Encodes, with a progress bar, and prints a summary.
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
-    let config_path = if args.model.is_dir() {
-        args.model.join("model.toml")
-    } else {
-        args.model.clone()
-    };
-    let config = ModelConfig::load(&config_path)?;
-    let base = config_path.parent().unwrap_or(std::path::Path::new("."));
-    let encoders = build_encoders(&config, base, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading the encoders of {}", config_path.display()))?;
-    let described: Vec<ShardEncoder> = config
-        .encoders
-        .iter()
-        .zip(&encoders)
-        .map(|(spec, e)| ShardEncoder {
-            name: spec.name.clone(),
-            id: e.id(),
-            dim: e.dim(),
-            config: serde_json::json!({
-                "kind": spec.kind, "layer": spec.layer, "real_length": spec.real_length,
-                "max_windows": spec.max_windows,
-            }),
-        })
-        .collect();
+    let (encoders, described) = encoders_of(&args.model)
+        .with_context(|| format!("loading the encoders of {}", args.model.display()))?;
     let mut options = EncodeOptions {
         batch_clips: args.batch_clips.max(1),
         ..EncodeOptions::default()

@@ -17,12 +17,7 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
     } else {
         args.names
             .iter()
-            .map(|n| {
-                pal_assets::ALL.iter().find(|a| a.name == n).ok_or_else(|| {
-                    let known: Vec<&str> = pal_assets::ALL.iter().map(|a| a.name).collect();
-                    anyhow::anyhow!("unknown asset '{n}' (known: {})", known.join(", "))
-                })
-            })
+            .map(|n| pal_assets::by_name(n).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?
     };
     for asset in wanted {

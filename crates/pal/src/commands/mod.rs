@@ -62,19 +62,17 @@ pub fn load_run(
     weights: WeightsArg,
     device: DeviceArgs,
 ) -> anyhow::Result<pal_models::audio_llm::BuiltModel> {
-    let precision = device.precision();
-    let mut built = pal_models::audio_llm::load_run(dir, precision.dtype, &device.device.open()?)
-        .with_context(|| format!("loading the run folder {}", dir.display()))?;
-    built.hold_weights(weights.weights).with_context(|| {
+    pal_models::audio_llm::build::load_run_for_inference(
+        dir,
+        weights.weights,
+        device.device,
+        device.dtype,
+    )
+    .with_context(|| {
         format!(
-            "holding the LLM weights of {} as {}",
+            "loading the run folder {} with its LLM weights as {}",
             dir.display(),
             weights.weights
         )
-    })?;
-    // Prefill on bf16 products where no quantized form takes it.
-    if weights.weights == pal_models::WeightForm::F32 {
-        built.hold_precision(precision)?;
-    }
-    Ok(built)
+    })
 }

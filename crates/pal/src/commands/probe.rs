@@ -4,7 +4,6 @@
 //! `pal probe attention --model RUN --audio FILE "question"`: where in the LLM the audio is read.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -95,9 +94,10 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         (None, Some(suite)) => suite,
         (None, None) => anyhow::bail!("pal probe needs --suite SUITE.toml (or a subcommand)"),
     };
-    let exe = std::env::current_exe()?;
+    // Checked once here; each cell's command is made the same way.
+    crate::self_command()?;
     let pal = |a: &[String]| {
-        let mut cmd = Command::new(&exe);
+        let mut cmd = crate::self_command().expect("checked above");
         cmd.args(a);
         cmd
     };
@@ -117,21 +117,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         bar.set_message(format!("{} {:?} seed {}", cell.row, cell.mode, cell.seed));
     })?;
     bar.finish_and_clear();
-    let rows = pal_eval::probe::aggregate(&results);
+    let suite_name = suite.display().to_string();
+    let (rows, md) = pal_eval::probe_report::write_report(&out, &suite_name, &results)?;
     let table = pal_eval::probe::markdown(&rows);
-    pal_eval::probe_plot::plot(&rows, &out.join("probe.png"))?;
-    std::fs::write(
-        out.join("probe.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "cells": results }))?,
-    )?;
-    let md = format!(
-        "# Probe: {}\n\n`pal probe --suite {}`\n\n![accuracy per row with its interval](probe.png)\n\nAccuracy: mean over seeds ± the half-width of its 95% interval (t). Against PLITS: \
-         the mean difference in correctness on the same items and seeds ± its 95% interval; \"real\" when \
-         the interval excludes 0.\n\n{table}",
-        suite.display(),
-        suite.display()
-    );
-    std::fs::write(out.join("probe.md"), &md)?;
     if let Some(report) = &args.report {
         std::fs::write(report, &md)?;
         std::fs::copy(out.join("probe.png"), report.with_file_name("probe.png"))?;

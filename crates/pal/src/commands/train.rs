@@ -50,6 +50,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         encoder_cache: args.encoder_cache,
         device: args.device.device,
         dtype: args.device.dtype,
+        on_step: None,
     };
     let start = std::time::Instant::now();
     let resumed = args.resume;
@@ -80,20 +81,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if ranks.rank() > 0 {
         return Ok(());
     }
-    // What this invocation cost, for comparing modes (`scripts/results.sh` reads it).
-    let (peak_rss_bytes, _) = pal_train::metrics::memory_bytes();
-    std::fs::write(
-        summary.run_dir.join("train_summary.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "steps": summary.steps,
-            "final_loss": summary.final_loss,
-            "seconds": start.elapsed().as_secs_f64(),
-            "peak_rss_bytes": peak_rss_bytes,
-            "resumed": resumed,
-            "ranks": ranks.size(),
-            "engine": ranks.engine(),
-            "precision": summary.precision,
-        }))?,
+    summary.write(
+        start.elapsed().as_secs_f64(),
+        resumed,
+        ranks.size(),
+        ranks.engine(),
     )?;
     println!(
         "trained {} steps, final loss {:.4}; adapter, configs, metrics.jsonl and loss.png in {}",
