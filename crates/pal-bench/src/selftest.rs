@@ -406,8 +406,8 @@ fn bf16_product(kernel: pal_nn::ops::bf16::Bf16Kernel) -> anyhow::Result<Check> 
 }
 
 /// One training step of `route` with the backbone computing as `backbone` on `device`: the loss
-/// and every adapter gradient, against the CPU in f64. bf16 products need a product of at least
-/// 32 rows: their step runs longer examples.
+/// and every adapter gradient, against the CPU in f64. The bf16-product step runs longer examples
+/// (products of more rows than one tile).
 fn training_step(
     device: &Device,
     route: Route,

@@ -17,8 +17,8 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 /// [`frozen_linear`] whose products (forward, and the input gradient) run in bf16 when the
-/// weight also has a bf16 form and `x` holds at least [`bf16::MIN_ROWS`] f32 rows on the CPU
-/// (the result stays f32).
+/// weight also has a bf16 form and `x` is f32 on the CPU (the result stays f32): every product,
+/// whatever its rows, so that a product's precision never depends on the batch it is in.
 pub fn frozen_linear_with(
     x: &Tensor,
     weight: &Tensor,
@@ -43,7 +43,7 @@ pub fn frozen_linear_with(
     if !x.track_op() {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = out_dim;
-        return match bf16.filter(|_| rows >= bf16::MIN_ROWS) {
+        return match bf16 {
             Some(w) => bf16_product(&x2, &w.forward)?.reshape(out_dims),
             None => super::matmul(&x2, &weight.t()?)?.reshape(out_dims),
         };
@@ -91,7 +91,7 @@ fn bf16_product(x2: &Tensor, w: &bf16::PackedWeight) -> Result<Tensor> {
 
 /// The op behind [`frozen_linear`]: input `(rows, in)` with weight `(out, in)`, or input
 /// `(groups, rows, in)` with weight `(groups, out, in)`; with the weight's bf16 form, its
-/// products in bf16 from [`bf16::MIN_ROWS`] rows.
+/// products in bf16.
 struct FrozenMatmul {
     weight: Tensor,
     bf16: Option<Bf16Weight>,
@@ -132,7 +132,7 @@ impl CustomOp1 for FrozenMatmul {
         let bmnk = self.bmnk(layout)?;
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         let w_t = self.weight_t(w_layout)?;
-        if let Some(w) = self.bf16.as_ref().filter(|_| bmnk.1 >= bf16::MIN_ROWS) {
+        if let Some(w) = &self.bf16 {
             let x = super::contiguous_slice::<f32>(storage, layout, "frozen_linear")?;
             let y = bf16::product(x, bmnk.1, &w.forward);
             return Ok((CpuStorage::F32(y), self.out_shape(bmnk)));
@@ -177,10 +177,9 @@ impl CustomOp1 for FrozenMatmul {
 }
 
 /// `g W`, the input gradient of `x W^T` for a 2-D `g` `(rows, out)`: on the bf16 kernels when
-/// the weight has a bf16 form, `g` is f32 on the CPU and has at least [`bf16::MIN_ROWS`] rows.
+/// the weight has a bf16 form and `g` is f32 on the CPU.
 pub fn input_grad(g: &Tensor, weight: &Tensor, bf16: Option<&Bf16Weight>) -> Result<Tensor> {
-    let rows = g.dims()[0];
-    let usable = g.device().is_cpu() && g.dtype() == DType::F32 && rows >= bf16::MIN_ROWS;
+    let usable = g.device().is_cpu() && g.dtype() == DType::F32;
     match bf16.filter(|_| usable) {
         Some(w) => bf16_product(g, &w.backward),
         None => super::matmul(g, weight),

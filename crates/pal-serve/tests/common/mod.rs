@@ -108,7 +108,7 @@ pub async fn serve_on_loopback(
 }
 
 /// Sends a whole HTTP/1.1 request on a new connection and reads the response to its end:
-/// (status, body).
+/// (status, body); status 0 when the server closed or reset the connection without answering.
 pub async fn http_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -116,10 +116,15 @@ pub async fn http_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -
         "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
     let mut response = vec![];
-    stream.read_to_end(&mut response).await.unwrap();
+    let sent = async {
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.read_to_end(&mut response).await
+    };
+    if sent.await.is_err() {
+        return (0, String::new());
+    }
     parse_response(&response)
 }
 

@@ -32,6 +32,14 @@ pub struct AskArgs {
 /// Answers, streaming the text to stdout.
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
     let built = super::load_run(&args.model, args.weights, args.device)?;
+    if args.audio.len() > built.model.max_clips {
+        anyhow::bail!(
+            "{} clips given; this model takes at most {} (max_clips in {})",
+            args.audio.len(),
+            built.model.max_clips,
+            args.model.join("model.toml").display()
+        );
+    }
     let mut clips = Vec::with_capacity(args.audio.len());
     for path in &args.audio {
         clips.push(

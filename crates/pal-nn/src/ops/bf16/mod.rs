@@ -5,8 +5,9 @@
 //! CPU has ([`cpu`]: AMX tiles, or AVX512-BF16) and returns f32.
 //!
 //! A frozen `(out, in)` weight is packed twice ([`Bf16Weight`]): for the forward `x W^T` and
-//! for the input gradient `g W`. Products of fewer than [`MIN_ROWS`] rows (decoding) stay on the
-//! f32 or quantized paths.
+//! for the input gradient `g W`. Every product of such a weight runs in bf16, whatever its rows
+//! (a tile pads them to 32): a product's precision never depends on the batch it is in, so a
+//! data-parallel run trains what one process does.
 
 pub mod cpu;
 pub mod pack;
@@ -20,10 +21,6 @@ pub use pack::PackedWeight;
 
 use super::{column_parts, SharedMut};
 use pack::{row_tiles, TILE, TILE_ROWS};
-
-/// Products with fewer rows than this run in f32: a tile pads rows to 32, and at a few rows the
-/// product reads its weight once either way.
-pub const MIN_ROWS: usize = 32;
 
 /// Tiles along `k` a block multiplies before it moves on (its weight tiles stay in the cache).
 const K_BLOCK: usize = 32;
