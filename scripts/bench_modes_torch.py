@@ -8,7 +8,7 @@ under `requires_grad_(False)` (no weight gradients for it), and optionally `torc
 Timing (random weights; the values do not change the time):
 
     python scripts/bench_modes_torch.py --mode lal --batch 4 --audio-tokens 256 --text-tokens 64 \
-        [--compile] [--device cuda] [--dtype bf16]
+        [--compile] [--autocast] [--device cuda] [--dtype bf16]
 
 prints one JSON line: {"mode", "step_seconds" and "forward_seconds" (medians of forward +
 backward, and of the forward; no optimizer step, as on pal's side), "peak_rss_bytes",
@@ -163,12 +163,19 @@ class Adapter(torch.nn.Module):
         }
 
 
-def make_step(mode, model, adapter, frames, ids):
+def make_step(mode, model, adapter, frames, ids, autocast=False):
     c = model.c
     b, na, nt = frames.shape[0], frames.shape[1], ids.shape[1]
     dtype = model.norm.dtype  # the frozen LLM's (the adapter may be f32 beside a bf16 LLM)
 
     def step():
+        # autocast: the products in bf16 (as a PyTorch user trains in mixed precision on a
+        # CPU with AMX or AVX512-BF16); the loss below in f32.
+        with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits, targets = forward()
+        return F.cross_entropy(logits.float().reshape(-1, c["vocab"]), targets.reshape(-1))
+
+    def forward():
         text = model.embed_tokens(ids)
         if mode == "plits":
             audio = adapter.fc2(F.gelu(adapter.fc1(frames))).to(dtype)
@@ -188,8 +195,7 @@ def make_step(mode, model, adapter, frames, ids):
             hidden = model(text, positions, prefixes)[:, :-1]
             targets = ids[:, 1:]
         # The output projection runs on the predicting rows only.
-        logits = model.lm_head(hidden).float()
-        return F.cross_entropy(logits.reshape(-1, c["vocab"]), targets.reshape(-1))
+        return model.lm_head(hidden), targets
 
     return step
 
@@ -263,6 +269,8 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="time the step under torch.compile")
+    p.add_argument("--autocast", action="store_true",
+                   help="the frozen model under torch.autocast in bf16 (the loss in f32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="the frozen LLM's")
     p.add_argument("--parity", help="compare one step with pal's (a file pal wrote) instead of timing")
@@ -282,7 +290,7 @@ def main():
     adapter = Adapter(args.mode, c, args.d_enc, list(range(args.lal_start, c["layers"]))).to(device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    step = make_step(args.mode, model, adapter, frames, ids)
+    step = make_step(args.mode, model, adapter, frames, ids, autocast=args.autocast)
     if args.compile:
         step = torch.compile(step)
     times, forwards = [], []
@@ -304,7 +312,7 @@ def main():
               "step_seconds": statistics.median(times),
               "forward_seconds": statistics.median(forwards),
               "peak_rss_bytes": peak, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "compiled": args.compile,
+              "torch": torch.__version__, "compiled": args.compile, "autocast": args.autocast,
               "device": str(device), "dtype": args.dtype}
     if cuda:
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)

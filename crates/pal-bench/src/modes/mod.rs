@@ -276,6 +276,10 @@ impl ModesBench {
         };
         let mut runs = report::Runs::default();
         let mut parity = vec![];
+        let bf16_products = self.setup.dtype.precision(self.setup.device).bf16_products;
+        // PyTorch's bf16 autocast on the CPU, where the CPU multiplies bf16 natively.
+        let autocast = self.setup.device == pal_nn::ComputeDevice::Cpu
+            && pal_nn::ops::bf16::Bf16Kernel::Avx512.available();
         if let (Some(python), Some(shapes), Some(&na)) = (
             &self.compare_python,
             &torch_shapes,
@@ -309,32 +313,44 @@ impl ModesBench {
                             result.step_seconds.unwrap_or(f64::NAN)
                         );
                         runs.record(report::Implementation::Pal, m, result);
+                        // With bf16 products, pal in f32 too: its best is either.
+                        if bf16_products {
+                            let result = self.child_as(launch, m, ComputeDtype::F32)?;
+                            eprintln!(
+                                "round {round} {m:?} f32: {:.3} s/step",
+                                result.step_seconds.unwrap_or(f64::NAN)
+                            );
+                            runs.record(report::Implementation::PalF32, m, result);
+                        }
                     }
                     if let (Some(python), Some(shapes), Trainable::Adapter) =
                         (&self.compare_python, &torch_shapes, trainable)
                     {
-                        for (route, compiled) in [
-                            (Route::Plits, false),
-                            (Route::Lal, false),
-                            (Route::Plits, true),
-                            (Route::Lal, true),
-                        ] {
-                            let m = Measurement::Train {
-                                route,
-                                audio_tokens: na,
-                                trainable,
-                            };
-                            let result = self.torch(python, shapes, route, na, compiled)?;
-                            eprintln!(
-                                "round {round} torch {route:?} Na {na} compiled {compiled}: {:.3} s/step",
-                                result.step_seconds.unwrap_or(f64::NAN)
-                            );
-                            let who = if compiled {
-                                report::Implementation::PytorchCompiled
-                            } else {
-                                report::Implementation::Pytorch
-                            };
-                            runs.record(who, m, result);
+                        use report::Implementation as I;
+                        let mut variants = vec![
+                            (I::Pytorch, false, false),
+                            (I::PytorchCompiled, true, false),
+                        ];
+                        if autocast {
+                            variants.push((I::PytorchAutocast, false, true));
+                            variants.push((I::PytorchCompiledAutocast, true, true));
+                        }
+                        for (who, compiled, bf16) in variants {
+                            for route in [Route::Plits, Route::Lal] {
+                                let m = Measurement::Train {
+                                    route,
+                                    audio_tokens: na,
+                                    trainable,
+                                };
+                                let result =
+                                    self.torch(python, shapes, route, na, compiled, bf16)?;
+                                eprintln!(
+                                    "round {round} {} {route:?} Na {na}: {:.3} s/step",
+                                    who.name(),
+                                    result.step_seconds.unwrap_or(f64::NAN)
+                                );
+                                runs.record(who, m, result);
+                            }
                         }
                     }
                 }
@@ -385,11 +401,20 @@ impl ModesBench {
         launch: &dyn Fn(&ChildJob) -> Command,
         measurement: Measurement,
     ) -> anyhow::Result<ChildResult> {
-        let job = ChildJob {
-            setup: self.setup.clone(),
-            measurement,
-        };
-        json_child(launch(&job), &format!("{measurement:?}"))
+        self.child_as(launch, measurement, self.setup.dtype)
+    }
+
+    /// [`Self::child`] with the backbone computing in `dtype`.
+    fn child_as(
+        &self,
+        launch: &dyn Fn(&ChildJob) -> Command,
+        measurement: Measurement,
+        dtype: ComputeDtype,
+    ) -> anyhow::Result<ChildResult> {
+        let mut setup = self.setup.clone();
+        setup.dtype = dtype;
+        let job = ChildJob { setup, measurement };
+        json_child(launch(&job), &format!("{measurement:?} ({dtype})"))
     }
 
     fn torch(
@@ -399,15 +424,29 @@ impl ModesBench {
         route: Route,
         na: usize,
         compiled: bool,
+        autocast: bool,
     ) -> anyhow::Result<ChildResult> {
         let mut cmd = self.torch_command(python, shapes, route, na)?;
         if compiled {
             cmd.arg("--compile");
         }
+        if autocast {
+            cmd.arg("--autocast");
+        }
         let s = &self.setup;
+        // The reference's frozen LLM in bf16 tensors only on a GPU (on the CPU, bf16 is autocast).
+        let dtype = s.dtype.precision(s.device).dtype;
+        let dtype = if dtype == candle_core::DType::BF16 {
+            "bf16"
+        } else {
+            "f32"
+        };
         cmd.args(["--device", &s.device.to_string()])
-            .args(["--dtype", &s.dtype.to_string()]);
-        json_child(cmd, &format!("torch {route:?} Na {na} compiled {compiled}"))
+            .args(["--dtype", dtype]);
+        json_child(
+            cmd,
+            &format!("torch {route:?} Na {na} compiled {compiled} autocast {autocast}"),
+        )
     }
 
     /// The reference script with this run's shapes, threads and pal's allocator settings.

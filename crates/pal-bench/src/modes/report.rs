@@ -14,13 +14,22 @@ use crate::report::median;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Implementation {
-    /// pal.
+    /// pal, in the bench's `--dtype`.
     Pal,
+    /// pal in f32, beside a bench whose `--dtype` gave bf16 products.
+    #[serde(rename = "pal-f32")]
+    PalF32,
     /// The PyTorch reference script, eager.
     Pytorch,
     /// The PyTorch reference script under `torch.compile`.
     #[serde(rename = "pytorch-compile")]
     PytorchCompiled,
+    /// The reference, eager, its frozen model under `torch.autocast` in bf16 (loss in f32).
+    #[serde(rename = "pytorch-autocast")]
+    PytorchAutocast,
+    /// The reference under `torch.compile` and bf16 `torch.autocast`.
+    #[serde(rename = "pytorch-compile-autocast")]
+    PytorchCompiledAutocast,
 }
 
 impl Implementation {
@@ -28,9 +37,17 @@ impl Implementation {
     pub fn name(self) -> &'static str {
         match self {
             Self::Pal => "pal",
+            Self::PalF32 => "pal f32",
             Self::Pytorch => "pytorch",
             Self::PytorchCompiled => "pytorch compiled",
+            Self::PytorchAutocast => "pytorch bf16 autocast",
+            Self::PytorchCompiledAutocast => "pytorch compiled bf16 autocast",
         }
+    }
+
+    /// Whether this is pal (any precision).
+    pub fn is_pal(self) -> bool {
+        matches!(self, Self::Pal | Self::PalF32)
     }
 }
 
@@ -128,6 +145,15 @@ pub struct Ratio {
     /// Compiled PyTorch PLITS step time over pal's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pal_plits_speed_over_compiled_plits: Option<f64>,
+    /// LAL: the fastest PyTorch variant's step time over pal's fastest (any precision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_pal_lal_speed_over_best_pytorch: Option<f64>,
+    /// PLITS: likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_pal_plits_speed_over_best_pytorch: Option<f64>,
+    /// Which PyTorch variant was fastest (LAL, PLITS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fastest_pytorch: Option<(String, String)>,
 }
 
 /// The report (`PREFIX.json`).
@@ -247,7 +273,8 @@ impl ModesReport {
                             samples_per_second: Some(s.batch as f64 / step),
                             predicted_train_flops: Some(c.train_flops()),
                             predicted_activation_bytes: Some(c.activation_bytes),
-                            step_memory_bytes: (*who == Implementation::Pal)
+                            step_memory_bytes: who
+                                .is_pal()
                                 .then(|| peak - med(|r| r.rss_before_bytes)),
                             prefill_seconds: None,
                             decode_tokens_per_second: None,
@@ -287,6 +314,24 @@ impl ModesReport {
             })
         };
         let nan = f64::NAN;
+        // The fastest pal step, the fastest PyTorch step and that variant's name.
+        let best = |route: Route, na: usize, variant: &str| {
+            let step = |who| find(who, route, na, variant).and_then(|e| e.step_seconds);
+            let pal = [Implementation::Pal, Implementation::PalF32]
+                .into_iter()
+                .filter_map(step)
+                .reduce(f64::min)?;
+            let (torch, name) = [
+                Implementation::Pytorch,
+                Implementation::PytorchCompiled,
+                Implementation::PytorchAutocast,
+                Implementation::PytorchCompiledAutocast,
+            ]
+            .into_iter()
+            .filter_map(|who| step(who).map(|s| (s, who.name().to_string())))
+            .reduce(|a, b| if b.0 < a.0 { b } else { a })?;
+            Some((pal, torch, name))
+        };
         let mut lal_over_plits = vec![];
         for &na in &bench.audio_tokens {
             for &trainable in &bench.trainable {
@@ -327,6 +372,13 @@ impl ModesReport {
                         find(Implementation::PytorchCompiled, Route::Plits, na, variant),
                         p,
                     ),
+                    best_pal_lal_speed_over_best_pytorch: best(Route::Lal, na, variant)
+                        .map(|(pal, torch, _)| torch / pal),
+                    best_pal_plits_speed_over_best_pytorch: best(Route::Plits, na, variant)
+                        .map(|(pal, torch, _)| torch / pal),
+                    fastest_pytorch: best(Route::Lal, na, variant)
+                        .zip(best(Route::Plits, na, variant))
+                        .map(|(l, p)| (l.2, p.2)),
                 });
             }
         }
@@ -434,10 +486,27 @@ impl ModesReport {
                 ));
             }
         }
+        if self
+            .lal_over_plits
+            .iter()
+            .any(|r| r.best_pal_lal_speed_over_best_pytorch.is_some())
+        {
+            md.push_str("\n## pal's fastest against PyTorch's fastest\n\nEach side's fastest step in any precision and variant it ran (above 1x, pal is faster).\n\n| Na | trains | LAL: pal speed / PyTorch | fastest PyTorch LAL | PLITS: pal speed / PyTorch | fastest PyTorch PLITS |\n|---|---|---|---|---|---|\n");
+            for r in &self.lal_over_plits {
+                let (lal, plits) = r.fastest_pytorch.clone().unwrap_or_default();
+                md.push_str(&format!(
+                    "| {} | {} | {:.2}x | {lal} | {:.2}x | {plits} |\n",
+                    r.audio_tokens,
+                    r.variant,
+                    num(r.best_pal_lal_speed_over_best_pytorch),
+                    num(r.best_pal_plits_speed_over_best_pytorch),
+                ));
+            }
+        }
         if let Some(torch) = &self.torch {
             let [(mmap, mmap_value), (trim, trim_value)] = crate::allocator_env();
             md.push_str(&format!(
-                "\n## The PyTorch reference\n\n`scripts/bench_modes_torch.py`, torch {torch}, {} threads, under pal's allocator settings ({mmap}={mmap_value}, {trim}={trim_value}). One `nn.Linear` per LAL layer, `F.rms_norm`, `F.scaled_dot_product_attention` with GQA, the frozen LLM without weight gradients; eager, and `torch.compile` (default mode; the first step, which compiles, is not timed). A step is forward and backward on both sides; neither takes an optimizer step.\n\nBefore timing, both sides ran one step on the same weights (the LLM pal loaded) and inputs, PyTorch also in f64. Gradient errors are the largest over the adapter's tensors of max|g - g_ref| / max|g_ref|; they agree when the losses are within 1e-4 and pal's gradients are within 1e-3 of the f64 step, or no further from it than twice PyTorch's own f32 gradients (f32 rounding through the whole backward):\n\n| mode | loss (pal) | loss (PyTorch) | loss relative error | pal against PyTorch f32 | pal against f64 | PyTorch f32 against f64 | tensors compared | agree |\n|---|---|---|---|---|---|---|---|---|\n",
+                "\n## The PyTorch reference\n\n`scripts/bench_modes_torch.py`, torch {torch}, {} threads, under pal's allocator settings ({mmap}={mmap_value}, {trim}={trim_value}). One `nn.Linear` per LAL layer, `F.rms_norm`, `F.scaled_dot_product_attention` with GQA, the frozen LLM without weight gradients; eager, and `torch.compile` (default mode; the first step, which compiles, is not timed); where the CPU has AVX512-BF16 or AMX, each also with the frozen model under `torch.autocast(\"cpu\", torch.bfloat16)` (the loss in f32). A step is forward and backward on both sides; neither takes an optimizer step.\n\nBefore timing, both sides ran one step on the same weights (the LLM pal loaded) and inputs, PyTorch also in f64. Gradient errors are the largest over the adapter's tensors of max|g - g_ref| / max|g_ref|; they agree when the losses are within 1e-4 and pal's gradients are within 1e-3 of the f64 step, or no further from it than twice PyTorch's own f32 gradients (f32 rounding through the whole backward):\n\n| mode | loss (pal) | loss (PyTorch) | loss relative error | pal against PyTorch f32 | pal against f64 | PyTorch f32 against f64 | tensors compared | agree |\n|---|---|---|---|---|---|---|---|---|\n",
                 self.threads
             ));
             for p in &self.parity {

@@ -26,6 +26,8 @@ use pack::{row_tiles, TILE, TILE_ROWS};
 const K_BLOCK: usize = 32;
 /// Column pairs (32 columns each) a thread takes at a time.
 const N_BLOCK: usize = 8;
+/// Row pairs (32 rows each) multiplied with one column pair before the next.
+const M_BLOCK: usize = 4;
 
 /// A frozen `(out, in)` weight in bf16, packed for both products it takes part in.
 #[derive(Clone, Debug)]
@@ -84,76 +86,108 @@ pub fn product_on(kernel: Bf16Kernel, x: &[f32], m: usize, w: &PackedWeight) -> 
     if kernel == Bf16Kernel::Portable {
         return portable(&a, m, w);
     }
-    // The output: directly when whole tiles fit it, else a padded block then copied.
-    let padded_n = w.n_blocks * TILE_ROWS;
-    let direct = rows == m && padded_n == n;
-    let mut c = vec![0f32; rows * padded_n];
+    // Every output is written once by the blocks (edge blocks through a small scratch), so the
+    // output needs no zeroing.
+    let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { out.set_len(m * n) };
     {
-        let dst = SharedMut(c.as_mut_ptr());
+        let dst = SharedMut(out.as_mut_ptr() as *mut f32);
         let dst = &dst;
         let a = &a;
+        let shape = Shape { m, n, rows };
         column_parts(w.n_blocks / 2, 1, |pairs| {
             // SAFETY: the kernel is available (asserted); each part writes its own columns.
-            unsafe { blocks(kernel, a, rows, w, pairs, dst.0, padded_n) };
+            unsafe { blocks(kernel, a, shape, w, pairs, dst.0) };
         });
     }
-    if direct {
-        return c;
-    }
-    let mut out = vec![0f32; m * n];
-    for (o, row) in out.chunks_mut(n).zip(c.chunks(padded_n)) {
-        o.copy_from_slice(&row[..n]);
-    }
-    out
+    // SAFETY: every element was written (each column pair covers all rows).
+    unsafe { std::mem::transmute::<Vec<std::mem::MaybeUninit<f32>>, Vec<f32>>(out) }
 }
 
-/// The blocks of column pairs `pairs` of the product, on an x86 kernel.
+/// The product's rows and columns, and its rows rounded up to whole row pairs.
+#[derive(Clone, Copy)]
+struct Shape {
+    m: usize,
+    n: usize,
+    rows: usize,
+}
+
+/// The blocks of column pairs `pairs` of the product, on an x86 kernel, written into `c`
+/// (`m x n`). The columns go `N_BLOCK` pairs at a time and the rows `M_BLOCK` pairs at a time:
+/// each such block of the output is summed over every `k` in a buffer of its own (rows a few
+/// hundred floats apart: tiles stored at the output's own stride, a multiple of 4 KiB for most
+/// widths, would all fall on the same cache sets), then its part inside the output is copied out.
 ///
 /// # Safety
-/// `kernel` is available; `c` holds `rows` rows of `ldc` floats; `a` is packed for `rows`.
+/// `kernel` is available; `c` holds `m * n` floats; `a` is packed for `rows`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn blocks(
     kernel: Bf16Kernel,
     a: &[u16],
-    rows: usize,
+    shape: Shape,
     w: &PackedWeight,
     pairs: std::ops::Range<usize>,
     c: *mut f32,
-    ldc: usize,
 ) {
+    let Shape { m, n, rows } = shape;
     let k_tiles = w.k_tiles;
     let amx = kernel == Bf16Kernel::Amx;
     if amx {
         x86::amx_configure();
     }
+    let row_pairs = rows / 32;
+    let mut buffer: Vec<f32> = vec![0.0; M_BLOCK * 32 * N_BLOCK * 32];
     let mut first = pairs.start;
     while first < pairs.end {
         let last = (first + N_BLOCK).min(pairs.end);
-        let mut k0 = 0;
-        while k0 < k_tiles {
-            let kt = K_BLOCK.min(k_tiles - k0);
-            for row_pair in 0..rows / 32 {
-                let a0 = a.as_ptr().add((2 * row_pair * k_tiles + k0) * TILE);
-                let a1 = a.as_ptr().add(((2 * row_pair + 1) * k_tiles + k0) * TILE);
+        let ldc = (last - first) * 32;
+        let mut m0 = 0;
+        while m0 < row_pairs {
+            let m1 = (m0 + M_BLOCK).min(row_pairs);
+            let mut k0 = 0;
+            while k0 < k_tiles {
+                let kt = K_BLOCK.min(k_tiles - k0);
                 for pair in first..last {
-                    let b0 = w.tiles.as_ptr().add((2 * pair * k_tiles + k0) * TILE);
-                    let b1 = w.tiles.as_ptr().add(((2 * pair + 1) * k_tiles + k0) * TILE);
-                    let block = x86::Block {
-                        a: [a0, a1],
-                        b: [b0, b1],
-                        k_tiles: kt,
-                        c: c.add(row_pair * 32 * ldc + pair * 32),
-                        ldc,
-                        accumulate: k0 > 0,
-                    };
-                    if amx {
-                        x86::amx_block(&block);
-                    } else {
-                        x86::avx512_block(&block);
+                    let b = [
+                        w.tiles.as_ptr().add((2 * pair * k_tiles + k0) * TILE),
+                        w.tiles.as_ptr().add(((2 * pair + 1) * k_tiles + k0) * TILE),
+                    ];
+                    for row_pair in m0..m1 {
+                        let block = x86::Block {
+                            a: [
+                                a.as_ptr().add((2 * row_pair * k_tiles + k0) * TILE),
+                                a.as_ptr().add(((2 * row_pair + 1) * k_tiles + k0) * TILE),
+                            ],
+                            b,
+                            k_tiles: kt,
+                            c: buffer
+                                .as_mut_ptr()
+                                .add((row_pair - m0) * 32 * ldc + (pair - first) * 32),
+                            ldc,
+                            accumulate: k0 > 0,
+                        };
+                        if amx {
+                            x86::amx_block(&block);
+                        } else {
+                            x86::avx512_block(&block);
+                        }
                     }
                 }
+                k0 += kt;
             }
-            k0 += kt;
+            let cols = n.min(last * 32) - first * 32;
+            for r in 0..(m1 - m0) * 32 {
+                let row = m0 * 32 + r;
+                if row < m {
+                    std::ptr::copy_nonoverlapping(
+                        buffer.as_ptr().add(r * ldc),
+                        c.add(row * n + first * 32),
+                        cols,
+                    );
+                }
+            }
+            m0 = m1;
         }
         first = last;
     }
@@ -166,11 +200,10 @@ unsafe fn blocks(
 unsafe fn blocks(
     _: Bf16Kernel,
     _: &[u16],
-    _: usize,
+    _: Shape,
     _: &PackedWeight,
     _: std::ops::Range<usize>,
     _: *mut f32,
-    _: usize,
 ) {
     unreachable!("only the portable bf16 kernel exists off x86-64")
 }

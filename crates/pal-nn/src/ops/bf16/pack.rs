@@ -62,15 +62,35 @@ impl PackedWeight {
         let k_tiles = k.div_ceil(TILE_K).max(1);
         let n_blocks = n.div_ceil(2 * TILE_ROWS).max(1) * 2;
         let mut tiles = vec![0u16; n_blocks * k_tiles * TILE];
-        for j in 0..n {
-            let (block, column) = (j / TILE_ROWS, j % TILE_ROWS);
-            for kk in 0..k {
-                let (t, within) = (kk / TILE_K, kk % TILE_K);
-                let at =
-                    (block * k_tiles + t) * TILE + (within / 2) * TILE_K + column * 2 + within % 2;
-                tiles[at] = to_bf16(w[j * row_stride + kk * col_stride]);
+        // Each column block's tiles in order, written once; blocks spread over the threads.
+        let block_len = k_tiles * TILE;
+        let dst = super::super::SharedMut(tiles.as_mut_ptr());
+        let dst = &dst;
+        super::super::column_parts(n_blocks, 1, |blocks| {
+            for block in blocks {
+                // SAFETY: each part writes its own column blocks.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(dst.0.add(block * block_len), block_len)
+                };
+                for t in 0..k_tiles {
+                    let tile = &mut out[t * TILE..(t + 1) * TILE];
+                    for column in 0..TILE_ROWS {
+                        let j = block * TILE_ROWS + column;
+                        if j >= n {
+                            break;
+                        }
+                        for within in 0..TILE_K {
+                            let kk = t * TILE_K + within;
+                            if kk >= k {
+                                break;
+                            }
+                            tile[(within / 2) * TILE_K + column * 2 + within % 2] =
+                                to_bf16(w[j * row_stride + kk * col_stride]);
+                        }
+                    }
+                }
             }
-        }
+        });
         Self {
             n,
             k,
