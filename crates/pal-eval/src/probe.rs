@@ -44,7 +44,7 @@ use pal_models::encoders::{LayerSelection, WindowPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::word_error_rate;
-use crate::stats::{paired, MeanCi, Paired};
+use crate::stats::{holm, seed_paired, MeanCi, SeedPaired};
 
 /// The suite file.
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +384,7 @@ fn run_cell(
             layer: cell.layer,
             real_length: true,
             max_windows: WindowPolicy::default().max_windows,
+            pool: 1,
             route: cell.mode,
             connector: ConnectorConfig::default(),
             summary: default_summary(),
@@ -485,14 +486,15 @@ pub struct Row {
     pub seeds: Vec<u64>,
     /// Per split: accuracy mean over seeds with its 95% interval.
     pub accuracy: BTreeMap<String, MeanCi>,
-    /// Per split: this mode against PLITS of the same encoder variant on the same items and
-    /// seeds (absent for PLITS and when PLITS was not run).
-    pub against_plits: BTreeMap<String, Paired>,
+    /// Per split: this mode against PLITS of the same encoder variant trained on the same
+    /// seeds and scored on the same items, seed by seed (absent for PLITS and when PLITS was
+    /// not run on the same seeds).
+    pub against_plits: BTreeMap<String, SeedPaired>,
     /// The mean of the splits' accuracies (each split counts once), over seeds with its 95%
-    /// interval.
+    /// interval: the headline.
     pub mean_accuracy: MeanCi,
-    /// Against PLITS on every item of every split, pooled (absent as for `against_plits`).
-    pub against_plits_all: Option<Paired>,
+    /// Against PLITS on the mean of the splits, seed by seed (absent as for `against_plits`).
+    pub against_plits_mean: Option<SeedPaired>,
     /// Mean training time, seconds.
     pub train_s: f64,
     /// Mean of the cells' median step, seconds.
@@ -518,42 +520,46 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
         v.sort_by_key(|r| r.cell.seed);
         v
     };
-    keys.iter()
+    let mut rows: Vec<Row> = keys
+        .iter()
         .map(|(row, mode)| {
             let cells = cells_of(row, *mode);
             let plits = cells_of(row, Route::Plits);
+            let same_seeds = *mode != Route::Plits
+                && plits.len() == cells.len()
+                && plits
+                    .iter()
+                    .zip(&cells)
+                    .all(|(p, c)| p.cell.seed == c.cell.seed);
             let splits: Vec<String> = cells[0].scores.keys().cloned().collect();
+            // A cell's score on a split: the mean over its items.
+            let score = |c: &CellResult, split: &str| {
+                let v = &c.scores[split];
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            };
+            let mean_of_splits = |c: &CellResult| {
+                splits.iter().map(|s| score(c, s)).sum::<f64>() / splits.len() as f64
+            };
             let mut accuracy = BTreeMap::new();
             let mut against_plits = BTreeMap::new();
-            let (mut pooled, mut pooled_plits) = (vec![], vec![]);
-            let mut per_seed_sum = vec![0.0; cells.len()];
             for split in &splits {
-                let accs: Vec<f64> = cells
-                    .iter()
-                    .map(|c| {
-                        let v = &c.scores[split];
-                        v.iter().sum::<f64>() / v.len().max(1) as f64
-                    })
-                    .collect();
-                for (sum, a) in per_seed_sum.iter_mut().zip(&accs) {
-                    *sum += a / splits.len() as f64;
-                }
+                let accs: Vec<f64> = cells.iter().map(|c| score(c, split)).collect();
                 accuracy.insert(split.clone(), MeanCi::of(&accs));
-                let same_seeds = plits.len() == cells.len()
-                    && plits
-                        .iter()
-                        .zip(&cells)
-                        .all(|(p, c)| p.cell.seed == c.cell.seed);
-                if *mode != Route::Plits && same_seeds {
-                    let a: Vec<f64> = cells.iter().flat_map(|c| c.scores[split].clone()).collect();
-                    let b: Vec<f64> = plits.iter().flat_map(|c| c.scores[split].clone()).collect();
-                    if a.len() == b.len() {
-                        against_plits.insert(split.clone(), paired(&a, &b));
-                        pooled.extend(a);
-                        pooled_plits.extend(b);
-                    }
+                let same_items = same_seeds
+                    && plits.iter().zip(&cells).all(|(p, c)| {
+                        p.scores.get(split).map(Vec::len) == Some(c.scores[split].len())
+                    });
+                if same_items {
+                    let base: Vec<f64> = plits.iter().map(|c| score(c, split)).collect();
+                    against_plits.insert(split.clone(), seed_paired(&accs, &base));
                 }
             }
+            let means: Vec<f64> = cells.iter().map(|c| mean_of_splits(c)).collect();
+            let against_plits_mean =
+                (same_seeds && against_plits.len() == splits.len()).then(|| {
+                    let base: Vec<f64> = plits.iter().map(|c| mean_of_splits(c)).collect();
+                    seed_paired(&means, &base)
+                });
             let mean = |f: &dyn Fn(&CellResult) -> f64| -> f64 {
                 cells.iter().map(|c| f(c)).sum::<f64>() / cells.len() as f64
             };
@@ -562,16 +568,40 @@ pub fn aggregate(results: &[CellResult]) -> Vec<Row> {
                 mode: *mode,
                 seeds: cells.iter().map(|c| c.cell.seed).collect(),
                 accuracy,
-                against_plits_all: (against_plits.len() == splits.len() && !pooled.is_empty())
-                    .then(|| paired(&pooled, &pooled_plits)),
                 against_plits,
-                mean_accuracy: MeanCi::of(&per_seed_sum),
+                mean_accuracy: MeanCi::of(&means),
+                against_plits_mean,
                 train_s: mean(&|c| c.train_s),
                 step_s: mean(&|c| c.step_s),
                 peak_rss_mib: cells.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max),
             }
         })
-        .collect()
+        .collect();
+    // Every comparison of the grid is one of a family: Holm's correction decides which stay.
+    let p_values: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| r.against_plits.values().chain(&r.against_plits_mean))
+        .map(|p| p.p_value)
+        .collect();
+    let mut significant = holm(&p_values, 0.05).into_iter();
+    for r in &mut rows {
+        for p in r
+            .against_plits
+            .values_mut()
+            .chain(r.against_plits_mean.as_mut())
+        {
+            p.real = significant.next().expect("one decision per comparison");
+        }
+    }
+    rows
+}
+
+/// Comparisons a grid of `rows` makes (each split and the mean of splits, per row against
+/// PLITS): what Holm's correction counts.
+pub fn comparisons(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|r| r.against_plits.len() + r.against_plits_mean.is_some() as usize)
+        .sum()
 }
 
 /// The rows as markdown: accuracy per split, the paired comparisons against PLITS, and each
@@ -596,14 +626,25 @@ pub fn markdown(rows: &[Row]) -> String {
             .chain(last.iter().cloned())
             .collect()
     };
-    let percent = |a: MeanCi| format!(" {:.1}% ± {:.1} |", 100.0 * a.mean, 100.0 * a.half_width);
-    let versus = |p: Option<&Paired>| match p {
-        Some(p) => format!(
-            " {:+.1} ± {:.1} ({}) |",
-            100.0 * p.difference.mean,
-            100.0 * p.difference.half_width,
-            if p.real { "real" } else { "noise" }
-        ),
+    let percent = |a: MeanCi| format!(" {} |", a.percent(0.0, 1.0));
+    let versus = |p: Option<&SeedPaired>| match p {
+        Some(p) => {
+            let d = p.difference;
+            let spread = match d.n {
+                0 | 1 => "".to_string(),
+                _ if d.half_width == 0.0 => " (no spread)".to_string(),
+                _ => {
+                    let (lo, hi) = d.bounds(-1.0, 1.0);
+                    format!(" [{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi)
+                }
+            };
+            format!(
+                " {:+.1}{spread}, p {:.2} ({}) |",
+                100.0 * d.mean,
+                p.p_value,
+                if p.real { "real" } else { "noise" }
+            )
+        }
         None => " - |".into(),
     };
     let mut columns = splits.clone();
@@ -619,15 +660,18 @@ pub fn markdown(rows: &[Row]) -> String {
         md.push('\n');
     }
     let mut columns = splits.clone();
-    columns.push("all items".into());
-    md.push_str("\n### Against PLITS (paired: same encoder variant, items and seeds)\n\n");
+    columns.push("mean of splits".into());
+    md.push_str(&format!(
+        "\n### Against PLITS (paired by seed: same encoder variant, seeds and items; {} comparisons, Holm)\n\n",
+        comparisons(rows)
+    ));
     md.push_str(&header(with(&["encoder", "mode"], &columns)));
     for r in rows.iter().filter(|r| !r.against_plits.is_empty()) {
         md.push_str(&name(r));
         for s in &splits {
             md.push_str(&versus(r.against_plits.get(s)));
         }
-        md.push_str(&versus(r.against_plits_all.as_ref()));
+        md.push_str(&versus(r.against_plits_mean.as_ref()));
         md.push('\n');
     }
     md.push_str("\n### Training cost (this machine)\n\n");
@@ -708,20 +752,50 @@ mod tests {
         // t interval of two values is 12.706 * |1 - 0.625| / 2.
         assert!((lal.mean_accuracy.mean - 0.8125).abs() < 1e-12);
         assert!((lal.mean_accuracy.half_width - 12.706 * 0.375 / 2.0).abs() < 1e-3);
-        // Pooled: 12 item-seed pairs, LAL right where PLITS is wrong on 4 (digits 1 + 1, sounds
-        // 1 + 1) and never the reverse.
-        let all = lal
-            .against_plits_all
+        // Against PLITS seed by seed: the mean of splits is 0.625 - 0.25 and 1 - 0.625, the same
+        // 0.375 on both seeds (no spread: certain), one number per seed however many items.
+        let mean = lal
+            .against_plits_mean
             .as_ref()
             .expect("PLITS ran on the same seeds");
-        assert_eq!(all.difference.n, 12);
-        assert_eq!((all.a_better, all.b_better), (4, 0));
-        assert!((all.difference.mean - 4.0 / 12.0).abs() < 1e-12);
-        assert!(rows[0].against_plits_all.is_none());
+        assert_eq!(mean.difference.n, 2);
+        assert_eq!((mean.a_better, mean.b_better), (2, 0));
+        assert!((mean.difference.mean - 0.375).abs() < 1e-12);
+        assert!(mean.real && mean.p_value == 0.0);
+        assert!(rows[0].against_plits_mean.is_none());
+        assert_eq!(comparisons(&rows), 3);
         assert_eq!(rows[1].peak_rss_mib, 200.0);
         let md = markdown(&rows);
         assert!(md.contains("| encoder | mode | seeds | digits | sounds | mean of splits |"));
-        assert!(md.contains("| enc | LAL | 2 | 87.5% ±"), "{md}");
-        assert!(md.contains("| enc | LAL | +25.0 ±"), "{md}");
+        assert!(
+            md.contains("| enc | LAL | 2 | 87.5% [0.0, 100.0] |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| enc | LAL | +25.0 (no spread), p 0.00 (real) |"),
+            "{md}"
+        );
+        assert!(md.contains("3 comparisons, Holm"), "{md}");
+    }
+
+    #[test]
+    fn a_lucky_seed_is_not_a_real_difference() {
+        // The case: PLITS at 0 on every seed, LAL right on 0, 1 and 5 of 20 items.
+        let (t, f) = (true, false);
+        let items = |right: usize| -> Vec<bool> { (0..20).map(|i| i < right).collect() };
+        let results = [
+            result(Route::Plits, 0, &[f; 20], &[f, f]),
+            result(Route::Plits, 1, &[f; 20], &[f, f]),
+            result(Route::Plits, 2, &[f; 20], &[f, f]),
+            result(Route::Lal, 0, &items(0), &[f, f]),
+            result(Route::Lal, 1, &items(1), &[t, f]),
+            result(Route::Lal, 2, &items(5), &[f, f]),
+        ];
+        let rows = aggregate(&results);
+        let digits = &rows[1].against_plits["digits"];
+        // Pooled over 60 item-seed pairs this would be 6 wins and no loss: "real". Over 3
+        // seeds it is 0, 0.05 and 0.25, and the interval crosses 0.
+        assert!(!digits.real && digits.p_value > 0.05, "{digits:?}");
+        assert!(digits.difference.half_width > digits.difference.mean);
     }
 }

@@ -20,9 +20,15 @@ pub fn write_report(
         serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "cells": results }))?,
     )?;
     let md = format!(
-        "# Probe: {suite}\n\n`pal probe --suite {suite}`\n\n![accuracy per row with its interval](probe.png)\n\nAccuracy: mean over seeds ± the half-width of its 95% interval (t). Against PLITS: \
-         the mean difference in correctness on the same items and seeds ± its 95% interval; \"real\" when \
-         the interval excludes 0.\n\n{table}"
+        "# Probe: {suite}\n\n`pal probe --suite {suite}`\n\n![accuracy per row with its interval](probe.png)\n\n\
+         A trained model is one sample: every figure takes the seed as its unit. Accuracy: a \
+         cell's score on a split (its items' mean; word accuracy, 1 - WER at least 0, for \
+         speech-words), as the mean over seeds with its 95% interval (Student's t over seeds, \
+         clipped to 0-100%). The headline is the mean of splits, each split counted once. \
+         Against PLITS: per seed, the mode's score minus PLITS's on the same items, its mean \
+         over seeds with its 95% interval and the paired t test's two-sided p; \"real\" when \
+         significant after Holm's correction over every comparison of the grid (family-wise \
+         error 5%).\n\n{table}"
     );
     std::fs::write(out.join("probe.md"), &md)?;
     Ok((rows, md))
