@@ -11,9 +11,9 @@ cargo run --locked -q -p pal -- fetch whisper-base
 # The serving test drives `pal serve` with the official openai client, and the shard tests write
 # shards with scripts/write_shards.py (numpy + safetensors), from a venv of their own.
 venv="${PAL_TEST_VENV:-${PAL_HOME:-$HOME/.cache/pal}/test-venv}"
-if ! "$venv/bin/python" -c "import openai, numpy, safetensors, pytest" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import openai, numpy, safetensors, pytest, websockets" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q openai==3.57.0 numpy==2.4.6 safetensors==0.8.0 pytest==8.4.2
+  "$venv/bin/pip" install -q openai==3.57.0 numpy==2.4.6 safetensors==0.8.0 pytest==8.4.2 websockets==15.0.1
 fi
 export PAL_TEST_PYTHON="$venv/bin/python"
 cargo fmt --all -- --check
@@ -23,6 +23,13 @@ PAL_REQUIRE_MODELS=1 cargo test --locked --workspace
 # (which also run every example of docs/python.md).
 "$venv/bin/pip" install -q ./crates/pal-py
 PAL_REQUIRE_MODELS=1 "$venv/bin/python" -m pytest -q crates/pal-py/tests
+# The page that listens, in a real browser (headless Chromium with a fake microphone playing the
+# FSDD 'seven' clip), where Chromium is installed (CI installs it).
+if command -v chromium >/dev/null; then
+  "$venv/bin/python" scripts/check_page.py --pal "${CARGO_TARGET_DIR:-target}/debug/pal"
+else
+  echo "skipped: the browser test of the page needs chromium (apt-get install chromium)" >&2
+fi
 # Data-parallel training over MPI (the `mpi` feature), where OpenMPI is installed (CI installs it).
 if command -v mpirun >/dev/null; then
   cargo clippy --locked -p pal-train -p pal --features pal/mpi --all-targets -- -D warnings

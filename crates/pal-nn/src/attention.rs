@@ -107,6 +107,67 @@ pub fn attention_split(
     Ok((out, probs))
 }
 
+/// [`attention_split`] over keys and values given in two parts, a prefix (LAL's audio, a view
+/// of a clip's buffers) and the sequence's own, read where they lie instead of joined into one
+/// copy: only the scores (a row per query) are joined. Inference only (no gradient). Returns
+/// the output and the probabilities over `[prefix ; own]`.
+pub fn attention_apart(
+    q: &Tensor,
+    prefix: (&Tensor, &Tensor),
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    own_softmax: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, q_heads, q_rows, head_dim) = q.dims4()?;
+    let (pk, pv) = prefix;
+    let (_, kv_heads, p, _) = pk.dims4()?;
+    let n = k.dim(2)?;
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        candle_core::bail!(
+            "attention: {q_heads} query heads not a multiple of {kv_heads} kv heads"
+        );
+    }
+    if own_softmax != 0 && own_softmax != p {
+        candle_core::bail!("attention: a softmax of its own over {own_softmax} of {p} prefix rows");
+    }
+    let group = q_heads / kv_heads;
+    let q = q
+        .contiguous()?
+        .reshape((b, kv_heads, group * q_rows, head_dim))?;
+    let scores = Tensor::cat(
+        &[
+            &batched_matmul(&q, &pk.t()?)?,
+            &batched_matmul(&q, &k.t()?)?,
+        ],
+        3,
+    )?;
+    let mask = match mask {
+        Some(mask) => {
+            let mb = if mask.rank() == 4 { mask.dim(0)? } else { 1 };
+            Some(
+                mask.broadcast_as((mb, 1, q_rows, p + n))?
+                    .reshape((mb, q_rows, p + n))?,
+            )
+        }
+        None => None,
+    };
+    let probs = if own_softmax == 0 {
+        scaled_masked_softmax(&scores, mask.as_ref(), scale)?
+    } else {
+        let part = |start: usize, len: usize| -> Result<Tensor> {
+            let m = mask.as_ref().map(|m| m.narrow(2, start, len)).transpose()?;
+            scaled_masked_softmax(&scores.narrow(3, start, len)?, m.as_ref(), scale)
+        };
+        Tensor::cat(&[&part(0, p)?, &part(p, n)?], 3)?
+    };
+    let out = (batched_matmul(&probs.narrow(3, 0, p)?, pv)?
+        + batched_matmul(&probs.narrow(3, p, n)?, v)?)?
+    .reshape((b, q_heads, q_rows, head_dim))?;
+    Ok((out, probs))
+}
+
 /// Decoding under continuous batching: `q (b, q_heads, 1, head_dim)`, one query row per
 /// sequence, attends sequence `i` over `sequences[i]`: its prefix's keys and values (LAL's audio,
 /// with a softmax of its own when gated, as in [`attention_split`]) then its own, the two parts

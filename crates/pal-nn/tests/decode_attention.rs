@@ -133,3 +133,48 @@ fn other_dtypes_attend_sequence_by_sequence() {
     assert!(out[..32].iter().all(|&x| (x - 2.0).abs() < 1e-12));
     assert!(out[32..].iter().all(|&x| (x - 3.5).abs() < 1e-12));
 }
+
+/// Prefill over a prefix read where it lies (`attention_apart`) gives what attending the
+/// joined keys gives, with a causal mask over the own rows, with and without the prefix's own
+/// softmax.
+#[test]
+fn a_prefix_read_apart_attends_as_the_joined_keys_do() {
+    let (q_heads, kv_heads, head_dim, rows, prefix) = (6, 2, 16, 7, 300);
+    let q: Vec<f32> = pseudo_random(q_heads * rows * head_dim, 3)
+        .into_iter()
+        .map(|x| 2.0 * x as f32)
+        .collect();
+    let q = Tensor::from_vec(q, (1, q_heads, rows, head_dim), &Device::Cpu).unwrap();
+    let (pk, pv) = (
+        cache_view(kv_heads, prefix, head_dim, 5),
+        cache_view(kv_heads, prefix, head_dim, 6),
+    );
+    let (k, v) = (
+        cache_view(kv_heads, rows, head_dim, 7),
+        cache_view(kv_heads, rows, head_dim, 8),
+    );
+    let mask = pal_nn::causal_mask(rows, prefix + rows, None, DType::F32, &Device::Cpu).unwrap();
+    let joined_k = Tensor::cat(&[&pk, &k], 2).unwrap();
+    let joined_v = Tensor::cat(&[&pv, &v], 2).unwrap();
+    for own_softmax in [0, prefix] {
+        let (apart, probs) =
+            pal_nn::attention_apart(&q, (&pk, &pv), &k, &v, Some(&mask), 0.25, own_softmax)
+                .unwrap();
+        let (joined, joined_probs) =
+            attention_split(&q, &joined_k, &joined_v, Some(&mask), 0.25, own_softmax).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&apart, &joined) < 1e-6, "own softmax {own_softmax}");
+        assert!(diff(&probs, &joined_probs) < 1e-6);
+    }
+}

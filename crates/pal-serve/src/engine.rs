@@ -25,10 +25,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
-use pal_models::audio_llm::Example;
+use pal_models::audio_llm::{Example, GrowingClip};
 use pal_models::encoders::{batch_or_each, encode_clips};
 use pal_models::text::Segment;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::audio_cache::{AudioCache, CachedClip, ClipKey};
 pub use crate::bundle::Bundle;
@@ -68,14 +68,48 @@ pub enum Event {
 pub struct Job {
     /// The prompt, with the clips' places.
     pub segments: Vec<Segment>,
-    /// The clips in order, 16 kHz mono.
+    /// The clips in order, 16 kHz mono (none when `growing` gives the clip).
     pub clips: Vec<Vec<f32>>,
+    /// The one clip, when it is a live session's ([`pal_models::audio_llm::GrowingClip`]).
+    pub growing: Option<GrowingRequest>,
     /// How to generate.
     pub params: GenerationParams,
     /// Where the answer goes; closed when the client goes away.
     pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived (for time to first token).
     pub arrived: Instant,
+}
+
+/// A question about a clip that grows as its audio arrives (a `/v1/realtime` session): its
+/// windows encoded so far, the audio since (encoded when the question is taken), and the key the
+/// audio cache keeps the whole under (with the prompts asked about it).
+pub struct GrowingRequest {
+    /// The clip's encoded windows.
+    pub clip: Arc<Mutex<GrowingClip>>,
+    /// Audio after the last window, 16 kHz mono.
+    pub tail: Vec<f32>,
+    /// Where the tail starts in the clip (the samples its windows cover).
+    pub tail_start: usize,
+    /// The session's clip as it is now.
+    pub key: ClipKey,
+}
+
+/// A window of a growing clip to encode on the encoder thread, between the chats it takes.
+pub struct WindowJob {
+    /// The clip the window is appended to.
+    pub clip: Arc<Mutex<GrowingClip>>,
+    /// Where the window starts in the clip (refused unless the clip's windows end there).
+    pub start: usize,
+    /// The window, 16 kHz mono (at most the encoders' window).
+    pub samples: Vec<f32>,
+    /// Told when the window is encoded (or why it could not be).
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Work for the encoder thread.
+enum Work {
+    Chat(Job),
+    Window(WindowJob),
 }
 
 /// How requests are batched.
@@ -104,7 +138,7 @@ impl Default for Batching {
 /// for the transcription thread.
 #[derive(Clone)]
 pub struct Queue {
-    sender: SyncSender<Job>,
+    sender: SyncSender<Work>,
     /// Where transcriptions go.
     pub transcriptions: Transcriptions,
     /// Shared counters.
@@ -114,7 +148,21 @@ pub struct Queue {
 impl Queue {
     /// Queues a chat without waiting.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        match self.sender.try_send(job) {
+        self.send(Work::Chat(job))
+    }
+
+    /// Queues a window of a growing clip, waiting for room in the queue (blocking: call it off
+    /// the async threads). Audio that arrives faster than it is encoded waits here.
+    pub fn submit_window_waiting(&self, job: WindowJob) -> Result<(), SubmitError> {
+        self.counters.queued_chats.fetch_add(1, Ordering::Relaxed);
+        self.sender.send(Work::Window(job)).map_err(|_| {
+            self.counters.queued_chats.fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Stopped
+        })
+    }
+
+    fn send(&self, work: Work) -> Result<(), SubmitError> {
+        match self.sender.try_send(work) {
             Ok(()) => {
                 self.counters.queued_chats.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -136,7 +184,7 @@ impl Queue {
 /// The receiving side of the chat queue, for [`start_on`]; the transcription thread, which
 /// [`queue`] starts (it waits for jobs and ends when every [`Queue`] is dropped).
 pub struct Receivers {
-    chats: Receiver<Job>,
+    chats: Receiver<Work>,
     transcriber: std::thread::JoinHandle<()>,
 }
 
@@ -264,7 +312,7 @@ impl Client {
 /// and hands it to the model thread; a panic fails the request it happened on.
 fn encode_requests(
     bundle: &Bundle,
-    receiver: &Receiver<Job>,
+    receiver: &Receiver<Work>,
     ready: &SyncSender<Ready>,
     batching: Batching,
     cache: &Mutex<AudioCache>,
@@ -281,22 +329,48 @@ fn encode_requests(
         counters
             .queued_chats
             .fetch_sub(jobs.len(), Ordering::Relaxed);
-        let chats: Vec<Job> = jobs
-            .into_iter()
-            .filter(|job| {
-                let gone = job.events.is_closed();
-                if gone {
+        // Windows first: a question taken with a window of its clip is asked after it.
+        let mut chats = Vec::with_capacity(jobs.len());
+        for work in jobs {
+            match work {
+                Work::Window(window) => {
+                    let start = Instant::now();
+                    let outcome = isolated(counters, || {
+                        let mut clip = window.clip.lock().unwrap_or_else(|e| e.into_inner());
+                        if clip.samples() != window.start {
+                            return Err(format!(
+                                "a window at sample {} after windows ending at {}",
+                                window.start,
+                                clip.samples()
+                            ));
+                        }
+                        clip.push(&bundle.model, &bundle.encoders, &window.samples)
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|r| r);
+                    Counters::spent(&counters.encode_micros, start);
+                    counters.realtime_windows.fetch_add(1, Ordering::Relaxed);
+                    let _ = window.done.send(outcome);
+                }
+                Work::Chat(job) if job.events.is_closed() => {
                     counters.chat_ended(Outcome::Cancelled);
                 }
-                !gone
-            })
-            .collect();
+                Work::Chat(job) => chats.push(job),
+            }
+        }
         if chats.is_empty() {
             continue;
         }
         let start = Instant::now();
         let clip_sets: Vec<&[Vec<f32>]> = chats.iter().map(|c| c.clips.as_slice()).collect();
-        let gathered = gather_clips(bundle, cache, &clip_sets, counters);
+        let mut gathered = gather_clips(bundle, cache, &clip_sets, counters);
+        for (chat, clips) in chats.iter().zip(gathered.iter_mut()) {
+            if let Some(growing) = &chat.growing {
+                *clips = isolated(counters, || growing_clip(bundle, cache, growing))
+                    .and_then(|r| r)
+                    .map(|clip| vec![clip]);
+            }
+        }
         let mut prepared = Vec::with_capacity(chats.len());
         for (chat, clips) in chats.into_iter().zip(gathered) {
             let outcome = clips.map_err(Event::Failed).and_then(|clips| {
@@ -594,6 +668,33 @@ fn finish(client: &Client, generation: Generation, counters: &Counters) {
         prompt_tokens: generation.prompt_tokens,
         completion_tokens: tokens,
     });
+}
+
+/// A live session's clip as it is now (its windows and the tail since), kept in the audio cache
+/// under the session's key so that the prompts asked about it are kept with it.
+fn growing_clip(
+    bundle: &Bundle,
+    cache: &Mutex<AudioCache>,
+    growing: &GrowingRequest,
+) -> Result<Clip, String> {
+    let (audio, lal) = {
+        let mut clip = growing.clip.lock().unwrap_or_else(|e| e.into_inner());
+        if clip.samples() != growing.tail_start {
+            return Err(format!(
+                "the session's audio windows cover {} samples but the question's audio starts at {}",
+                clip.samples(),
+                growing.tail_start
+            ));
+        }
+        clip.with_tail(&bundle.model, &bundle.encoders, &growing.tail)
+            .map_err(|e| format!("encoding the audio: {e}"))?
+    };
+    let clip = Arc::new(CachedClip { audio, lal });
+    let mut cache = locked(cache);
+    if cache.enabled() {
+        cache.insert(growing.key, clip.clone());
+    }
+    Ok(Clip::Kept(growing.key, clip))
 }
 
 /// A request's clip: kept in the cache (under its key), or just encoded (the cache is off).

@@ -5,6 +5,8 @@
 //!   `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `stream_options.include_usage`.
 //! - `POST /v1/audio/transcriptions` (multipart `file`): Whisper transcription, when the
 //!   bundle's encoder is a Whisper with its decoder.
+//! - `GET /v1/realtime` (WebSocket): live audio in OpenAI's Realtime events, encoded window by
+//!   window as it arrives ([`realtime`]); `GET /`: a page that listens and asks.
 //! - `GET /v1/models`; `GET /metrics` (Prometheus, behind the key like `/v1`); `GET /health`
 //!   (liveness only).
 //!
@@ -27,6 +29,7 @@ pub mod engine;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod realtime;
 pub mod request;
 pub mod routes;
 pub mod settings;

@@ -141,7 +141,13 @@ pub struct Counters {
     pub prompt_rows_reused: AtomicUsize,
     /// Prompt rows run through the LLM.
     pub prompt_rows_run: AtomicUsize,
-    /// Chats waiting for the encoder thread.
+    /// Realtime windows encoded as their audio arrived.
+    pub realtime_windows: AtomicUsize,
+    /// Realtime sessions opened.
+    pub realtime_sessions_total: AtomicUsize,
+    /// Realtime sessions open now.
+    pub realtime_sessions: AtomicUsize,
+    /// Chats (and realtime windows) waiting for the encoder thread.
     pub queued_chats: AtomicUsize,
     /// Chats encoded and waiting for the model thread.
     pub ready_chats: AtomicUsize,
@@ -195,6 +201,9 @@ impl Default for Counters {
             prompt_cache_hits: Default::default(),
             prompt_rows_reused: Default::default(),
             prompt_rows_run: Default::default(),
+            realtime_windows: Default::default(),
+            realtime_sessions_total: Default::default(),
+            realtime_sessions: Default::default(),
             queued_chats: Default::default(),
             ready_chats: Default::default(),
             queued_transcriptions: Default::default(),
@@ -317,7 +326,17 @@ impl Counters {
             "Chat requests that reached the model, by how they ended.",
             &chats,
         );
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 17] = [
+            (
+                "pal_realtime_windows_total",
+                "Realtime audio windows encoded as they arrived.",
+                load(&self.realtime_windows),
+            ),
+            (
+                "pal_realtime_sessions_total",
+                "Realtime sessions opened.",
+                load(&self.realtime_sessions_total),
+            ),
             (
                 "pal_transcribed_windows_total",
                 "30 s windows transcribed.",
@@ -397,10 +416,15 @@ impl Counters {
         for (name, help, value) in counters {
             metric(name, "counter", help, &one(value as f64));
         }
-        let gauges: [(&str, &str, f64); 7] = [
+        let gauges: [(&str, &str, f64); 8] = [
+            (
+                "pal_realtime_sessions",
+                "Realtime sessions open.",
+                load(&self.realtime_sessions) as f64,
+            ),
             (
                 "pal_queued_chats",
-                "Chats waiting for the encoder thread.",
+                "Chats and realtime windows waiting for the encoder thread.",
                 load(&self.queued_chats) as f64,
             ),
             (

@@ -81,29 +81,7 @@ pub fn plan_chat(body: &[u8], prompting: &Prompting) -> Result<ChatPlan, ApiErro
             "the request needs an input_audio content part (this is an audio model)",
         ));
     }
-    let segments = pal_models::text::segments::prompt_segments(
-        &prompting.template,
-        &prompting.tokenizer,
-        &messages,
-    )
-    .map_err(|e| ApiError::bad("messages".to_string(), e.to_string()))?;
-    let prompt_tokens: usize = segments
-        .iter()
-        .map(|s| match s {
-            Segment::Text { ids, .. } => ids.len(),
-            Segment::Audio => 0,
-        })
-        .sum();
-    if prompt_tokens > limits.max_prompt_tokens {
-        return Err(ApiError::bad(
-            "messages".to_string(),
-            format!(
-                "the prompt is {prompt_tokens} tokens; this server takes at most {} (--max-prompt-tokens)",
-                limits.max_prompt_tokens
-            ),
-        )
-        .with_code("context_length_exceeded"));
-    }
+    let segments = prompt_segments(&messages, prompting)?;
     Ok(ChatPlan {
         segments,
         clips,
@@ -114,6 +92,38 @@ pub fn plan_chat(body: &[u8], prompting: &Prompting) -> Result<ChatPlan, ApiErro
             .as_ref()
             .is_some_and(|o| o.include_usage),
     })
+}
+
+/// The prompt of `messages` (the clips' places by the chat template; one clip and no marker: the
+/// training placement), refused past `--max-prompt-tokens`. Blocking (tokenizes).
+pub fn prompt_segments(
+    messages: &[Message],
+    prompting: &Prompting,
+) -> Result<Vec<Segment>, ApiError> {
+    let segments = pal_models::text::segments::prompt_segments(
+        &prompting.template,
+        &prompting.tokenizer,
+        messages,
+    )
+    .map_err(|e| ApiError::bad("messages".to_string(), e.to_string()))?;
+    let prompt_tokens: usize = segments
+        .iter()
+        .map(|s| match s {
+            Segment::Text { ids, .. } => ids.len(),
+            Segment::Audio => 0,
+        })
+        .sum();
+    let limit = prompting.limits.max_prompt_tokens;
+    if prompt_tokens > limit {
+        return Err(ApiError::bad(
+            "messages".to_string(),
+            format!(
+                "the prompt is {prompt_tokens} tokens; this server takes at most {limit} (--max-prompt-tokens)"
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(segments)
 }
 
 /// Refuses a conversation past the size limits before anything is rendered: messages, content
@@ -434,7 +444,8 @@ fn audio_url<'a>(part: &'a Value, at: &str) -> Result<(&'a str, String, String),
 
 /// A fresh sampling seed for a request that gives none (so two such requests do not sample
 /// alike).
-fn fresh_seed() -> u64 {
+/// A seed for a request that gives none: different for every request.
+pub fn fresh_seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     std::collections::hash_map::RandomState::new().hash_one(COUNT.fetch_add(1, Ordering::Relaxed))

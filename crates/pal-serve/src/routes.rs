@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(json)
         .route("/v1/audio/transcriptions", post(transcriptions))
         .route("/v1/models", get(models))
+        .route("/v1/realtime", get(crate::realtime::realtime))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -48,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(keyed)
         .route("/health", get(health))
+        .route("/", get(page))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -65,6 +67,20 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The page that listens (`GET /`): one self-contained HTML page that streams the microphone
+/// or a file to `/v1/realtime`, asks questions and shows the answer and the live transcript.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("page.html"),
+    )
+        .into_response()
 }
 
 /// Liveness only: `ok`, or `stopped` with 503 once the model thread has ended. Counters are in
@@ -154,6 +170,7 @@ async fn chat_completions(
         .submit(Job {
             segments,
             clips: samples,
+            growing: None,
             params,
             events,
             arrived,

@@ -32,6 +32,17 @@ pub struct Limits {
     /// Seconds of audio being decoded at once over all requests (each clip reserves its
     /// declared length, or `max_audio_seconds` when its header does not say).
     pub max_decoding_seconds: f64,
+    /// Realtime sessions open at once (503 for more).
+    pub max_sessions: usize,
+    /// Seconds of audio one realtime session may hold (appends past it are refused).
+    pub max_session_seconds: f64,
+    /// Largest realtime event in bytes (a larger one closes the session with 1009).
+    pub max_event_bytes: usize,
+    /// A realtime session with no event from its client for this long is closed.
+    pub session_idle_seconds: f64,
+    /// Seconds of a realtime recording encoded at a time, as it arrives (0: the encoder's own
+    /// window, 30 s for Whisper; shorter windows give live transcripts sooner).
+    pub stream_chunk_seconds: f64,
 }
 
 impl Default for Limits {
@@ -48,6 +59,11 @@ impl Default for Limits {
             upload_budget_bytes: 256 * 1024 * 1024,
             max_concurrent_decodes: 4,
             max_decoding_seconds: 4.0 * 120.0,
+            max_sessions: 16,
+            max_session_seconds: 1800.0,
+            max_event_bytes: 20 * 1024 * 1024,
+            session_idle_seconds: 300.0,
+            stream_chunk_seconds: 0.0,
         }
     }
 }

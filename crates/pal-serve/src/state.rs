@@ -33,6 +33,13 @@ pub struct AppState {
     pub uploads: Arc<Semaphore>,
     /// Clips and seconds of audio decoded at once.
     pub decoding: Decoding,
+    /// Samples per window of a realtime session's recording, or why the model cannot take
+    /// audio as it arrives.
+    pub live_window: Result<usize, String>,
+    /// Realtime sessions open at once ([`Limits::max_sessions`]).
+    pub sessions: Arc<Semaphore>,
+    /// Numbers realtime sessions.
+    pub next_session: AtomicU64,
 }
 
 impl AppState {
@@ -55,7 +62,13 @@ impl AppState {
             limits,
         };
         let counters = queue.counters.clone();
+        let live_window = pal_models::audio_llm::GrowingClip::new(&bundle.model)
+            .map(|_| pal_models::audio_llm::GrowingClip::window_samples(&bundle.encoders))
+            .map_err(|e| e.to_string());
         Ok(Self {
+            live_window,
+            sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+            next_session: AtomicU64::new(0),
             prompting: Arc::new(prompting),
             can_transcribe: bundle.whisper.is_some(),
             queue,

@@ -46,6 +46,20 @@ impl Transcriptions {
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
         }
     }
+
+    /// Queues a transcription, waiting for room in the queue (blocking: call it off the async
+    /// threads).
+    pub fn submit_waiting(&self, job: Transcription) -> Result<(), SubmitError> {
+        self.counters
+            .queued_transcriptions
+            .fetch_add(1, Ordering::Relaxed);
+        self.sender.send(job).map_err(|_| {
+            self.counters
+                .queued_transcriptions
+                .fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Stopped
+        })
+    }
 }
 
 /// Starts the transcription thread with a queue of `capacity`; it ends when every sender is

@@ -27,6 +27,7 @@ fn chat(bundle: &Bundle, question: &str, clip: Vec<f32>) -> (Job, mpsc::Unbounde
     let job = Job {
         segments,
         clips: vec![clip],
+        growing: None,
         params,
         events,
         arrived: std::time::Instant::now(),

@@ -295,6 +295,7 @@ async fn a_full_queue_answers_503() {
         .submit(engine::Job {
             segments: vec![],
             clips: vec![],
+            growing: None,
             params: GenerationParams::default(),
             events,
             arrived: Instant::now(),

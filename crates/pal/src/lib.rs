@@ -52,6 +52,9 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Train an audio-LLM adapter from a curriculum file (resumable).
     Train(commands::train::TrainArgs),
+    /// Write a run folder with an untrained adapter (for serving, benchmarks and plumbing
+    /// before training).
+    Init(commands::init::InitArgs),
     /// Transcribe audio files with Whisper (greedy, no timestamps).
     Transcribe(commands::transcribe::TranscribeArgs),
     /// Check that pal computes correctly on a device (ops, training steps, generation, against
@@ -129,6 +132,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result
         Command::Probe(args) => commands::probe::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Init(args) => commands::init::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Selftest(args) => commands::selftest::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),

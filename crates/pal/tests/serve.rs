@@ -1,7 +1,8 @@
 //! `pal serve` as a user runs it: a real process on a free loopback port, driven by the official
 //! `openai` Python client (`scripts/openai_client_check.py`, run with `$PAL_TEST_PYTHON`, a venv
 //! that has `openai`; `.ci/run` makes one). Its answers equal `pal ask` for the same clip, question
-//! and seed; SIGTERM lets a request in flight finish and then stops the server.
+//! and seed, over chat completions and the realtime API; SIGTERM lets a request in flight finish
+//! and then stops the server.
 
 mod common;
 
@@ -99,6 +100,11 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
             .arg(&clip)
             .args(["--question", question, "--max-tokens", "16"])
             .args(["--temperature", temperature, "--seed", seed])
+            .args(if temperature == "0" {
+                &["--realtime"][..]
+            } else {
+                &[][..]
+            })
             .output()
             .unwrap();
         ok(&out);
@@ -118,6 +124,10 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
         );
         assert_eq!(got["chat"], expected, "temperature {temperature}");
         assert_eq!(got["stream"], expected, "temperature {temperature}");
+        if temperature == "0" {
+            // The clip streamed as live audio over /v1/realtime, then asked: the same answer.
+            assert_eq!(got["realtime"], expected, "over the realtime API");
+        }
         assert_eq!(got["models"][0], "pal-test");
         let transcript = got["transcription"].as_str().unwrap().to_lowercase();
         assert!(

@@ -11,6 +11,7 @@ use crate::audio_llm::model::AudioLlm;
 use crate::encoders::ast::{Ast, AstEncoder};
 use crate::encoders::audio_encoder::{encode_clip, AudioEncoder};
 use crate::encoders::external::ExternalEncoder;
+use crate::encoders::pooled::PooledEncoder;
 use crate::encoders::whisper::{Whisper, WhisperAudioEncoder};
 use crate::encoders::windows::WindowPolicy;
 use crate::error::{ModelError, Result};
@@ -141,6 +142,16 @@ pub fn build_encoders(
                 Box::new(e)
             }
             EncoderKind::Shards => Box::new(ExternalEncoder::from_shards(&path, &spec.name)?),
+        };
+        let encoder: Box<dyn AudioEncoder> = match spec.pool {
+            0 => {
+                return Err(ModelError::Unsupported(format!(
+                    "encoder '{}': pool must be at least 1",
+                    spec.name
+                )))
+            }
+            1 => encoder,
+            pool => Box::new(PooledEncoder::new(encoder, pool)),
         };
         encoders.push(encoder);
     }

@@ -90,6 +90,10 @@ pub struct EncoderSpec {
     /// Most encoder windows per clip.
     #[serde(default = "default_max_windows")]
     pub max_windows: usize,
+    /// Output frames averaged together (1: none): 2 or 4 halve or quarter the audio keys and
+    /// values LAL keeps and the tokens PLITS adds (see [`crate::encoders::pooled`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub pool: usize,
     /// Route into the LLM.
     pub route: Route,
     /// PLITS connector.
@@ -105,6 +109,9 @@ pub struct EncoderSpec {
 
 fn yes() -> bool {
     true
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 fn default_max_windows() -> usize {
     WindowPolicy::default().max_windows

@@ -121,6 +121,13 @@ impl AudioLlm {
     /// be kept and reused by [`AudioLlm::prepare_cached`] in any later batch: a server asked
     /// several questions about one clip computes them once.
     pub fn clip_lal(&self, audio: &[Tensor]) -> Result<ClipLal> {
+        self.clip_lal_from(audio, 0)
+    }
+
+    /// [`AudioLlm::clip_lal`] of a clip's later part, its audio keys at positions from
+    /// `first_position` (the rows of the part before it): the keys of a clip that grows window
+    /// by window ([`crate::audio_llm::growing`]), each window's rows after the earlier ones'.
+    pub fn clip_lal_from(&self, audio: &[Tensor], first_position: usize) -> Result<ClipLal> {
         if audio.len() != self.encoders.len() {
             return Err(ModelError::Unsupported(format!(
                 "{} encoder outputs for a model with {} encoders",
@@ -129,7 +136,7 @@ impl AudioLlm {
             )));
         }
         let device = self.llm.device().clone();
-        let mut rows_before = 0usize;
+        let mut rows_before = first_position;
         let mut encoders = Vec::with_capacity(audio.len());
         for (enc, clip) in self.encoders.iter().zip(audio) {
             let Some(adapter) = &enc.lal else {
@@ -461,6 +468,47 @@ pub struct ClipLal {
 }
 
 impl ClipLal {
+    /// The keys and values of `parts` (consecutive parts of one clip, each from
+    /// [`AudioLlm::clip_lal_from`]) joined along the rows: the clip's own.
+    pub fn join(parts: &[ClipLal]) -> Result<ClipLal> {
+        let Some(first) = parts.first() else {
+            return Err(ModelError::Unsupported("no part of a clip to join".into()));
+        };
+        let mut encoders = Vec::with_capacity(first.encoders.len());
+        for (j, layers) in first.encoders.iter().enumerate() {
+            let Some(layers) = layers else {
+                encoders.push(None);
+                continue;
+            };
+            let mut joined = Vec::with_capacity(layers.len());
+            for (l, layer) in layers.iter().enumerate() {
+                let mut ks = Vec::with_capacity(parts.len());
+                let mut vs = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let p = part
+                        .encoders
+                        .get(j)
+                        .and_then(|e| e.as_ref())
+                        .and_then(|e| e.get(l))
+                        .ok_or_else(|| {
+                            ModelError::Unsupported("parts of a clip from different models".into())
+                        })?;
+                    ks.push(p.k.clone());
+                    vs.push(p.v.clone());
+                }
+                joined.push(LalLayerPrefix {
+                    layer: layer.layer,
+                    own_softmax: layer.own_softmax,
+                    k: Tensor::cat(&ks, 2)?,
+                    v: Tensor::cat(&vs, 2)?,
+                    stacked: None,
+                });
+            }
+            encoders.push(Some(joined));
+        }
+        Ok(ClipLal { encoders })
+    }
+
     /// Bytes the keys and values take (for a memory-bounded cache).
     pub fn bytes(&self) -> usize {
         self.encoders

@@ -310,10 +310,14 @@ impl AudioEncoder for AstEncoder {
         self.model.config.hidden_size
     }
 
+    fn window_samples(&self) -> Option<usize> {
+        // max_length frames of 10 ms, plus the 25 ms frame's tail.
+        Some((self.model.config.max_length - 1) * 160 + 400)
+    }
+
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         let c = &self.model.config;
-        // max_length frames of 10 ms, plus the 25 ms frame's tail.
-        let window = (c.max_length - 1) * 160 + 400;
+        let window = self.window_samples().expect("AST has a window");
         let device = self.model.cls_token.device();
         let dtype = self.model.cls_token.dtype();
         let mut outputs = vec![];

@@ -18,6 +18,11 @@ pub trait AudioEncoder: Send + Sync {
     fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
         clips.iter().map(|c| self.encode(c)).collect()
     }
+    /// Samples of the window a long clip is cut into (each encoded alone), when the encoder
+    /// has one (Whisper: 30 s; AST: its `max_length` frames).
+    fn window_samples(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl AudioEncoder for Box<dyn AudioEncoder> {
@@ -35,6 +40,10 @@ impl AudioEncoder for Box<dyn AudioEncoder> {
 
     fn encode_batch(&self, clips: &[&[f32]]) -> Result<Vec<Tensor>> {
         self.as_ref().encode_batch(clips)
+    }
+
+    fn window_samples(&self) -> Option<usize> {
+        self.as_ref().window_samples()
     }
 }
 

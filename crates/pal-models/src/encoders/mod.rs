@@ -13,11 +13,13 @@ pub mod audio_encoder;
 pub mod blocks;
 pub mod cache;
 pub mod external;
+pub mod pooled;
 pub mod selection;
 pub mod whisper;
 pub mod windows;
 
 pub use audio_encoder::{batch_or_each, encode_clip, encode_clips, AudioEncoder};
 pub use cache::CachedEncoder;
+pub use pooled::PooledEncoder;
 pub use selection::LayerSelection;
 pub use windows::WindowPolicy;

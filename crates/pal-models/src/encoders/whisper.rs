@@ -627,6 +627,10 @@ impl AudioEncoder for WhisperAudioEncoder {
         self.encoder.embed_positions.dims()[1]
     }
 
+    fn window_samples(&self) -> Option<usize> {
+        Some(self.encoder.max_frames() * 160)
+    }
+
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         Ok(self
             .encode_batch(&[samples])?

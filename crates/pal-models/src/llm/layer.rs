@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::{rms_norm, rope};
-use pal_nn::{attention_split, decode_attention, Linear, SequenceKeys};
+use pal_nn::{attention_apart, attention_split, decode_attention, Linear, SequenceKeys};
 
 use crate::error::Result;
 use crate::llm::cache::LayerCache;
@@ -204,28 +204,34 @@ impl DecoderLayer {
             true => (p.k.detach(), p.v.detach()),
             false => (p.k.clone(), p.v.clone()),
         });
-        let (k, v) = if in_place {
-            // Inference: the new rows are written into the cache's buffers, which already hold
-            // the prefix.
-            cache.append_in_place(&k_own, &v_own)?
-        } else {
-            let (k, v) = match (&cache.k, &cache.v) {
-                (Some(pk), Some(pv)) => (
-                    Tensor::cat(&[pk, &k_own], 2)?,
-                    Tensor::cat(&[pv, &v_own], 2)?,
-                ),
-                _ => (k_own.clone(), v_own.clone()),
-            };
-            cache.k = Some(k.clone());
-            cache.v = Some(v.clone());
-            match &prefix {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                None => (k, v),
-            }
-        };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let (attn, probs) = attention_split(&q, &k, &v, mask, scale, own_softmax)?;
-        drop((k, v));
+        let (attn, probs) = if in_place && cache.prefix.is_some() {
+            // Inference with a prefix (a clip's LAL keys): the new rows go into the cache's
+            // buffers, the prefix is read where it lies (never copied per request).
+            let apart = cache.append_apart(&k_own, &v_own)?;
+            let (pk, pv) = apart.prefix.as_ref().expect("the cache has a prefix");
+            attention_apart(&q, (pk, pv), &apart.k, &apart.v, mask, scale, own_softmax)?
+        } else {
+            let (k, v) = if in_place {
+                // Inference: the new rows are written into the cache's buffers.
+                cache.append_in_place(&k_own, &v_own)?
+            } else {
+                let (k, v) = match (&cache.k, &cache.v) {
+                    (Some(pk), Some(pv)) => (
+                        Tensor::cat(&[pk, &k_own], 2)?,
+                        Tensor::cat(&[pv, &v_own], 2)?,
+                    ),
+                    _ => (k_own.clone(), v_own.clone()),
+                };
+                cache.k = Some(k.clone());
+                cache.v = Some(v.clone());
+                match &prefix {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                    None => (k, v),
+                }
+            };
+            attention_split(&q, &k, &v, mask, scale, own_softmax)?
+        };
         if cache.record_attention {
             cache.attention = Some(probs.detach());
         }

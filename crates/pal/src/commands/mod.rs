@@ -8,6 +8,7 @@ pub mod demo;
 pub mod encode;
 pub mod eval;
 pub mod fetch;
+pub mod init;
 pub mod probe;
 pub mod selftest;
 pub mod serve;

@@ -67,6 +67,22 @@ pub struct ServeArgs {
     /// times --max-audio-seconds).
     #[arg(long)]
     max_decoding_seconds: Option<f64>,
+    /// Realtime sessions (`/v1/realtime`) open at once; more get 503.
+    #[arg(long, default_value_t = 16)]
+    max_sessions: usize,
+    /// Seconds of audio one realtime session may hold.
+    #[arg(long, default_value_t = 1800.0)]
+    max_session_seconds: f64,
+    /// Largest realtime event in MiB (one base64 append of audio, say).
+    #[arg(long, default_value_t = 20)]
+    max_event_mb: usize,
+    /// Seconds a realtime session may go without an event from its client before it is closed.
+    #[arg(long, default_value_t = 300.0)]
+    session_idle_s: f64,
+    /// Seconds of live audio encoded at a time as it arrives (0: the encoder's window, 30 s for
+    /// Whisper). Shorter chunks give live transcripts sooner.
+    #[arg(long, default_value_t = 0.0)]
+    stream_chunk_s: f64,
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = 30)]
     header_timeout_s: u64,
@@ -145,6 +161,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_decoding_seconds: args
             .max_decoding_seconds
             .unwrap_or(args.max_concurrent_decodes.max(1) as f64 * args.max_audio_seconds),
+        max_sessions: args.max_sessions,
+        max_session_seconds: args.max_session_seconds,
+        max_event_bytes: args.max_event_mb << 20,
+        session_idle_seconds: args.session_idle_s,
+        stream_chunk_seconds: args.stream_chunk_s,
     };
     let args_hosts_set = !args.allowed_hosts.is_empty();
     let network = Network {
@@ -182,7 +203,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             eprintln!("note: clients must address this server by IP address or localhost; allow host names with --allowed-hosts");
         }
         eprintln!(
-            "serving '{model_name}' on http://{addr} (transcription {})",
+            "serving '{model_name}' on http://{addr} (transcription {}); the page that listens: http://{addr}/",
             if can_transcribe { "on" } else { "off" }
         );
         pal_serve::serve(listener, state, pal_serve::shutdown_signal()).await?;

@@ -1,0 +1,147 @@
+//! A clip encoded window by window as it arrives ([`GrowingClip`]): its keys and values are the
+//! ones the whole clip gives, the views lent to a question are never written under by the
+//! windows that come after, and audio taken back is gone.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_diff};
+use pal_models::audio_llm::config::LalRope;
+use pal_models::audio_llm::{Attachment, AudioLlm, ClipLal, GrowingClip, Route};
+use pal_models::encoders::AudioEncoder;
+use pal_models::{Llama, LlamaConfig, Weights};
+use pal_nn::Params;
+
+const D_ENC: usize = 8;
+/// Samples per frame of the test encoder.
+const HOP: usize = 4;
+
+/// Each 4 samples become one frame (their values spread over the frame's width): outputs of
+/// consecutive pieces join into the whole's, as a windowed encoder's do.
+struct FrameEncoder;
+
+impl AudioEncoder for FrameEncoder {
+    fn id(&self) -> String {
+        "frames".into()
+    }
+
+    fn dim(&self) -> usize {
+        D_ENC
+    }
+
+    fn encode(&self, samples: &[f32]) -> pal_models::Result<Tensor> {
+        let frames = samples.len().div_ceil(HOP);
+        let data: Vec<f32> = (0..frames * D_ENC)
+            .map(|i| {
+                let (f, j) = (i / D_ENC, i % D_ENC);
+                samples.get(f * HOP + j % HOP).copied().unwrap_or(0.0) * (1.0 + j as f32)
+            })
+            .collect();
+        Ok(Tensor::from_vec(data, (frames, D_ENC), &Device::Cpu)?)
+    }
+
+    fn window_samples(&self) -> Option<usize> {
+        Some(40)
+    }
+}
+
+fn model(rope: LalRope) -> AudioLlm {
+    let dir = fixture("tiny-llama");
+    let config = LlamaConfig::from_hf_folder(&dir).unwrap();
+    let weights = Weights::from_hf_folder(&dir, DType::F32, &Device::Cpu).unwrap();
+    let llm = Llama::load(config, &weights).unwrap();
+    let params = Params::new(7, DType::F32, &Device::Cpu);
+    let mut a = Attachment::new("enc", D_ENC, Route::Lal);
+    a.lal.rope = rope;
+    AudioLlm::new(llm, &[a], &params).unwrap()
+}
+
+fn audio(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i + seed * 7) * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// The largest difference between two clips' keys and values, layer by layer.
+fn lal_diff(a: &ClipLal, b: &ClipLal) -> f64 {
+    let (a, b) = (
+        a.encoders[0].as_ref().unwrap(),
+        b.encoders[0].as_ref().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| max_diff(&x.k, &y.k).max(max_diff(&x.v, &y.v)))
+        .fold(0.0, f64::max)
+}
+
+fn encoders() -> Vec<Box<dyn AudioEncoder>> {
+    vec![Box::new(FrameEncoder)]
+}
+
+#[test]
+fn windows_then_a_tail_give_the_whole_clips_keys_and_values() {
+    for rope in [LalRope::Prefix, LalRope::None] {
+        let m = model(rope);
+        let encoders = encoders();
+        let whole = audio(40 * 60 + 12, 1);
+        let mut clip = GrowingClip::new(&m).unwrap();
+        // Sixty windows: the buffers grow past their first room (2048 rows) on the way.
+        for window in whole[..40 * 60].chunks(40) {
+            clip.push(&m, &encoders, window).unwrap();
+        }
+        let (outputs, grown) = clip.with_tail(&m, &encoders, &whole[40 * 60..]).unwrap();
+        let frames = FrameEncoder.encode(&whole).unwrap();
+        assert_eq!(max_diff(&outputs[0], &frames), 0.0);
+        let once = m.clip_lal(&[frames]).unwrap();
+        assert!(
+            lal_diff(&grown, &once) < 1e-6,
+            "{rope:?}: {}",
+            lal_diff(&grown, &once)
+        );
+    }
+}
+
+#[test]
+fn a_view_lent_to_a_question_is_never_written_under() {
+    let m = model(LalRope::Prefix);
+    let encoders = encoders();
+    let mut clip = GrowingClip::new(&m).unwrap();
+    clip.push(&m, &encoders, &audio(40, 1)).unwrap();
+    // A question with a tail: its rows after the window are the tail's.
+    let (_, asked) = clip.with_tail(&m, &encoders, &audio(20, 2)).unwrap();
+    let before: Vec<Tensor> = asked.encoders[0]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|l| l.k.copy().unwrap())
+        .collect();
+    // The next window lands where the tail was lent: the question's view must not change.
+    clip.push(&m, &encoders, &audio(40, 3)).unwrap();
+    for (layer, kept) in asked.encoders[0].as_ref().unwrap().iter().zip(&before) {
+        assert_eq!(max_diff(&layer.k, kept), 0.0);
+    }
+    // And the clip goes on as the two windows make it.
+    let (_, now) = clip.with_tail(&m, &encoders, &[]).unwrap();
+    let mut both = audio(40, 1);
+    both.extend(audio(40, 3));
+    let once = m.clip_lal(&[FrameEncoder.encode(&both).unwrap()]).unwrap();
+    assert!(lal_diff(&now, &once) < 1e-6);
+}
+
+#[test]
+fn audio_taken_back_is_gone() {
+    let m = model(LalRope::Prefix);
+    let encoders = encoders();
+    let mut clip = GrowingClip::new(&m).unwrap();
+    for seed in 0..3 {
+        clip.push(&m, &encoders, &audio(40, seed)).unwrap();
+    }
+    assert_eq!(clip.truncate(80), 80);
+    clip.push(&m, &encoders, &audio(40, 9)).unwrap();
+    let (_, grown) = clip.with_tail(&m, &encoders, &[]).unwrap();
+    let mut kept: Vec<f32> = (0..2).flat_map(|s| audio(40, s)).collect();
+    kept.extend(audio(40, 9));
+    let once = m.clip_lal(&[FrameEncoder.encode(&kept).unwrap()]).unwrap();
+    assert!(lal_diff(&grown, &once) < 1e-6);
+}
