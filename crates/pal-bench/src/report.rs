@@ -16,6 +16,33 @@ pub fn with_suffix(prefix: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The CPU's model name and the flags that decide pal's kernels (`avx2`, `avx512f`,
+/// `avx512_bf16`, `amx_bf16`...), from `/proc/cpuinfo`: every timing report names its machine.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let flags = field("flags").unwrap_or_default();
+    let have: Vec<&str> = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_tile",
+    ]
+    .into_iter()
+    .filter(|f| flags.split_whitespace().any(|g| g == *f))
+    .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model}, {cores} cores available; {}", have.join(", "))
+}
+
 /// The median of `v` (the upper one for an even count); NaN when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {

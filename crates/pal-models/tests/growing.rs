@@ -151,10 +151,8 @@ fn pooled_windows_give_the_pooled_whole_with_half_the_keys() {
     use pal_models::encoders::pooled::PooledEncoder;
     let m = model(LalRope::Prefix);
     // A window is 10 frames, a multiple of the pool: pooled apart equals pooled whole.
-    let pooled: Vec<Box<dyn AudioEncoder>> = vec![Box::new(PooledEncoder::new(
-        Box::new(FrameEncoder),
-        2,
-    ))];
+    let pooled: Vec<Box<dyn AudioEncoder>> =
+        vec![Box::new(PooledEncoder::new(Box::new(FrameEncoder), 2))];
     let whole = audio(40 * 5 + 12, 4);
     let mut clip = GrowingClip::new(&m).unwrap();
     for window in whole[..40 * 5].chunks(40) {
@@ -162,7 +160,10 @@ fn pooled_windows_give_the_pooled_whole_with_half_the_keys() {
     }
     let (outputs, grown) = clip.with_tail(&m, &pooled, &whole[40 * 5..]).unwrap();
     let frames = FrameEncoder.encode(&whole).unwrap();
-    assert_eq!(outputs[0].dim(0).unwrap(), frames.dim(0).unwrap().div_ceil(2));
+    assert_eq!(
+        outputs[0].dim(0).unwrap(),
+        frames.dim(0).unwrap().div_ceil(2)
+    );
     let once = m.clip_lal(&[pooled[0].encode(&whole).unwrap()]).unwrap();
     assert!(lal_diff(&grown, &once) < 1e-6);
     let keys = grown.encoders[0].as_ref().unwrap()[0].k.dims().to_vec();

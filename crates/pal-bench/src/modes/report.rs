@@ -181,6 +181,8 @@ pub struct ModesReport {
     pub decode_tokens: usize,
     /// Threads.
     pub threads: usize,
+    /// The CPU: model name and the flags that decide pal's kernels.
+    pub cpu: String,
     /// Where it ran (`cpu`, `cuda`).
     pub device: String,
     /// The frozen LLM's type (`f32`, `bf16`).
@@ -401,6 +403,7 @@ impl ModesReport {
             steps_per_process: s.steps,
             decode_tokens: s.decode_tokens,
             threads: crate::threads(),
+            cpu: crate::report::cpu_description(),
             device: s.device.to_string(),
             dtype: s.dtype.to_string(),
             measurements,
@@ -412,9 +415,9 @@ impl ModesReport {
     pub fn markdown(&self) -> String {
         let num = |v: Option<f64>| v.unwrap_or(f64::NAN);
         let mut md = format!(
-            "# PLITS, LAL and PAL side by side\n\n`{}`\n\nLLM: {}; batch {}, Nt {}, d_enc {}, LAL layers {}, PAL summary tokens {}; each measurement in its own process (peak memory is that process's), interleaved; median over {} rounds x {} steps; {} threads.\n",
+            "# PLITS, LAL and PAL side by side\n\n`{}`\n\nLLM: {}; batch {}, Nt {}, d_enc {}, LAL layers {}, PAL summary tokens {}; each measurement in its own process (peak memory is that process's), interleaved; median over {} rounds x {} steps; {} threads.\n\nCPU: {}.\n",
             self.command, self.model, self.batch, self.text_tokens, self.d_enc, self.lal_layers,
-            self.summary_tokens, self.rounds, self.steps_per_process, self.threads
+            self.summary_tokens, self.rounds, self.steps_per_process, self.threads, self.cpu
         );
         if self.device != "cpu" || self.dtype != "f32" {
             md.push_str(&format!(
