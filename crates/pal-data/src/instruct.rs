@@ -1,10 +1,12 @@
 //! The multi-task audio instruction set (`pal data instruct`): real clips (FSDD digits, ESC-10
 //! sounds, speech samples; see [`crate::shared`]) and generated ones (beeps with pitch and count, coloured noises,
-//! major/minor chords, espeak-ng speech with its text), each task with a held-out test split:
-//! FSDD by take (its official split), ESC-10 by source recording, the generated clips by their
-//! own draws, espeak-ng by voice; and `speech-sound`, the speech clips asked the sound
-//! questions. Everything is drawn from one seed, so the same seed gives the
-//! same manifests and the same audio bytes.
+//! major/minor chords, espeak-ng speech with its text), each task with `train`, `validation`
+//! and `test` splits, disjoint by the same rule: FSDD by take (its official test split; takes 5-9
+//! validate), ESC-10 by source recording, the generated clips by their own draws, espeak-ng by
+//! voice and by sentence ([`Part`]); and `speech-sound`, the speech clips asked the sound
+//! questions. Choices are made on `validation`; `test` is read once, for a final report.
+//! Everything is drawn from one seed, so the same seed gives the same manifests and the same
+//! audio bytes.
 
 use std::f32::consts::PI;
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ pub struct InstructOptions {
     pub seed: u64,
     /// Synthesize speech with espeak-ng (skipped with a warning when it is not installed).
     pub espeak: bool,
-    /// Generated clips per task in the train split (the test split gets a quarter as many).
+    /// Generated clips per task in the train split (validation and test get a quarter as many).
     pub generated_per_task: usize,
 }
 
@@ -145,8 +147,40 @@ pub(crate) fn chord(rng: &mut SplitMix64, minor: bool, root: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Sentences for espeak-ng: simple, varied, with a known text.
-pub(crate) fn sentence(rng: &mut SplitMix64) -> String {
+/// The split a generated sentence belongs to. The grammar's 512 sentences (subject, verb, place:
+/// 8 each) are partitioned by (subject + verb + place) mod 4: 0 is test, 1 validation, 2 and 3
+/// train. Every word occurs in every part, and no sentence in two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Read by training.
+    Train,
+    /// Read for choices (checkpoints, configs, weights).
+    Validation,
+    /// Read once, for the final report (and by the out-of-distribution check set).
+    Test,
+}
+
+impl Part {
+    /// The part of a split named `train`, `validation` or `test`.
+    pub fn of_split(split: &str) -> Part {
+        match split {
+            "train" => Part::Train,
+            "validation" => Part::Validation,
+            _ => Part::Test,
+        }
+    }
+
+    fn residues(self) -> &'static [usize] {
+        match self {
+            Part::Train => &[2, 3],
+            Part::Validation => &[1],
+            Part::Test => &[0],
+        }
+    }
+}
+
+/// Sentences for espeak-ng: simple, varied, with a known text, from `part` of the grammar.
+pub(crate) fn sentence(rng: &mut SplitMix64, part: Part) -> String {
     const SUBJECTS: [&str; 8] = [
         "The red car",
         "My old dog",
@@ -177,19 +211,21 @@ pub(crate) fn sentence(rng: &mut SplitMix64) -> String {
         "the school",
         "the harbour",
     ];
-    format!(
-        "{} {} {}.",
-        SUBJECTS[pick(rng, 8)],
-        VERBS[pick(rng, 8)],
-        PLACES[pick(rng, 8)]
-    )
+    let (subject, verb) = (pick(rng, 8), pick(rng, 8));
+    let residues = part.residues();
+    let residue = residues[pick(rng, residues.len())];
+    // The place whose index makes (subject + verb + place) mod 4 the part's residue: one of two.
+    let place = (residue + 8 - (subject + verb) % 4) % 4 + 4 * pick(rng, 2);
+    format!("{} {} {}.", SUBJECTS[subject], VERBS[verb], PLACES[place])
 }
 
-/// espeak-ng voices: the first ones are for training, the last is held out for testing.
+/// espeak-ng voices: these for training, one held out for validation and one for testing.
 const TRAIN_VOICES: [&str; 4] = ["en-us", "en-gb", "en-gb-scotland", "en-029"];
+const VALIDATION_VOICE: &str = "en-gb-x-gbcwmd";
 pub(crate) const TEST_VOICE: &str = "en-gb-x-rp";
 
-pub(crate) fn espeak_available() -> bool {
+/// Whether `espeak-ng` runs here.
+pub fn espeak_available() -> bool {
     Command::new("espeak-ng")
         .arg("--version")
         .output()
@@ -242,7 +278,7 @@ fn generated_task(
     Ok(())
 }
 
-/// Builds every task's `train.jsonl` and `test.jsonl` under `options.out`.
+/// Builds every task's `train.jsonl`, `validation.jsonl` and `test.jsonl` under `options.out`.
 pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, BuildError> {
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(|e| err(out, e))?;
@@ -251,6 +287,8 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
     let splits = [
         ("train", options.generated_per_task),
         ("test", options.generated_per_task.div_ceil(4)),
+        // Last: train and test draw what they drew before validation splits existed.
+        ("validation", options.generated_per_task.div_ceil(4)),
     ];
     let wav = |path: &Path, samples: &[f32]| {
         pal_audio::write_wav(path, samples, RATE).map_err(|e| err(path, e))
@@ -321,7 +359,7 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
         },
     )?;
 
-    // espeak-ng speech: training voices for train, a held-out voice for test.
+    // espeak-ng speech: training voices and sentences for train, held-out ones for the others.
     if options.espeak {
         if espeak_available() {
             generated_task(
@@ -332,11 +370,11 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
                 &splits,
                 &mut summary,
                 |rng, split, i, path| {
-                    let text = sentence(rng);
-                    let voice = if split == "train" {
-                        TRAIN_VOICES[i % TRAIN_VOICES.len()]
-                    } else {
-                        TEST_VOICE
+                    let text = sentence(rng, Part::of_split(split));
+                    let voice = match Part::of_split(split) {
+                        Part::Train => TRAIN_VOICES[i % TRAIN_VOICES.len()],
+                        Part::Validation => VALIDATION_VOICE,
+                        Part::Test => TEST_VOICE,
                     };
                     let speed = 130 + pick(rng, 50) as u32;
                     espeak(&text, voice, speed, path)?;
@@ -356,12 +394,12 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
     Ok(summary)
 }
 
-/// `speech-sound/{train,test}.jsonl`: the speech tasks' clips (espeak-ng, real speech) asked the
+/// `speech-sound/{train,validation,test}.jsonl`: the speech tasks' clips (espeak-ng, real speech) asked the
 /// sound tasks' questions, answered "someone speaking" and "a person speaking", so that a model
 /// asked what it hears in speech says so instead of guessing a sound class. Built from the
 /// speech manifests already written; absent when there are none.
 fn speech_as_sound(out: &Path, summary: &mut BuildSummary) -> Result<(), BuildError> {
-    for split in ["train", "test"] {
+    for split in ["train", "validation", "test"] {
         let mut clips: Vec<PathBuf> = vec![];
         for task in ["espeak", "speech"] {
             let manifest = out.join(format!("{task}/{split}.jsonl"));

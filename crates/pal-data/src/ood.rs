@@ -1,26 +1,28 @@
 //! The out-of-distribution check set (`pal data ood`): clips unlike the instruction set's, each
 //! asked four questions, to measure whether a model's answers stay language
 //! (`pal eval --manifest data/ood/test.jsonl` reports the share of well-formed answers). The
-//! clips: real speech (JFK, Beckett, an ALSA clip, and the two joined and repeated to 60 and
-//! 120 s), long espeak-ng passages (about 10, 30 and 60 s, a voice the instruction set trains
-//! on none of), generated melodies and chord progressions, coloured noise, silence and
-//! near-silence, and ESC-10 sounds joined or looped; 1 to 120 s. The questions: "What sound is
-//! this?", "Describe the sound.", "What is said?" and one unrelated to audio. Everything is drawn
-//! from one seed. The references are what a good answer would say; only well-formedness is the
-//! point here, accuracy on this set means little.
+//! clips: real speech (JFK and Beckett, and the two joined and repeated to 60 and 120 s), long
+//! espeak-ng passages (about 10, 30 and 60 s, in the held-out test voice and sentences), generated
+//! melodies and chord progressions, coloured noise, silence and near-silence, and ESC-10 sounds
+//! joined or looped; 1 to 120 s. No clip is built from audio any training split reads: the real
+//! clips are held out of every training split (JFK and Beckett; ESC-10 sources held out of both
+//! `esc10` and `esc10-probe`), and `sources.txt` beside the manifest lists them. The questions: "What sound
+//! is this?", "Describe the sound.", "What is said?" and one unrelated to audio. Everything is
+//! drawn from one seed. The references are what a good answer would say; only well-formedness is
+//! the point here, accuracy on this set means little.
 
 use std::f32::consts::PI;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pal_nn::rng::SplitMix64;
 
 use crate::instruct::{
-    chord, coloured_noise, espeak, espeak_available, noise_sample, pick, sentence, uniform, RATE,
-    TEST_VOICE,
+    chord, coloured_noise, espeak, espeak_available, noise_sample, pick, sentence, uniform, Part,
+    RATE, TEST_VOICE,
 };
 use crate::shared::{
-    err, line, read_csv, write, BuildError, BuildSummary, DESCRIBE_QUESTION, SOUND_QUESTION,
-    SPEECH_QUESTION,
+    err, esc10_rows, line, write, BuildError, BuildSummary, Esc10Sources, DESCRIBE_QUESTION,
+    SOUND_QUESTION, SPEECH_QUESTION,
 };
 
 /// Questions unrelated to the clip, with a reference answer; one is drawn per clip.
@@ -98,8 +100,14 @@ fn melody(rng: &mut SplitMix64, seconds: f32) -> Vec<f32> {
     out
 }
 
-/// The set's clips, drawn from `rng`; `root` is the shared data folder.
-fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip>, BuildError> {
+/// The set's clips, drawn from `rng`; `root` is the shared data folder. The real files read are
+/// added to `sources`.
+fn clips(
+    rng: &mut SplitMix64,
+    root: &Path,
+    audio_dir: &Path,
+    sources: &mut Vec<PathBuf>,
+) -> Result<Vec<Clip>, BuildError> {
     let speech = root.join("speech_samples");
     if !speech.is_dir() {
         return Err(err(
@@ -107,9 +115,13 @@ fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip
             "no speech_samples/ folder: --root is the shared data folder (speech_samples/, esc10/)",
         ));
     }
-    let jfk = read_clip(&speech.join("jfk_16k.wav"))?;
-    let beckett = read_clip(&speech.join("beckett_16k.wav"))?;
-    let alsa = read_clip(&speech.join("alsa/Front_Center.wav"))?;
+    let mut read_source = |path: PathBuf| {
+        let samples = read_clip(&path);
+        sources.push(path);
+        samples
+    };
+    let jfk = read_source(speech.join("jfk_16k.wav"))?;
+    let beckett = read_source(speech.join("beckett_16k.wav"))?;
     let jfk_text = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
     let beckett_text = "Ever tried, ever failed. No matter, try again. Fail again. Fail better.";
     let both: Vec<f32> = jfk.iter().chain(&beckett).copied().collect();
@@ -119,7 +131,6 @@ fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip
     let mut out = vec![
         Clip::new("speech-jfk", jfk, speaking, a_voice, jfk_text),
         Clip::new("speech-beckett", beckett, speaking, a_voice, beckett_text),
-        Clip::new("speech-alsa", alsa, speaking, a_voice, "Front, center."),
         Clip::new(
             "speech-jfk-beckett",
             both.clone(),
@@ -143,10 +154,10 @@ fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip
         ),
     ];
 
-    // Long espeak-ng passages in a voice the instruction set only tests on.
+    // Long espeak-ng passages in the voice and sentences the instruction set only tests on.
     if espeak_available() {
         for sentences in [4, 12, 24] {
-            let text: Vec<String> = (0..sentences).map(|_| sentence(rng)).collect();
+            let text: Vec<String> = (0..sentences).map(|_| sentence(rng, Part::Test)).collect();
             let text = text.join(" ");
             // espeak-ng writes 22.05 kHz; the set keeps the 16 kHz copy only.
             let path = audio_dir.join(format!("espeak-{sentences}.espeak-ng.wav"));
@@ -226,17 +237,20 @@ fn clips(rng: &mut SplitMix64, root: &Path, audio_dir: &Path) -> Result<Vec<Clip
         nothing,
     ));
 
-    // ESC-10 sounds, joined and looped (5 s clips in the data).
+    // ESC-10 sounds, joined and looped (5 s clips in the data), from sources that every ESC-10
+    // task holds out of training.
     let esc = root.join("esc10");
-    let rows: Vec<_> = read_csv(&esc.join("labels.csv"))?
-        .into_iter()
-        .filter(|r| r.get("esc10").is_some_and(|v| v == "True"))
+    let all = esc10_rows(root)?;
+    let split = Esc10Sources::new(&all);
+    let rows: Vec<_> = all
+        .iter()
+        .filter(|r| split.split(r) != "train" && split.probe_split(r) != "train")
         .collect();
     if rows.len() >= 2 {
-        let a = &rows[pick(rng, rows.len())];
-        let b = &rows[pick(rng, rows.len())];
-        let read = |r: &std::collections::BTreeMap<String, String>| {
-            read_clip(&esc.join(r.get("path").map(String::as_str).unwrap_or_default()))
+        let a = rows[pick(rng, rows.len())];
+        let b = rows[pick(rng, rows.len())];
+        let mut read = |r: &std::collections::BTreeMap<String, String>| {
+            read_source(esc.join(r.get("path").map(String::as_str).unwrap_or_default()))
         };
         let (ca, cb) = (
             a["category"].replace('_', " "),
@@ -269,7 +283,8 @@ pub fn build_ood_set(root: &Path, out: &Path, seed: u64) -> Result<BuildSummary,
     std::fs::create_dir_all(&audio_dir).map_err(|e| err(&audio_dir, e))?;
     let mut rng = SplitMix64::new(seed ^ 0x00d5e7);
     let mut lines = vec![];
-    for clip in clips(&mut rng, root, &audio_dir)? {
+    let mut sources = vec![];
+    for clip in clips(&mut rng, root, &audio_dir, &mut sources)? {
         let path = audio_dir.join(format!("{}.wav", clip.name));
         pal_audio::write_wav(&path, &clip.samples, RATE).map_err(|e| err(&path, e))?;
         let (unrelated, reference) = UNRELATED[pick(&mut rng, UNRELATED.len())];
@@ -284,5 +299,10 @@ pub fn build_ood_set(root: &Path, out: &Path, seed: u64) -> Result<BuildSummary,
     }
     let mut summary = BuildSummary::default();
     write(&out.join("test.jsonl"), &lines, &mut summary)?;
+    sources.sort();
+    sources.dedup();
+    let listed: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    let list = out.join("sources.txt");
+    std::fs::write(&list, listed.join("\n") + "\n").map_err(|e| err(&list, e))?;
     Ok(summary)
 }

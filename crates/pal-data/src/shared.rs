@@ -1,7 +1,8 @@
 //! Builds manifests from the project's shared real-audio folder (`shared/data`): FSDD spoken
-//! digits (official split: takes 0-4 test), ESC-10 environmental sounds with labels and captions
-//! (held out by source recording), and the speech samples with their transcripts (ALSA channel
-//! names for training, JFK and Beckett for testing).
+//! digits (official split: takes 0-4 test; takes 5-9 validate), ESC-10 environmental sounds with
+//! labels and captions (held out by source recording, [`Esc10Sources`]), and the speech samples
+//! with their transcripts (ALSA channel names for training and validation, JFK and Beckett for
+//! testing).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -107,104 +108,146 @@ pub const DESCRIBE_QUESTION: &str = "Describe the sound.";
 /// The question asked of speech clips.
 pub const SPEECH_QUESTION: &str = "What is said?";
 
-/// Writes `out/fsdd`, `out/esc10`, `out/esc10-probe` (half the sources held out),
-/// `out/esc10-captions` and `out/speech` (each `train.jsonl` and `test.jsonl`) from `root` (the shared `data` folder). Audio paths are absolute.
+/// The splits a task is written in.
+pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// Lines by split, in [`SPLITS`] order.
+#[derive(Default)]
+struct Splits([Vec<String>; 3]);
+
+impl Splits {
+    fn push(&mut self, split: &str, line: String) {
+        let i = SPLITS
+            .iter()
+            .position(|s| *s == split)
+            .expect("a known split");
+        self.0[i].push(line);
+    }
+
+    fn write(&self, out: &Path, task: &str, summary: &mut BuildSummary) -> Result<(), BuildError> {
+        for (split, lines) in SPLITS.iter().zip(&self.0) {
+            if !lines.is_empty() {
+                write(&out.join(format!("{task}/{split}.jsonl")), lines, summary)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ESC-10's source recordings by split, the same everywhere. Every source goes wholly to one
+/// split. Per class, sources sorted by name: `esc10` (and its captions) tests on every fifth from
+/// the third (indices 2, 7, ...) and validates on every fifth from the fifth (4, 9, ...); the
+/// probe's `esc10-probe` holds out every second (1, 3, ...: held-out splits twice as large, for
+/// comparisons whose intervals mean something), testing on 1, 5, 9, ... and validating on 3, 7,
+/// 11, ..., and trains on the even ones.
+pub struct Esc10Sources {
+    sources: BTreeMap<String, Vec<String>>,
+}
+
+impl Esc10Sources {
+    /// The sources of `rows` (ESC-10's `labels.csv`).
+    pub fn new(rows: &[BTreeMap<String, String>]) -> Self {
+        let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in rows {
+            let list = sources.entry(r["category"].clone()).or_default();
+            if !list.contains(&r["src_file"]) {
+                list.push(r["src_file"].clone());
+            }
+        }
+        sources.values_mut().for_each(|l| l.sort());
+        Self { sources }
+    }
+
+    fn index(&self, row: &BTreeMap<String, String>) -> usize {
+        self.sources[&row["category"]]
+            .iter()
+            .position(|s| *s == row["src_file"])
+            .expect("every row's source is listed")
+    }
+
+    /// The `esc10` split of a row.
+    pub fn split(&self, row: &BTreeMap<String, String>) -> &'static str {
+        match self.index(row) % 5 {
+            2 => "test",
+            4 => "validation",
+            _ => "train",
+        }
+    }
+
+    /// The `esc10-probe` split of a row.
+    pub fn probe_split(&self, row: &BTreeMap<String, String>) -> &'static str {
+        match self.index(row) % 4 {
+            1 => "test",
+            3 => "validation",
+            _ => "train",
+        }
+    }
+}
+
+/// ESC-10's rows (`esc10/labels.csv`; rows marked `esc10=False`, if any, are left out).
+pub fn esc10_rows(root: &Path) -> Result<Vec<BTreeMap<String, String>>, BuildError> {
+    let rows = read_csv(&root.join("esc10/labels.csv"))?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.get("esc10").is_none_or(|v| v == "True"))
+        .collect())
+}
+
+/// Writes `out/fsdd`, `out/esc10`, `out/esc10-probe`, `out/esc10-captions` and `out/speech`
+/// (each `train.jsonl`, `validation.jsonl` and `test.jsonl`) from `root` (the shared `data`
+/// folder). Audio paths are absolute.
 pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, BuildError> {
     let root = root.canonicalize().map_err(|e| err(root, e))?;
     let mut summary = BuildSummary::default();
 
     let fsdd = root.join("fsdd");
-    let (mut train, mut test) = (vec![], vec![]);
-    for row in read_csv(&fsdd.join("labels.csv"))? {
+    let mut digits = Splits::default();
+    let labels = fsdd.join("labels.csv");
+    for (i, row) in read_csv(&labels)?.iter().enumerate() {
         let l = line(&fsdd.join(&row["path"]), DIGIT_QUESTION, &row["word"]);
-        if row["split"] == "test" {
-            test.push(l)
-        } else {
-            train.push(l)
-        }
+        let take: usize = row["index"]
+            .parse()
+            .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
+        let split = match (row["split"].as_str(), take) {
+            ("test", _) => "test",
+            (_, 5..=9) => "validation",
+            _ => "train",
+        };
+        digits.push(split, l);
     }
-    write(&out.join("fsdd/train.jsonl"), &train, &mut summary)?;
-    write(&out.join("fsdd/test.jsonl"), &test, &mut summary)?;
+    digits.write(out, "fsdd", &mut summary)?;
 
-    // ESC-10: every source recording goes wholly to train or test; about one in five to test,
-    // chosen per class in a fixed order so the split is the same everywhere.
     let esc = root.join("esc10");
-    let rows = read_csv(&esc.join("labels.csv"))?;
-    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in &rows {
-        let list = sources.entry(r["category"].clone()).or_default();
-        if !list.contains(&r["src_file"]) {
-            list.push(r["src_file"].clone());
-        }
-    }
-    let held_out: Vec<String> = sources
-        .values_mut()
-        .flat_map(|list| {
-            list.sort();
-            list.iter().skip(2).step_by(5).cloned().collect::<Vec<_>>()
-        })
-        .collect();
-    // The probe's split: half of each class's sources held out (every second one), a test split
-    // twice as large (about 40 clips) for comparisons whose intervals mean something.
-    let half_held_out: Vec<String> = sources
-        .values()
-        .flat_map(|list| list.iter().skip(1).step_by(2).cloned().collect::<Vec<_>>())
-        .collect();
-    let (mut probe_train, mut probe_test) = (vec![], vec![]);
-    let (mut train, mut test, mut train_captions, mut test_captions) =
-        (vec![], vec![], vec![], vec![]);
+    let rows = esc10_rows(&root)?;
+    let sources = Esc10Sources::new(&rows);
+    let (mut labels, mut captions, mut probe) =
+        (Splits::default(), Splits::default(), Splits::default());
     for r in &rows {
         let path = esc.join(&r["path"]);
         let label = line(&path, SOUND_QUESTION, &r["category"].replace('_', " "));
-        let described = line(&path, DESCRIBE_QUESTION, caption(&r["category"]));
-        if half_held_out.contains(&r["src_file"]) {
-            probe_test.push(label.clone());
-        } else {
-            probe_train.push(label.clone());
-        }
-        if held_out.contains(&r["src_file"]) {
-            test.push(label);
-            test_captions.push(described);
-        } else {
-            train.push(label);
-            train_captions.push(described);
-        }
+        probe.push(sources.probe_split(r), label.clone());
+        labels.push(sources.split(r), label);
+        captions.push(
+            sources.split(r),
+            line(&path, DESCRIBE_QUESTION, caption(&r["category"])),
+        );
     }
-    write(&out.join("esc10/train.jsonl"), &train, &mut summary)?;
-    write(&out.join("esc10/test.jsonl"), &test, &mut summary)?;
-    write(
-        &out.join("esc10-probe/train.jsonl"),
-        &probe_train,
-        &mut summary,
-    )?;
-    write(
-        &out.join("esc10-probe/test.jsonl"),
-        &probe_test,
-        &mut summary,
-    )?;
-    write(
-        &out.join("esc10-captions/train.jsonl"),
-        &train_captions,
-        &mut summary,
-    )?;
-    write(
-        &out.join("esc10-captions/test.jsonl"),
-        &test_captions,
-        &mut summary,
-    )?;
+    labels.write(out, "esc10", &mut summary)?;
+    captions.write(out, "esc10-captions", &mut summary)?;
+    probe.write(out, "esc10-probe", &mut summary)?;
 
     let speech = root.join("speech_samples");
     let clips = [
         ("jfk_16k.wav", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
         ("beckett_16k.wav", "Ever tried, ever failed. No matter, try again. Fail again. Fail better."),
     ];
-    let lines: Vec<String> = clips
-        .iter()
-        .map(|(f, t)| line(&speech.join(f), SPEECH_QUESTION, t))
-        .collect();
-    write(&out.join("speech/test.jsonl"), &lines, &mut summary)?;
+    let mut said = Splits::default();
+    for (f, t) in clips {
+        said.push("test", line(&speech.join(f), SPEECH_QUESTION, t));
+    }
 
-    // The ALSA channel names ("Front_Center.wav" says "Front, center.") for training.
+    // The ALSA channel names ("Front_Center.wav" says "Front, center."): every fourth from the
+    // fourth validates, the others train.
     let alsa = speech.join("alsa");
     let mut names: Vec<String> = std::fs::read_dir(&alsa)
         .map_err(|e| err(&alsa, e))?
@@ -213,14 +256,12 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
         .filter(|n| n.ends_with(".wav") && n != "Noise.wav")
         .collect();
     names.sort();
-    let lines: Vec<String> = names
-        .iter()
-        .map(|name| {
-            let words: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
-            let text = format!("{}, {}.", words[0], words[1..].join(" ").to_lowercase());
-            line(&alsa.join(name), SPEECH_QUESTION, &text)
-        })
-        .collect();
-    write(&out.join("speech/train.jsonl"), &lines, &mut summary)?;
+    for (i, name) in names.iter().enumerate() {
+        let words: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
+        let text = format!("{}, {}.", words[0], words[1..].join(" ").to_lowercase());
+        let split = if i % 4 == 3 { "validation" } else { "train" };
+        said.push(split, line(&alsa.join(name), SPEECH_QUESTION, &text));
+    }
+    said.write(out, "speech", &mut summary)?;
     Ok(summary)
 }

@@ -9,10 +9,10 @@ use clap::{Args, Subcommand};
 /// Data commands.
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// FSDD, ESC-10 and speech-sample manifests with held-out test splits.
+    /// FSDD, ESC-10 and speech-sample manifests with held-out validation and test splits.
     Shared(SharedArgs),
     /// The multi-task instruction set: the shared real audio plus generated beeps, noises,
-    /// chords and espeak-ng speech, each with a held-out test split.
+    /// chords and espeak-ng speech, each with held-out validation and test splits.
     Instruct(InstructArgs),
     /// The out-of-distribution check set: real and long speech, music, noise, silence and
     /// joined sounds of 1 to 120 s, four questions each, for the well-formedness of answers.
@@ -46,7 +46,7 @@ pub struct InstructArgs {
     /// Seed of every random draw (the same seed gives the same files).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Generated clips per task in each train split (test splits get a quarter as many).
+    /// Generated clips per task in each train split (validation and test get a quarter as many).
     #[arg(long, default_value_t = 160)]
     generated: usize,
     /// Skip the espeak-ng speech task.
