@@ -639,10 +639,12 @@ pub fn markdown(rows: &[Row]) -> String {
                 }
             };
             format!(
-                " {:+.1}{spread}, p {:.2} ({}) |",
+                " {:+.1}{spread}, {}/{} seeds ahead, p {:.2} ({}) |",
                 100.0 * d.mean,
+                p.a_better,
+                d.n,
                 p.p_value,
-                if p.real { "real" } else { "noise" }
+                if p.real { "real" } else { "undecided" }
             )
         }
         None => " - |".into(),
@@ -772,7 +774,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| enc | LAL | +25.0 (no spread), p 0.00 (real) |"),
+            md.contains("| enc | LAL | +25.0 (no spread), 2/2 seeds ahead, p 0.00 (real) |"),
             "{md}"
         );
         assert!(md.contains("3 comparisons, Holm"), "{md}");

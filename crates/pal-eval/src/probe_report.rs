@@ -28,7 +28,8 @@ pub fn write_report(
          Against PLITS: per seed, the mode's score minus PLITS's on the same items, its mean \
          over seeds with its 95% interval and the paired t test's two-sided p; \"real\" when \
          significant after Holm's correction over every comparison of the grid (family-wise \
-         error 5%).\n\n{table}"
+         error 5%), \"undecided\" otherwise: with few seeds a difference can be the same sign \
+         on every seed and still undecided.\n\n{table}"
     );
     std::fs::write(out.join("probe.md"), &md)?;
     Ok((rows, md))
