@@ -48,6 +48,16 @@ pub fn attention_with_probs(
     attention_split(q, k, v, mask, scale, 0)
 }
 
+/// Query heads per key/value head (grouped-query attention), or an error when they do not divide.
+fn query_group(q_heads: usize, kv_heads: usize) -> Result<usize> {
+    if kv_heads == 0 || !q_heads.is_multiple_of(kv_heads) {
+        candle_core::bail!(
+            "attention: {q_heads} query heads not a multiple of {kv_heads} kv heads"
+        );
+    }
+    Ok(q_heads / kv_heads)
+}
+
 /// [`attention_with_probs`] where the first `own_softmax` keys (a LAL audio prefix) get a
 /// softmax of their own, apart from the other keys: each query's weights over the prefix sum to
 /// 1, and so do its weights over the rest, so the prefix can never take attention away from the
@@ -64,12 +74,7 @@ pub fn attention_split(
 ) -> Result<(Tensor, Tensor)> {
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let (_, kv_heads, k_rows, _) = k.dims4()?;
-    if kv_heads == 0 || q_heads % kv_heads != 0 {
-        candle_core::bail!(
-            "attention: {q_heads} query heads not a multiple of {kv_heads} kv heads"
-        );
-    }
-    let group = q_heads / kv_heads;
+    let group = query_group(q_heads, kv_heads)?;
     let q = q
         .contiguous()?
         .reshape((b, kv_heads, group * q_rows, head_dim))?;
@@ -124,15 +129,10 @@ pub fn attention_apart(
     let (pk, pv) = prefix;
     let (_, kv_heads, p, _) = pk.dims4()?;
     let n = k.dim(2)?;
-    if kv_heads == 0 || q_heads % kv_heads != 0 {
-        candle_core::bail!(
-            "attention: {q_heads} query heads not a multiple of {kv_heads} kv heads"
-        );
-    }
+    let group = query_group(q_heads, kv_heads)?;
     if own_softmax != 0 && own_softmax != p {
         candle_core::bail!("attention: a softmax of its own over {own_softmax} of {p} prefix rows");
     }
-    let group = q_heads / kv_heads;
     let q = q
         .contiguous()?
         .reshape((b, kv_heads, group * q_rows, head_dim))?;

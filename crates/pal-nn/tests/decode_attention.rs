@@ -9,6 +9,20 @@ use pal_nn::{attention_split, decode_attention, SequenceKeys};
 
 /// `(1, kv_heads, rows, head_dim)` keys or values as a view of the first `rows` rows of a
 /// buffer with room for more, as a KV cache holds them.
+/// The largest absolute difference between two f32 tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn cache_view(kv_heads: usize, rows: usize, head_dim: usize, seed: u64) -> Tensor {
     let room = rows + 37;
     let data: Vec<f32> = pseudo_random(kv_heads * room * head_dim, seed)
@@ -76,16 +90,7 @@ fn one_pass_over_ragged_caches_matches_each_sequence_alone() {
         let alone = attention_split(&q, &k, &v, None, scale, own_softmax)
             .unwrap()
             .0;
-        let diff = (together.narrow(0, i, 1).unwrap() - &alone)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&together.narrow(0, i, 1).unwrap(), &alone);
         // Up to 1,365 keys the one-sequence path takes the same small-product loops: the same
         // numbers. Past that it takes gemm, whose sums are ordered differently.
         let rows = prefix_rows + own_rows;
@@ -162,19 +167,10 @@ fn a_prefix_read_apart_attends_as_the_joined_keys_do() {
                 .unwrap();
         let (joined, joined_probs) =
             attention_split(&q, &joined_k, &joined_v, Some(&mask), 0.25, own_softmax).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&apart, &joined) < 1e-6, "own softmax {own_softmax}");
-        assert!(diff(&probs, &joined_probs) < 1e-6);
+        assert!(
+            max_abs_diff(&apart, &joined) < 1e-6,
+            "own softmax {own_softmax}"
+        );
+        assert!(max_abs_diff(&probs, &joined_probs) < 1e-6);
     }
 }
