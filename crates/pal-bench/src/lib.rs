@@ -4,6 +4,7 @@
 //! - [`llm`]: prefill and decode tokens/s of an LLM (optionally against transformers).
 //! - [`audio`]: feature extraction and encoder throughput.
 //! - [`encode`]: a manifest's clips encoded one at a time against `pal encode`'s batched path.
+//! - [`long_audio`]: a question about recordings of 30 s to an hour, per mode.
 //! - [`modes`]: PLITS, LAL and PAL training and inference steps side by side, each measurement in
 //!   its own process, next to the [`cost`] model (and optionally PyTorch).
 //! - [`report`]: what the reports share (medians, output files).
@@ -15,6 +16,7 @@ pub mod audio;
 pub mod cost;
 pub mod encode;
 pub mod llm;
+pub mod long_audio;
 pub mod modes;
 pub mod report;
 pub mod selftest;

@@ -55,6 +55,8 @@ pub struct AttentionReport {
 
 /// Answers `question` about a clip already encoded (`audio`, one output per encoder) and
 /// measures each layer's attention shares over the answer and the question after the clip.
+/// The model must attend its LAL prefixes in f32 (`bf16_prefix` off): the bf16 prefix kernel
+/// keeps no probabilities.
 pub fn attention_shares(
     built: &BuiltModel,
     audio: Vec<Tensor>,
@@ -62,6 +64,10 @@ pub fn attention_shares(
     max_tokens: usize,
 ) -> anyhow::Result<AttentionReport> {
     let model = &built.model;
+    anyhow::ensure!(
+        !model.llm.bf16_prefix,
+        "attention shares need the LAL prefixes attended in f32 (bf16_prefix off)"
+    );
     let template = ChatTemplate::for_tokenizer(&built.tokenizer)?;
     let mut segments = pal_models::text::segments::prompt_segments(
         &template,

@@ -4,11 +4,15 @@
 //! length-sorted batches, their answers generated in batches ([`pal_data::encoding`], the path
 //! `pal eval` takes).
 
+use std::path::Path;
+
+use candle_core::Tensor;
 use pal_data::encoding::{encode_in_order, ClipSource, EncodeOptions};
-use pal_models::audio_llm::{BuiltModel, Example};
+use pal_models::audio_llm::{BuiltModel, ClipLal, Example, GrowingClip};
 use pal_models::text::segments::{prompt_segments, AUDIO_MARKER};
 use pal_models::text::Segment;
 
+use crate::generate::generate_batch_cached;
 use crate::{
     generate_batch, ChatTemplate, Generation, GenerationParams, InferError, Message, Result,
 };
@@ -35,13 +39,23 @@ pub fn question_segments(built: &BuiltModel, question: &str, clips: usize) -> Re
 }
 
 /// The answer to `question` about `clips` (16 kHz mono each), its text streamed to `on_text`.
+/// One clip is encoded window by window ([`encode_growing`]) where the model allows it;
+/// several go through the encoders together, their LAL keys computed in the prefill (each
+/// after the clips before it).
 pub fn ask(
     built: &BuiltModel,
     clips: &[Vec<f32>],
     question: &str,
     params: &GenerationParams,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation> {
+    if let ([clip], true) = (clips, grows(built)) {
+        let window = GrowingClip::window_samples(&built.encoders);
+        let pieces = clip.chunks(window).map(|c| Ok(c.to_vec()));
+        let (audio, lal) = encode_growing(built, pieces)
+            .map_err(|e| InferError::Invalid(format!("encoding clip 0: {e}")))?;
+        return ask_encoded(built, audio, &lal, question, params, on_text);
+    }
     let segments = question_segments(built, question, clips.len())?;
     let mut audio = Vec::with_capacity(clips.len());
     for (i, samples) in clips.iter().enumerate() {
@@ -55,10 +69,116 @@ pub fn ask(
         segments,
         clips: audio,
     };
-    let mut generated = generate_batch(
+    answer(built, example, &[], params, on_text)
+}
+
+/// Whether the model's clips can be encoded window by window (not when several LAL encoders'
+/// keys take positions: see [`GrowingClip::new`]).
+fn grows(built: &BuiltModel) -> bool {
+    GrowingClip::new(&built.model).is_ok()
+}
+
+/// The audio file at `path` encoded as [`ask_encoded`] takes it: decoded and encoded window by
+/// window as it is read ([`encode_growing`]), or, for a model whose clips cannot grow, decoded
+/// whole and encoded at once (up to `max_windows` windows either way). Errors name the file.
+pub fn encode_file(built: &BuiltModel, path: &Path) -> Result<(Vec<Tensor>, ClipLal)> {
+    let named = |e: String| InferError::Invalid(format!("{}: {e}", path.display()));
+    if !grows(built) {
+        let audio = pal_audio::load_audio(path)
+            .and_then(|a| a.to_16k(&path.display().to_string()))
+            .map_err(|e| InferError::Invalid(e.to_string()))?;
+        let outputs = built
+            .encode_clip(&audio.samples)
+            .map_err(|e| named(e.to_string()))?;
+        let lal = built.model.clip_lal(&outputs)?;
+        return Ok((outputs, lal));
+    }
+    let mut stream = pal_audio::Stream16k::from_path(path, None)
+        .map_err(|e| InferError::Invalid(e.to_string()))?;
+    let pieces = std::iter::from_fn(|| stream.next_chunk().transpose())
+        .map(|p| p.map_err(|e| InferError::Invalid(e.to_string())));
+    encode_growing(built, pieces).map_err(|e| named(e.to_string()))
+}
+
+/// One clip's audio encoded window by window as it is read ([`GrowingClip`]): each window of
+/// the encoders (30 s for Whisper) encoded alone as soon as it is whole, its LAL keys and values
+/// computed then and kept (packed in bf16 where the model attends so), so that a recording of
+/// any length is held as its keys and encoder outputs, never as its samples or all its
+/// activations at once. `pieces` gives the clip's 16 kHz samples in order, in pieces of any
+/// size (a decoder's packets). Returns each encoder's outputs and the clip's LAL keys and
+/// values. Refused past the encoders' longest clip (`max_windows` in the model config).
+pub fn encode_growing(
+    built: &BuiltModel,
+    pieces: impl IntoIterator<Item = Result<Vec<f32>>>,
+) -> Result<(Vec<Tensor>, ClipLal)> {
+    let window = GrowingClip::window_samples(&built.encoders);
+    let limit = built.encoders.iter().filter_map(|e| e.max_samples()).min();
+    let mut clip = GrowingClip::new(&built.model)?;
+    let mut pending: Vec<f32> = Vec::with_capacity(2 * window);
+    let mut total = 0usize;
+    for piece in pieces {
+        let piece = piece?;
+        total += piece.len();
+        if let Some(limit) = limit.filter(|&l| total > l) {
+            return Err(InferError::Invalid(format!(
+                "the clip is longer than {:.0} s, the most this model takes ({} windows of {:.0} s: max_windows in its model config)",
+                limit as f64 / 16000.0,
+                limit / window,
+                window as f64 / 16000.0
+            )));
+        }
+        pending.extend_from_slice(&piece);
+        let whole = pending.len() / window * window;
+        for w in pending[..whole].chunks(window) {
+            clip.push(&built.model, &built.encoders, w)?;
+        }
+        pending.drain(..whole);
+    }
+    Ok(clip.with_tail(&built.model, &built.encoders, &pending)?)
+}
+
+/// The answer to `question` about one clip already encoded (as [`encode_growing`] returns it),
+/// its text streamed to `on_text`.
+pub fn ask_encoded(
+    built: &BuiltModel,
+    audio: Vec<Tensor>,
+    lal: &ClipLal,
+    question: &str,
+    params: &GenerationParams,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let segments = question_segments(built, question, 1)?;
+    answer(
+        built,
+        Example::one_clip(segments, audio),
+        &[Some(lal)],
+        params,
+        on_text,
+    )
+}
+
+/// Generates the answer to `example` (LAL keys from `cached`, or computed): refused, naming
+/// both figures, when its audio, prompt and `max_tokens` need more positions than the model
+/// has (PLITS puts every audio token in the sequence).
+fn answer(
+    built: &BuiltModel,
+    example: Example,
+    cached: &[Option<&ClipLal>],
+    params: &GenerationParams,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    let needed = built.model.prompt_positions(&example)? + params.max_tokens;
+    let positions = built.model.llm.rope.len();
+    if needed > positions {
+        return Err(InferError::Invalid(format!(
+            "the audio, the prompt and max_tokens take {needed} positions; the model has {positions} (send a shorter clip, or use a LAL model whose audio keys take no positions: lal.rope = \"none\")"
+        )));
+    }
+    let mut generated = generate_batch_cached(
         &built.model,
         &built.tokenizer,
         std::slice::from_ref(&example),
+        cached,
         std::slice::from_ref(params),
         |_, piece| {
             if !piece.is_empty() {

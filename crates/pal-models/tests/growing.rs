@@ -7,8 +7,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_diff};
 use pal_models::audio_llm::config::LalRope;
-use pal_models::audio_llm::{Attachment, AudioLlm, ClipLal, GrowingClip, Route};
+use pal_models::audio_llm::{Attachment, AudioLlm, ClipLal, Example, GrowingClip, Padding, Route};
 use pal_models::encoders::AudioEncoder;
+use pal_models::text::Segment;
 use pal_models::{Llama, LlamaConfig, Weights};
 use pal_nn::Params;
 
@@ -174,4 +175,101 @@ fn pooled_windows_give_the_pooled_whole_with_half_the_keys() {
         keys.iter().product::<usize>() * 53,
         all_keys.iter().product::<usize>() * 27
     );
+}
+
+/// With attention over the prefix in bf16 ([`pal_models::Llama::bf16_prefix`]), each window's
+/// keys and values are packed once, as a run of their own, and kept only so (no f32 copy: the
+/// clip holds less than half the bytes); a question gets the runs so far: its logits are f32
+/// attention's over the same keys within bf16's rounding, and the whole clip packed at once
+/// (one run) gives the windows' logits.
+#[test]
+fn a_bf16_prefix_is_packed_window_by_window() {
+    if !pal_nn::ops::bf16::prefix::available() {
+        eprintln!("no bf16 kernel on this CPU: the prefix is attended in f32");
+        return;
+    }
+    let f32_model = model(LalRope::Prefix);
+    let mut m = model(LalRope::Prefix);
+    m.llm.bf16_prefix = true;
+    let encoders = encoders();
+    let whole = audio(40 * 30 + 12, 5);
+    let grow = |m: &AudioLlm| {
+        let mut clip = GrowingClip::new(m).unwrap();
+        for window in whole[..40 * 30].chunks(40) {
+            clip.push(m, &encoders, window).unwrap();
+        }
+        let (outputs, lal) = clip.with_tail(m, &encoders, &whole[40 * 30..]).unwrap();
+        (clip, outputs, lal)
+    };
+    let (packed_clip, outputs, grown) = grow(&m);
+    let (f32_clip, _, exact_lal) = grow(&f32_model);
+    for layer in grown.encoders[0].as_ref().unwrap() {
+        let packed = layer.packed.as_ref().expect("windows packed");
+        assert_eq!(packed[0].runs.len(), 31);
+        assert_eq!(packed[0].rows(), layer.k.dim(2).unwrap());
+    }
+    assert!(
+        2 * packed_clip.bytes() < f32_clip.bytes() + 2 * outputs[0].elem_count() * 4,
+        "{} bytes packed, {} in f32",
+        packed_clip.bytes(),
+        f32_clip.bytes()
+    );
+    let text = |ids: &[u32]| Segment::Text {
+        ids: ids.to_vec(),
+        trained: false,
+    };
+    let example = Example {
+        segments: vec![text(&[7, 8, 9]), Segment::Audio, text(&[10, 11, 12])],
+        clips: vec![outputs.clone()],
+    };
+    let logits = |m: &AudioLlm, lal: &ClipLal| {
+        let examples = std::slice::from_ref(&example);
+        let mut batch = m
+            .prepare_cached(examples, Padding::Left, &[Some(lal)])
+            .unwrap();
+        m.forward(&mut batch).unwrap()
+    };
+    let packed = logits(&m, &grown);
+    let exact = logits(&f32_model, &exact_lal);
+    let scale = exact
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let d = max_diff(&packed, &exact);
+    assert!(
+        d < 1e-2 * scale,
+        "bf16 against f32: {d} (logits up to {scale})"
+    );
+    // (Not equal: the packed keys were attended, in bf16.)
+    assert!(d > 0.0);
+    let once = m.clip_lal(&outputs).unwrap();
+    let first = &once.encoders[0].as_ref().unwrap()[0];
+    assert_eq!(first.packed.as_ref().unwrap()[0].runs.len(), 1);
+    let d = max_diff(&logits(&m, &once), &packed);
+    assert!(d < 1e-3 * scale, "one run against windows: {d}");
+    // The same example prepared without a cached clip packs its keys too: the same logits.
+    let mut batch = m
+        .prepare(std::slice::from_ref(&example), Padding::Left)
+        .unwrap();
+    let uncached = m.forward(&mut batch).unwrap();
+    assert!(max_diff(&uncached, &logits(&m, &once)) < 1e-5 * scale);
+    // In a batch beside a shorter clip (its prefix padded), each item gets its logits alone.
+    let short = Example {
+        clips: vec![vec![FrameEncoder.encode(&whole[..200]).unwrap()]],
+        ..example.clone()
+    };
+    let both = [example.clone(), short];
+    let mut batch = m.prepare(&both, Padding::Left).unwrap();
+    let together = m.forward(&mut batch).unwrap();
+    for (i, item) in both.iter().enumerate() {
+        let mut alone = m
+            .prepare(std::slice::from_ref(item), Padding::Left)
+            .unwrap();
+        let alone = m.forward(&mut alone).unwrap();
+        let d = max_diff(&together.narrow(0, i, 1).unwrap(), &alone);
+        assert!(d < 1e-5 * scale, "item {i} in a batch: {d}");
+    }
 }

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::ops::bf16::prefix::{prefix_attention, OwnKeys, PackedPrefix};
 use crate::ops::{
     batched_matmul, decode_attention_cpu, scaled_masked_softmax, softmax_backward, SequenceKeys,
 };
@@ -168,13 +169,130 @@ pub fn attention_apart(
     Ok((out, probs))
 }
 
+/// [`attention_apart`] with each item's prefix packed in bf16 ([`PackedPrefix`], its real rows
+/// only) and multiplied on the CPU's bf16 kernel ([`crate::ops::bf16::prefix`]): a question's
+/// prefill over a long LAL prefix. `q` `(b, q_heads, q_rows, head_dim)`, the own keys and
+/// values `(b, kv_heads, rows, head_dim)` and `mask` (over the own keys only, broadcastable to
+/// `(b, 1, q_rows, rows)`) in f32 on the CPU; `prefixes[i]` is item `i`'s prefix. Returns
+/// `(b, q_heads, q_rows, head_dim)`. Inference only (no gradient, no probabilities).
+pub fn attention_packed(
+    q: &Tensor,
+    prefixes: &[PackedPrefix],
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    prefix_own_softmax: bool,
+) -> Result<Tensor> {
+    let (b, q_heads, q_rows, head_dim) = q.dims4()?;
+    let (_, kv_heads, rows, _) = k.dims4()?;
+    let group = query_group(q_heads, kv_heads)?;
+    if prefixes.len() != b {
+        candle_core::bail!(
+            "attention: {} packed prefixes for {b} items",
+            prefixes.len()
+        );
+    }
+    let m = group * q_rows;
+    let folded = q
+        .detach()
+        .contiguous()?
+        .reshape((b, kv_heads, m, head_dim))?;
+    let k = k.detach();
+    let scores = batched_matmul(&folded, &k.t()?)?;
+    let scores = (scores * scale)?;
+    let scores = match mask {
+        Some(mask) => {
+            let mb = if mask.rank() == 4 { mask.dim(0)? } else { 1 };
+            let mask = mask
+                .broadcast_as((mb, 1, q_rows, rows))?
+                .reshape((mb, 1, 1, q_rows, rows))?;
+            scores
+                .reshape((b, kv_heads, group, q_rows, rows))?
+                .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+        }
+        None => scores,
+    };
+    let scores = scores
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let values = v
+        .detach()
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let folded = folded
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let (per_q, per_scores, per_values) = (
+        kv_heads * m * head_dim,
+        kv_heads * m * rows,
+        kv_heads * rows * head_dim,
+    );
+    let mut out = Vec::with_capacity(b * per_q);
+    for (i, prefix) in prefixes.iter().enumerate() {
+        let own = OwnKeys {
+            scores: &scores[i * per_scores..(i + 1) * per_scores],
+            values: &values[i * per_values..(i + 1) * per_values],
+            n: rows,
+        };
+        let shape = (kv_heads, m, head_dim);
+        let q_i = &folded[i * per_q..(i + 1) * per_q];
+        out.extend(prefix_attention(
+            q_i,
+            shape,
+            prefix,
+            &own,
+            scale as f32,
+            prefix_own_softmax,
+        ));
+    }
+    Tensor::from_vec(out, (b, q_heads, q_rows, head_dim), q.device())?.to_dtype(q.dtype())
+}
+
 /// Decoding under continuous batching: `q (b, q_heads, 1, head_dim)`, one query row per
 /// sequence, attends sequence `i` over `sequences[i]`: its prefix's keys and values (LAL's audio,
 /// with a softmax of its own when gated, as in [`attention_split`]) then its own, the two parts
 /// read as one. Returns `(b, q_heads, 1, head_dim)`. On the CPU in f32, every sequence and head
 /// in one pass with [`attention_split`]'s arithmetic; elsewhere, sequence by sequence through
-/// it. Inference only (no gradient).
+/// it; a sequence whose prefix is packed in bf16 through [`attention_packed`]. Inference only
+/// (no gradient).
 pub fn decode_attention(q: &Tensor, sequences: &[SequenceKeys], scale: f64) -> Result<Tensor> {
+    let (packed, plain): (Vec<usize>, Vec<usize>) =
+        (0..sequences.len()).partition(|&i| sequences[i].packed.is_some());
+    if !packed.is_empty() {
+        // The packed ones apart; the others in one pass as without them (each sequence's
+        // arithmetic never depends on the batch it is in).
+        let mut rows: Vec<Option<Tensor>> = vec![None; sequences.len()];
+        if !plain.is_empty() {
+            let index: Vec<u32> = plain.iter().map(|&i| i as u32).collect();
+            let index = Tensor::new(index.as_slice(), q.device())?;
+            let keys: Vec<SequenceKeys> = plain.iter().map(|&i| sequences[i]).collect();
+            let out = decode_attention(&q.index_select(&index, 0)?, &keys, scale)?;
+            for (j, &i) in plain.iter().enumerate() {
+                rows[i] = Some(out.narrow(0, j, 1)?);
+            }
+        }
+        for &i in &packed {
+            let s = &sequences[i];
+            let prefix = std::slice::from_ref(s.packed.expect("partitioned"));
+            let q = q.narrow(0, i, 1)?;
+            let own_softmax = s.prefix_own_softmax;
+            rows[i] = Some(attention_packed(
+                &q,
+                prefix,
+                s.k,
+                s.v,
+                None,
+                scale,
+                own_softmax,
+            )?);
+        }
+        let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("every row")).collect();
+        return Tensor::cat(&rows, 0);
+    }
     if let Some(out) = decode_attention_cpu(q, sequences, scale)? {
         return Ok(out);
     }

@@ -21,8 +21,8 @@ pub mod params;
 pub mod rng;
 
 pub use attention::{
-    attention, attention_apart, attention_backward, attention_split, attention_split_backward,
-    attention_with_probs, causal_mask, decode_attention, mask_value,
+    attention, attention_apart, attention_backward, attention_packed, attention_split,
+    attention_split_backward, attention_with_probs, causal_mask, decode_attention, mask_value,
 };
 pub use compute::{ComputeDevice, ComputeDtype, Precision};
 pub use linear::{Linear, Lora, QuantizedForm};

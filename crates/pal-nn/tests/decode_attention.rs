@@ -69,6 +69,7 @@ fn one_pass_over_ragged_caches_matches_each_sequence_alone() {
         .map(|((prefix, k, v), &(_, _, gated))| SequenceKeys {
             prefix: prefix.as_ref().map(|(k, v)| (k, v)),
             prefix_own_softmax: gated,
+            packed: None,
             k,
             v,
         })
@@ -124,6 +125,7 @@ fn other_dtypes_attend_sequence_by_sequence() {
     let joint = SequenceKeys {
         prefix: Some((&pk, &pv)),
         prefix_own_softmax: false,
+        packed: None,
         k: &rk,
         v: &rv,
     };
@@ -172,5 +174,61 @@ fn a_prefix_read_apart_attends_as_the_joined_keys_do() {
             "own softmax {own_softmax}"
         );
         assert!(max_abs_diff(&probs, &joined_probs) < 1e-6);
+    }
+}
+
+/// A sequence whose prefix is packed in bf16 attends over the packed keys (beside one that is
+/// not): within bf16's rounding of f32 attention over the same keys, gated or not.
+#[test]
+fn packed_prefixes_are_attended_in_bf16() {
+    use pal_nn::ops::bf16::prefix::{available, PackedPrefix, PackedRun};
+    if !available() {
+        eprintln!("no bf16 kernel on this CPU: nothing to check");
+        return;
+    }
+    let (q_heads, kv_heads, head_dim, prefix_rows, own_rows) = (9, 3, 64, 1300, 40);
+    let q: Vec<f32> = pseudo_random(2 * q_heads * head_dim, 7)
+        .into_iter()
+        .map(|x| 3.0 * x as f32)
+        .collect();
+    let q = Tensor::from_vec(q, (2, q_heads, 1, head_dim), &Device::Cpu).unwrap();
+    let (pk, pv) = (
+        cache_view(kv_heads, prefix_rows, head_dim, 8)
+            .contiguous()
+            .unwrap(),
+        cache_view(kv_heads, prefix_rows, head_dim, 9)
+            .contiguous()
+            .unwrap(),
+    );
+    let (k, v) = (
+        cache_view(kv_heads, own_rows, head_dim, 10),
+        cache_view(kv_heads, own_rows, head_dim, 11),
+    );
+    let data = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let run = PackedRun::new(&data(&pk), &data(&pv), kv_heads, prefix_rows, head_dim);
+    let packed = PackedPrefix {
+        runs: vec![std::sync::Arc::new(run)],
+    };
+    for gated in [false, true] {
+        let plain = SequenceKeys {
+            prefix: Some((&pk, &pv)),
+            prefix_own_softmax: gated,
+            packed: None,
+            k: &k,
+            v: &v,
+        };
+        let bf16 = SequenceKeys {
+            packed: Some(&packed),
+            ..plain
+        };
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let got = decode_attention(&q, &[bf16, plain], scale).unwrap();
+        let want = decode_attention(&q, &[plain, plain], scale).unwrap();
+        // The unpacked sequence is untouched; the packed one near it.
+        let (g0, w0) = (got.narrow(0, 0, 1).unwrap(), want.narrow(0, 0, 1).unwrap());
+        let d = max_abs_diff(&g0, &w0);
+        assert!(d > 0.0 && d < 2e-2, "gated {gated}: {d}");
+        let (g1, w1) = (got.narrow(0, 1, 1).unwrap(), want.narrow(0, 1, 1).unwrap());
+        assert_eq!(max_abs_diff(&g1, &w1), 0.0);
     }
 }

@@ -40,9 +40,9 @@ pub mod work;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use candle_core::{DType, Device};
-use pal_models::audio_llm::{build::run_transcriber, load_run};
+use pal_models::audio_llm::build::{load_run_for_inference, run_transcriber};
 use pal_models::WeightForm;
+use pal_nn::{ComputeDevice, ComputeDtype};
 
 pub use bundle::{Bundle, FaultInjection, FaultPoint};
 pub use engine::{Batching, Queue};
@@ -52,18 +52,19 @@ pub use routes::router;
 pub use settings::{api_key, Limits, Network, ServeError};
 pub use state::AppState;
 
-/// Loads a run folder as a servable bundle on `device`, the frozen LLM and encoders in `dtype`
-/// (the adapter in f32 beside bf16), the LLM's linear weights held in `weights`.
-/// Transcription is enabled when the first Whisper encoder's folder also holds its decoder.
+/// Loads a run folder as a servable bundle as `pal ask` loads it
+/// ([`pal_models::audio_llm::build::load_run_for_inference`]): on `device`, in `dtype`, the
+/// LLM's linear weights held in `weights`. Transcription is enabled when the first Whisper
+/// encoder's folder also holds its decoder.
 pub fn load_bundle(
     run: &Path,
     weights: WeightForm,
-    dtype: DType,
-    device: &Device,
+    device: ComputeDevice,
+    dtype: ComputeDtype,
 ) -> Result<Bundle, ServeError> {
-    let mut built = load_run(run, dtype, device)?;
-    built.hold_weights(weights)?;
-    let whisper = run_transcriber(run, dtype, device)?;
+    let built = load_run_for_inference(run, weights, device, dtype)?;
+    let precision = dtype.precision(device);
+    let whisper = run_transcriber(run, precision.dtype, built.model.llm.device())?;
     Ok(Bundle {
         model: built.model,
         encoders: built.encoders,

@@ -13,14 +13,19 @@
 //! when full), each window written after the last: a question reads them where they lie, a view
 //! of the rows so far, so a recording of an hour is never copied to be asked about. A view lent
 //! out is never written under: a window that would write over rows a question still reads (its
-//! tail's) moves the buffer first.
+//! tail's) moves the buffer first. When the model attends its prefix in bf16
+//! ([`crate::llm::Llama::bf16_prefix`]), each window's keys and values are instead packed once,
+//! as a run of their own (half the bytes, and no f32 copy), and a question gets the runs so far
+//! (shared, never repacked).
 
 use candle_core::Tensor;
+use pal_nn::ops::bf16::prefix::PackedPrefix;
 
 use crate::audio_llm::lal::LalLayerPrefix;
 use crate::audio_llm::model::{AudioLlm, ClipLal};
 use crate::encoders::{encode_clip, AudioEncoder};
 use crate::error::{ModelError, Result};
+use crate::llm::cache::placeholder;
 
 /// Rows a buffer starts with room for.
 const FIRST_CAPACITY: usize = 2048;
@@ -38,19 +43,24 @@ struct Window {
     samples: usize,
 }
 
-/// One encoder's LAL keys and values over the clip: per LAL layer, `(1, kv_heads, capacity,
-/// head_dim)` buffers whose first `rows` rows are the clip's.
+/// One encoder's LAL keys and values over the clip, per LAL layer: `(1, kv_heads, capacity,
+/// head_dim)` buffers whose first `rows` rows are the clip's, or, when the model attends its
+/// prefix in bf16, the windows' packed runs alone (no f32 copy is kept).
 #[derive(Clone)]
 struct Buffers {
+    /// Per LAL layer, its buffers (no rows when `packed`).
     layers: Vec<LalLayerPrefix>,
     /// Rows written.
     rows: usize,
     /// Rows lent out in views (a question's tail may reach past `rows`).
     lent: usize,
+    /// Per LAL layer, the rows written as packed runs (a tail's run past `rows` until the next
+    /// window replaces it); `None` when the windows come unpacked.
+    packed: Option<Vec<PackedPrefix>>,
 }
 
 impl Buffers {
-    /// Buffers of no rows for keys and values shaped as `part`'s.
+    /// Buffers of no rows for keys and values shaped as `part`'s (packed when `part` is).
     fn empty(part: &[LalLayerPrefix]) -> Result<Self> {
         let layers = part
             .iter()
@@ -61,11 +71,16 @@ impl Buffers {
                     k: none.clone(),
                     v: none,
                     stacked: None,
+                    packed: None,
                     ..l.clone()
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            packed: part
+                .iter()
+                .all(|l| l.packed.is_some())
+                .then(|| vec![PackedPrefix::default(); part.len()]),
             layers,
             rows: 0,
             lent: 0,
@@ -76,10 +91,32 @@ impl Buffers {
         self.layers.first().map_or(0, |l| l.k.dims()[2])
     }
 
-    /// Writes `part` (one window's or a tail's keys and values, layer by layer) at `rows`,
-    /// moving to bigger buffers first when full or when the rows there are lent out.
+    /// Writes `part` (one window's or a tail's keys and values, layer by layer) at `rows`:
+    /// its packed runs after the clip's, or into the buffers, moving to bigger ones first when
+    /// full or when the rows there are lent out.
     fn write(&mut self, part: &[LalLayerPrefix]) -> Result<usize> {
         let added = part.first().map_or(0, |l| l.k.dims()[2]);
+        if let Some(layers) = &mut self.packed {
+            let unpacked =
+                || ModelError::Unsupported("a window came unpacked into a packed clip".into());
+            for (kept, new) in layers.iter_mut().zip(part) {
+                // (Runs past `rows`: a tail's, replaced.)
+                let mut runs = kept.first_rows(self.rows).ok_or_else(unpacked)?;
+                let new = new
+                    .packed
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .ok_or_else(unpacked)?;
+                runs.runs.extend(new.runs.iter().cloned());
+                *kept = runs;
+            }
+            return Ok(added);
+        }
+        if part.iter().any(|l| l.packed.is_some()) {
+            return Err(ModelError::Unsupported(
+                "a packed window came into an unpacked clip".into(),
+            ));
+        }
         let need = self.rows + added;
         if need > self.capacity() || self.lent > self.rows {
             let capacity = (2 * self.capacity()).max(2 * need).max(FIRST_CAPACITY);
@@ -104,8 +141,31 @@ impl Buffers {
         Ok(added)
     }
 
-    /// Views of the first `rows` rows, lent out.
+    /// The first `rows` rows: views of the buffers, lent out, or the packed runs.
     fn lend(&mut self, rows: usize) -> Result<Vec<LalLayerPrefix>> {
+        if let Some(layers) = &self.packed {
+            return self
+                .layers
+                .iter()
+                .zip(layers)
+                .map(|(buffer, packed)| {
+                    let (_, kv_heads, _, head_dim) = buffer.k.dims4()?;
+                    let shape = (1, kv_heads, rows, head_dim);
+                    let k = placeholder(shape, buffer.k.dtype(), buffer.k.device())?;
+                    let runs = packed.first_rows(rows).ok_or_else(|| {
+                        ModelError::Unsupported(format!("{rows} rows cut a window's run"))
+                    })?;
+                    Ok(LalLayerPrefix {
+                        layer: buffer.layer,
+                        own_softmax: buffer.own_softmax,
+                        k: k.clone(),
+                        v: k,
+                        stacked: None,
+                        packed: Some(vec![runs]),
+                    })
+                })
+                .collect();
+        }
         self.lent = self.lent.max(rows);
         self.layers
             .iter()
@@ -116,6 +176,7 @@ impl Buffers {
                     k: buffer.k.narrow(2, 0, rows)?,
                     v: buffer.v.narrow(2, 0, rows)?,
                     stacked: None,
+                    packed: None,
                 })
             })
             .collect()
@@ -274,13 +335,20 @@ impl GrowingClip {
             .flat_map(|b| &b.layers)
             .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
             .sum();
-        outputs + buffers
+        let packed: usize = self
+            .buffers
+            .iter()
+            .flatten()
+            .flat_map(|b| b.packed.iter().flatten())
+            .map(|p| p.bytes())
+            .sum();
+        outputs + buffers + packed
     }
 
     /// The clip so far and `tail` (audio after the last whole window, encoded now and not
     /// kept as a window): each encoder's outputs and the clip's LAL keys and values, as
     /// [`crate::audio_llm::AudioLlm::prepare_cached`] takes them, the keys and values as views
-    /// of the buffers. Errors when there is no audio at all.
+    /// of the buffers (or, packed, the runs so far). Errors when there is no audio at all.
     pub fn with_tail(
         &mut self,
         model: &AudioLlm,

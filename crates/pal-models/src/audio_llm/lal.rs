@@ -4,13 +4,17 @@
 //! Every LAL key/value is made by [`LalAdapter::keys_values`]; in the usual training setup it
 //! runs as one node with a written-out backward ([`crate::llm::lal_prefix`]).
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+use pal_nn::ops::bf16::prefix::{PackedPrefix, PackedRun};
 use pal_nn::ops::rms_norm;
 use pal_nn::{Init, Linear, Params};
 
 use crate::audio_llm::config::{Attachment, LalAudioNorm, LalProjector, LalRope};
 use crate::encoders::blocks::{GeluFfn, LayerNorm};
 use crate::error::Result;
+use crate::llm::cache::placeholder;
 use crate::llm::decoder::Llama;
 use crate::llm::lal_prefix;
 
@@ -58,6 +62,59 @@ pub struct LalLayerPrefix {
     /// `k` and `v` stacked, when they are the halves of one training node's output (see
     /// [`crate::llm::KeyValuePrefix::stacked`]).
     pub stacked: Option<Tensor>,
+    /// Per batch item, its rows packed in bf16 for inference's attention (see
+    /// [`crate::llm::KeyValuePrefix::packed`]).
+    pub packed: Option<Vec<PackedPrefix>>,
+}
+
+impl LalLayerPrefix {
+    /// Packs each item's first `rows[i]` rows (its real ones) for inference's bf16 attention
+    /// over the prefix ([`crate::llm::Llama::bf16_prefix`]); the f32 keys and values are let go
+    /// (kept as [`placeholder`]s: the packed form is all inference reads).
+    pub fn pack(&mut self, rows: &[usize]) -> Result<()> {
+        let dims = self.k.dims4()?;
+        let (_, kv_heads, _, head_dim) = dims;
+        let mut items = Vec::with_capacity(rows.len());
+        for (i, &n) in rows.iter().enumerate() {
+            let take = |t: &Tensor| -> Result<Vec<f32>> {
+                let item = t.narrow(0, i, 1)?.narrow(2, 0, n)?;
+                Ok(item.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+            };
+            let runs = match n {
+                0 => vec![],
+                n => vec![Arc::new(PackedRun::new(
+                    &take(&self.k)?,
+                    &take(&self.v)?,
+                    kv_heads,
+                    n,
+                    head_dim,
+                ))],
+            };
+            items.push(PackedPrefix { runs });
+        }
+        self.packed = Some(items);
+        self.k = placeholder(dims, self.k.dtype(), self.k.device())?;
+        self.v = placeholder(dims, self.v.dtype(), self.v.device())?;
+        self.stacked = None;
+        Ok(())
+    }
+}
+
+/// The runs of `a` then those of `b`, item by item: the packed form of `a`'s and `b`'s rows
+/// joined (`None` unless both are packed).
+pub fn join_packed(
+    a: &Option<Vec<PackedPrefix>>,
+    b: &Option<Vec<PackedPrefix>>,
+) -> Option<Vec<PackedPrefix>> {
+    let (a, b) = (a.as_ref()?, b.as_ref()?);
+    Some(
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| PackedPrefix {
+                runs: a.runs.iter().chain(&b.runs).cloned().collect(),
+            })
+            .collect(),
+    )
 }
 
 impl LalAdapter {
@@ -229,6 +286,7 @@ impl LalAdapter {
                 k,
                 v,
                 stacked,
+                packed: None,
             });
         };
         let heads = gate.dims1()?;
@@ -243,6 +301,7 @@ impl LalAdapter {
                     k: kv.get(0)?,
                     v: kv.get(1)?,
                     stacked: Some(kv),
+                    packed: None,
                 }
             }
             None => LalLayerPrefix {
@@ -251,6 +310,7 @@ impl LalAdapter {
                 k,
                 v: v.broadcast_mul(&gate.reshape((1, heads, 1, 1))?)?,
                 stacked: None,
+                packed: None,
             },
         })
     }

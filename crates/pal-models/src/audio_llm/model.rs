@@ -18,11 +18,12 @@ use pal_nn::Params;
 use crate::audio_llm::batch::{sequence_rows, validity, Example, Padding, PreparedBatch};
 use crate::audio_llm::config::{Attachment, Route};
 use crate::audio_llm::connector::Connector;
-use crate::audio_llm::lal::{LalAdapter, LalLayerPrefix};
+use crate::audio_llm::lal::{join_packed, LalAdapter, LalLayerPrefix};
 use crate::error::{ModelError, Result};
-use crate::llm::cache::KeyValuePrefix;
+use crate::llm::cache::{placeholder, KeyValuePrefix};
 use crate::llm::decoder::Llama;
 use crate::text::segments::Segment;
+use pal_nn::ops::bf16::prefix::PackedPrefix;
 
 /// Modules of one attached encoder.
 #[derive(Clone, Debug)]
@@ -153,14 +154,21 @@ impl AudioLlm {
             let prefixes = self
                 .lal_keys_values(adapter, &frames, &positions)?
                 .into_iter()
-                .map(|p| LalLayerPrefix {
-                    layer: p.layer,
-                    own_softmax: p.own_softmax,
-                    k: p.k.detach(),
-                    v: p.v.detach(),
-                    stacked: None,
+                .map(|p| {
+                    let mut p = LalLayerPrefix {
+                        layer: p.layer,
+                        own_softmax: p.own_softmax,
+                        k: p.k.detach(),
+                        v: p.v.detach(),
+                        stacked: None,
+                        packed: None,
+                    };
+                    if self.llm.bf16_prefix {
+                        p.pack(&[na])?;
+                    }
+                    Ok(p)
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             encoders.push(Some(prefixes));
             rows_before += adapter.positions_taken(na);
         }
@@ -268,7 +276,14 @@ impl AudioLlm {
                                 }
                             }
                             let positions = Tensor::from_vec(positions, (b, na), &device)?;
-                            self.lal_keys_values(adapter, &frames, &positions)?
+                            let mut prefixes =
+                                self.lal_keys_values(adapter, &frames, &positions)?;
+                            if self.llm.bf16_prefix {
+                                for p in &mut prefixes {
+                                    p.pack(&lengths)?;
+                                }
+                            }
+                            prefixes
                         }
                     };
                     for p in prefixes {
@@ -296,6 +311,7 @@ impl AudioLlm {
                     valid: valid_rows,
                     stacked: part.stacked,
                     own_softmax: part.own_softmax,
+                    packed: part.packed,
                 },
                 Some(p) if p.own_softmax != part.own_softmax => {
                     return Err(ModelError::Unsupported(format!(
@@ -304,9 +320,16 @@ impl AudioLlm {
                         part.layer
                     )))
                 }
+                Some(p) if p.packed.is_some() != part.packed.is_some() => {
+                    return Err(ModelError::Unsupported(format!(
+                        "LLM layer {} gets a packed and an unpacked LAL prefix",
+                        part.layer
+                    )))
+                }
                 Some(p) => KeyValuePrefix {
-                    k: Tensor::cat(&[&p.k, &part.k], 2)?,
-                    v: Tensor::cat(&[&p.v, &part.v], 2)?,
+                    packed: join_packed(&p.packed, &part.packed),
+                    k: join_rows(&p.k, &part.k, p.packed.is_some())?,
+                    v: join_rows(&p.v, &part.v, p.packed.is_some())?,
                     valid: Tensor::cat(&[&p.valid, &valid_rows], 1)?,
                     stacked: None,
                     own_softmax: p.own_softmax,
@@ -484,6 +507,7 @@ impl ClipLal {
             for (l, layer) in layers.iter().enumerate() {
                 let mut ks = Vec::with_capacity(parts.len());
                 let mut vs = Vec::with_capacity(parts.len());
+                let mut packed = Some(vec![PackedPrefix::default()]);
                 for part in parts {
                     let p = part
                         .encoders
@@ -495,13 +519,29 @@ impl ClipLal {
                         })?;
                     ks.push(p.k.clone());
                     vs.push(p.v.clone());
+                    packed = join_packed(&packed, &p.packed);
                 }
+                let some_packed = parts.iter().any(|part| {
+                    part.encoders[j]
+                        .as_ref()
+                        .is_some_and(|e| e[l].packed.is_some())
+                });
+                if some_packed && packed.is_none() {
+                    return Err(ModelError::Unsupported(
+                        "parts of a clip packed and unpacked".into(),
+                    ));
+                }
+                let (k, v) = match packed {
+                    Some(_) => (rows_of(&ks)?, rows_of(&vs)?),
+                    None => (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?),
+                };
                 joined.push(LalLayerPrefix {
                     layer: layer.layer,
                     own_softmax: layer.own_softmax,
-                    k: Tensor::cat(&ks, 2)?,
-                    v: Tensor::cat(&vs, 2)?,
+                    k,
+                    v,
                     stacked: None,
+                    packed,
                 });
             }
             encoders.push(Some(joined));
@@ -515,9 +555,37 @@ impl ClipLal {
             .iter()
             .flatten()
             .flatten()
-            .map(|p| (p.k.elem_count() + p.v.elem_count()) * p.k.dtype().size_in_bytes())
+            .map(|p| match &p.packed {
+                Some(items) => items.iter().map(|i| i.bytes()).sum(),
+                None => (p.k.elem_count() + p.v.elem_count()) * p.k.dtype().size_in_bytes(),
+            })
             .sum()
     }
+}
+
+/// `a`'s rows then `b`'s, along the rows (dimension 2); for prefixes held packed, only the
+/// shape of the two ([`placeholder`]).
+fn join_rows(a: &Tensor, b: &Tensor, packed: bool) -> Result<Tensor> {
+    if !packed {
+        return Ok(Tensor::cat(&[a, b], 2)?);
+    }
+    let (n, kv_heads, rows, head_dim) = a.dims4()?;
+    let shape = (n, kv_heads, rows + b.dim(2)?, head_dim);
+    placeholder(shape, a.dtype(), a.device())
+}
+
+/// The shape of `parts` joined along the rows, as a [`placeholder`] (prefixes held packed).
+fn rows_of(parts: &[Tensor]) -> Result<Tensor> {
+    let (n, kv_heads, _, head_dim) = parts[0].dims4()?;
+    let rows = parts
+        .iter()
+        .map(|p| p.dim(2))
+        .sum::<candle_core::Result<usize>>()?;
+    placeholder(
+        (n, kv_heads, rows, head_dim),
+        parts[0].dtype(),
+        parts[0].device(),
+    )
 }
 
 /// Each layer's prefixes of several clips as one batch, rows padded with zeros to `na` (padding
@@ -539,21 +607,45 @@ fn batch_of_clip_prefixes(
         .map(|l| {
             let mut ks = Vec::with_capacity(clips.len());
             let mut vs = Vec::with_capacity(clips.len());
+            let mut packed = Some(vec![]);
             for clip in clips {
                 let p = clip.get(l).ok_or_else(|| {
                     ModelError::Unsupported(
                         "a cached clip has fewer LAL layers than the model".into(),
                     )
                 })?;
-                ks.push(pad(&p.k)?);
-                vs.push(pad(&p.v)?);
+                if p.packed.is_none() {
+                    ks.push(pad(&p.k)?);
+                    vs.push(pad(&p.v)?);
+                }
+                if p.packed.is_some() != clips[0][l].packed.is_some() {
+                    return Err(ModelError::Unsupported(
+                        "a batch of cached clips packed and unpacked".into(),
+                    ));
+                }
+                packed = packed.zip(p.packed.as_ref()).map(|(mut all, items)| {
+                    all.extend(items.iter().cloned());
+                    all
+                });
             }
+            let (k, v) = match packed {
+                // Held packed: shapes only, nothing to pad.
+                Some(_) => {
+                    let (_, kv_heads, _, head_dim) = clips[0][l].k.dims4()?;
+                    let t = &clips[0][l].k;
+                    let shape = (clips.len(), kv_heads, na, head_dim);
+                    let k = placeholder(shape, t.dtype(), t.device())?;
+                    (k.clone(), k)
+                }
+                None => (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?),
+            };
             Ok(LalLayerPrefix {
                 layer: clips[0][l].layer,
                 own_softmax: clips[0][l].own_softmax,
-                k: Tensor::cat(&ks, 0)?,
-                v: Tensor::cat(&vs, 0)?,
+                k,
+                v,
                 stacked: None,
+                packed,
             })
         })
         .collect()

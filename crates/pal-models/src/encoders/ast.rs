@@ -315,6 +315,10 @@ impl AudioEncoder for AstEncoder {
         Some((self.model.config.max_length - 1) * 160 + 400)
     }
 
+    fn max_samples(&self) -> Option<usize> {
+        Some(self.window_samples()? * self.windows.max_windows)
+    }
+
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         let c = &self.model.config;
         let window = self.window_samples().expect("AST has a window");

@@ -23,6 +23,11 @@ pub trait AudioEncoder: Send + Sync {
     fn window_samples(&self) -> Option<usize> {
         None
     }
+    /// The longest clip it takes, in samples: `max_windows` of its windows (see
+    /// [`crate::encoders::windows::WindowPolicy`]); `None` for no limit.
+    fn max_samples(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl AudioEncoder for Box<dyn AudioEncoder> {
@@ -44,6 +49,10 @@ impl AudioEncoder for Box<dyn AudioEncoder> {
 
     fn window_samples(&self) -> Option<usize> {
         self.as_ref().window_samples()
+    }
+
+    fn max_samples(&self) -> Option<usize> {
+        self.as_ref().max_samples()
     }
 }
 

@@ -65,6 +65,10 @@ impl AudioEncoder for PooledEncoder {
     fn window_samples(&self) -> Option<usize> {
         self.inner.window_samples()
     }
+
+    fn max_samples(&self) -> Option<usize> {
+        self.inner.max_samples()
+    }
 }
 
 #[cfg(test)]

@@ -631,6 +631,10 @@ impl AudioEncoder for WhisperAudioEncoder {
         Some(self.encoder.max_frames() * 160)
     }
 
+    fn max_samples(&self) -> Option<usize> {
+        Some(self.encoder.max_frames() * 160 * self.windows.max_windows)
+    }
+
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         Ok(self
             .encode_batch(&[samples])?

@@ -22,6 +22,21 @@ pub struct KeyValuePrefix {
     /// The prefix's keys get a softmax of their own, apart from the text's (gated LAL audio,
     /// see [`pal_nn::attention_split`]): the prefix can never take attention from the text.
     pub own_softmax: bool,
+    /// Per batch item, its real rows packed in bf16 for the CPU's bf16 kernel (see
+    /// [`crate::llm::Llama::bf16_prefix`]); inference attends over these, and `k` and `v` are
+    /// then [`placeholder`]s (shapes only).
+    pub packed: Option<Vec<pal_nn::ops::bf16::prefix::PackedPrefix>>,
+}
+
+/// Keys or values of `dims` held only packed ([`KeyValuePrefix::packed`]): their shape, with no
+/// memory behind it (one zero, broadcast). Attention reads the packed form; a path that would
+/// read these in f32 refuses a packed prefix instead (see `DecoderLayer`'s forward).
+pub fn placeholder(
+    dims: (usize, usize, usize, usize),
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    Ok(Tensor::zeros((1, 1, 1, 1), dtype, device)?.broadcast_as(dims)?)
 }
 
 impl KeyValuePrefix {
@@ -112,6 +127,11 @@ pub struct ApartKeys {
 const STORE_HEADROOM: usize = 64;
 
 impl LayerCache {
+    /// Whether the layer's next (inference) forward attends over its prefix's packed form.
+    pub fn attends_packed(&self) -> bool {
+        !self.record_attention && self.prefix.as_ref().is_some_and(|p| p.packed.is_some())
+    }
+
     /// An empty cache after `prefix`.
     pub fn with_prefix(prefix: Option<KeyValuePrefix>) -> Self {
         Self {
@@ -325,6 +345,23 @@ impl KvCache {
                         stacked: None,
                         ..p.clone()
                     }),
+                    Some(p) if p.packed.is_some() => {
+                        let item = p.packed.as_ref().expect("matched")[i].clone();
+                        let (_, kv_heads, _, head_dim) = p.k.dims4()?;
+                        let shape = (1, kv_heads, item.rows(), head_dim);
+                        Some(KeyValuePrefix {
+                            k: placeholder(shape, p.k.dtype(), p.k.device())?,
+                            v: placeholder(shape, p.v.dtype(), p.v.device())?,
+                            valid: Tensor::ones(
+                                (1, item.rows()),
+                                p.valid.dtype(),
+                                p.valid.device(),
+                            )?,
+                            stacked: None,
+                            own_softmax: p.own_softmax,
+                            packed: Some(vec![item]),
+                        })
+                    }
                     Some(p) => {
                         let rows = valid_rows(&p.valid, i)?;
                         let n = rows.dims()[0];
@@ -334,6 +371,7 @@ impl KvCache {
                             valid: Tensor::ones((1, n), p.valid.dtype(), p.valid.device())?,
                             stacked: None,
                             own_softmax: p.own_softmax,
+                            packed: None,
                         })
                     }
                     None => None,

@@ -28,6 +28,7 @@ pub fn forward(
         ));
     }
     let detached_prefix = cache.prefix.as_ref().map(|p| KeyValuePrefix {
+        packed: p.packed.clone(),
         k: p.k.detach(),
         v: p.v.detach(),
         valid: p.valid.clone(),
@@ -114,6 +115,7 @@ impl CustomOp3 for CheckpointedLayer {
         let xv = Var::from_tensor(x)?;
         let (pkv, pvv) = (Var::from_tensor(pk)?, Var::from_tensor(pv)?);
         let prefix = self.prefix_valid.as_ref().map(|valid| KeyValuePrefix {
+            packed: None,
             k: pkv.as_tensor().clone(),
             v: pvv.as_tensor().clone(),
             valid: valid.clone(),

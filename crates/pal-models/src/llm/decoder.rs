@@ -46,6 +46,12 @@ pub struct Llama {
     /// backward (see [`frozen_layer`]): the same gradients with far less memory traffic.
     /// On by default; off records every op of the layer (the reference the tests compare with).
     pub frozen_layer_nodes: bool,
+    /// Attention over a LAL prefix runs in bf16 on the CPU's bf16 kernel, the prefix packed
+    /// once as its keys are computed ([`pal_nn::ops::bf16::prefix`]): set for inference under a
+    /// bf16 precision where the CPU has such a kernel (see
+    /// [`crate::audio_llm::build::load_run_for_inference`]; training never sets it: attention
+    /// over a packed prefix carries no gradient). Off, the prefix is attended in f32.
+    pub bf16_prefix: bool,
 }
 
 impl Llama {
@@ -196,6 +202,7 @@ impl Llama {
             ffn_rows: Default::default(),
             checkpoint_layers: false,
             frozen_layer_nodes: true,
+            bf16_prefix: false,
         })
     }
 
@@ -354,9 +361,13 @@ impl Llama {
         let mut x = embeds.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
+            // (A packed prefix is attended apart, its rows all real: the mask is the text's.)
+            let packed = layer_cache.attends_packed();
             let prefix_mask = match &layer_cache.prefix {
-                Some(prefix) => Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?),
-                None => None,
+                Some(prefix) if !packed => {
+                    Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?)
+                }
+                _ => None,
             };
             let layer_mask = prefix_mask.as_ref().or(mask.as_ref());
             let prefix_trains = layer_cache
@@ -365,7 +376,9 @@ impl Llama {
                 .is_some_and(|p| p.k.track_op() || p.v.track_op());
             self.ffn_rows.fetch_add(b * n, Ordering::Relaxed);
             let c = &self.config;
-            x = if self.checkpoint_layers && x.track_op() {
+            x = if packed {
+                layer.forward(c, &x, &cos, &sin, layer_mask, layer_cache)?
+            } else if self.checkpoint_layers && x.track_op() {
                 checkpointed_layer::forward(layer, c, &x, &cos, &sin, layer_mask, layer_cache)?
             } else if self.frozen_layer_nodes
                 && (x.track_op() || prefix_trains)

@@ -7,9 +7,11 @@
 
 use candle_core::Tensor;
 use pal_nn::ops::{rms_norm, rope};
-use pal_nn::{attention_apart, attention_split, decode_attention, Linear, SequenceKeys};
+use pal_nn::{
+    attention_apart, attention_packed, attention_split, decode_attention, Linear, SequenceKeys,
+};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::llm::cache::LayerCache;
 use crate::llm::config::LlamaConfig;
 
@@ -205,12 +207,29 @@ impl DecoderLayer {
             false => (p.k.clone(), p.v.clone()),
         });
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let (attn, probs) = if in_place && cache.prefix.is_some() {
+        let (attn, probs) = if !keep && cache.attends_packed() {
+            // Inference over a packed prefix (a clip's LAL keys in bf16): the new rows go into
+            // the cache's buffers; `mask` covers them only (the prefix's rows are all real).
+            let packed = cache.prefix.as_ref().and_then(|p| p.packed.clone());
+            let apart = cache.append_apart(&k_own.detach(), &v_own.detach())?;
+            let packed = packed.expect("attends_packed checked it");
+            let own_softmax = own_softmax != 0;
+            let out = attention_packed(&q, &packed, &apart.k, &apart.v, mask, scale, own_softmax)?;
+            (out, None)
+        } else if cache.prefix.as_ref().is_some_and(|p| p.packed.is_some()) {
+            return Err(ModelError::Unsupported(
+                "a LAL prefix held packed in bf16 is attended by inference only, and keeps no \
+                 attention probabilities (load the model with --dtype f32)"
+                    .into(),
+            ));
+        } else if in_place && cache.prefix.is_some() {
             // Inference with a prefix (a clip's LAL keys): the new rows go into the cache's
             // buffers, the prefix is read where it lies (never copied per request).
             let apart = cache.append_apart(&k_own, &v_own)?;
             let (pk, pv) = apart.prefix.as_ref().expect("the cache has a prefix");
-            attention_apart(&q, (pk, pv), &apart.k, &apart.v, mask, scale, own_softmax)?
+            let (out, probs) =
+                attention_apart(&q, (pk, pv), &apart.k, &apart.v, mask, scale, own_softmax)?;
+            (out, Some(probs))
         } else {
             let (k, v) = if in_place {
                 // Inference: the new rows are written into the cache's buffers.
@@ -230,9 +249,10 @@ impl DecoderLayer {
                     None => (k, v),
                 }
             };
-            attention_split(&q, &k, &v, mask, scale, own_softmax)?
+            let (out, probs) = attention_split(&q, &k, &v, mask, scale, own_softmax)?;
+            (out, Some(probs))
         };
-        if cache.record_attention {
+        if let (true, Some(probs)) = (cache.record_attention, &probs) {
             cache.attention = Some(probs.detach());
         }
         let attn = attn
@@ -246,7 +266,7 @@ impl DecoderLayer {
             k: k_own,
             v: v_own,
             prefix,
-            probs,
+            probs: probs.expect("kept when not packed"),
             own_softmax,
             x1,
             gate,
@@ -312,14 +332,20 @@ impl DecoderLayer {
         let mut keys = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let own_softmax = cache.prefix.as_ref().is_some_and(|p| p.own_softmax);
+            // (Decoding keeps no probabilities: a packed prefix is always attended packed.)
+            let packed = cache
+                .prefix
+                .as_ref()
+                .and_then(|p| p.packed.as_ref()?.first().cloned());
             let apart = cache.append_apart(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
-            keys.push((apart, own_softmax));
+            keys.push((apart, own_softmax, packed));
         }
         let sequences: Vec<SequenceKeys> = keys
             .iter()
-            .map(|(apart, own_softmax)| SequenceKeys {
+            .map(|(apart, own_softmax, packed)| SequenceKeys {
                 prefix: apart.prefix.as_ref().map(|(k, v)| (k, v)),
                 prefix_own_softmax: *own_softmax,
+                packed: packed.as_ref(),
                 k: &apart.k,
                 v: &apart.v,
             })

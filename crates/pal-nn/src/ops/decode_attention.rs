@@ -16,11 +16,14 @@ use super::SharedMut;
 
 /// One sequence's keys and values, each `(1, kv_heads, rows, head_dim)` (rows contiguous within
 /// a head; any head stride): a prefix (LAL's audio keys, before the others) and its own.
+#[derive(Clone, Copy)]
 pub struct SequenceKeys<'a> {
     /// The prefix's keys and values, if any.
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
     /// Whether the prefix's keys get a softmax of their own, apart from the others' (gated LAL).
     pub prefix_own_softmax: bool,
+    /// The prefix packed in bf16 ([`crate::ops::bf16::prefix`]): attended instead of `prefix`.
+    pub packed: Option<&'a crate::ops::bf16::prefix::PackedPrefix>,
     /// The sequence's own keys.
     pub k: &'a Tensor,
     /// The sequence's own values.

@@ -48,8 +48,8 @@ pub fn load(toml: &str) -> Option<Bundle> {
     let bundle = pal_serve::load_bundle(
         &dir.join("run"),
         pal_models::WeightForm::Auto,
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
+        pal_nn::ComputeDevice::Cpu,
+        pal_nn::ComputeDtype::F32,
     );
     Some(bundle.unwrap())
 }

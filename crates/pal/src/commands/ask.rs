@@ -40,6 +40,21 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
             args.model.join("model.toml").display()
         );
     }
+    let mut out = std::io::stdout();
+    let mut print = |piece: &str| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    };
+    let params = args.sampling.params();
+    if let [path] = args.audio.as_slice() {
+        // One clip: decoded and encoded as it is read, window by window (any length, in
+        // bounded memory).
+        let (audio, lal) = pal_infer::ask::encode_file(&built, path)?;
+        pal_infer::ask::ask_encoded(&built, audio, &lal, &args.question, &params, &mut print)
+            .with_context(|| format!("asking {}", args.model.display()))?;
+        println!();
+        return Ok(());
+    }
     let mut clips = Vec::with_capacity(args.audio.len());
     for path in &args.audio {
         clips.push(
@@ -48,18 +63,8 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
                 .samples,
         );
     }
-    let mut out = std::io::stdout();
-    pal_infer::ask::ask(
-        &built,
-        &clips,
-        &args.question,
-        &args.sampling.params(),
-        |piece| {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        },
-    )
-    .with_context(|| format!("asking {}", args.model.display()))?;
+    pal_infer::ask::ask(&built, &clips, &args.question, &params, &mut print)
+        .with_context(|| format!("asking {}", args.model.display()))?;
     println!();
     Ok(())
 }

@@ -22,6 +22,43 @@ pub enum BenchCommand {
     /// Training step (forward + backward, frozen backbone) of PLITS, LAL and PAL side by side,
     /// each in its own process (for peak memory), interleaved, next to the cost model.
     Modes(ModesBenchArgs),
+    /// One question about recordings of 30 s to an hour, per model config: peak memory,
+    /// encoding, first token and decoding, each in its own process, next to the cost model.
+    LongAudio(LongAudioArgs),
+}
+
+/// Arguments of `pal bench long-audio`.
+#[derive(Args, Clone)]
+pub struct LongAudioArgs {
+    /// The models, `label=config.toml`, comma-separated (each run untrained).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lal=configs/smollm2-whisper-lal-long.toml,lal-pool2=configs/long-audio/lal-pool2.toml,pal=configs/long-audio/pal.toml,plits=configs/long-audio/plits.toml"
+    )]
+    models: Vec<String>,
+    /// Lengths of the recordings, in minutes.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,2,10,30,60")]
+    minutes: Vec<f64>,
+    /// Speech clips (16 kHz WAV) the recordings repeat.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "assets/clips/jfk_16k.wav,assets/clips/beckett_16k.wav"
+    )]
+    clips: Vec<PathBuf>,
+    /// The question.
+    #[arg(long, default_value = "What is said in the recording?")]
+    question: String,
+    /// Tokens decoded per answer (greedy).
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// Output prefix: writes PREFIX.json and PREFIX.md.
+    #[arg(long, default_value = "docs/bench/long-audio")]
+    out: PathBuf,
+    /// Internal: run one measurement (a JSON job) and print its result as one JSON line.
+    #[arg(long, hide = true)]
+    child: Option<String>,
 }
 
 /// Arguments of `pal bench modes`.
@@ -222,6 +259,41 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&result)?);
             }
             None => modes(args)?,
+        },
+        BenchCommand::LongAudio(args) => match &args.child {
+            Some(job) => {
+                let job: pal_bench::long_audio::LongAudioJob = serde_json::from_str(job)?;
+                let result = pal_bench::long_audio::run_child(&job)?;
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            None => {
+                let models = args
+                    .models
+                    .iter()
+                    .map(|m| match m.split_once('=') {
+                        Some((label, path)) => Ok((label.to_string(), PathBuf::from(path))),
+                        None => anyhow::bail!("--models takes label=config.toml, not {m:?}"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let bench = pal_bench::long_audio::LongAudioBench {
+                    models,
+                    minutes: args.minutes,
+                    clips: args.clips,
+                    question: args.question,
+                    max_tokens: args.max_tokens,
+                };
+                let exe = std::env::current_exe()?;
+                let launch = |job: &pal_bench::long_audio::LongAudioJob| {
+                    let mut cmd = Command::new(&exe);
+                    let job = serde_json::to_string(job).expect("a job serializes");
+                    cmd.args(["bench", "long-audio", "--child", &job]);
+                    cmd
+                };
+                let report = bench.run(&launch, command_line())?;
+                let markdown = pal_bench::long_audio::markdown(&report);
+                write(&args.out, &report, &markdown)?;
+                println!("{markdown}");
+            }
         },
     }
     Ok(())

@@ -56,13 +56,15 @@ pub struct AttentionArgs {
 
 /// Runs `pal probe attention`: answers, measures, prints the table and writes the files.
 fn attention(args: AttentionArgs) -> anyhow::Result<()> {
-    let built = super::load_run(
+    let mut built = super::load_run(
         &args.model,
         super::WeightsArg {
             weights: pal_models::WeightForm::Auto,
         },
         super::DeviceArgs::default(),
     )?;
+    // The probabilities are kept by the f32 attention only (not by the bf16 prefix kernel).
+    built.model.llm.bf16_prefix = false;
     let audio = pal_audio::load_audio(&args.audio)?.to_16k(&args.audio.display().to_string())?;
     let outputs = built
         .encode_clip(&audio.samples)

@@ -122,12 +122,11 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // A bad key is refused before minutes of loading.
     let api_key = pal_serve::api_key(args.api_key)?;
-    let device = args.device.device.open()?;
     let bundle = pal_serve::load_bundle(
         &args.model,
         args.weights.weights,
-        args.device.precision().dtype,
-        &device,
+        args.device.device,
+        args.device.dtype,
     )
     .with_context(|| format!("loading the run folder {}", args.model.display()))?;
     let model_name = match args.model_name {

@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod pack;
+pub mod prefix;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

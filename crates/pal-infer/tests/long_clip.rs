@@ -1,0 +1,102 @@
+//! A clip longer than the encoder's window, as `pal ask` takes it: decoded in pieces of any size
+//! and encoded window by window, it gets the answer the whole clip in memory gets; a clip past
+//! the config's windows is refused naming `max_windows`, and one whose audio tokens would pass
+//! the LLM's context (PLITS) is refused naming both figures.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use pal_infer::ask::{ask, ask_encoded, encode_growing};
+use pal_infer::GenerationParams;
+use pal_models::audio_llm::{build, BuiltModel};
+
+/// SmolLM2-135M-Instruct + Whisper tiny.en (untrained adapter) routed as `route`.
+fn model(route: &str) -> Option<BuiltModel> {
+    pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
+    pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
+    let text = format!(
+        r#"
+[llm]
+path = "asset:smollm2-135m-instruct"
+
+[[encoders]]
+name = "whisper"
+kind = "whisper"
+path = "asset:whisper-tiny.en"
+max_windows = 4
+route = "{route}"
+connector = {{ type = "mlp", stack = 1 }}
+lal = {{ start = 15, rope = "none" }}
+"#
+    );
+    let config = pal_models::formats::config_toml::parse(&text).unwrap();
+    Some(build(&config, Path::new("."), DType::F32, &Device::Cpu).unwrap())
+}
+
+/// `seconds` of real speech (JFK's clip, repeated).
+fn speech(seconds: f64) -> Vec<f32> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/clips/jfk_16k.wav");
+    let clip = pal_audio::load_audio(&path).unwrap().samples;
+    clip.iter()
+        .cycle()
+        .take((seconds * 16000.0) as usize)
+        .copied()
+        .collect()
+}
+
+const QUESTION: &str = "What is said in the recording?";
+
+#[test]
+fn a_long_clip_read_in_pieces_gets_the_whole_clips_answer() {
+    let Some(built) = model("lal") else {
+        return;
+    };
+    let params = GenerationParams {
+        max_tokens: 6,
+        ..GenerationParams::default()
+    };
+    // 70 s: two whole windows and a tail.
+    let clip = speech(70.0);
+    let whole = ask(
+        &built,
+        std::slice::from_ref(&clip),
+        QUESTION,
+        &params,
+        |_| {},
+    )
+    .unwrap();
+    let pieces = clip.chunks(7919).map(|p| Ok(p.to_vec()));
+    let (audio, lal) = encode_growing(&built, pieces).unwrap();
+    assert_eq!(audio[0].dims()[0], 3500, "50 frames a second");
+    let read = ask_encoded(&built, audio, &lal, QUESTION, &params, |_| {}).unwrap();
+    assert_eq!(read.tokens, whole.tokens);
+    assert_eq!(read.tokens.len(), 6);
+
+    // Past max_windows (4 windows of 30 s).
+    let error = ask(&built, &[speech(125.0)], QUESTION, &params, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("120 s") && error.contains("max_windows"),
+        "{error}"
+    );
+}
+
+#[test]
+fn plits_past_the_context_is_refused_naming_both_figures() {
+    let Some(built) = model("plits") else {
+        return;
+    };
+    // 110 s is 5,500 audio tokens: with the prompt and 4,000 new tokens, past 8,192 positions.
+    let params = GenerationParams {
+        max_tokens: 4000,
+        ..GenerationParams::default()
+    };
+    let error = ask(&built, &[speech(110.0)], QUESTION, &params, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("positions") && error.contains("8192"),
+        "{error}"
+    );
+}
