@@ -313,8 +313,8 @@ pub fn write_speech(clips: &[PathBuf], seconds: f64, path: &Path) -> anyhow::Res
     Ok(())
 }
 
-/// The report as markdown.
-pub fn markdown(report: &LongAudioReport) -> String {
+/// The report as markdown, showing the plot file `plot` (beside it).
+pub fn markdown(report: &LongAudioReport, plot: &str) -> String {
     let (rows, command, cpu) = (&report.rows, &report.command, &report.cpu);
     let mut md = format!(
         "# Long recordings: one question about 30 s to an hour of audio\n\n`{command}`\n\nCPU: {cpu}. \
@@ -357,9 +357,90 @@ pub fn markdown(report: &LongAudioReport) -> String {
             )),
         }
     }
+    md.push_str(&format!(
+        "\n![first token and peak memory against length]({plot})\n"
+    ));
     md.push_str("\nThe models (their `model.toml`):\n");
     for (label, toml) in &report.models {
         md.push_str(&format!("\n**{label}**\n\n```toml\n{}\n```\n", toml.trim()));
     }
     md
+}
+
+/// The plot: first token (from the start) and peak memory against the recording's length, one
+/// line per model (refused lengths left out).
+pub fn draw(report: &LongAudioReport, out: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let labels = pal_train::metrics::register_font();
+    let mut models: Vec<&str> = vec![];
+    for r in &report.rows {
+        if !models.contains(&r.model.as_str()) {
+            models.push(&r.model);
+        }
+    }
+    let series = |model: &str, value: fn(&LongAudioResult) -> f64| -> Vec<(f64, f64)> {
+        report
+            .rows
+            .iter()
+            .filter(|r| r.model == model)
+            .filter_map(|r| Some((r.minutes, value(r.result.as_ref().ok()?))))
+            .collect()
+    };
+    let colors = [BLUE, CYAN, GREEN, RED, MAGENTA, BLACK];
+    let max_minutes = report.rows.iter().map(|r| r.minutes).fold(1.0, f64::max);
+    let root = BitMapBackend::new(out, (1000, 450)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    type Value = fn(&LongAudioResult) -> f64;
+    let panels: [(_, &str, Value); 2] = [
+        (left, "first token (s) against minutes of audio", |m| {
+            m.first_token_s
+        }),
+        (right, "peak memory (MB) against minutes of audio", |m| {
+            m.peak_rss_mb
+        }),
+    ];
+    for (area, caption, value) in panels {
+        let top = models
+            .iter()
+            .flat_map(|m| series(m, value))
+            .map(|p| p.1)
+            .fold(1.0, f64::max);
+        let mut builder = ChartBuilder::on(&area);
+        builder
+            .margin(15)
+            .x_label_area_size(if labels { 35 } else { 0 })
+            .y_label_area_size(if labels { 55 } else { 0 });
+        if labels {
+            builder.caption(caption, ("sans-serif", 16));
+        }
+        let mut chart = builder.build_cartesian_2d(0f64..max_minutes * 1.05, 0f64..top * 1.1)?;
+        let mut mesh = chart.configure_mesh();
+        if !labels {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.x_desc("minutes").draw()?;
+        for (model, color) in models.iter().zip(colors.iter().cycle()) {
+            let points = series(model, value);
+            let drawn =
+                chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
+            if labels {
+                let color = *color;
+                drawn
+                    .label(*model)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            }
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        if labels {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE)
+                .border_style(BLACK)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
 }

@@ -53,7 +53,7 @@ pub struct LongAudioArgs {
     /// Tokens decoded per answer (greedy).
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
-    /// Output prefix: writes PREFIX.json and PREFIX.md.
+    /// Output prefix: writes PREFIX.json, PREFIX.md and PREFIX.png.
     #[arg(long, default_value = "docs/bench/long-audio")]
     out: PathBuf,
     /// Internal: run one measurement (a JSON job) and print its result as one JSON line.
@@ -290,8 +290,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     cmd
                 };
                 let report = bench.run(&launch, command_line())?;
-                let markdown = pal_bench::long_audio::markdown(&report);
+                let plot = with_suffix(&args.out, "png");
+                let name = plot.file_name().map(|n| n.to_string_lossy().to_string());
+                let markdown = pal_bench::long_audio::markdown(&report, &name.unwrap_or_default());
                 write(&args.out, &report, &markdown)?;
+                pal_bench::long_audio::draw(&report, &plot)?;
                 println!("{markdown}");
             }
         },
