@@ -208,6 +208,20 @@ fn a_bf16_prefix_is_packed_window_by_window() {
         assert_eq!(packed[0].runs.len(), 31);
         assert_eq!(packed[0].rows(), layer.k.dim(2).unwrap());
     }
+    // Audio taken back lets its runs go.
+    let mut shorter = packed_clip.clone();
+    assert_eq!(shorter.truncate(40 * 15), 40 * 15);
+    let mut fresh = GrowingClip::new(&m).unwrap();
+    for window in whole[..40 * 15].chunks(40) {
+        fresh.push(&m, &encoders, window).unwrap();
+    }
+    assert_eq!(shorter.bytes(), fresh.bytes());
+    let (_, half) = shorter.with_tail(&m, &encoders, &[]).unwrap();
+    let runs = &half.encoders[0].as_ref().unwrap()[0]
+        .packed
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(runs.runs.len(), 15);
     assert!(
         2 * packed_clip.bytes() < f32_clip.bytes() + 2 * outputs[0].elem_count() * 4,
         "{} bytes packed, {} in f32",

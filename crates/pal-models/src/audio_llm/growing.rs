@@ -302,6 +302,17 @@ impl GrowingClip {
             self.positions -= window.positions;
             self.samples -= window.samples;
         }
+        // The runs of the windows taken back (and of a tail) are let go.
+        for b in self.buffers.iter_mut().flatten() {
+            let rows = b.rows;
+            if let Some(layers) = &mut b.packed {
+                for runs in layers.iter_mut() {
+                    if let Some(kept) = runs.first_rows(rows) {
+                        *runs = kept;
+                    }
+                }
+            }
+        }
         self.samples
     }
 
