@@ -149,9 +149,7 @@ impl Buffers {
                 .iter()
                 .zip(layers)
                 .map(|(buffer, packed)| {
-                    let (_, kv_heads, _, head_dim) = buffer.k.dims4()?;
-                    let shape = (1, kv_heads, rows, head_dim);
-                    let k = placeholder(shape, buffer.k.dtype(), buffer.k.device())?;
+                    let k = placeholder(&buffer.k, 1, rows)?;
                     let runs = packed.first_rows(rows).ok_or_else(|| {
                         ModelError::Unsupported(format!("{rows} rows cut a window's run"))
                     })?;

@@ -93,8 +93,8 @@ impl LalLayerPrefix {
             items.push(PackedPrefix { runs });
         }
         self.packed = Some(items);
-        self.k = placeholder(dims, self.k.dtype(), self.k.device())?;
-        self.v = placeholder(dims, self.v.dtype(), self.v.device())?;
+        self.k = placeholder(&self.k, dims.0, dims.2)?;
+        self.v = self.k.clone();
         self.stacked = None;
         Ok(())
     }

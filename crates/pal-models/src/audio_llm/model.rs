@@ -566,26 +566,19 @@ impl ClipLal {
 /// `a`'s rows then `b`'s, along the rows (dimension 2); for prefixes held packed, only the
 /// shape of the two ([`placeholder`]).
 fn join_rows(a: &Tensor, b: &Tensor, packed: bool) -> Result<Tensor> {
-    if !packed {
-        return Ok(Tensor::cat(&[a, b], 2)?);
+    match packed {
+        true => rows_of(&[a.clone(), b.clone()]),
+        false => Ok(Tensor::cat(&[a, b], 2)?),
     }
-    let (n, kv_heads, rows, head_dim) = a.dims4()?;
-    let shape = (n, kv_heads, rows + b.dim(2)?, head_dim);
-    placeholder(shape, a.dtype(), a.device())
 }
 
 /// The shape of `parts` joined along the rows, as a [`placeholder`] (prefixes held packed).
 fn rows_of(parts: &[Tensor]) -> Result<Tensor> {
-    let (n, kv_heads, _, head_dim) = parts[0].dims4()?;
     let rows = parts
         .iter()
         .map(|p| p.dim(2))
         .sum::<candle_core::Result<usize>>()?;
-    placeholder(
-        (n, kv_heads, rows, head_dim),
-        parts[0].dtype(),
-        parts[0].device(),
-    )
+    placeholder(&parts[0], parts[0].dim(0)?, rows)
 }
 
 /// Each layer's prefixes of several clips as one batch, rows padded with zeros to `na` (padding
@@ -631,10 +624,7 @@ fn batch_of_clip_prefixes(
             let (k, v) = match packed {
                 // Held packed: shapes only, nothing to pad.
                 Some(_) => {
-                    let (_, kv_heads, _, head_dim) = clips[0][l].k.dims4()?;
-                    let t = &clips[0][l].k;
-                    let shape = (clips.len(), kv_heads, na, head_dim);
-                    let k = placeholder(shape, t.dtype(), t.device())?;
+                    let k = placeholder(&clips[0][l].k, clips.len(), na)?;
                     (k.clone(), k)
                 }
                 None => (Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?),

@@ -28,15 +28,14 @@ pub struct KeyValuePrefix {
     pub packed: Option<Vec<pal_nn::ops::bf16::prefix::PackedPrefix>>,
 }
 
-/// Keys or values of `dims` held only packed ([`KeyValuePrefix::packed`]): their shape, with no
-/// memory behind it (one zero, broadcast). Attention reads the packed form; a path that would
-/// read these in f32 refuses a packed prefix instead (see `DecoderLayer`'s forward).
-pub fn placeholder(
-    dims: (usize, usize, usize, usize),
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    Ok(Tensor::zeros((1, 1, 1, 1), dtype, device)?.broadcast_as(dims)?)
+/// Keys or values held only packed ([`KeyValuePrefix::packed`]): `(items, kv_heads, rows,
+/// head_dim)`, heads, width, type and device as `like`'s, with no memory behind them (one zero,
+/// broadcast). Attention reads the packed form; a path that would read these in f32 refuses a
+/// packed prefix instead (see `DecoderLayer`'s forward).
+pub fn placeholder(like: &Tensor, items: usize, rows: usize) -> Result<Tensor> {
+    let (_, kv_heads, _, head_dim) = like.dims4()?;
+    let one = Tensor::zeros((1, 1, 1, 1), like.dtype(), like.device())?;
+    Ok(one.broadcast_as((items, kv_heads, rows, head_dim))?)
 }
 
 impl KeyValuePrefix {
@@ -347,11 +346,10 @@ impl KvCache {
                     }),
                     Some(p) if p.packed.is_some() => {
                         let item = p.packed.as_ref().expect("matched")[i].clone();
-                        let (_, kv_heads, _, head_dim) = p.k.dims4()?;
-                        let shape = (1, kv_heads, item.rows(), head_dim);
+                        let keys = placeholder(&p.k, 1, item.rows())?;
                         Some(KeyValuePrefix {
-                            k: placeholder(shape, p.k.dtype(), p.k.device())?,
-                            v: placeholder(shape, p.v.dtype(), p.v.device())?,
+                            k: keys.clone(),
+                            v: keys,
                             valid: Tensor::ones(
                                 (1, item.rows()),
                                 p.valid.dtype(),
