@@ -100,3 +100,17 @@ fn plits_past_the_context_is_refused_naming_both_figures() {
         "{error}"
     );
 }
+
+#[test]
+fn a_corrupt_file_is_refused_naming_it() {
+    let Some(built) = model("lal") else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("pal-corrupt-{}.wav", std::process::id()));
+    std::fs::write(&path, b"RIFF\x10\x00\x00\x00WAVEnot really a wave file").unwrap();
+    let error = pal_infer::ask::encode_file(&built, &path)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(error.contains(&path.display().to_string()), "{error}");
+}
