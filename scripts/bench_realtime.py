@@ -5,10 +5,11 @@ chat-completions request with the whole clip, for recordings of several lengths.
 For each length: a realtime session streams speech in real time (100 ms pieces, paced by the
 clock), then commits and asks; the figure is the time from the commit to the first answer
 token. Then the same recording is sent whole (WAV, base64) as one streamed chat completion;
-the figure is the time from sending it to the first token. One server, one run, greedy.
+the figure is the time from sending it to the first token. One server per `--chunks` setting,
+greedy; each length `--repeats` times (3), the median reported with the fastest and slowest.
 
     python scripts/bench_realtime.py --config configs/smollm2-whisper-lal-long.toml \
-        --seconds 10,60,300 [--serve-args "--stream-chunk-s 5"] --out docs/bench/realtime
+        --seconds 10,60,300 --chunks 0,5 --out docs/bench/realtime
 
 `--config` writes an untrained run of that model config (`pal init`): latency does not depend
 on what the adapter learned. `--model RUN_DIR` serves a run folder instead.
@@ -22,6 +23,7 @@ import io
 import json
 import pathlib
 import platform
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -154,6 +156,8 @@ def main():
     p.add_argument("--chunks", default="0,5",
                    help="--stream-chunk-s settings, one server each (0: the encoder's 30 s window)")
     p.add_argument("--out", default="docs/bench/realtime")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="sessions per length (the median is reported: one first token is noisy)")
     p.add_argument("--no-pace", action="store_true", help="a quick look: audio sent at once")
     args = p.parse_args()
     lengths = [float(s) for s in args.seconds.split(",")]
@@ -178,12 +182,18 @@ def main():
             asyncio.run(realtime(addr, speech(2, args.clips.split(",")), args.max_tokens))
             for seconds in lengths:
                 pcm = speech(seconds, args.clips.split(","))
-                live, live_answer = asyncio.run(
-                    realtime(addr, pcm, args.max_tokens, not args.no_pace))
-                whole, whole_answer = chat(addr, pcm, args.max_tokens)
+                live, whole = [], []
+                for _ in range(args.repeats):
+                    first, live_answer = asyncio.run(
+                        realtime(addr, pcm, args.max_tokens, not args.no_pace))
+                    live.append(round(first, 3))
+                    first, whole_answer = chat(addr, pcm, args.max_tokens)
+                    whole.append(round(first, 3))
                 rows.append({"chunk_s": chunk, "seconds": seconds,
-                             "realtime_first_token_s": round(live, 3),
-                             "chat_first_token_s": round(whole, 3),
+                             "realtime_first_token_s": statistics.median(live),
+                             "realtime_samples_s": live,
+                             "chat_first_token_s": statistics.median(whole),
+                             "chat_samples_s": whole,
                              "realtime_answer": live_answer, "chat_answer": whole_answer})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -213,7 +223,10 @@ def main():
         "last window, and the prompt. **Chat completions**: the same recording as one WAV in one "
         "streamed request, the audio cache off; from sending it to the first token (upload, "
         "decoding, every window's encoding, prefill). *Same answer*: whether both gave the same "
-        "greedy answer (windows shorter than 30 s encode the audio a little differently).",
+        "greedy answer (windows shorter than 30 s encode the audio a little differently). "
+        f"Each figure is the median of {args.repeats} sessions (requests), the fastest and "
+        "slowest in brackets: a first token after seconds of idle listening varies by tens of "
+        "milliseconds on a shared machine.",
         "",
         "| encoded as it arrives, every | recording (s) | realtime: commit to first token (s) | x the shortest | chat completions, whole clip: first token (s) | same answer |",
         "|---|---|---|---|---|---|",
@@ -222,8 +235,11 @@ def main():
         shortest = next(x for x in rows if x["chunk_s"] == r["chunk_s"])["realtime_first_token_s"]
         every = f"{r['chunk_s']:g} s" if r["chunk_s"] else "30 s (the window)"
         same = "yes" if r["realtime_answer"] == r["chat_answer"] else "no"
-        lines.append(f"| {every} | {r['seconds']:g} | {r['realtime_first_token_s']} | "
-                     f"{r['realtime_first_token_s'] / shortest:.2f} | {r['chat_first_token_s']} | {same} |")
+        spread = lambda x: f"{min(x)}-{max(x)}"
+        lines.append(f"| {every} | {r['seconds']:g} | {r['realtime_first_token_s']} "
+                     f"({spread(r['realtime_samples_s'])}) | "
+                     f"{r['realtime_first_token_s'] / shortest:.2f} | {r['chat_first_token_s']} "
+                     f"({spread(r['chat_samples_s'])}) | {same} |")
     lines += ["", "The model (`model.toml` of the run):", "", "```toml", model_toml.strip(), "```", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
 

@@ -9,9 +9,10 @@
 //! up to about 1e-3); its in-sequence tokens (PLITS, PAL's summary) are made from its outputs
 //! when it is asked about.
 //!
-//! Each LAL layer's keys and values live in one buffer per encoder with room to grow (doubled
-//! when full), each window written after the last: a question reads them where they lie, a view
-//! of the rows so far, so a recording of an hour is never copied to be asked about. A view lent
+//! Each encoder's outputs, and each LAL layer's keys and values, live in one buffer per encoder
+//! with room to grow (doubled when full), each window written after the last: a question reads
+//! them where they lie, a view of the rows so far, so a recording of an hour is never copied to
+//! be asked about. A view lent
 //! out is never written under: a window that would write over rows a question still reads (its
 //! tail's) moves the buffer first. When the model attends its prefix in bf16
 //! ([`crate::llm::Llama::bf16_prefix`]), each window's keys and values are instead packed once,
@@ -33,8 +34,8 @@ const FIRST_CAPACITY: usize = 2048;
 /// One encoded window of a growing clip.
 #[derive(Clone)]
 struct Window {
-    /// The encoders' outputs, one per encoder.
-    outputs: Vec<Tensor>,
+    /// Output rows it added, per encoder.
+    frames: Vec<usize>,
     /// LAL rows it added, per encoder (0 for encoders without LAL).
     rows: Vec<usize>,
     /// LAL positions it takes.
@@ -43,17 +44,79 @@ struct Window {
     samples: usize,
 }
 
-/// One encoder's LAL keys and values over the clip, per LAL layer: `(1, kv_heads, capacity,
-/// head_dim)` buffers whose first `rows` rows are the clip's, or, when the model attends its
-/// prefix in bf16, the windows' packed runs alone (no f32 copy is kept).
+/// Rows appended along one dimension of a tensor with room to grow (doubled when full). A view
+/// lent out ([`GrowingRows::view`]) is never written under: a write over rows lent moves the
+/// rows before it to a new buffer first.
+#[derive(Clone)]
+struct GrowingRows {
+    data: Tensor,
+    dim: usize,
+    /// Rows lent out in views.
+    lent: usize,
+}
+
+impl GrowingRows {
+    /// No rows yet, in the shape (but for `dim`), type and device of `like`.
+    fn empty(like: &Tensor, dim: usize) -> Result<Self> {
+        let mut shape = like.dims().to_vec();
+        shape[dim] = 0;
+        Ok(Self {
+            data: Tensor::zeros(shape, like.dtype(), like.device())?,
+            dim,
+            lent: 0,
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        self.data.dims()[self.dim]
+    }
+
+    /// Writes `part` at row `at` (the rows before it kept, those after it dropped), moving to a
+    /// bigger buffer first when full or when rows from `at` on are lent out.
+    fn write(&mut self, at: usize, part: &Tensor) -> Result<()> {
+        let need = at + part.dims()[self.dim];
+        if need > self.capacity() || self.lent > at {
+            let capacity = (2 * self.capacity()).max(2 * need).max(FIRST_CAPACITY);
+            let mut shape = self.data.dims().to_vec();
+            shape[self.dim] = capacity;
+            let data = Tensor::zeros(shape, self.data.dtype(), self.data.device())?;
+            if at > 0 {
+                data.slice_set(
+                    &self.data.narrow(self.dim, 0, at)?.contiguous()?,
+                    self.dim,
+                    0,
+                )?;
+            }
+            self.data = data;
+            self.lent = 0;
+        }
+        self.data.slice_set(&part.contiguous()?, self.dim, at)?;
+        Ok(())
+    }
+
+    /// A view of the first `rows` rows, lent out.
+    fn view(&mut self, rows: usize) -> Result<Tensor> {
+        self.lent = self.lent.max(rows);
+        Ok(self.data.narrow(self.dim, 0, rows)?)
+    }
+
+    /// Bytes held (its room included).
+    fn bytes(&self) -> usize {
+        self.data.elem_count() * self.data.dtype().size_in_bytes()
+    }
+}
+
+/// One encoder's LAL keys and values over the clip, per LAL layer: `(1, kv_heads, rows,
+/// head_dim)` in buffers with room to grow, or, when the model attends its prefix in bf16, the
+/// windows' packed runs alone (no f32 copy is kept).
 #[derive(Clone)]
 struct Buffers {
-    /// Per LAL layer, its buffers (no rows when `packed`).
+    /// Per LAL layer, its prefix with no rows (its layer, softmax and shapes).
     layers: Vec<LalLayerPrefix>,
+    /// Per LAL layer, its keys and values (none when `packed`).
+    keys_values: Vec<(GrowingRows, GrowingRows)>,
     /// Rows written.
     rows: usize,
-    /// Rows lent out in views (a question's tail may reach past `rows`).
-    lent: usize,
     /// Per LAL layer, the rows written as packed runs (a tail's run past `rows` until the next
     /// window replaces it); `None` when the windows come unpacked.
     packed: Option<Vec<PackedPrefix>>,
@@ -76,24 +139,25 @@ impl Buffers {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            packed: part
+        let packed = part.iter().all(|l| l.packed.is_some());
+        let keys_values = if packed {
+            vec![]
+        } else {
+            layers
                 .iter()
-                .all(|l| l.packed.is_some())
-                .then(|| vec![PackedPrefix::default(); part.len()]),
+                .map(|l| Ok((GrowingRows::empty(&l.k, 2)?, GrowingRows::empty(&l.v, 2)?)))
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(Self {
+            packed: packed.then(|| vec![PackedPrefix::default(); part.len()]),
             layers,
+            keys_values,
             rows: 0,
-            lent: 0,
         })
     }
 
-    fn capacity(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.k.dims()[2])
-    }
-
     /// Writes `part` (one window's or a tail's keys and values, layer by layer) at `rows`:
-    /// its packed runs after the clip's, or into the buffers, moving to bigger ones first when
-    /// full or when the rows there are lent out.
+    /// its packed runs after the clip's, or into the buffers.
     fn write(&mut self, part: &[LalLayerPrefix]) -> Result<usize> {
         let added = part.first().map_or(0, |l| l.k.dims()[2]);
         if let Some(layers) = &mut self.packed {
@@ -117,26 +181,9 @@ impl Buffers {
                 "a packed window came into an unpacked clip".into(),
             ));
         }
-        let need = self.rows + added;
-        if need > self.capacity() || self.lent > self.rows {
-            let capacity = (2 * self.capacity()).max(2 * need).max(FIRST_CAPACITY);
-            for (buffer, new) in self.layers.iter_mut().zip(part) {
-                let (_, kv_heads, _, head_dim) = new.k.dims4()?;
-                let shape = (1, kv_heads, capacity, head_dim);
-                let k = Tensor::zeros(shape, new.k.dtype(), new.k.device())?;
-                let v = Tensor::zeros(shape, new.v.dtype(), new.v.device())?;
-                if self.rows > 0 {
-                    k.slice_set(&buffer.k.narrow(2, 0, self.rows)?.contiguous()?, 2, 0)?;
-                    v.slice_set(&buffer.v.narrow(2, 0, self.rows)?.contiguous()?, 2, 0)?;
-                }
-                buffer.k = k;
-                buffer.v = v;
-            }
-            self.lent = 0;
-        }
-        for (buffer, new) in self.layers.iter().zip(part) {
-            buffer.k.slice_set(&new.k.contiguous()?, 2, self.rows)?;
-            buffer.v.slice_set(&new.v.contiguous()?, 2, self.rows)?;
+        for ((k, v), new) in self.keys_values.iter_mut().zip(part) {
+            k.write(self.rows, &new.k)?;
+            v.write(self.rows, &new.v)?;
         }
         Ok(added)
     }
@@ -148,36 +195,42 @@ impl Buffers {
                 .layers
                 .iter()
                 .zip(layers)
-                .map(|(buffer, packed)| {
-                    let k = placeholder(&buffer.k, 1, rows)?;
+                .map(|(layer, packed)| {
+                    let k = placeholder(&layer.k, 1, rows)?;
                     let runs = packed.first_rows(rows).ok_or_else(|| {
                         ModelError::Unsupported(format!("{rows} rows cut a window's run"))
                     })?;
                     Ok(LalLayerPrefix {
-                        layer: buffer.layer,
-                        own_softmax: buffer.own_softmax,
                         k: k.clone(),
                         v: k,
-                        stacked: None,
                         packed: Some(vec![runs]),
+                        ..layer.clone()
                     })
                 })
                 .collect();
         }
-        self.lent = self.lent.max(rows);
         self.layers
             .iter()
-            .map(|buffer| {
+            .zip(&mut self.keys_values)
+            .map(|(layer, (k, v))| {
                 Ok(LalLayerPrefix {
-                    layer: buffer.layer,
-                    own_softmax: buffer.own_softmax,
-                    k: buffer.k.narrow(2, 0, rows)?,
-                    v: buffer.v.narrow(2, 0, rows)?,
-                    stacked: None,
-                    packed: None,
+                    k: k.view(rows)?,
+                    v: v.view(rows)?,
+                    ..layer.clone()
                 })
             })
             .collect()
+    }
+
+    /// Bytes held (the buffers' room included).
+    fn bytes(&self) -> usize {
+        let buffers: usize = self
+            .keys_values
+            .iter()
+            .map(|(k, v)| k.bytes() + v.bytes())
+            .sum();
+        let packed: usize = self.packed.iter().flatten().map(|p| p.bytes()).sum();
+        buffers + packed
     }
 }
 
@@ -185,6 +238,10 @@ impl Buffers {
 #[derive(Clone, Default)]
 pub struct GrowingClip {
     windows: Vec<Window>,
+    /// Per encoder, its outputs over the clip (none before the first window).
+    outputs: Vec<GrowingRows>,
+    /// Per encoder, its output rows so far.
+    frames: Vec<usize>,
     /// Per encoder, its LAL buffers (none for encoders without LAL, or before the first window).
     buffers: Vec<Option<Buffers>>,
     /// LAL positions so far (where the next window's keys start).
@@ -229,16 +286,20 @@ impl GrowingClip {
         window: &[f32],
     ) -> Result<()> {
         let (outputs, lal, positions) = self.encode(model, encoders, window)?;
+        let frames = self.write_outputs(&outputs)?;
         let rows = self.write(&lal)?;
         for (buffers, added) in self.buffers.iter_mut().zip(&rows) {
             if let Some(b) = buffers {
                 b.rows += added;
             }
         }
+        for (total, added) in self.frames.iter_mut().zip(&frames) {
+            *total += added;
+        }
         self.positions += positions;
         self.samples += window.len();
         self.windows.push(Window {
-            outputs,
+            frames,
             rows,
             positions,
             samples: window.len(),
@@ -263,6 +324,24 @@ impl GrowingClip {
             .map(|(e, o)| e.lal.as_ref().map_or(0, |l| l.positions_taken(o.dims()[0])))
             .sum();
         Ok((outputs, lal, positions))
+    }
+
+    /// Writes `outputs` after each encoder's output rows (not yet counted); returns the rows
+    /// per encoder.
+    fn write_outputs(&mut self, outputs: &[Tensor]) -> Result<Vec<usize>> {
+        if self.outputs.is_empty() {
+            self.outputs = outputs
+                .iter()
+                .map(|o| GrowingRows::empty(o, 0))
+                .collect::<Result<_>>()?;
+            self.frames = vec![0; outputs.len()];
+        }
+        let mut rows = Vec::with_capacity(outputs.len());
+        for ((buffer, &at), part) in self.outputs.iter_mut().zip(&self.frames).zip(outputs) {
+            buffer.write(at, part)?;
+            rows.push(part.dims()[0]);
+        }
+        Ok(rows)
     }
 
     /// Writes `lal` after each encoder's rows (not yet counted); returns the rows per encoder.
@@ -296,6 +375,9 @@ impl GrowingClip {
                 if let Some(b) = buffers {
                     b.rows -= rows;
                 }
+            }
+            for (total, rows) in self.frames.iter_mut().zip(&window.frames) {
+                *total -= rows;
             }
             self.positions -= window.positions;
             self.samples -= window.samples;
@@ -331,58 +413,36 @@ impl GrowingClip {
 
     /// Bytes its outputs and keys and values hold (the buffers' room included).
     pub fn bytes(&self) -> usize {
-        let outputs: usize = self
-            .windows
-            .iter()
-            .flat_map(|w| &w.outputs)
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum();
-        let buffers: usize = self
-            .buffers
-            .iter()
-            .flatten()
-            .flat_map(|b| &b.layers)
-            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
-            .sum();
-        let packed: usize = self
-            .buffers
-            .iter()
-            .flatten()
-            .flat_map(|b| b.packed.iter().flatten())
-            .map(|p| p.bytes())
-            .sum();
-        outputs + buffers + packed
+        let outputs: usize = self.outputs.iter().map(|o| o.bytes()).sum();
+        let buffers: usize = self.buffers.iter().flatten().map(|b| b.bytes()).sum();
+        outputs + buffers
     }
 
     /// The clip so far and `tail` (audio after the last whole window, encoded now and not
     /// kept as a window): each encoder's outputs and the clip's LAL keys and values, as
-    /// [`crate::audio_llm::AudioLlm::prepare_cached`] takes them, the keys and values as views
-    /// of the buffers (or, packed, the runs so far). Errors when there is no audio at all.
+    /// [`crate::audio_llm::AudioLlm::prepare_cached`] takes them: views of the buffers (or, for
+    /// packed keys and values, the runs so far). Errors when there is no audio at all.
     pub fn with_tail(
         &mut self,
         model: &AudioLlm,
         encoders: &[Box<dyn AudioEncoder>],
         tail: &[f32],
     ) -> Result<(Vec<Tensor>, ClipLal)> {
-        let mut extra = vec![0; self.buffers.len()];
-        let mut tail_outputs = None;
-        if !tail.is_empty() {
-            let (outputs, lal, _) = self.encode(model, encoders, tail)?;
-            extra = self.write(&lal)?;
-            tail_outputs = Some(outputs);
-        }
-        let mut outputs: Vec<Vec<&Tensor>> = vec![vec![]; encoders.len()];
-        for window in self.windows.iter().map(|w| &w.outputs).chain(&tail_outputs) {
-            for (all, o) in outputs.iter_mut().zip(window) {
-                all.push(o);
-            }
-        }
-        if outputs.first().is_none_or(|o| o.is_empty()) {
+        if self.windows.is_empty() && tail.is_empty() {
             return Err(ModelError::Unsupported("the clip has no audio yet".into()));
         }
-        let per_encoder = outputs
-            .iter()
-            .map(|parts| Ok(Tensor::cat(parts, 0)?))
+        let mut extra = vec![0; self.buffers.len()];
+        let mut tail_frames = vec![0; self.frames.len()];
+        if !tail.is_empty() {
+            let (outputs, lal, _) = self.encode(model, encoders, tail)?;
+            tail_frames = self.write_outputs(&outputs)?;
+            extra = self.write(&lal)?;
+        }
+        let per_encoder = self
+            .outputs
+            .iter_mut()
+            .zip(self.frames.iter().zip(&tail_frames))
+            .map(|(buffer, (rows, tail))| buffer.view(rows + tail))
             .collect::<Result<Vec<_>>>()?;
         let lal = self
             .buffers

@@ -224,25 +224,34 @@ impl AudioLlm {
                     .map(|t| t.map_or(0, |t| t.dims()[0]))
                     .collect();
                 let na = lengths.iter().copied().max().unwrap_or(0).max(1);
-                let zeros = |n| Tensor::zeros((n, enc.config.d_enc), adapter_dtype, &device);
-                let frames: Vec<Tensor> = outputs
-                    .iter()
-                    .zip(&lengths)
-                    .map(|(t, &len)| {
-                        let Some(t) = t else {
-                            return Ok(zeros(na)?);
-                        };
-                        let t = t.to_dtype(adapter_dtype)?.to_device(&device)?;
-                        match na - len {
-                            0 => Ok(t),
-                            pad => Ok(Tensor::cat(&[&t, &zeros(pad)?], 0)?),
-                        }
-                    })
-                    .collect::<Result<_>>()?;
-                let frames = Tensor::stack(&frames, 0)?;
                 let valid = validity(&lengths, na, &device)?;
+                // The outputs padded to a batch `(b, na, d_enc)`: made once, when first read (a
+                // LAL encoder whose keys are cached reads none of them).
+                let made = std::cell::OnceCell::new();
+                let batch_frames = || -> Result<Tensor> {
+                    if let Some(frames) = made.get() {
+                        return Ok(Tensor::clone(frames));
+                    }
+                    let zeros = |n| Tensor::zeros((n, enc.config.d_enc), adapter_dtype, &device);
+                    let frames: Vec<Tensor> = outputs
+                        .iter()
+                        .zip(&lengths)
+                        .map(|(t, &len)| {
+                            let Some(t) = t else {
+                                return Ok(zeros(na)?);
+                            };
+                            let t = t.to_dtype(adapter_dtype)?.to_device(&device)?;
+                            match na - len {
+                                0 => Ok(t),
+                                pad => Ok(Tensor::cat(&[&t, &zeros(pad)?], 0)?),
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    let frames = Tensor::stack(&frames, 0)?;
+                    Ok(made.get_or_init(|| frames).clone())
+                };
                 if let Some(conn) = &enc.in_sequence {
-                    let (tokens, tok_valid) = conn.forward(&frames, &valid)?;
+                    let (tokens, tok_valid) = conn.forward(&batch_frames()?, &valid)?;
                     let tok_valid = tok_valid.to_vec2::<f32>()?;
                     for (i, row) in tok_valid.iter().enumerate() {
                         // (Nothing for an example without clip `c`.)
@@ -277,7 +286,7 @@ impl AudioLlm {
                             }
                             let positions = Tensor::from_vec(positions, (b, na), &device)?;
                             let mut prefixes =
-                                self.lal_keys_values(adapter, &frames, &positions)?;
+                                self.lal_keys_values(adapter, &batch_frames()?, &positions)?;
                             if self.llm.bf16_prefix {
                                 for p in &mut prefixes {
                                     p.pack(&lengths)?;

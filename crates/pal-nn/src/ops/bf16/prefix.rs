@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::cpu::{chosen, Bf16Kernel};
 use super::pack::{pack_rows, row_tiles, PackedWeight, TILE, TILE_K, TILE_ROWS};
-use crate::ops::{column_parts, lane_max, lane_sum, Exp, SharedMut};
+use crate::ops::{column_parts, lane_max, Exp, SharedMut};
 
 /// One run of a prefix's rows (a window's), packed per key/value head.
 pub struct PackedRun {
@@ -142,6 +142,22 @@ pub fn prefix_attention(
     prefix_attention_on(chosen(), q, shape, prefix, own, scale, prefix_own_softmax)
 }
 
+/// A pool thread's buffers for its chunks (kept between calls: a question's 15 layers would
+/// otherwise allocate and fault in a megabyte each, per thread).
+#[derive(Default)]
+struct Scratch {
+    /// A chunk's scores, rows [`SCORE_STRIDE`] apart.
+    scores: Vec<f32>,
+    /// Its softmax numerators, packed as the activation tiles of `P V`.
+    packed_p: Vec<u16>,
+    /// Its output rows.
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 /// Column pairs (32 keys each) of one unit of work: a head's queries against this many keys,
 /// their scores (a few hundred KiB) staying in the core's cache from product to softmax to
 /// values.
@@ -207,43 +223,21 @@ fn chunks(prefix: &PackedPrefix, kv_heads: usize) -> Vec<Chunk> {
     chunks
 }
 
-/// For one row of a chunk's scores: its real columns' largest score and the exponentials of
-/// all after it (in place), with their sum; padding columns become 0. With AVX-512 where the CPU
-/// has it (every CPU with a bf16 kernel does), 16 lanes at a time.
-fn exponentials(row: &mut [f32], segments: &[Segment]) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F.
-        return unsafe { exponentials_avx512(row, segments) };
-    }
-    exponentials_portable(row, segments)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exponentials_avx512(row: &mut [f32], segments: &[Segment]) -> (f32, f32) {
-    exponentials_portable(row, segments)
-}
-
-#[inline(always)]
-fn exponentials_portable(row: &mut [f32], segments: &[Segment]) -> (f32, f32) {
-    let mut largest = f32::NEG_INFINITY;
-    for s in segments.iter().filter(|s| s.real > 0) {
-        largest = largest.max(lane_max(&row[s.column..s.column + s.real]));
-    }
-    let mut total = 0.0;
+/// Per 32-column tile of a chunk, how many of its columns are real keys (the first ones; a run's
+/// last pair may end in padding).
+fn real_columns(segments: &[Segment]) -> Vec<u8> {
+    let mut real = vec![];
     for s in segments {
-        let real = &mut row[s.column..s.column + s.real];
-        for x in real.iter_mut() {
-            *x = (*x - largest).exp_fast();
+        for t in 0..s.pairs {
+            real.push(s.real.saturating_sub(32 * t).min(32) as u8);
         }
-        if !real.is_empty() {
-            total += lane_sum(real);
-        }
-        row[s.column + s.real..s.column + s.pairs * 32].fill(0.0);
     }
-    (largest, total)
+    real
 }
+
+/// Floats between two query rows' scores: a chunk's columns and one cache line more, so that
+/// the rows of a tile stored at once do not all fall in the same cache set (4 KiB apart).
+const SCORE_STRIDE: usize = CHUNK_PAIRS * 32 + 16;
 
 /// [`prefix_attention`] on `kernel` (available, not the portable one). Flash-decoding's
 /// arithmetic: each chunk of keys gives, per query row, its largest score, the sum of its
@@ -301,10 +295,16 @@ fn prefix_attention_on(
         );
         let (shared, chunks, packed_q) = (&shared, &chunks, &packed_q);
         column_parts(chunks.len(), 1, |part| {
-            let width = CHUNK_PAIRS * 32;
-            let mut scores = vec![0f32; rows * width];
-            let mut packed_p = vec![0u16; rows * width];
-            let mut out = vec![0f32; rows * ldc];
+            let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
+            let Scratch {
+                scores,
+                packed_p,
+                out,
+            } = &mut scratch;
+            scores.resize(rows * SCORE_STRIDE, 0.0);
+            packed_p.resize(rows * CHUNK_PAIRS * 32, 0);
+            out.resize(rows * ldc, 0.0);
+            let mut parts = vec![];
             // SAFETY: the kernel is available (asserted); every tile read lies inside its
             // buffer (pairs and tiles counted from the runs' own shapes); each unit writes only
             // its chunk's rows of `maxes`, `sums` and `outs`.
@@ -325,8 +325,8 @@ fn prefix_attention_on(
                                     keys.k_tiles,
                                     scores
                                         .as_mut_ptr()
-                                        .add(row_pair * 32 * width + seg.column + 32 * p),
-                                    width,
+                                        .add(row_pair * 32 * SCORE_STRIDE + seg.column + 32 * p),
+                                    SCORE_STRIDE,
                                     false,
                                 );
                             }
@@ -335,24 +335,37 @@ fn prefix_attention_on(
                     let max = std::slice::from_raw_parts_mut(shared.0 .0.add(u * m), m);
                     let sum = std::slice::from_raw_parts_mut(shared.1 .0.add(u * m), m);
                     let p_tiles = width / TILE_K;
-                    for r in 0..m {
-                        let row = &mut scores[r * width..(r + 1) * width];
-                        (max[r], sum[r]) = exponentials(row, &chunk.segments);
+                    let real = real_columns(&chunk.segments);
+                    for r in 0..rows {
+                        let at = packed_p
+                            [(r / TILE_ROWS * p_tiles * TILE + r % TILE_ROWS * TILE_K)..]
+                            .as_mut_ptr();
+                        if r < m {
+                            (max[r], sum[r]) =
+                                softmax_row(scores[r * SCORE_STRIDE..].as_ptr(), &real, at);
+                        } else {
+                            // Padding rows: no weight.
+                            for t in 0..p_tiles {
+                                std::ptr::write_bytes(at.add(t * TILE), 0, TILE_K);
+                            }
+                        }
                     }
-                    pack_rows(&scores, m, width, p_tiles, 0..rows, &mut packed_p);
                     for pair in 0..ldc / 32 {
-                        for (i, seg) in chunk.segments.iter().enumerate() {
-                            let values = &prefix.runs[seg.run].values[h];
-                            for row_pair in 0..rows / 32 {
-                                blocks.run(
-                                    tile_pair(&packed_p, row_pair, p_tiles, seg.column / 32),
+                        for row_pair in 0..rows / 32 {
+                            parts.clear();
+                            parts.extend(chunk.segments.iter().map(|seg| {
+                                let values = &prefix.runs[seg.run].values[h];
+                                (
+                                    tile_pair(packed_p, row_pair, p_tiles, seg.column / 32),
                                     tile_pair(&values.tiles, pair, values.k_tiles, seg.first_pair),
                                     seg.pairs,
-                                    out.as_mut_ptr().add(row_pair * 32 * ldc + pair * 32),
-                                    ldc,
-                                    i > 0,
-                                );
-                            }
+                                )
+                            }));
+                            blocks.run_sum(
+                                &parts,
+                                out.as_mut_ptr().add(row_pair * 32 * ldc + pair * 32),
+                                ldc,
+                            );
                         }
                     }
                     let dst = std::slice::from_raw_parts_mut(
@@ -364,6 +377,7 @@ fn prefix_attention_on(
                     }
                 }
             }
+            SCRATCH.set(scratch);
         });
     }
     // The chunks of each head, and its own keys, combined row by row.
@@ -431,6 +445,19 @@ fn prefix_attention_on(
     result
 }
 
+/// One query row of a chunk's scores as softmax numerators packed for `P V`: see
+/// [`super::x86::softmax_row_avx512`].
+///
+/// # Safety
+/// As there; a bf16 kernel other than the portable one is available (every such CPU has the
+/// instructions it needs).
+unsafe fn softmax_row(row: *const f32, real: &[u8], out: *mut u16) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    return super::x86::softmax_row_avx512(row, real, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("only the portable bf16 kernel exists off x86-64")
+}
+
 /// The first tiles of the two 16-row (or 16-column) halves of pair `pair`, `first` tiles along
 /// `k` in, in a buffer laid out `[halves][k_tiles][TILE]`.
 fn tile_pair(tiles: &[u16], pair: usize, k_tiles: usize, first: usize) -> [*const u16; 2] {
@@ -490,6 +517,28 @@ impl Blocks {
     }
 }
 
+impl Blocks {
+    /// A 32 x 32 block written at `c`: the sum of the products of `parts` (`(a, b, k_tiles)`
+    /// each, as [`Self::run`]'s).
+    ///
+    /// # Safety
+    /// As [`Self::run`], for every part.
+    unsafe fn run_sum(
+        &self,
+        parts: &[([*const u16; 2], [*const u16; 2], usize)],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Bf16Kernel::Amx {
+            return super::x86::amx_block_sum(parts, c, ldc);
+        }
+        for (i, &(a, b, k_tiles)) in parts.iter().enumerate() {
+            self.run(a, b, k_tiles, c, ldc, i > 0);
+        }
+    }
+}
+
 impl Drop for Blocks {
     fn drop(&mut self) {
         #[cfg(target_arch = "x86_64")]
@@ -503,6 +552,7 @@ impl Drop for Blocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::lane_sum;
 
     /// One softmax over `prefix` and `own` together, or one over each (`apart`); a part whose
     /// scores are all masked gets no weight.

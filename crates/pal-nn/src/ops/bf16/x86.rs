@@ -110,6 +110,10 @@ pub struct Block {
     pub accumulate: bool,
 }
 
+/// One product of a block sum: the first tiles of the two activation halves, of the two weight
+/// halves, and the tiles along `k`.
+pub type BlockPart = ([*const u16; 2], [*const u16; 2], usize);
+
 /// A [`Block`] with AMX. Tiles 0-3 hold the block, 4-5 the activations, 6-7 the weights.
 ///
 /// # Safety
@@ -145,6 +149,20 @@ pub unsafe fn amx_block(block: &Block) {
             options(nostack, nomem)
         );
     }
+    amx_products(a0, a1, b0, b1, k_tiles);
+    amx_store(c, ldc);
+}
+
+/// Adds to tiles 0-3 the products of the activation tiles `a0`, `a1` and the weight tiles
+/// `b0`, `b1` over `k_tiles` tiles of `k` (tiles 4-7 hold them in turn).
+#[inline(always)]
+unsafe fn amx_products(
+    a0: *const u16,
+    a1: *const u16,
+    b0: *const u16,
+    b1: *const u16,
+    k_tiles: usize,
+) {
     let stride = 64usize;
     for t in 0..k_tiles {
         asm!(
@@ -161,6 +179,12 @@ pub unsafe fn amx_block(block: &Block) {
             options(nostack, readonly)
         );
     }
+}
+
+/// Stores tiles 0-3, a 32 x 32 block, at `c` (row stride `ldc` floats).
+#[inline(always)]
+unsafe fn amx_store(c: *mut f32, ldc: usize) {
+    let ld = ldc * 4;
     asm!(
         "tilestored [{c0} + {ld}*1], tmm0",
         "tilestored [{c1} + {ld}*1], tmm1",
@@ -170,6 +194,27 @@ pub unsafe fn amx_block(block: &Block) {
         c3 = in(reg) c.add(16 * ldc + 16), ld = in(reg) ld,
         options(nostack)
     );
+}
+
+/// A 32 x 32 block written at `c` (row stride `ldc` floats): the sum of the products of
+/// `parts` (each `(a, b, k_tiles)` as a [`Block`]'s), accumulated in the tiles (the block is
+/// stored once).
+///
+/// # Safety
+/// As [`amx_block`], for every part.
+#[inline(always)]
+pub unsafe fn amx_block_sum(parts: &[BlockPart], c: *mut f32, ldc: usize) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    for &([a0, a1], [b0, b1], k_tiles) in parts {
+        amx_products(a0, a1, b0, b1, k_tiles);
+    }
+    amx_store(c, ldc);
 }
 
 /// A [`Block`] with AVX512-BF16: for each row, two vectors of 16 columns; each pair of `k`
@@ -224,4 +269,77 @@ pub unsafe fn avx512_block(block: &Block) {
             }
         }
     }
+}
+
+/// `exp(x)` in each lane for `x <= 0` (a score less the row's largest), to about 2e-6
+/// relative: `x` clamped at -87 (below, about 1e-38 instead of 0), `2^n e^r` with
+/// `|r| <= ln2/2` and a degree-5 polynomial in fused multiply-adds (the numerators are rounded
+/// to bf16, whose step is 4e-3, before they weigh the values).
+#[inline(always)]
+unsafe fn exp_avx512(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 120.0);
+    for c in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// The lanes of a 32-column tile's two halves that are real columns, when `real` of them are.
+#[inline(always)]
+fn real_lanes(real: u8) -> (__mmask16, __mmask16) {
+    let bits = if real >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << real) - 1
+    };
+    (bits as u16, (bits >> 16) as u16)
+}
+
+/// One query row of a chunk of attention scores turned into the softmax numerators of `P V`:
+/// the largest score of its real columns (`real[t]`: how many of tile `t`'s 32 columns are real
+/// keys, the first ones), then `exp(score - largest)` of each real column and 0 for the others,
+/// summed in f32 and rounded to bf16 into the row's place in the activation tiles of `P` (`out`:
+/// the row in its first tile; tile `t` is `t` tiles on). Returns `(largest, sum)`; a row with
+/// no real column gives `(-inf, 0)` and zeros.
+///
+/// # Safety
+/// The CPU must have AVX512F, AVX512BW and AVX512-BF16; `row` holds `32 real.len()` floats and
+/// `out` reaches row `TILE_K` values into `real.len()` tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn softmax_row_avx512(row: *const f32, real: &[u8], out: *mut u16) -> (f32, f32) {
+    let none = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut largest = none;
+    for (t, &n) in real.iter().enumerate() {
+        let (lo, hi) = real_lanes(n);
+        let p = row.add(t * TILE_K);
+        largest = _mm512_max_ps(largest, _mm512_mask_loadu_ps(none, lo, p));
+        largest = _mm512_max_ps(largest, _mm512_mask_loadu_ps(none, hi, p.add(16)));
+    }
+    let largest = _mm512_reduce_max_ps(largest);
+    let finite = largest > f32::NEG_INFINITY;
+    let shift = _mm512_set1_ps(if finite { largest } else { 0.0 });
+    let mut sum = _mm512_setzero_ps();
+    for (t, &n) in real.iter().enumerate() {
+        let p = row.add(t * TILE_K);
+        let mut e_lo = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(p), shift));
+        let mut e_hi = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(p.add(16)), shift));
+        if n < 32 || !finite {
+            let (lo, hi) = if finite { real_lanes(n) } else { (0, 0) };
+            e_lo = _mm512_maskz_mov_ps(lo, e_lo);
+            e_hi = _mm512_maskz_mov_ps(hi, e_hi);
+        }
+        sum = _mm512_add_ps(sum, _mm512_add_ps(e_lo, e_hi));
+        let packed = _mm512_cvtne2ps_pbh(e_hi, e_lo);
+        _mm512_storeu_si512(
+            out.add(t * TILE) as *mut _,
+            std::mem::transmute::<__m512bh, __m512i>(packed),
+        );
+    }
+    (largest, _mm512_reduce_add_ps(sum))
 }
