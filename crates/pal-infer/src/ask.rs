@@ -112,21 +112,15 @@ pub fn encode_growing(
     pieces: impl IntoIterator<Item = Result<Vec<f32>>>,
 ) -> Result<(Vec<Tensor>, ClipLal)> {
     let window = GrowingClip::window_samples(&built.encoders);
-    let limit = built.encoders.iter().filter_map(|e| e.max_samples()).min();
     let mut clip = GrowingClip::new(&built.model)?;
     let mut pending: Vec<f32> = Vec::with_capacity(2 * window);
     let mut total = 0usize;
     for piece in pieces {
         let piece = piece?;
         total += piece.len();
-        if let Some(limit) = limit.filter(|&l| total > l) {
-            return Err(InferError::Invalid(format!(
-                "the clip is longer than {:.0} s, the most this model takes ({} windows of {:.0} s: max_windows in its model config)",
-                limit as f64 / 16000.0,
-                limit / window,
-                window as f64 / 16000.0
-            )));
-        }
+        // Refused as soon as the stream passes the limit, before more of it is read.
+        GrowingClip::check_length(&built.encoders, total)
+            .map_err(|e| InferError::Invalid(e.to_string()))?;
         pending.extend_from_slice(&piece);
         let whole = pending.len() / window * window;
         for w in pending[..whole].chunks(window) {

@@ -134,6 +134,24 @@ fn a_view_lent_to_a_question_is_never_written_under() {
     assert!(lal_diff(&now, &once) < 1e-6);
 }
 
+/// A live session asked as it listens: a question with a tail between windows moves the
+/// buffers its tail was lent from, and never grows them past what the windows need.
+#[test]
+fn questions_between_windows_keep_the_clip_bounded() {
+    let m = model(LalRope::Prefix);
+    let encoders = encoders();
+    let mut asked = GrowingClip::new(&m).unwrap();
+    let mut quiet = GrowingClip::new(&m).unwrap();
+    for seed in 0..20 {
+        if seed > 0 {
+            asked.with_tail(&m, &encoders, &audio(20, seed)).unwrap();
+        }
+        asked.push(&m, &encoders, &audio(40, seed)).unwrap();
+        quiet.push(&m, &encoders, &audio(40, seed)).unwrap();
+    }
+    assert_eq!(asked.bytes(), quiet.bytes());
+}
+
 #[test]
 fn audio_taken_back_is_gone() {
     let m = model(LalRope::Prefix);

@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use crate::ops::bf16::prefix::{prefix_attention, OwnKeys, PackedPrefix};
 use crate::ops::{
-    batched_matmul, decode_attention_cpu, scaled_masked_softmax, softmax_backward, SequenceKeys,
+    batched_matmul, decode_attention_cpu, decode_packed, packed_inputs, scaled_masked_softmax,
+    softmax_backward, SequenceKeys,
 };
 
 /// A large negative value for masked scores, finite so that fully masked rows stay finite.
@@ -186,46 +187,15 @@ pub fn attention_packed(
 ) -> Result<Tensor> {
     let (b, q_heads, q_rows, head_dim) = q.dims4()?;
     let (_, kv_heads, rows, _) = k.dims4()?;
-    let group = query_group(q_heads, kv_heads)?;
+    query_group(q_heads, kv_heads)?;
     if prefixes.len() != b {
         candle_core::bail!(
             "attention: {} packed prefixes for {b} items",
             prefixes.len()
         );
     }
-    let m = group * q_rows;
-    let folded = q
-        .detach()
-        .contiguous()?
-        .reshape((b, kv_heads, m, head_dim))?;
-    let k = k.detach();
-    let scores = batched_matmul(&folded, &k.t()?)?;
-    let scores = (scores * scale)?;
-    let scores = match mask {
-        Some(mask) => {
-            let mb = if mask.rank() == 4 { mask.dim(0)? } else { 1 };
-            let mask = mask
-                .broadcast_as((mb, 1, q_rows, rows))?
-                .reshape((mb, 1, 1, q_rows, rows))?;
-            scores
-                .reshape((b, kv_heads, group, q_rows, rows))?
-                .broadcast_add(&mask.to_dtype(scores.dtype())?)?
-        }
-        None => scores,
-    };
-    let scores = scores
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let values = v
-        .detach()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let folded = folded
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let inputs = packed_inputs(q, k, v, mask, scale)?;
+    let m = inputs.m;
     let (per_q, per_scores, per_values) = (
         kv_heads * m * head_dim,
         kv_heads * m * rows,
@@ -234,12 +204,12 @@ pub fn attention_packed(
     let mut out = Vec::with_capacity(b * per_q);
     for (i, prefix) in prefixes.iter().enumerate() {
         let own = OwnKeys {
-            scores: &scores[i * per_scores..(i + 1) * per_scores],
-            values: &values[i * per_values..(i + 1) * per_values],
+            scores: &inputs.scores[i * per_scores..(i + 1) * per_scores],
+            values: &inputs.values[i * per_values..(i + 1) * per_values],
             n: rows,
         };
         let shape = (kv_heads, m, head_dim);
-        let q_i = &folded[i * per_q..(i + 1) * per_q];
+        let q_i = &inputs.folded[i * per_q..(i + 1) * per_q];
         out.extend(prefix_attention(
             q_i,
             shape,
@@ -257,7 +227,8 @@ pub fn attention_packed(
 /// with a softmax of its own when gated, as in [`attention_split`]) then its own, the two parts
 /// read as one. Returns `(b, q_heads, 1, head_dim)`. On the CPU in f32, every sequence and head
 /// in one pass with [`attention_split`]'s arithmetic; elsewhere, sequence by sequence through
-/// it; a sequence whose prefix is packed in bf16 through [`attention_packed`]. Inference only
+/// it; the sequences whose prefixes are packed in bf16 together on the bf16 kernel, apart from
+/// the others. Inference only
 /// (no gradient).
 pub fn decode_attention(q: &Tensor, sequences: &[SequenceKeys], scale: f64) -> Result<Tensor> {
     let (packed, plain): (Vec<usize>, Vec<usize>) =
@@ -275,20 +246,11 @@ pub fn decode_attention(q: &Tensor, sequences: &[SequenceKeys], scale: f64) -> R
                 rows[i] = Some(out.narrow(0, j, 1)?);
             }
         }
-        for &i in &packed {
-            let s = &sequences[i];
-            let prefix = std::slice::from_ref(s.packed.expect("partitioned"));
-            let q = q.narrow(0, i, 1)?;
-            let own_softmax = s.prefix_own_softmax;
-            rows[i] = Some(attention_packed(
-                &q,
-                prefix,
-                s.k,
-                s.v,
-                None,
-                scale,
-                own_softmax,
-            )?);
+        for (&i, out) in packed
+            .iter()
+            .zip(decode_packed(q, sequences, &packed, scale)?)
+        {
+            rows[i] = Some(out);
         }
         let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("every row")).collect();
         return Tensor::cat(&rows, 0);

@@ -7,7 +7,7 @@
 //! rows (everything up to and including the clip is shared).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
 use pal_infer::continuous::KeptPrompt;
@@ -26,12 +26,13 @@ pub struct CachedClip {
 }
 
 impl CachedClip {
-    /// Bytes the clip takes in the cache.
+    /// Bytes the clip keeps alive in the cache (a live session's clip is a view of buffers
+    /// with room to grow: all of them).
     pub fn bytes(&self) -> usize {
         let audio: usize = self
             .audio
             .iter()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .map(pal_models::llm::cache::held_bytes)
             .sum();
         audio + self.lal.bytes()
     }
@@ -182,6 +183,12 @@ impl AudioCache {
             self.used -= freed;
         }
     }
+}
+
+/// The audio cache, locked (a panic while it was held left nothing half-done that matters: at
+/// worst a clip or prompt is missing).
+pub(crate) fn locked(cache: &Mutex<AudioCache>) -> std::sync::MutexGuard<'_, AudioCache> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -22,17 +22,17 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::Tensor;
 use pal_infer::continuous::{prefill, prefill_reusing, Prefilled, Running};
 use pal_infer::{FinishReason, Generation, GenerationParams};
 use pal_models::audio_llm::{Example, GrowingClip};
-use pal_models::encoders::{batch_or_each, encode_clips};
 use pal_models::text::Segment;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audio_cache::{AudioCache, CachedClip, ClipKey};
+use crate::audio_cache::{locked, AudioCache, CachedClip, ClipKey};
 pub use crate::bundle::Bundle;
 use crate::bundle::FaultPoint;
+pub use crate::clips::GrowingRequest;
+use crate::clips::{gather_clips, growing_clip, Clip};
 use crate::metrics::{Counters, Outcome};
 use crate::transcriber::{self, Transcription, Transcriptions};
 use crate::work::isolated;
@@ -78,20 +78,6 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived (for time to first token).
     pub arrived: Instant,
-}
-
-/// A question about a clip that grows as its audio arrives (a `/v1/realtime` session): its
-/// windows encoded so far, the audio since (encoded when the question is taken), and the key the
-/// audio cache keeps the whole under (with the prompts asked about it).
-pub struct GrowingRequest {
-    /// The clip's encoded windows.
-    pub clip: Arc<Mutex<GrowingClip>>,
-    /// Audio after the last window, 16 kHz mono.
-    pub tail: Vec<f32>,
-    /// Where the tail starts in the clip (the samples its windows cover).
-    pub tail_start: usize,
-    /// The session's clip as it is now.
-    pub key: ClipKey,
 }
 
 /// A window of a growing clip to encode on the encoder thread, between the chats it takes.
@@ -433,6 +419,10 @@ fn prepare(
                 audio.push(c.audio.clone());
                 clip = Some((c, Some(key)));
             }
+            Clip::Grown(c) => {
+                audio.push(c.audio.clone());
+                clip = Some((c, None));
+            }
             Clip::Encoded(outputs) => audio.push(outputs),
         }
     }
@@ -622,12 +612,6 @@ fn prefill_one(
     Ok(prefilled)
 }
 
-/// The audio cache, locked (a panic while it was held left nothing half-done that matters: at
-/// worst a clip or prompt is missing).
-fn locked(cache: &Mutex<AudioCache>) -> std::sync::MutexGuard<'_, AudioCache> {
-    cache.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Streams a piece of text; `false` (cancel) once the client has gone away. The first call is
 /// the first token's time.
 fn stream(client: &Client, piece: &str) -> bool {
@@ -668,143 +652,4 @@ fn finish(client: &Client, generation: Generation, counters: &Counters) {
         prompt_tokens: generation.prompt_tokens,
         completion_tokens: tokens,
     });
-}
-
-/// A live session's clip as it is now (its windows and the tail since), kept in the audio cache
-/// under the session's key so that the prompts asked about it are kept with it.
-fn growing_clip(
-    bundle: &Bundle,
-    cache: &Mutex<AudioCache>,
-    growing: &GrowingRequest,
-) -> Result<Clip, String> {
-    let (audio, lal) = {
-        let mut clip = growing.clip.lock().unwrap_or_else(|e| e.into_inner());
-        if clip.samples() != growing.tail_start {
-            return Err(format!(
-                "the session's audio windows cover {} samples but the question's audio starts at {}",
-                clip.samples(),
-                growing.tail_start
-            ));
-        }
-        clip.with_tail(&bundle.model, &bundle.encoders, &growing.tail)
-            .map_err(|e| format!("encoding the audio: {e}"))?
-    };
-    let clip = Arc::new(CachedClip { audio, lal });
-    let mut cache = locked(cache);
-    if cache.enabled() {
-        cache.insert(growing.key, clip.clone());
-    }
-    Ok(Clip::Kept(growing.key, clip))
-}
-
-/// A request's clip: kept in the cache (under its key), or just encoded (the cache is off).
-/// Cloning shares the tensors.
-#[derive(Clone)]
-enum Clip {
-    Kept(ClipKey, Arc<CachedClip>),
-    Encoded(Vec<Tensor>),
-}
-
-/// The clips of the chats taken together (`requests[i]`: chat `i`'s clips): each from the audio
-/// cache when it holds it, else encoded, clips of equal length in one batch (no padding, so a
-/// clip's outputs are the ones it gets alone, bit for bit); with the cache on, a clip asked
-/// twice is encoded once and kept (with its LAL keys/values). A batch that fails is retried clip
-/// by clip, so only the chats whose clip fails get an error.
-fn gather_clips(
-    bundle: &Bundle,
-    cache: &Mutex<AudioCache>,
-    requests: &[&[Vec<f32>]],
-    counters: &Counters,
-) -> Vec<Result<Vec<Clip>, String>> {
-    let cached = locked(cache).enabled();
-    // Each request's clips: kept in the cache, or a place in `unique`, the clips to encode.
-    enum Source {
-        Kept(Clip),
-        Encoded(usize),
-    }
-    let mut sources: Vec<Vec<Source>> = Vec::with_capacity(requests.len());
-    let mut unique: Vec<(&[f32], Option<ClipKey>)> = vec![];
-    for clips in requests {
-        let mut request = Vec::with_capacity(clips.len());
-        for samples in clips.iter() {
-            let key = cached.then(|| AudioCache::key(samples));
-            let in_cache = key.and_then(|k| locked(cache).get(&k).map(|c| Clip::Kept(k, c)));
-            // A clip another request taken together asks about too is encoded once.
-            let taken_together = key.and_then(|k| unique.iter().position(|(_, u)| *u == Some(k)));
-            let (source, counter) = match (in_cache, taken_together) {
-                (Some(clip), _) => (Source::Kept(clip), &counters.audio_cache_hits),
-                (None, Some(place)) => (Source::Encoded(place), &counters.audio_cache_hits),
-                (None, None) => {
-                    unique.push((samples.as_slice(), key));
-                    let place = unique.len() - 1;
-                    (Source::Encoded(place), &counters.audio_cache_misses)
-                }
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            request.push(source);
-        }
-        sources.push(request);
-    }
-    let samples: Vec<&[f32]> = unique.iter().map(|(s, _)| *s).collect();
-    let encoded = encode_equal_lengths(bundle, &samples, counters);
-    // Kept in the cache with their LAL keys/values, when it is on.
-    let done: Vec<Result<Clip, String>> = encoded
-        .into_iter()
-        .zip(&unique)
-        .map(|(audio, (_, key))| {
-            audio.and_then(|audio| match key {
-                None => Ok(Clip::Encoded(audio)),
-                Some(key) => {
-                    let lal = isolated(counters, || bundle.model.clip_lal(&audio))?
-                        .map_err(|e| e.to_string())?;
-                    let clip = Arc::new(CachedClip { audio, lal });
-                    locked(cache).insert(*key, clip.clone());
-                    Ok(Clip::Kept(*key, clip))
-                }
-            })
-        })
-        .collect();
-    sources
-        .into_iter()
-        .map(|request| {
-            request
-                .into_iter()
-                .map(|source| match source {
-                    Source::Kept(clip) => Ok(clip),
-                    // A clip two requests share is kept (the cache is on): both get it.
-                    Source::Encoded(place) => done[place]
-                        .clone()
-                        .map_err(|e| format!("encoding the audio: {e}")),
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Each clip's encoder outputs, clips of equal length encoded together; a batch that fails or
-/// panics is retried clip by clip.
-fn encode_equal_lengths(
-    bundle: &Bundle,
-    clips: &[&[f32]],
-    counters: &Counters,
-) -> Vec<Result<Vec<Tensor>, String>> {
-    let mut out: Vec<Option<Result<Vec<Tensor>, String>>> = vec![None; clips.len()];
-    let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for (i, c) in clips.iter().enumerate() {
-        by_length.entry(c.len()).or_default().push(i);
-    }
-    for group in by_length.into_values() {
-        let samples: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();
-        counters.encoder_batches.fetch_add(1, Ordering::Relaxed);
-        let encoded = batch_or_each(&samples, |clips| {
-            isolated(counters, || encode_clips(&bundle.encoders, clips))
-                .and_then(|r| r.map_err(|e| e.to_string()))
-        });
-        for (&i, audio) in group.iter().zip(encoded) {
-            out[i] = Some(audio);
-        }
-    }
-    out.into_iter()
-        .map(|o| o.expect("every clip is in a group"))
-        .collect()
 }

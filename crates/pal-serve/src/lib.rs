@@ -14,9 +14,9 @@
 //! origin, key and content type; [`body`]: bodies read within a byte budget and timeouts), the
 //! requests ([`request`]: checked, rendered and tokenized off the async threads; [`audio_in`]:
 //! clips decoded within a budget of seconds, stopped when their client leaves), the handlers
-//! ([`routes`], sharing [`state`]), and the threads that run the model ([`engine`],
-//! [`transcriber`], on a [`bundle`], with [`work`]'s panic isolation), with what they count
-//! ([`metrics`]); [`settings`] holds the limits.
+//! ([`routes`], sharing [`state`]), and the threads that run the model ([`engine`], its clips
+//! from [`clips`], [`transcriber`], on a [`bundle`], with [`work`]'s panic isolation), with
+//! what they count ([`metrics`]); [`settings`] holds the limits.
 
 #![warn(missing_docs)]
 
@@ -25,6 +25,7 @@ pub mod audio_cache;
 pub mod audio_in;
 pub mod body;
 pub mod bundle;
+pub mod clips;
 pub mod engine;
 pub mod guard;
 pub mod listener;

@@ -1,8 +1,8 @@
 //! `pal serve` as a user runs it: a real process on a free loopback port, driven by the official
 //! `openai` Python client (`scripts/openai_client_check.py`, run with `$PAL_TEST_PYTHON`, a venv
 //! that has `openai`; `.ci/run` makes one). Its answers equal `pal ask` for the same clip, question
-//! and seed, over chat completions and the realtime API; SIGTERM lets a request in flight finish
-//! and then stops the server.
+//! and seed, over chat completions (a clip longer than a window too) and the realtime API; SIGTERM
+//! lets a request in flight finish and then stops the server.
 
 mod common;
 
@@ -136,18 +136,42 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
         );
     }
 
+    // A clip longer than Whisper's 30 s window is encoded window by window, as `pal ask`
+    // encodes it: the same answer.
+    let long = tmp.path().join("long.wav");
+    let speech = pal_audio::load_audio(&clip)
+        .unwrap()
+        .to_16k("jfk")
+        .unwrap()
+        .samples;
+    let samples: Vec<f32> = speech.iter().cycle().take(16_000 * 45).copied().collect();
+    pal_audio::write_wav(&long, &samples, 16_000).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let body = chat_body(&long, question, 16, 0.0);
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let expected = ask(
+        &run,
+        &long,
+        question,
+        &["--max-tokens", "16", "--temperature", "0"],
+    );
+    assert_eq!(
+        json["choices"][0]["message"]["content"], expected,
+        "a 45 s clip"
+    );
+
     // A request in flight when SIGTERM arrives is answered in full; then the server exits 0.
-    let body = serde_json::json!({
-        "model": "pal-test",
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": question},
-            {"type": "input_audio", "input_audio": {
-                "data": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&clip).unwrap()),
-                "format": "wav"}},
-        ]}],
-        "max_tokens": 48, "temperature": 0.8, "seed": 1,
-    })
-    .to_string();
+    let body = chat_body(&clip, question, 48, 0.8);
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(
         stream,
@@ -163,6 +187,21 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
     assert!(response.contains("\"chat.completion\""), "{response}");
     let status = server.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A chat-completions body asking `question` about the WAV file `clip` (seed 1).
+fn chat_body(clip: &Path, question: &str, max_tokens: usize, temperature: f64) -> String {
+    serde_json::json!({
+        "model": "pal-test",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": question},
+            {"type": "input_audio", "input_audio": {
+                "data": base64::engine::general_purpose::STANDARD.encode(std::fs::read(clip).unwrap()),
+                "format": "wav"}},
+        ]}],
+        "max_tokens": max_tokens, "temperature": temperature, "seed": 1,
+    })
+    .to_string()
 }
 
 /// `pal ask` with `--audio` repeated: refused, naming `max_clips` and the config, by a model

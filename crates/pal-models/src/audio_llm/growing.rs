@@ -12,9 +12,8 @@
 //! Each encoder's outputs, and each LAL layer's keys and values, live in one buffer per encoder
 //! with room to grow (doubled when full), each window written after the last: a question reads
 //! them where they lie, a view of the rows so far, so a recording of an hour is never copied to
-//! be asked about. A view lent
-//! out is never written under: a window that would write over rows a question still reads (its
-//! tail's) moves the buffer first. When the model attends its prefix in bf16
+//! be asked about. A view lent out is never written under: a window that would write over rows a
+//! question still reads (its tail's) moves the buffer first. When the model attends its prefix in bf16
 //! ([`crate::llm::Llama::bf16_prefix`]), each window's keys and values are instead packed once,
 //! as a run of their own (half the bytes, and no f32 copy), and a question gets the runs so far
 //! (shared, never repacked).
@@ -46,13 +45,22 @@ struct Window {
 
 /// Rows appended along one dimension of a tensor with room to grow (doubled when full). A view
 /// lent out ([`GrowingRows::view`]) is never written under: a write over rows lent moves the
-/// rows before it to a new buffer first.
-#[derive(Clone)]
+/// rows before it to a new buffer first. A clone copies the rows (writes are in place).
 struct GrowingRows {
     data: Tensor,
     dim: usize,
     /// Rows lent out in views.
     lent: usize,
+}
+
+impl Clone for GrowingRows {
+    fn clone(&self) -> Self {
+        Self {
+            data: self.data.copy().expect("copying a growing clip's buffer"),
+            dim: self.dim,
+            lent: 0,
+        }
+    }
 }
 
 impl GrowingRows {
@@ -76,7 +84,12 @@ impl GrowingRows {
     fn write(&mut self, at: usize, part: &Tensor) -> Result<()> {
         let need = at + part.dims()[self.dim];
         if need > self.capacity() || self.lent > at {
-            let capacity = (2 * self.capacity()).max(2 * need).max(FIRST_CAPACITY);
+            // Doubled when full; moved at its size when only lent rows are in the way (a
+            // question's tail, asked again and again, never grows it).
+            let capacity = match need > self.capacity() {
+                true => (2 * self.capacity()).max(2 * need).max(FIRST_CAPACITY),
+                false => self.capacity(),
+            };
             let mut shape = self.data.dims().to_vec();
             shape[self.dim] = capacity;
             let data = Tensor::zeros(shape, self.data.dtype(), self.data.device())?;
@@ -277,14 +290,31 @@ impl GrowingClip {
             .unwrap_or(30 * pal_audio::SAMPLE_RATE as usize)
     }
 
+    /// Refuses a clip of `samples` (16 kHz) longer than `encoders` take (`max_windows` in the
+    /// model config), naming the limit: checked before any of it is encoded.
+    pub fn check_length(encoders: &[Box<dyn AudioEncoder>], samples: usize) -> Result<()> {
+        let window = Self::window_samples(encoders);
+        match encoders.iter().filter_map(|e| e.max_samples()).min() {
+            Some(limit) if samples > limit => Err(ModelError::Unsupported(format!(
+                "the clip is longer than {:.0} s, the most this model takes ({} windows of {:.0} s: max_windows in its model config)",
+                limit as f64 / pal_audio::SAMPLE_RATE as f64,
+                limit / window,
+                window as f64 / pal_audio::SAMPLE_RATE as f64
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Encodes `window` (16 kHz mono, at most one encoder window) and keeps its outputs and
-    /// LAL keys and values after the clip's.
+    /// LAL keys and values after the clip's; refused past the encoders' longest clip
+    /// ([`Self::check_length`]).
     pub fn push(
         &mut self,
         model: &AudioLlm,
         encoders: &[Box<dyn AudioEncoder>],
         window: &[f32],
     ) -> Result<()> {
+        Self::check_length(encoders, self.samples + window.len())?;
         let (outputs, lal, positions) = self.encode(model, encoders, window)?;
         let frames = self.write_outputs(&outputs)?;
         let rows = self.write(&lal)?;
@@ -434,6 +464,7 @@ impl GrowingClip {
         let mut extra = vec![0; self.buffers.len()];
         let mut tail_frames = vec![0; self.frames.len()];
         if !tail.is_empty() {
+            Self::check_length(encoders, self.samples + tail.len())?;
             let (outputs, lal, _) = self.encode(model, encoders, tail)?;
             tail_frames = self.write_outputs(&outputs)?;
             extra = self.write(&lal)?;

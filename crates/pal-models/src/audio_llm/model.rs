@@ -20,7 +20,7 @@ use crate::audio_llm::config::{Attachment, Route};
 use crate::audio_llm::connector::Connector;
 use crate::audio_llm::lal::{join_packed, LalAdapter, LalLayerPrefix};
 use crate::error::{ModelError, Result};
-use crate::llm::cache::{placeholder, KeyValuePrefix};
+use crate::llm::cache::{held_bytes, placeholder, KeyValuePrefix};
 use crate::llm::decoder::Llama;
 use crate::text::segments::Segment;
 use pal_nn::ops::bf16::prefix::PackedPrefix;
@@ -566,7 +566,7 @@ impl ClipLal {
             .flatten()
             .map(|p| match &p.packed {
                 Some(items) => items.iter().map(|i| i.bytes()).sum(),
-                None => (p.k.elem_count() + p.v.elem_count()) * p.k.dtype().size_in_bytes(),
+                None => held_bytes(&p.k) + held_bytes(&p.v),
             })
             .sum()
     }

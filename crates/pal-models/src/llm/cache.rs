@@ -38,6 +38,21 @@ pub fn placeholder(like: &Tensor, items: usize, rows: usize) -> Result<Tensor> {
     Ok(one.broadcast_as((items, kv_heads, rows, head_dim))?)
 }
 
+/// Bytes of the storage `t` is a view of: a view of a buffer with room to grow holds the whole
+/// buffer, a [`placeholder`] one element (what a cache that keeps `t` keeps alive).
+pub fn held_bytes(t: &Tensor) -> usize {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, _) = t.storage_and_layout();
+    let elements = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => v.len(),
+        Storage::Cpu(CpuStorage::BF16(v)) => v.len(),
+        Storage::Cpu(CpuStorage::F16(v)) => v.len(),
+        // Other types and devices: the view's own elements.
+        _ => t.elem_count(),
+    };
+    elements * t.dtype().size_in_bytes()
+}
+
 impl KeyValuePrefix {
     /// Keys at the front of the layer's attention that get their own softmax (0: none).
     pub fn own_softmax_rows(&self) -> usize {

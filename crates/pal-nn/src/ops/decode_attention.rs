@@ -153,3 +153,117 @@ pub(crate) fn decode_attention_cpu(
     let out = Tensor::from_vec(out, (b, q_heads, 1, head_dim), q.device())?;
     Ok(Some(out))
 }
+
+/// The rows of the sequences `packed` (their prefixes packed in bf16) of
+/// [`crate::attention::decode_attention`]: each query row over its packed prefix and its own
+/// keys, every sequence's chunks in one dispatch of the pool
+/// ([`super::bf16::prefix::prefix_attention_batch`]; each sequence's arithmetic is the one it
+/// gets alone). `q` `(b, q_heads, 1, head_dim)`; returns `(1, q_heads, 1, head_dim)` per
+/// sequence of `packed`, in order.
+pub(crate) fn decode_packed(
+    q: &Tensor,
+    sequences: &[SequenceKeys],
+    packed: &[usize],
+    scale: f64,
+) -> Result<Vec<Tensor>> {
+    use super::bf16::prefix::{prefix_attention_batch, OwnKeys, PrefixQuery};
+    let (_, q_heads, q_rows, head_dim) = q.dims4()?;
+    let Some(&first) = packed.first() else {
+        return Ok(vec![]);
+    };
+    let kv_heads = sequences[first].k.dim(1)?;
+    if kv_heads == 0 || !q_heads.is_multiple_of(kv_heads) {
+        candle_core::bail!("decoding: {q_heads} query heads over {kv_heads} key/value heads");
+    }
+    if q_rows != 1 {
+        candle_core::bail!("decoding: {q_rows} query rows per sequence (one, unmasked)");
+    }
+    // Each sequence's queries and own keys as a prefill over a packed prefix takes them
+    // (`attention_packed`: the same arithmetic, so an answer is the one `pal ask` gives).
+    let mut inputs = Vec::with_capacity(packed.len());
+    for &i in packed {
+        let s = &sequences[i];
+        let heads = s.k.dim(1)?;
+        if heads != kv_heads {
+            candle_core::bail!("decoding: sequences with {heads} and {kv_heads} key/value heads");
+        }
+        inputs.push(packed_inputs(&q.narrow(0, i, 1)?, s.k, s.v, None, scale)?);
+    }
+    let queries: Vec<PrefixQuery> = packed
+        .iter()
+        .zip(&inputs)
+        .map(|(&i, own)| PrefixQuery {
+            q: &own.folded,
+            m: own.m,
+            prefix: sequences[i].packed.expect("a packed sequence"),
+            own: OwnKeys {
+                scores: &own.scores,
+                values: &own.values,
+                n: own.rows,
+            },
+            prefix_own_softmax: sequences[i].prefix_own_softmax,
+        })
+        .collect();
+    prefix_attention_batch(&queries, (kv_heads, head_dim), scale as f32)
+        .into_iter()
+        .map(|out| {
+            Tensor::from_vec(out, (1, q_heads, q_rows, head_dim), q.device())?.to_dtype(q.dtype())
+        })
+        .collect()
+}
+
+/// What attention over a packed prefix takes from `q` `(b, q_heads, q_rows, head_dim)` and the
+/// own keys and values `(b, kv_heads, rows, head_dim)`, f32, item after item.
+pub(crate) struct PackedInputs {
+    /// The queries folded `(kv_heads, m, head_dim)` per item (`m` = group x query rows).
+    pub folded: Vec<f32>,
+    /// Their scores against the own keys `(kv_heads, m, rows)` per item, scaled and masked.
+    pub scores: Vec<f32>,
+    /// The own values `(kv_heads, rows, head_dim)` per item.
+    pub values: Vec<f32>,
+    /// Folded rows per head.
+    pub m: usize,
+    /// Own keys.
+    pub rows: usize,
+}
+
+/// [`PackedInputs`] of `q` over `k`, `v`, with `mask` (additive, over the own keys only,
+/// broadcastable to `(b, 1, q_rows, rows)`): the one place their arithmetic is written, for a
+/// prefill and for decoding alike.
+pub(crate) fn packed_inputs(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<PackedInputs> {
+    use candle_core::DType;
+    let (b, q_heads, q_rows, head_dim) = q.dims4()?;
+    let (_, kv_heads, rows, _) = k.dims4()?;
+    let m = q_heads / kv_heads * q_rows;
+    let folded = q
+        .detach()
+        .contiguous()?
+        .reshape((b, kv_heads, m, head_dim))?;
+    let scores = (super::batched_matmul(&folded, &k.detach().t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) => {
+            let mb = if mask.rank() == 4 { mask.dim(0)? } else { 1 };
+            let mask = mask
+                .broadcast_as((mb, 1, q_rows, rows))?
+                .reshape((mb, 1, 1, q_rows, rows))?;
+            scores
+                .reshape((b, kv_heads, m / q_rows, q_rows, rows))?
+                .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+        }
+        None => scores,
+    };
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+    Ok(PackedInputs {
+        folded: f32s(&folded)?,
+        scores: f32s(&scores)?,
+        values: f32s(&v.detach())?,
+        m,
+        rows,
+    })
+}

@@ -18,8 +18,8 @@ mod softmax;
 
 pub use batched_matmul::{batched_matmul, matmul};
 pub use constant_input_linear::constant_input_linear;
-pub(crate) use decode_attention::decode_attention_cpu;
 pub use decode_attention::SequenceKeys;
+pub(crate) use decode_attention::{decode_attention_cpu, decode_packed, packed_inputs};
 pub use frozen_linear::{frozen_linear, frozen_linear_with, input_grad};
 pub use loss::{cross_entropy, linear_cross_entropy, linear_cross_entropy_with};
 pub use precomputed::Precomputed;

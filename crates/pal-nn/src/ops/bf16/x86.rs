@@ -1,6 +1,8 @@
 //! The x86 bf16 kernels: packing activations with `vcvtne2ps2bf16`, AMX tiles
 //! (`tdpbf16ps`, written with `asm!`: the intrinsics are not stable), and AVX512-BF16
-//! (`vdpbf16ps`). Both multiply the tiles of [`super::pack`] and accumulate in f32.
+//! (`vdpbf16ps`). Both multiply the tiles of [`super::pack`] and accumulate in f32. And, for
+//! attention over a packed prefix, a row of scores turned into softmax numerators packed as
+//! tiles ([`softmax_row_avx512`]).
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -271,7 +273,7 @@ pub unsafe fn avx512_block(block: &Block) {
     }
 }
 
-/// `exp(x)` in each lane for `x <= 0` (a score less the row's largest), to about 2e-6
+/// `exp(x)` in each lane for `x <= 0` (a score less the row's largest), to about 3e-6
 /// relative: `x` clamped at -87 (below, about 1e-38 instead of 0), `2^n e^r` with
 /// `|r| <= ln2/2` and a degree-5 polynomial in fused multiply-adds (the numerators are rounded
 /// to bf16, whose step is 4e-3, before they weigh the values).

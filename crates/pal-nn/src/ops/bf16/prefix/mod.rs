@@ -116,6 +116,7 @@ pub fn available() -> bool {
 }
 
 /// The own keys of a question: its queries' scores against them and their values, f32.
+#[derive(Clone, Copy)]
 pub struct OwnKeys<'a> {
     /// Scores `(kv_heads, m, n)` already scaled and masked (`m` = group x query rows).
     pub scores: &'a [f32],
@@ -138,8 +139,39 @@ pub fn prefix_attention(
     scale: f32,
     prefix_own_softmax: bool,
 ) -> Vec<f32> {
-    let shape = (kv_heads, m, head_dim);
-    prefix_attention_on(chosen(), q, shape, prefix, own, scale, prefix_own_softmax)
+    let query = PrefixQuery {
+        q,
+        m,
+        prefix,
+        own: *own,
+        prefix_own_softmax,
+    };
+    let shape = (kv_heads, head_dim);
+    prefix_attention_on(chosen(), std::slice::from_ref(&query), shape, scale).remove(0)
+}
+
+/// One query of [`prefix_attention_batch`]: as [`prefix_attention`]'s arguments.
+pub struct PrefixQuery<'a> {
+    /// Folded queries `(kv_heads, m, head_dim)`.
+    pub q: &'a [f32],
+    /// Their rows (group x query rows).
+    pub m: usize,
+    /// The prefix they attend over.
+    pub prefix: &'a PackedPrefix,
+    /// Their own keys.
+    pub own: OwnKeys<'a>,
+    /// Whether the prefix has a softmax of its own.
+    pub prefix_own_softmax: bool,
+}
+
+/// [`prefix_attention`] of several queries (decoding sequences, each over its own prefix), their
+/// chunks in one dispatch of the pool; each query's arithmetic is the one it gets alone.
+pub fn prefix_attention_batch(
+    queries: &[PrefixQuery],
+    (kv_heads, head_dim): (usize, usize),
+    scale: f32,
+) -> Vec<Vec<f32>> {
+    prefix_attention_on(chosen(), queries, (kv_heads, head_dim), scale)
 }
 
 /// A pool thread's buffers for its chunks (kept between calls: a question's 15 layers would
@@ -153,6 +185,16 @@ struct Scratch {
     /// Its output rows.
     out: Vec<f32>,
 }
+
+impl Scratch {
+    fn bytes(&self) -> usize {
+        4 * (self.scores.capacity() + self.out.capacity()) + 2 * self.packed_p.capacity()
+    }
+}
+
+/// Most bytes of scratch a thread keeps between calls (enough for about 650 folded rows: a
+/// prompt of 200 rows with three query heads per key head).
+const SCRATCH_KEPT: usize = 4 << 20;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
@@ -239,81 +281,119 @@ fn real_columns(segments: &[Segment]) -> Vec<u8> {
 /// the rows of a tile stored at once do not all fall in the same cache set (4 KiB apart).
 const SCORE_STRIDE: usize = CHUNK_PAIRS * 32 + 16;
 
-/// [`prefix_attention`] on `kernel` (available, not the portable one). Flash-decoding's
+/// One query's queries packed for the kernel, and its prefix cut into chunks.
+struct Prepared {
+    /// Scaled queries, packed per head (`per_head` values each).
+    packed_q: Vec<u16>,
+    per_head: usize,
+    /// Rows the tiles take (`m` padded to whole row pairs).
+    rows: usize,
+    chunks: Vec<Chunk>,
+    /// Its first unit of work (units are the queries' chunks in order).
+    first_unit: usize,
+}
+
+/// [`prefix_attention_batch`] on `kernel` (available, not the portable one). Flash-decoding's
 /// arithmetic: each chunk of keys gives, per query row, its largest score, the sum of its
 /// scores' exponentials after that one, and those exponentials times the values; the chunks
-/// and the own keys are then combined row by row.
+/// (of every query, in one dispatch of the pool) and the own keys are then combined row by row.
 fn prefix_attention_on(
     kernel: Bf16Kernel,
-    q: &[f32],
-    (kv_heads, m, head_dim): (usize, usize, usize),
-    prefix: &PackedPrefix,
-    own: &OwnKeys,
+    queries: &[PrefixQuery],
+    (kv_heads, head_dim): (usize, usize),
     scale: f32,
-    prefix_own_softmax: bool,
-) -> Vec<f32> {
+) -> Vec<Vec<f32>> {
     assert!(
         kernel != Bf16Kernel::Portable && kernel.available(),
         "prefix attention needs a bf16 kernel"
     );
-    assert_eq!(
-        q.len(),
-        kv_heads * m * head_dim,
-        "prefix attention: q's shape"
-    );
-    for run in &prefix.runs {
-        assert!(
-            run.keys.len() == kv_heads
-                && run.keys.iter().all(|k| k.k == head_dim)
-                && run.values.iter().all(|v| v.n == head_dim),
-            "prefix attention: a run packed for other heads than the queries'"
-        );
-    }
-    let rows = row_tiles(m) * TILE_ROWS;
     let q_tiles = head_dim.div_ceil(TILE_K);
-    // The queries, scaled, packed per head.
-    let per_head = row_tiles(m) * q_tiles * TILE;
-    let mut packed_q = vec![0u16; kv_heads * per_head];
-    for (h, out) in packed_q.chunks_mut(per_head).enumerate() {
-        let scaled: Vec<f32> = q[h * m * head_dim..(h + 1) * m * head_dim]
-            .iter()
-            .map(|x| x * scale)
-            .collect();
-        pack_rows(&scaled, m, head_dim, q_tiles, 0..rows, out);
+    let mut prepared = Vec::with_capacity(queries.len());
+    // Per unit: its query, its chunk, and where its rows start in `maxes`, `sums`, `outs`.
+    let mut units: Vec<(usize, usize, usize)> = vec![];
+    let mut unit_rows = 0;
+    for (i, query) in queries.iter().enumerate() {
+        let m = query.m;
+        assert_eq!(
+            query.q.len(),
+            kv_heads * m * head_dim,
+            "prefix attention: q's shape"
+        );
+        for run in &query.prefix.runs {
+            assert!(
+                run.keys.len() == kv_heads
+                    && run.keys.iter().all(|k| k.k == head_dim)
+                    && run.values.iter().all(|v| v.n == head_dim),
+                "prefix attention: a run packed for other heads than the queries'"
+            );
+        }
+        let rows = row_tiles(m) * TILE_ROWS;
+        let per_head = row_tiles(m) * q_tiles * TILE;
+        let mut packed_q = vec![0u16; kv_heads * per_head];
+        for (h, out) in packed_q.chunks_mut(per_head).enumerate() {
+            let scaled: Vec<f32> = query.q[h * m * head_dim..(h + 1) * m * head_dim]
+                .iter()
+                .map(|x| x * scale)
+                .collect();
+            pack_rows(&scaled, m, head_dim, q_tiles, 0..rows, out);
+        }
+        let chunks = chunks(query.prefix, kv_heads);
+        let first_unit = units.len();
+        for c in 0..chunks.len() {
+            units.push((i, c, unit_rows));
+            unit_rows += m;
+        }
+        prepared.push(Prepared {
+            packed_q,
+            per_head,
+            rows,
+            chunks,
+            first_unit,
+        });
     }
-    let chunks = chunks(prefix, kv_heads);
     let ldc = head_dim.div_ceil(32) * 32;
-    // Per chunk and query row: the largest score, the sum of exponentials, the output.
-    let mut maxes = vec![f32::NEG_INFINITY; chunks.len() * m];
-    let mut sums = vec![0f32; chunks.len() * m];
-    let mut outs = vec![0f32; chunks.len() * m * head_dim];
+    let most_rows = prepared.iter().map(|p| p.rows).max().unwrap_or(0);
+    // Per unit and query row: the largest score, the sum of exponentials, the output.
+    let mut maxes = vec![f32::NEG_INFINITY; unit_rows];
+    let mut sums = vec![0f32; unit_rows];
+    let mut outs = vec![0f32; unit_rows * head_dim];
     {
         let shared = (
             SharedMut(maxes.as_mut_ptr()),
             SharedMut(sums.as_mut_ptr()),
             SharedMut(outs.as_mut_ptr()),
         );
-        let (shared, chunks, packed_q) = (&shared, &chunks, &packed_q);
-        column_parts(chunks.len(), 1, |part| {
+        let (shared, units, prepared) = (&shared, &units, &prepared);
+        column_parts(units.len(), 1, |part| {
             let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
             let Scratch {
                 scores,
                 packed_p,
                 out,
             } = &mut scratch;
-            scores.resize(rows * SCORE_STRIDE, 0.0);
-            packed_p.resize(rows * CHUNK_PAIRS * 32, 0);
-            out.resize(rows * ldc, 0.0);
+            let grow = |v: &mut Vec<_>, n, zero| {
+                if v.len() < n {
+                    v.resize(n, zero);
+                }
+            };
+            grow(scores, most_rows * SCORE_STRIDE, 0.0);
+            grow(out, most_rows * ldc, 0.0);
+            if packed_p.len() < most_rows * CHUNK_PAIRS * 32 {
+                packed_p.resize(most_rows * CHUNK_PAIRS * 32, 0);
+            }
             let mut parts = vec![];
             // SAFETY: the kernel is available (asserted); every tile read lies inside its
             // buffer (pairs and tiles counted from the runs' own shapes); each unit writes only
-            // its chunk's rows of `maxes`, `sums` and `outs`.
+            // its own rows of `maxes`, `sums` and `outs`.
             unsafe {
                 let blocks = Blocks::start(kernel);
                 for u in part {
-                    let chunk = &chunks[u];
+                    let (i, c, first_row) = units[u];
+                    let (query, prep) = (&queries[i], &prepared[i]);
+                    let (m, rows, prefix) = (query.m, prep.rows, query.prefix);
+                    let chunk = &prep.chunks[c];
                     let h = chunk.head;
-                    let q_h = &packed_q[h * per_head..(h + 1) * per_head];
+                    let q_h = &prep.packed_q[h * prep.per_head..(h + 1) * prep.per_head];
                     let width = chunk.pairs * 32;
                     for seg in &chunk.segments {
                         let keys = &prefix.runs[seg.run].keys[h];
@@ -332,8 +412,8 @@ fn prefix_attention_on(
                             }
                         }
                     }
-                    let max = std::slice::from_raw_parts_mut(shared.0 .0.add(u * m), m);
-                    let sum = std::slice::from_raw_parts_mut(shared.1 .0.add(u * m), m);
+                    let max = std::slice::from_raw_parts_mut(shared.0 .0.add(first_row), m);
+                    let sum = std::slice::from_raw_parts_mut(shared.1 .0.add(first_row), m);
                     let p_tiles = width / TILE_K;
                     let real = real_columns(&chunk.segments);
                     for r in 0..rows {
@@ -369,7 +449,7 @@ fn prefix_attention_on(
                         }
                     }
                     let dst = std::slice::from_raw_parts_mut(
-                        shared.2 .0.add(u * m * head_dim),
+                        shared.2 .0.add(first_row * head_dim),
                         m * head_dim,
                     );
                     for (r, d) in dst.chunks_mut(head_dim).enumerate() {
@@ -377,44 +457,77 @@ fn prefix_attention_on(
                     }
                 }
             }
-            SCRATCH.set(scratch);
+            // Kept for the next call unless a long prompt made it big.
+            if scratch.bytes() <= SCRATCH_KEPT {
+                SCRATCH.set(scratch);
+            }
         });
     }
-    // The chunks of each head, and its own keys, combined row by row.
-    let n = own.n;
+    queries
+        .iter()
+        .zip(&prepared)
+        .map(|(query, prep)| {
+            let units = &units[prep.first_unit..prep.first_unit + prep.chunks.len()];
+            combine(
+                query,
+                prep,
+                units,
+                (&maxes, &sums, &outs),
+                (kv_heads, head_dim),
+            )
+        })
+        .collect()
+}
+
+/// One query's outputs `(kv_heads, m, head_dim)`: its chunks (`units`, with their rows in
+/// `maxes`, `sums`, `outs`) and its own keys combined row by row.
+fn combine(
+    query: &PrefixQuery,
+    prep: &Prepared,
+    units: &[(usize, usize, usize)],
+    (maxes, sums, outs): (&[f32], &[f32], &[f32]),
+    (kv_heads, head_dim): (usize, usize),
+) -> Vec<f32> {
+    let (m, own, n) = (query.m, &query.own, query.own.n);
     let mut result = vec![0f32; kv_heads * m * head_dim];
-    let mut own_row = vec![0f32; n];
+    let mut prefix_out = vec![0f32; head_dim];
+    let mut own_out = vec![0f32; head_dim];
     for h in 0..kv_heads {
-        let units: Vec<usize> = (0..chunks.len()).filter(|&u| chunks[u].head == h).collect();
+        // This head's chunks: where their rows start.
+        let firsts: Vec<usize> = units
+            .iter()
+            .filter(|&&(_, c, _)| prep.chunks[c].head == h)
+            .map(|&(_, _, first)| first)
+            .collect();
         let own_values = &own.values[h * n * head_dim..(h + 1) * n * head_dim];
         for r in 0..m {
             let o = &mut result[(h * m + r) * head_dim..(h * m + r + 1) * head_dim];
             // The prefix: its output and sum after its largest score.
-            let largest = units
+            let largest = firsts
                 .iter()
-                .map(|&u| maxes[u * m + r])
+                .map(|&f| maxes[f + r])
                 .fold(f32::NEG_INFINITY, f32::max);
             let mut prefix_sum = 0f32;
-            let mut prefix_out = vec![0f32; head_dim];
+            prefix_out.fill(0.0);
             if largest > f32::NEG_INFINITY {
-                for &u in &units {
-                    let w = (maxes[u * m + r] - largest).exp_fast();
-                    prefix_sum += w * sums[u * m + r];
-                    let part = &outs[(u * m + r) * head_dim..(u * m + r + 1) * head_dim];
+                for &f in &firsts {
+                    let w = (maxes[f + r] - largest).exp_fast();
+                    prefix_sum += w * sums[f + r];
+                    let part = &outs[(f + r) * head_dim..(f + r + 1) * head_dim];
                     for (a, &x) in prefix_out.iter_mut().zip(part) {
                         *a += w * x;
                     }
                 }
             }
             // The own keys, the same way.
-            own_row.copy_from_slice(&own.scores[(h * m + r) * n..(h * m + r + 1) * n]);
+            let own_row = &own.scores[(h * m + r) * n..(h * m + r + 1) * n];
             let own_largest = if n == 0 {
                 f32::NEG_INFINITY
             } else {
-                lane_max(&own_row)
+                lane_max(own_row)
             };
             let mut own_sum = 0f32;
-            let mut own_out = vec![0f32; head_dim];
+            own_out.fill(0.0);
             if own_largest > f32::NEG_INFINITY {
                 for (j, s) in own_row.iter().enumerate() {
                     let e = (s - own_largest).exp_fast();
@@ -425,7 +538,7 @@ fn prefix_attention_on(
                 }
             }
             let inverse = |sum: f32| if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            let (wp, wo) = if prefix_own_softmax {
+            let (wp, wo) = if query.prefix_own_softmax {
                 (inverse(prefix_sum), inverse(own_sum))
             } else {
                 let top = largest.max(own_largest);
@@ -550,209 +663,4 @@ impl Drop for Blocks {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::lane_sum;
-
-    /// One softmax over `prefix` and `own` together, or one over each (`apart`); a part whose
-    /// scores are all masked gets no weight.
-    fn softmax_parts(prefix: &mut [f32], own: &mut [f32], apart: bool) {
-        let max_of = |x: &[f32]| {
-            if x.is_empty() {
-                f32::NEG_INFINITY
-            } else {
-                lane_max(x)
-            }
-        };
-        let exp_sum = |x: &mut [f32], max: f32| -> f32 {
-            if max == f32::NEG_INFINITY {
-                x.fill(0.0);
-                return 0.0;
-            }
-            for s in x.iter_mut() {
-                *s = (*s - max).exp_fast();
-            }
-            if x.is_empty() {
-                0.0
-            } else {
-                lane_sum(x)
-            }
-        };
-        let normalize = |x: &mut [f32], sum: f32| {
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            x.iter_mut().for_each(|s| *s *= inv);
-        };
-        if apart {
-            let sum = exp_sum(prefix, max_of(prefix));
-            normalize(prefix, sum);
-            let sum = exp_sum(own, max_of(own));
-            normalize(own, sum);
-        } else {
-            let max = max_of(prefix).max(max_of(own));
-            let sum = exp_sum(prefix, max) + exp_sum(own, max);
-            normalize(prefix, sum);
-            normalize(own, sum);
-        }
-    }
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed * 131) * 2654435761usize) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
-
-    /// Plain f32 attention of the same bf16-rounded inputs, for one head.
-    fn reference(
-        q: &[f32],
-        (m, head_dim): (usize, usize),
-        k: &[f32],
-        v: &[f32],
-        own: (&[f32], &[f32], usize),
-        scale: f32,
-        apart: bool,
-    ) -> Vec<f32> {
-        let round = |x: f32| super::super::pack::from_bf16(super::super::pack::to_bf16(x));
-        let p_rows = k.len() / head_dim;
-        let (own_scores, own_values, n) = own;
-        let mut out = vec![0f32; m * head_dim];
-        for r in 0..m {
-            let mut s: Vec<f32> = (0..p_rows)
-                .map(|j| {
-                    (0..head_dim)
-                        .map(|d| round(q[r * head_dim + d]) * round(k[j * head_dim + d]))
-                        .sum::<f32>()
-                        * scale
-                })
-                .collect();
-            let mut o = own_scores[r * n..(r + 1) * n].to_vec();
-            softmax_parts(&mut s, &mut o, apart);
-            for d in 0..head_dim {
-                let mut sum = 0f32;
-                for j in 0..p_rows {
-                    sum += round(s[j]) * round(v[j * head_dim + d]);
-                }
-                for j in 0..n {
-                    sum += o[j] * own_values[j * head_dim + d];
-                }
-                out[r * head_dim + d] = sum;
-            }
-        }
-        out
-    }
-
-    /// Over runs of uneven lengths, with own keys (one of them masked) and without, joint and
-    /// apart: the kernel gives the plain attention of the same bf16 inputs.
-    #[test]
-    fn prefix_attention_is_attention_over_the_runs() {
-        if !available() {
-            eprintln!("no bf16 kernel on this CPU: nothing to check");
-            return;
-        }
-        let (kv_heads, head_dim, m) = (2, 64, 37);
-        let run_rows = [45, 7, 1100, 130];
-        let total: usize = run_rows.iter().sum();
-        let k = values(kv_heads * total * head_dim, 1);
-        let v = values(kv_heads * total * head_dim, 2);
-        // Each head's rows, split into runs.
-        let mut runs = vec![];
-        let mut first = 0;
-        for &rows in &run_rows {
-            let take = |x: &[f32]| -> Vec<f32> {
-                (0..kv_heads)
-                    .flat_map(|h| {
-                        x[(h * total + first) * head_dim..(h * total + first + rows) * head_dim]
-                            .to_vec()
-                    })
-                    .collect()
-            };
-            runs.push(Arc::new(PackedRun::new(
-                &take(&k),
-                &take(&v),
-                kv_heads,
-                rows,
-                head_dim,
-            )));
-            first += rows;
-        }
-        let prefix = PackedPrefix { runs };
-        assert_eq!(prefix.rows(), total);
-        let q = values(kv_heads * m * head_dim, 3);
-        for n in [0, 5] {
-            let mut own_scores = values(kv_heads * m * n, 4);
-            if n > 0 {
-                own_scores[n - 1] = f32::NEG_INFINITY;
-            }
-            let own_values = values(kv_heads * n * head_dim, 5);
-            let own = OwnKeys {
-                scores: &own_scores,
-                values: &own_values,
-                n,
-            };
-            let kernels = [Bf16Kernel::Avx512, Bf16Kernel::Amx];
-            for (kernel, apart) in kernels
-                .into_iter()
-                .filter(|k| k.available())
-                .flat_map(|k| [(k, false), (k, true)])
-            {
-                let shape = (kv_heads, m, head_dim);
-                let got = prefix_attention_on(kernel, &q, shape, &prefix, &own, 0.125, apart);
-                for h in 0..kv_heads {
-                    let want = reference(
-                        &q[h * m * head_dim..(h + 1) * m * head_dim],
-                        (m, head_dim),
-                        &k[h * total * head_dim..(h + 1) * total * head_dim],
-                        &v[h * total * head_dim..(h + 1) * total * head_dim],
-                        (
-                            &own_scores[h * m * n..(h + 1) * m * n],
-                            &own_values[h * n * head_dim..(h + 1) * n * head_dim],
-                            n,
-                        ),
-                        0.125,
-                        apart,
-                    );
-                    let got = &got[h * m * head_dim..(h + 1) * m * head_dim];
-                    for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            (g - w).abs() < 2e-3,
-                            "{kernel:?} n {n} apart {apart}: {g} vs {w}"
-                        );
-                    }
-                }
-            }
-        }
-        // No prefix at all: attention over the own keys alone.
-        let (n, own_scores, own_values) = (
-            3,
-            values(kv_heads * m * 3, 6),
-            values(kv_heads * 3 * head_dim, 7),
-        );
-        let own = OwnKeys {
-            scores: &own_scores,
-            values: &own_values,
-            n,
-        };
-        let got = prefix_attention(
-            &q,
-            (kv_heads, m, head_dim),
-            &PackedPrefix::default(),
-            &own,
-            1.0,
-            false,
-        );
-        for h in 0..kv_heads {
-            for r in 0..m {
-                let mut p = own_scores[(h * m + r) * n..(h * m + r + 1) * n].to_vec();
-                softmax_parts(&mut [], &mut p, false);
-                for d in 0..head_dim {
-                    let want: f32 = (0..n)
-                        .map(|j| p[j] * own_values[(h * n + j) * head_dim + d])
-                        .sum();
-                    assert!((got[(h * m + r) * head_dim + d] - want).abs() < 1e-5);
-                }
-            }
-        }
-        let two = prefix.first_rows(52).expect("two runs");
-        assert_eq!(two.runs.len(), 2);
-        assert!(prefix.first_rows(50).is_none());
-    }
-}
+mod tests;
