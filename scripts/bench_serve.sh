@@ -4,7 +4,7 @@
 # bundled clips. Settings: max batch 8 and 1, with the audio cache off, then on and warm (one
 # untimed question per clip first), with every core computing, then with one (`--threads 1`:
 # the HTTP side and the load generator share these cores). Writes docs/bench/serve.{json,md}.
-#   scripts/bench_serve.sh RUN_DIR PYTHON_WITH_OPENAI [REQUESTS] [CONCURRENCY]
+#   [SERVE_ARGS='--dtype f32'] scripts/bench_serve.sh RUN_DIR PYTHON_WITH_OPENAI [REQUESTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$1 python=$2 requests=${3:-200} concurrency=${4:-16}
@@ -16,8 +16,9 @@ for threads in "$cores" 1; do
  for cache in 0 512; do
   for batch in 8 1; do
     log=$(mktemp)
+    # shellcheck disable=SC2086 # SERVE_ARGS: more `pal serve` flags, word-split on purpose.
     target/release/pal --threads "$threads" serve --model "$run" --port 0 --model-name bench \
-      --max-batch "$batch" --queue 64 --audio-cache-mb "$cache" 2> "$log" &
+      --max-batch "$batch" --queue 64 --audio-cache-mb "$cache" ${SERVE_ARGS:-} 2> "$log" &
     pid=$!
     until grep -q "on http://" "$log"; do sleep 0.2; kill -0 $pid; done
     addr=$(grep -o "http://[0-9.:]*" "$log" | head -1)

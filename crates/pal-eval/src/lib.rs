@@ -9,6 +9,7 @@ pub mod probe_attention;
 pub mod probe_external;
 pub mod probe_plot;
 pub mod probe_report;
+pub mod probe_table;
 pub mod runner;
 pub mod stats;
 pub mod wellformed;

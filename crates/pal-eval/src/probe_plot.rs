@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::probe::Row;
+use crate::probe_table::Row;
 
 /// Draws `rows` into a PNG at `out` (one panel per split).
 pub fn plot(rows: &[Row], out: &Path) -> anyhow::Result<()> {

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::probe::{aggregate, markdown, CellResult, Row};
+use crate::probe::CellResult;
+use crate::probe_table::{aggregate, markdown, Row};
 
 /// Writes the report of `results` into `out` (titled after `suite`); returns the rows and the
 /// markdown page.

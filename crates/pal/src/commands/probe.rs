@@ -121,7 +121,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let suite_name = suite.display().to_string();
     let (rows, md) = pal_eval::probe_report::write_report(&out, &suite_name, &results)?;
-    let table = pal_eval::probe::markdown(&rows);
+    let table = pal_eval::probe_table::markdown(&rows);
     if let Some(report) = &args.report {
         std::fs::write(report, &md)?;
         std::fs::copy(out.join("probe.png"), report.with_file_name("probe.png"))?;
