@@ -4,7 +4,7 @@
 //! from the turns before.
 
 use candle_core::Tensor;
-use pal_models::audio_llm::{AudioLlm, Example, Padding};
+use pal_models::audio_llm::{AudioLlm, ClipLal, Example, Padding};
 use pal_models::encoders::{encode_clip, AudioEncoder};
 use pal_models::text::segments::prompt_segments;
 use pal_models::Tokenizer;
@@ -28,6 +28,24 @@ impl<'m> Conversation<'m> {
             model,
             tokenizer,
             state: ConversationState::new(model, tokenizer, audio)?,
+        })
+    }
+
+    /// Starts a conversation about a clip encoded with its LAL keys and values (as
+    /// [`crate::ask::encode_file`] and [`crate::ask::encode_growing`] give them: a long
+    /// recording window by window), which the first turn reads instead of computing them.
+    pub fn from_encoded(
+        model: &'m AudioLlm,
+        tokenizer: &'m Tokenizer,
+        audio: Vec<Tensor>,
+        lal: ClipLal,
+    ) -> Result<Self> {
+        let mut state = ConversationState::new(model, tokenizer, audio)?;
+        state.lal = Some(lal);
+        Ok(Self {
+            model,
+            tokenizer,
+            state,
         })
     }
 
@@ -72,6 +90,9 @@ impl<'m> Conversation<'m> {
 pub struct ConversationState {
     template: ChatTemplate,
     audio: Vec<Tensor>,
+    /// The clip's LAL keys and values when they came with it (else the first turn computes
+    /// them).
+    lal: Option<ClipLal>,
     /// The messages so far (user and assistant turns, and a system message if given).
     pub messages: Vec<Message>,
     cached: Option<PromptCache>,
@@ -90,6 +111,7 @@ impl ConversationState {
         Ok(Self {
             template: ChatTemplate::for_tokenizer(tokenizer)?,
             audio,
+            lal: None,
             messages: vec![],
             cached: None,
         })
@@ -123,7 +145,10 @@ impl ConversationState {
             Some((c, keep)) => c.extend(&model.llm, &wanted, keep)?,
             None => {
                 let example = Example::one_clip(segments, self.audio.clone());
-                let mut batch = model.prepare(&[example], Padding::Left)?.detach();
+                let kept: Vec<Option<&ClipLal>> = self.lal.iter().map(Some).collect();
+                let mut batch = model
+                    .prepare_cached(&[example], Padding::Left, &kept)?
+                    .detach();
                 let hidden = model.llm.forward_embeds(
                     &batch.embeds,
                     Some(&batch.valid),

@@ -1,13 +1,13 @@
-//! A clip longer than the encoder's window, as `pal ask` takes it: decoded in pieces of any size
-//! and encoded window by window, it gets the answer the whole clip in memory gets; a clip past
-//! the config's windows is refused naming `max_windows`, and one whose audio tokens would pass
-//! the LLM's context (PLITS) is refused naming both figures.
+//! A clip longer than the encoder's window, as `pal ask` and `pal chat` take it: decoded in
+//! pieces of any size and encoded window by window, it gets the answer the whole clip in memory
+//! gets; a clip past the config's windows is refused naming `max_windows`, and one whose audio
+//! tokens would pass the LLM's context (PLITS) is refused naming both figures.
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use pal_infer::ask::{ask, ask_encoded, encode_growing};
-use pal_infer::GenerationParams;
+use pal_infer::{Conversation, GenerationParams};
 use pal_models::audio_llm::{build, BuiltModel};
 
 /// SmolLM2-135M-Instruct + Whisper tiny.en (untrained adapter) routed as `route`.
@@ -68,9 +68,13 @@ fn a_long_clip_read_in_pieces_gets_the_whole_clips_answer() {
     let pieces = clip.chunks(7919).map(|p| Ok(p.to_vec()));
     let (audio, lal) = encode_growing(&built, pieces).unwrap();
     assert_eq!(audio[0].dims()[0], 3500, "50 frames a second");
-    let read = ask_encoded(&built, audio, &lal, QUESTION, &params, |_| {}).unwrap();
+    let read = ask_encoded(&built, audio.clone(), &lal, QUESTION, &params, |_| {}).unwrap();
     assert_eq!(read.tokens, whole.tokens);
     assert_eq!(read.tokens.len(), 6);
+    // A chat about it (`pal chat`) starts from the same keys: its first turn is the same answer.
+    let mut chat = Conversation::from_encoded(&built.model, &built.tokenizer, audio, lal).unwrap();
+    let first = chat.say(QUESTION, &params, |_| {}).unwrap();
+    assert_eq!(first.tokens, whole.tokens);
 
     // Past max_windows (4 windows of 30 s).
     let error = ask(&built, &[speech(125.0)], QUESTION, &params, |_| {})

@@ -91,14 +91,10 @@ fn turns(
 /// A chat about one clip with a trained audio-LLM.
 fn run_audio(args: ChatArgs, model: PathBuf, audio: PathBuf) -> anyhow::Result<()> {
     let built = super::load_run(&model, args.weights, args.device)?;
-    let clip = pal_audio::load_audio(&audio)?.to_16k(&audio.display().to_string())?;
-    let mut conversation = Conversation::from_clip(
-        &built.model,
-        &built.tokenizer,
-        &built.encoders,
-        &clip.samples,
-    )
-    .with_context(|| format!("encoding {}", audio.display()))?;
+    // Read and encoded as `pal ask` does (a long recording window by window).
+    let (outputs, lal) = pal_infer::ask::encode_file(&built, &audio)?;
+    let mut conversation =
+        Conversation::from_encoded(&built.model, &built.tokenizer, outputs, lal)?;
     if let Some(system) = &args.system {
         conversation = conversation.with_system(system);
     }
