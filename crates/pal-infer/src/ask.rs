@@ -49,10 +49,8 @@ pub fn ask(
     params: &GenerationParams,
     on_text: impl FnMut(&str),
 ) -> Result<Generation> {
-    if let ([clip], true) = (clips, grows(built)) {
-        let window = GrowingClip::window_samples(&built.encoders);
-        let pieces = clip.chunks(window).map(|c| Ok(c.to_vec()));
-        let (audio, lal) = encode_growing(built, pieces)
+    if let [clip] = clips {
+        let (audio, lal) = encode_samples(built, clip)
             .map_err(|e| InferError::Invalid(format!("encoding clip 0: {e}")))?;
         return ask_encoded(built, audio, &lal, question, params, on_text);
     }
@@ -76,6 +74,19 @@ pub fn ask(
 /// keys take positions: see [`GrowingClip::new`]).
 fn grows(built: &BuiltModel) -> bool {
     GrowingClip::new(&built.model).is_ok()
+}
+
+/// One clip's samples (16 kHz mono) encoded as [`ask_encoded`] takes them: window by window
+/// ([`encode_growing`]), or, for a model whose clips cannot grow, at once (up to `max_windows`
+/// windows either way).
+pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor>, ClipLal)> {
+    if !grows(built) {
+        let outputs = built.encode_clip(samples)?;
+        let lal = built.model.clip_lal(&outputs)?;
+        return Ok((outputs, lal));
+    }
+    let window = GrowingClip::window_samples(&built.encoders);
+    encode_growing(built, samples.chunks(window).map(|c| Ok(c.to_vec())))
 }
 
 /// The audio file at `path` encoded as [`ask_encoded`] takes it: decoded and encoded window by

@@ -40,12 +40,10 @@ impl<'m> Conversation<'m> {
         audio: Vec<Tensor>,
         lal: ClipLal,
     ) -> Result<Self> {
-        let mut state = ConversationState::new(model, tokenizer, audio)?;
-        state.lal = Some(lal);
         Ok(Self {
             model,
             tokenizer,
-            state,
+            state: ConversationState::from_encoded(model, tokenizer, audio, lal)?,
         })
     }
 
@@ -115,6 +113,19 @@ impl ConversationState {
             messages: vec![],
             cached: None,
         })
+    }
+
+    /// A conversation about a clip encoded with its LAL keys and values, which the first turn
+    /// reads instead of computing them (see [`Conversation::from_encoded`]).
+    pub fn from_encoded(
+        model: &AudioLlm,
+        tokenizer: &Tokenizer,
+        audio: Vec<Tensor>,
+        lal: ClipLal,
+    ) -> Result<Self> {
+        let mut state = Self::new(model, tokenizer, audio)?;
+        state.lal = Some(lal);
+        Ok(state)
     }
 
     /// Adds a system message (before the first turn).

@@ -225,8 +225,10 @@ impl AudioLlm {
             .py()
             .detach(move || -> anyhow::Result<ConversationState> {
                 let samples = to_16k(&input)?;
-                let audio = built.encode_clip(&samples)?;
-                let state = ConversationState::new(&built.model, &built.tokenizer, audio)?;
+                // Encoded as `ask` encodes one clip (a long one window by window).
+                let (audio, lal) = pal_infer::ask::encode_samples(&built, &samples)?;
+                let state =
+                    ConversationState::from_encoded(&built.model, &built.tokenizer, audio, lal)?;
                 Ok(match system {
                     Some(s) => state.with_system(&s),
                     None => state,
