@@ -77,7 +77,7 @@ fn grows(built: &BuiltModel) -> bool {
 }
 
 /// One clip's samples (16 kHz mono) encoded as [`ask_encoded`] takes them: window by window
-/// ([`encode_growing`]), or, for a model whose clips cannot grow, at once (up to `max_windows`
+/// ([`GrowingClip::encode_whole`]), or, for a model whose clips cannot grow, at once (up to `max_windows`
 /// windows either way).
 pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor>, ClipLal)> {
     if !grows(built) {
@@ -85,8 +85,11 @@ pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor
         let lal = built.model.clip_lal(&outputs)?;
         return Ok((outputs, lal));
     }
-    let window = GrowingClip::window_samples(&built.encoders);
-    encode_growing(built, samples.chunks(window).map(|c| Ok(c.to_vec())))
+    Ok(GrowingClip::encode_whole(
+        &built.model,
+        &built.encoders,
+        samples,
+    )?)
 }
 
 /// The audio file at `path` encoded as [`ask_encoded`] takes it: decoded and encoded window by
@@ -98,11 +101,7 @@ pub fn encode_file(built: &BuiltModel, path: &Path) -> Result<(Vec<Tensor>, Clip
         let audio = pal_audio::load_audio(path)
             .and_then(|a| a.to_16k(&path.display().to_string()))
             .map_err(|e| InferError::Invalid(e.to_string()))?;
-        let outputs = built
-            .encode_clip(&audio.samples)
-            .map_err(|e| named(e.to_string()))?;
-        let lal = built.model.clip_lal(&outputs)?;
-        return Ok((outputs, lal));
+        return encode_samples(built, &audio.samples).map_err(|e| named(e.to_string()));
     }
     let mut stream = pal_audio::Stream16k::from_path(path, None)
         .map_err(|e| InferError::Invalid(e.to_string()))?;

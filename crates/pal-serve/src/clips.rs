@@ -214,21 +214,11 @@ enum Encoded {
 }
 
 /// A clip longer than the encoders' window, encoded window by window as `pal ask` encodes it
-/// ([`GrowingClip`]): one window's activations at a time, its LAL keys and values computed (in
+/// ([`GrowingClip::encode_whole`]): one window's activations at a time, its LAL keys and values computed (in
 /// bf16, packed, where the model attends so) window by window, so memory grows with the clip's
 /// keys and outputs, not with all its windows' activations at once.
 fn encode_long(bundle: &Bundle, samples: &[f32]) -> Result<CachedClip, String> {
-    let failed = |e: pal_models::ModelError| e.to_string();
-    let window = GrowingClip::window_samples(&bundle.encoders);
-    let whole = samples.len() / window * window;
-    GrowingClip::check_length(&bundle.encoders, samples.len()).map_err(failed)?;
-    let mut clip = GrowingClip::new(&bundle.model).map_err(failed)?;
-    for w in samples[..whole].chunks(window) {
-        clip.push(&bundle.model, &bundle.encoders, w)
-            .map_err(failed)?;
-    }
-    let (audio, lal) = clip
-        .with_tail(&bundle.model, &bundle.encoders, &samples[whole..])
-        .map_err(failed)?;
+    let (audio, lal) = GrowingClip::encode_whole(&bundle.model, &bundle.encoders, samples)
+        .map_err(|e| e.to_string())?;
     Ok(CachedClip { audio, lal })
 }

@@ -305,6 +305,24 @@ impl GrowingClip {
         }
     }
 
+    /// A whole clip (16 kHz mono) encoded as it would grow: its whole windows one by one, then
+    /// the rest as a tail ([`Self::with_tail`]); refused past the encoders' longest clip before
+    /// any of it is encoded. What `pal ask`, `pal chat` and the server do with one clip in memory.
+    pub fn encode_whole(
+        model: &AudioLlm,
+        encoders: &[Box<dyn AudioEncoder>],
+        samples: &[f32],
+    ) -> Result<(Vec<Tensor>, ClipLal)> {
+        Self::check_length(encoders, samples.len())?;
+        let mut clip = Self::new(model)?;
+        let window = Self::window_samples(encoders);
+        let whole = samples.len() / window * window;
+        for w in samples[..whole].chunks(window) {
+            clip.push(model, encoders, w)?;
+        }
+        clip.with_tail(model, encoders, &samples[whole..])
+    }
+
     /// Encodes `window` (16 kHz mono, at most one encoder window) and keeps its outputs and
     /// LAL keys and values after the clip's; refused past the encoders' longest clip
     /// ([`Self::check_length`]).

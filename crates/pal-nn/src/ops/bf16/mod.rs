@@ -121,8 +121,8 @@ struct Shape {
 /// widths, would all fall on the same cache sets), then its part inside the output is copied out.
 ///
 /// # Safety
-/// `kernel` is available; `c` holds `m * n` floats; `a` is packed for `rows`.
-#[cfg(target_arch = "x86_64")]
+/// `kernel` is available and not the portable one; `c` holds `m * n` floats; `a` is packed
+/// for `rows`.
 unsafe fn blocks(
     kernel: Bf16Kernel,
     a: &[u16],
@@ -133,10 +133,7 @@ unsafe fn blocks(
 ) {
     let Shape { m, n, rows } = shape;
     let k_tiles = w.k_tiles;
-    let amx = kernel == Bf16Kernel::Amx;
-    if amx {
-        x86::amx_configure();
-    }
+    let kernel = Blocks::start(kernel);
     let row_pairs = rows / 32;
     let mut buffer: Vec<f32> = vec![0.0; M_BLOCK * 32 * N_BLOCK * 32];
     let mut first = pairs.start;
@@ -155,24 +152,19 @@ unsafe fn blocks(
                         w.tiles.as_ptr().add(((2 * pair + 1) * k_tiles + k0) * TILE),
                     ];
                     for row_pair in m0..m1 {
-                        let block = x86::Block {
-                            a: [
+                        kernel.run(
+                            [
                                 a.as_ptr().add((2 * row_pair * k_tiles + k0) * TILE),
                                 a.as_ptr().add(((2 * row_pair + 1) * k_tiles + k0) * TILE),
                             ],
                             b,
-                            k_tiles: kt,
-                            c: buffer
+                            kt,
+                            buffer
                                 .as_mut_ptr()
                                 .add((row_pair - m0) * 32 * ldc + (pair - first) * 32),
                             ldc,
-                            accumulate: k0 > 0,
-                        };
-                        if amx {
-                            x86::amx_block(&block);
-                        } else {
-                            x86::avx512_block(&block);
-                        }
+                            k0 > 0,
+                        );
                     }
                 }
                 k0 += kt;
@@ -192,21 +184,86 @@ unsafe fn blocks(
         }
         first = last;
     }
-    if amx {
-        x86::amx_release();
+}
+
+/// One product of a block sum: the first tiles of the two activation halves, of the two weight
+/// halves, and the tiles along `k`.
+pub(crate) type BlockPart = ([*const u16; 2], [*const u16; 2], usize);
+
+/// The block kernel of one pool part: [`x86::Block`]s on the kernel chosen, AMX tiles configured
+/// for the thread while it lives.
+pub(crate) struct Blocks {
+    kernel: Bf16Kernel,
+}
+
+impl Blocks {
+    /// # Safety
+    /// `kernel` is available on this CPU.
+    pub(crate) unsafe fn start(kernel: Bf16Kernel) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Bf16Kernel::Amx {
+            x86::amx_configure();
+        }
+        Self { kernel }
+    }
+
+    /// A 32 x 32 block: see [`x86::Block`].
+    ///
+    /// # Safety
+    /// As [`x86::amx_block`].
+    #[allow(unused_variables)]
+    pub(crate) unsafe fn run(
+        &self,
+        a: [*const u16; 2],
+        b: [*const u16; 2],
+        k_tiles: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let block = x86::Block {
+                a,
+                b,
+                k_tiles,
+                c,
+                ldc,
+                accumulate,
+            };
+            match self.kernel {
+                Bf16Kernel::Amx => x86::amx_block(&block),
+                _ => x86::avx512_block(&block),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("only the portable bf16 kernel exists off x86-64")
+    }
+
+    /// A 32 x 32 block written at `c`: the sum of the products of `parts` (`(a, b, k_tiles)`
+    /// each, as [`Self::run`]'s).
+    ///
+    /// # Safety
+    /// As [`Self::run`], for every part.
+    pub(crate) unsafe fn run_sum(&self, parts: &[BlockPart], c: *mut f32, ldc: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Bf16Kernel::Amx {
+            return x86::amx_block_sum(parts, c, ldc);
+        }
+        for (i, &(a, b, k_tiles)) in parts.iter().enumerate() {
+            self.run(a, b, k_tiles, c, ldc, i > 0);
+        }
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn blocks(
-    _: Bf16Kernel,
-    _: &[u16],
-    _: Shape,
-    _: &PackedWeight,
-    _: std::ops::Range<usize>,
-    _: *mut f32,
-) {
-    unreachable!("only the portable bf16 kernel exists off x86-64")
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Bf16Kernel::Amx {
+            // SAFETY: configured in `start` on this thread.
+            unsafe { x86::amx_release() };
+        }
+    }
 }
 
 /// The product widened to f32, one sum per output in `k` order (the reference).

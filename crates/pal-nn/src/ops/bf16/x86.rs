@@ -8,6 +8,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::pack::{TILE, TILE_K, TILE_ROWS};
+use super::BlockPart;
 
 /// [`super::pack::pack_rows`] with AVX-512: 32 values at a time, rounded to nearest even.
 ///
@@ -112,10 +113,6 @@ pub struct Block {
     pub accumulate: bool,
 }
 
-/// One product of a block sum: the first tiles of the two activation halves, of the two weight
-/// halves, and the tiles along `k`.
-pub type BlockPart = ([*const u16; 2], [*const u16; 2], usize);
-
 /// A [`Block`] with AMX. Tiles 0-3 hold the block, 4-5 the activations, 6-7 the weights.
 ///
 /// # Safety
@@ -143,16 +140,22 @@ pub unsafe fn amx_block(block: &Block) {
             options(nostack, readonly)
         );
     } else {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        amx_zero();
     }
     amx_products(a0, a1, b0, b1, k_tiles);
     amx_store(c, ldc);
+}
+
+/// Zeroes tiles 0-3, a 32 x 32 block.
+#[inline(always)]
+unsafe fn amx_zero() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
 }
 
 /// Adds to tiles 0-3 the products of the activation tiles `a0`, `a1` and the weight tiles
@@ -206,13 +209,7 @@ unsafe fn amx_store(c: *mut f32, ldc: usize) {
 /// As [`amx_block`], for every part.
 #[inline(always)]
 pub unsafe fn amx_block_sum(parts: &[BlockPart], c: *mut f32, ldc: usize) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    amx_zero();
     for &([a0, a1], [b0, b1], k_tiles) in parts {
         amx_products(a0, a1, b0, b1, k_tiles);
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::cpu::{chosen, Bf16Kernel};
 use super::pack::{pack_rows, row_tiles, PackedWeight, TILE, TILE_K, TILE_ROWS};
+use super::Blocks;
 use crate::ops::{column_parts, lane_max, Exp, SharedMut};
 
 /// One run of a prefix's rows (a window's), packed per key/value head.
@@ -578,88 +579,6 @@ fn tile_pair(tiles: &[u16], pair: usize, k_tiles: usize, first: usize) -> [*cons
         tiles[(2 * pair * k_tiles + first) * TILE..].as_ptr(),
         tiles[((2 * pair + 1) * k_tiles + first) * TILE..].as_ptr(),
     ]
-}
-
-/// The block kernel of one pool part (AMX tiles configured for its thread while it lives).
-struct Blocks {
-    kernel: Bf16Kernel,
-}
-
-impl Blocks {
-    /// # Safety
-    /// `kernel` is available on this CPU.
-    unsafe fn start(kernel: Bf16Kernel) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Bf16Kernel::Amx {
-            super::x86::amx_configure();
-        }
-        Self { kernel }
-    }
-
-    /// A 32 x 32 block: see [`super::x86::Block`].
-    ///
-    /// # Safety
-    /// As [`super::x86::amx_block`].
-    #[allow(unused_variables)]
-    unsafe fn run(
-        &self,
-        a: [*const u16; 2],
-        b: [*const u16; 2],
-        k_tiles: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let block = super::x86::Block {
-                a,
-                b,
-                k_tiles,
-                c,
-                ldc,
-                accumulate,
-            };
-            match self.kernel {
-                Bf16Kernel::Amx => super::x86::amx_block(&block),
-                _ => super::x86::avx512_block(&block),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("only the portable bf16 kernel exists off x86-64")
-    }
-}
-
-impl Blocks {
-    /// A 32 x 32 block written at `c`: the sum of the products of `parts` (`(a, b, k_tiles)`
-    /// each, as [`Self::run`]'s).
-    ///
-    /// # Safety
-    /// As [`Self::run`], for every part.
-    unsafe fn run_sum(
-        &self,
-        parts: &[([*const u16; 2], [*const u16; 2], usize)],
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.kernel == Bf16Kernel::Amx {
-            return super::x86::amx_block_sum(parts, c, ldc);
-        }
-        for (i, &(a, b, k_tiles)) in parts.iter().enumerate() {
-            self.run(a, b, k_tiles, c, ldc, i > 0);
-        }
-    }
-}
-
-impl Drop for Blocks {
-    fn drop(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        if self.kernel == Bf16Kernel::Amx {
-            // SAFETY: configured in `start` on this thread.
-            unsafe { super::x86::amx_release() };
-        }
-    }
 }
 
 #[cfg(test)]
