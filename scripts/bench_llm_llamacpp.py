@@ -4,7 +4,10 @@ the reference for `pal bench llm --llama-cpp-python PYTHON`.
 
 Same token ids, shapes, batch sizes and threads as pal's benchmark; greedy. A batch of b
 sequences is one llama_batch per step (prompt: all b prompts at once; decode: one token per
-sequence), as llama.cpp's own batched example does. Prints one JSON line.
+sequence), as llama.cpp's own batched example does. Prints one JSON line, with
+llama_print_system_info() and whether llama.cpp's extra (repack/AMX) weight buffers were on:
+they are off unless PAL_LLAMACPP_EXTRA_BUFTS=1, since on an Intel Xeon VM with AMX they crashed
+llama.cpp with SIGSEGV (where they work, turn them on for llama.cpp's best figure).
 
 llama-cpp-python builds llama.cpp from source on install:
     python3 -m venv VENV && VENV/bin/pip install llama-cpp-python==0.3.16
@@ -12,6 +15,7 @@ llama-cpp-python builds llama.cpp from source on install:
 import argparse
 import ctypes
 import json
+import os
 import resource
 import statistics
 import time
@@ -36,7 +40,10 @@ def quiet(level, text, user_data):
 
 llama_cpp.llama_log_set(quiet, ctypes.c_void_p())
 llama_cpp.llama_backend_init()
-model = llama_cpp.llama_model_load_from_file(args.model.encode(), llama_cpp.llama_model_default_params())
+model_params = llama_cpp.llama_model_default_params()
+extra_bufts = os.environ.get("PAL_LLAMACPP_EXTRA_BUFTS") == "1"
+model_params.use_extra_bufts = extra_bufts
+model = llama_cpp.llama_model_load_from_file(args.model.encode(), model_params)
 vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
 
 
@@ -105,4 +112,6 @@ print(json.dumps({
     "weights": f"the GGUF's own (llama-cpp-python {llama_cpp.__version__})",
     "throughput": throughput,
     "peak_rss_bytes": peak,
+    "system_info": llama_cpp.llama_print_system_info().decode().strip()
+    + f"; extra (repack/AMX) weight buffers {'on' if extra_bufts else 'off (PAL_LLAMACPP_EXTRA_BUFTS=1 turns them on)'}",
 }))

@@ -11,6 +11,8 @@ Writes crates/pal-models/tests/fixtures/:
                                         + golden.safetensors (input_ids, attention_mask, logits)
   smollm2-golden.safetensors, smollm2-golden.json   (with --gguf) logits and token ids from the
                                         real SmolLM2-135M-Instruct GGUF, dequantized by transformers
+  gemma3-golden.safetensors, gemma3-golden.json     (with --gemma3-gguf) the same from the real
+                                        Gemma 3 270M Q4_K_M GGUF (`pal fetch gemma3-270m`)
 """
 import argparse
 import json
@@ -90,10 +92,42 @@ def make_smollm2(gguf_path):
           repr(tok.decode([int(logits[-1].argmax())])))
 
 
+def make_gemma3(gguf_path):
+    """Gemma 3 270M (base): logits of a plain-text prompt longer than the sliding window (512),
+    so that the local layers' window is checked, and the tokenizer on a few texts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank. "
+    prompt = sentence * 48 + "The capital of France is"
+    ids = tok(prompt, return_tensors="pt").input_ids  # with <bos>, as pal's Gemma template adds it
+    assert ids.shape[1] > 600, ids.shape
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    texts = ["Hello, world!", "The year 2025 had 365 days.", "  spaces\tand\nnewlines ",
+             "naïve café 東京", "<start_of_turn>user\nHi<end_of_turn>\n\n\n", "ünïcödé 🎵 ok"]
+    save_file({"input_ids": ids[0].to(torch.int64).contiguous(),
+               "last_logits": logits[-1].contiguous(),
+               "rows_logits": logits[::64, :512].contiguous()},
+              os.path.join(ROOT, "gemma3-golden.safetensors"))
+    with open(os.path.join(ROOT, "gemma3-golden.json"), "w") as f:
+        json.dump({"prompt": prompt,
+                   "encodings": [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids}
+                                 for t in texts]}, f, indent=1, ensure_ascii=False)
+    print("wrote gemma3 golden; argmax of last position:", int(logits[-1].argmax()),
+          repr(tok.decode([int(logits[-1].argmax())])))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--gguf", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--gemma3-gguf", help="path of gemma-3-270m-q4_k_m.gguf")
+    parser.add_argument("--only-gemma3", action="store_true", help="skip the other fixtures")
     args = parser.parse_args()
-    make_tiny()
+    if not args.only_gemma3:
+        make_tiny()
     if args.gguf:
         make_smollm2(args.gguf)
+    if args.gemma3_gguf:
+        make_gemma3(args.gemma3_gguf)

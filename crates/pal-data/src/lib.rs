@@ -8,6 +8,7 @@ pub mod batching;
 pub mod encode_shards;
 pub mod encoding;
 pub mod instruct;
+pub mod long_form;
 pub mod manifest;
 pub mod ood;
 pub mod shared;

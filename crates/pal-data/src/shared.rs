@@ -193,6 +193,16 @@ pub fn esc10_rows(root: &Path) -> Result<Vec<BTreeMap<String, String>>, BuildErr
         .collect())
 }
 
+/// The split of an FSDD clip from its `labels.csv` row's `split` and take (`index`): FSDD's
+/// official test split (takes 0-4) tests, takes 5-9 of the rest validate, the rest trains.
+pub fn fsdd_split(official: &str, take: usize) -> &'static str {
+    match (official, take) {
+        ("test", _) => "test",
+        (_, 5..=9) => "validation",
+        _ => "train",
+    }
+}
+
 /// Writes `out/fsdd`, `out/esc10`, `out/esc10-probe`, `out/esc10-captions` and `out/speech`
 /// (each `train.jsonl`, `validation.jsonl` and `test.jsonl`) from `root` (the shared `data`
 /// folder). Audio paths are absolute.
@@ -208,12 +218,7 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
         let take: usize = row["index"]
             .parse()
             .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
-        let split = match (row["split"].as_str(), take) {
-            ("test", _) => "test",
-            (_, 5..=9) => "validation",
-            _ => "train",
-        };
-        digits.push(split, l);
+        digits.push(fsdd_split(&row["split"], take), l);
     }
     digits.write(out, "fsdd", &mut summary)?;
 

@@ -1,5 +1,5 @@
-//! `pal probe --suite SUITE.toml`: encoders x integration modes x seeds (and sweeps of the
-//! encoder layer and the LAL start layer), each cell trained with the suite's curriculum and
+//! `pal probe --suite SUITE.toml`: LLMs x encoders x integration modes x seeds (and sweeps of
+//! the encoder layer and the LAL start layer), each cell trained with the suite's curriculum and
 //! evaluated on every held-out split in its own folder, then aggregated ([`crate::probe_table`]):
 //! per split the mean over seeds with a 95% interval, a paired comparison of each mode against
 //! PLITS on the same items and seeds, and each cell's training cost. A cell is done when its `cell.json` exists, so a killed
@@ -13,6 +13,12 @@
 //! modes = ["plits", "lal", "pal"]
 //! lal_start = 15                      # first LAL layer of lal and pal cells
 //!
+//! # or, instead of llm and lal_start, several LLMs (rows become "LLM + encoder"):
+//! # [[llms]]
+//! # name = "SmolLM2-135M"
+//! # path = "asset:smollm2-135m-instruct"
+//! # lal_start = 15
+//!
 //! [[splits]]
 //! name = "fsdd"
 //! manifest = "../../data/fsdd/test.jsonl"   # or: shards = "features/fsdd-test"
@@ -22,7 +28,7 @@
 //! kind = "whisper"                    # whisper | ast | shards (an external encoder's shard set)
 //! path = "asset:whisper-tiny.en"
 //!
-//! [sweeps]                            # optional, LAL cells of one encoder
+//! [sweeps]                            # optional, LAL cells of one encoder (and the first LLM)
 //! encoder = "whisper-tiny.en"
 //! layers = [{ index = 2 }, { index = 3 }]
 //! lal_starts = [0, 8, 22]
@@ -53,13 +59,17 @@ pub struct Suite {
     pub output: PathBuf,
     /// Curriculum whose stages train every cell.
     pub curriculum: PathBuf,
-    /// The LLM.
-    pub llm: String,
+    /// The LLM (a suite of one LLM; see `llms`).
+    #[serde(default)]
+    pub llm: Option<String>,
+    /// Several LLMs, each with its own LAL start: every encoder and mode is probed on each.
+    #[serde(default)]
+    pub llms: Vec<ProbeLlm>,
     /// Seeds: each cell is trained once per seed.
     pub seeds: Vec<u64>,
     /// Integration modes.
     pub modes: Vec<Route>,
-    /// First LAL layer of `lal` and `pal` cells.
+    /// First LAL layer of `lal` and `pal` cells (with `llm`).
     #[serde(default)]
     pub lal_start: usize,
     /// Held-out splits.
@@ -70,6 +80,22 @@ pub struct Suite {
     /// Sweeps of one encoder's layer and of the LAL start (LAL cells).
     #[serde(default)]
     pub sweeps: Option<Sweeps>,
+}
+
+/// An LLM of a suite of several.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeLlm {
+    /// Name (the first part of its rows: `NAME + ENCODER`).
+    pub name: String,
+    /// `.gguf` file, Hugging Face folder, or `asset:NAME`.
+    pub path: String,
+    /// First LAL layer of its `lal` and `pal` cells (about half its depth, as `lal_start` in a
+    /// suite of one).
+    pub lal_start: usize,
+    /// The encoders (by name) it is probed with; default: every encoder of the suite.
+    #[serde(default)]
+    pub encoders: Option<Vec<String>>,
 }
 
 /// A held-out split.
@@ -149,8 +175,12 @@ pub struct Sweeps {
 /// One trained-and-evaluated model of the grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
-    /// Row: encoder and variant (`whisper-tiny.en`, `whisper-tiny.en layer 2`, ...).
+    /// Row: LLM (in a suite of several), encoder and variant (`whisper-tiny.en`,
+    /// `whisper-tiny.en layer 2`, `Gemma3-270M + whisper-tiny.en`, ...).
     pub row: String,
+    /// The LLM's name in a suite of several (empty in a suite of one).
+    #[serde(default)]
+    pub llm: String,
     /// Mode.
     pub mode: Route,
     /// Seed.
@@ -227,6 +257,37 @@ impl Suite {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let suite: Suite = pal_models::formats::config_toml::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if suite.llm.is_some() != suite.llms.is_empty() {
+            anyhow::bail!(
+                "{}: give the LLM as llm = \"...\" (one) or as [[llms]] tables (several), not both or neither",
+                path.display()
+            );
+        }
+        if !suite.llms.is_empty() && suite.lal_start != 0 {
+            anyhow::bail!(
+                "{}: lal_start goes in each [[llms]] table when the suite has several LLMs",
+                path.display()
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for llm in &suite.llms {
+            if llm.name.is_empty() || !names.insert(llm.name.to_lowercase()) {
+                anyhow::bail!(
+                    "{}: [[llms]] name '{}' is empty or used twice (names are compared ignoring case: they name the cells' folders)",
+                    path.display(),
+                    llm.name
+                );
+            }
+            for name in llm.encoders.iter().flatten() {
+                if !suite.encoders.iter().any(|e| &e.name == name) {
+                    anyhow::bail!(
+                        "{}: [[llms]] '{}' names encoder '{name}', which the suite does not have",
+                        path.display(),
+                        llm.name
+                    );
+                }
+            }
+        }
         if suite.seeds.is_empty() || suite.modes.is_empty() || suite.splits.is_empty() {
             anyhow::bail!(
                 "{}: seeds, modes and splits must not be empty",
@@ -245,13 +306,37 @@ impl Suite {
         Ok(suite)
     }
 
-    /// Every cell: the grid, then the sweeps.
+    /// The suite's LLMs: its `[[llms]]`, or its one `llm` (named "": rows name the encoder only).
+    pub fn llm_list(&self) -> Vec<ProbeLlm> {
+        match &self.llm {
+            Some(path) => vec![ProbeLlm {
+                name: String::new(),
+                path: path.clone(),
+                lal_start: self.lal_start,
+                encoders: None,
+            }],
+            None => self.llms.clone(),
+        }
+    }
+
+    /// Every cell: the grid (per LLM), then the sweeps (on the first LLM).
     pub fn cells(&self) -> Vec<Cell> {
         let mut cells = vec![];
-        let mut push = |row: String, e: &ProbeEncoder, mode, layer, lal_start, seeds: &[u64]| {
+        let mut push = |llm: &ProbeLlm,
+                        row: String,
+                        e: &ProbeEncoder,
+                        mode,
+                        layer,
+                        lal_start,
+                        seeds: &[u64]| {
+            let row = match llm.name.as_str() {
+                "" => row,
+                name => format!("{name} + {row}"),
+            };
             for &seed in seeds {
                 cells.push(Cell {
                     row: row.clone(),
+                    llm: llm.name.clone(),
                     mode,
                     seed,
                     layer,
@@ -260,28 +345,30 @@ impl Suite {
                 });
             }
         };
-        for e in &self.encoders {
-            for &mode in &self.modes {
-                push(
-                    e.name.clone(),
-                    e,
-                    mode,
-                    e.layer,
-                    self.lal_start,
-                    &self.seeds,
-                );
+        let llms = self.llm_list();
+        for llm in &llms {
+            let probed = |e: &&ProbeEncoder| {
+                llm.encoders
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&e.name))
+            };
+            for e in self.encoders.iter().filter(probed) {
+                for &mode in &self.modes {
+                    let row = e.name.clone();
+                    push(llm, row, e, mode, e.layer, llm.lal_start, &self.seeds);
+                }
             }
         }
-        if let Some(s) = &self.sweeps {
+        if let (Some(s), Some(llm)) = (&self.sweeps, llms.first()) {
             if let Some(e) = self.encoders.iter().find(|e| e.name == s.encoder) {
                 let seeds = s.seeds.clone().unwrap_or_else(|| self.seeds.clone());
                 for &layer in &s.layers {
                     let row = format!("{} {}", e.name, layer_name(layer));
-                    push(row, e, Route::Lal, layer, self.lal_start, &seeds);
+                    push(llm, row, e, Route::Lal, layer, llm.lal_start, &seeds);
                 }
                 for &start in &s.lal_starts {
                     let row = format!("{} LAL from {start}", e.name);
-                    push(row, e, Route::Lal, e.layer, start, &seeds);
+                    push(llm, row, e, Route::Lal, e.layer, start, &seeds);
                 }
             }
         }
@@ -373,8 +460,15 @@ fn run_cell(
         seed: cell.seed,
         frozen_ffn: false,
         max_clips: 1,
+        max_audio_seconds: None,
+        max_audio_mib: None,
         llm: LlmSpec {
-            path: suite.llm.clone(),
+            path: suite
+                .llm_list()
+                .into_iter()
+                .find(|l| l.name == cell.llm)
+                .expect("cells come from the suite")
+                .path,
         },
         encoders: vec![EncoderSpec {
             name: "encoder".into(),
@@ -495,5 +589,84 @@ mod tests {
             Scoring::Correct.of(&serde_json::json!({ "correct": true })),
             1.0
         );
+    }
+
+    fn suite(dir: &Path, llm_part: &str) -> anyhow::Result<Suite> {
+        let path = dir.join("suite.toml");
+        let text = format!(
+            "output = \"out\"\ncurriculum = \"c.toml\"\nseeds = [0, 1]\nmodes = [\"plits\", \"lal\"]\n{llm_part}\n[[splits]]\nname = \"digits\"\nmanifest = \"t.jsonl\"\n[[encoders]]\nname = \"tiny\"\nkind = \"whisper\"\npath = \"asset:whisper-tiny.en\"\n"
+        );
+        std::fs::write(&path, text)?;
+        Suite::load(&path)
+    }
+
+    #[test]
+    fn a_suite_of_several_llms_probes_each_with_its_own_lal_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = suite(
+            dir.path(),
+            "llm = \"asset:smollm2-135m-instruct\"\nlal_start = 15",
+        )
+        .unwrap();
+        let cells = one.cells();
+        assert_eq!(cells.len(), 4);
+        assert!(cells
+            .iter()
+            .all(|c| c.row == "tiny" && c.llm.is_empty() && c.lal_start == 15));
+
+        let two = suite(
+            dir.path(),
+            "[[llms]]\nname = \"SmolLM2\"\npath = \"asset:smollm2-135m-instruct\"\nlal_start = 15\n[[llms]]\nname = \"Gemma3\"\npath = \"asset:gemma3-270m\"\nlal_start = 9",
+        )
+        .unwrap();
+        let cells = two.cells();
+        assert_eq!(cells.len(), 8);
+        let gemma: Vec<&Cell> = cells.iter().filter(|c| c.llm == "Gemma3").collect();
+        assert_eq!(gemma.len(), 4);
+        assert!(gemma
+            .iter()
+            .all(|c| c.row == "Gemma3 + tiny" && c.lal_start == 9));
+        // Each LLM's cells have folders of their own, under the shared encoder cache.
+        let folders: std::collections::BTreeSet<String> =
+            cells.iter().map(|c| c.folder()).collect();
+        assert_eq!(folders.len(), 8);
+        assert!(
+            gemma[0].folder().starts_with("gemma3___tiny/"),
+            "{}",
+            gemma[0].folder()
+        );
+
+        let both = suite(
+            dir.path(),
+            "llm = \"asset:smollm2-135m-instruct\"\n[[llms]]\nname = \"G\"\npath = \"x.gguf\"\nlal_start = 9",
+        );
+        let message = both
+            .expect_err("llm and llms together are refused")
+            .to_string();
+        assert!(
+            message.contains("suite.toml") && message.contains("[[llms]]"),
+            "{message}"
+        );
+        let twice = suite(
+            dir.path(),
+            "[[llms]]\nname = \"G\"\npath = \"a.gguf\"\nlal_start = 9\n[[llms]]\nname = \"g\"\npath = \"b.gguf\"\nlal_start = 9",
+        );
+        let message = twice.expect_err("one name twice is refused").to_string();
+        assert!(message.contains("used twice"), "{message}");
+        // An LLM probed with some of the encoders only.
+        let some = suite(
+            dir.path(),
+            "[[llms]]\nname = \"S\"\npath = \"a.gguf\"\nlal_start = 15\n[[llms]]\nname = \"G\"\npath = \"b.gguf\"\nlal_start = 9\nencoders = [\"tiny\"]",
+        )
+        .unwrap();
+        assert_eq!(some.cells().len(), 8);
+        let unknown = suite(
+            dir.path(),
+            "[[llms]]\nname = \"G\"\npath = \"b.gguf\"\nlal_start = 9\nencoders = [\"base\"]",
+        );
+        let message = unknown
+            .expect_err("an unknown encoder is refused")
+            .to_string();
+        assert!(message.contains("'base'"), "{message}");
     }
 }

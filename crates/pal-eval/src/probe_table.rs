@@ -187,7 +187,7 @@ pub fn markdown(rows: &[Row]) -> String {
     let mut columns = splits.clone();
     columns.push("mean of splits".into());
     let mut md = String::from("### Accuracy\n\n");
-    md.push_str(&header(with(&["encoder", "mode", "seeds"], &columns)));
+    md.push_str(&header(with(&["model", "mode", "seeds"], &columns)));
     for r in rows {
         md.push_str(&format!("{} {} |", name(r), r.seeds.len()));
         for s in &splits {
@@ -199,10 +199,10 @@ pub fn markdown(rows: &[Row]) -> String {
     let mut columns = splits.clone();
     columns.push("mean of splits".into());
     md.push_str(&format!(
-        "\n### Against PLITS (paired by seed: same encoder variant, seeds and items; {} comparisons, Holm)\n\n",
+        "\n### Against PLITS (paired by seed: same LLM, encoder variant, seeds and items; {} comparisons, Holm)\n\n",
         comparisons(rows)
     ));
-    md.push_str(&header(with(&["encoder", "mode"], &columns)));
+    md.push_str(&header(with(&["model", "mode"], &columns)));
     for r in rows.iter().filter(|r| !r.against_plits.is_empty()) {
         md.push_str(&name(r));
         for s in &splits {
@@ -213,7 +213,7 @@ pub fn markdown(rows: &[Row]) -> String {
     }
     md.push_str("\n### Training cost (this machine)\n\n");
     md.push_str(&header(with(
-        &["encoder", "mode", "train time", "median step", "peak RSS"],
+        &["model", "mode", "train time", "median step", "peak RSS"],
         &[],
     )));
     for r in rows {
@@ -244,6 +244,7 @@ mod tests {
                 layer: LayerSelection::default(),
                 lal_start: 15,
                 encoder: "enc".into(),
+                llm: String::new(),
             },
             scores: BTreeMap::from([
                 ("digits".to_string(), scores(digits)),
@@ -286,7 +287,7 @@ mod tests {
         assert_eq!(comparisons(&rows), 3);
         assert_eq!(rows[1].peak_rss_mib, 200.0);
         let md = markdown(&rows);
-        assert!(md.contains("| encoder | mode | seeds | digits | sounds | mean of splits |"));
+        assert!(md.contains("| model | mode | seeds | digits | sounds | mean of splits |"));
         assert!(
             md.contains("| enc | LAL | 2 | 87.5% [0.0, 100.0] |"),
             "{md}"

@@ -239,7 +239,7 @@ pub fn evaluate_with(
             .iter()
             .map(|l| {
                 let mut ids = built.tokenizer.encode(l)?;
-                ids.extend(built.tokenizer.stop_token_ids.first().copied());
+                ids.extend(built.tokenizer.answer_end_id());
                 Ok(Segment::Text { ids, trained: true })
             })
             .collect::<Result<_, pal_models::ModelError>>()?;

@@ -77,8 +77,8 @@ fn grows(built: &BuiltModel) -> bool {
 }
 
 /// One clip's samples (16 kHz mono) encoded as [`ask_encoded`] takes them: window by window
-/// ([`GrowingClip::encode_whole`]), or, for a model whose clips cannot grow, at once (up to `max_windows`
-/// windows either way).
+/// ([`GrowingClip::encode_whole`]), or, for a model whose clips cannot grow, at once (up to the
+/// model's length and memory limits either way, [`pal_models::audio_llm::limits`]).
 pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor>, ClipLal)> {
     if !grows(built) {
         let outputs = built.encode_clip(samples)?;
@@ -94,7 +94,8 @@ pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor
 
 /// The audio file at `path` encoded as [`ask_encoded`] takes it: decoded and encoded window by
 /// window as it is read ([`encode_growing`]), or, for a model whose clips cannot grow, decoded
-/// whole and encoded at once (up to `max_windows` windows either way). Errors name the file.
+/// whole and encoded at once (up to the model's length and memory limits either way). Errors
+/// name the file.
 pub fn encode_file(built: &BuiltModel, path: &Path) -> Result<(Vec<Tensor>, ClipLal)> {
     let named = |e: String| InferError::Invalid(format!("{}: {e}", path.display()));
     if !grows(built) {
@@ -116,7 +117,8 @@ pub fn encode_file(built: &BuiltModel, path: &Path) -> Result<(Vec<Tensor>, Clip
 /// any length is held as its keys and encoder outputs, never as its samples or all its
 /// activations at once. `pieces` gives the clip's 16 kHz samples in order, in pieces of any
 /// size (a decoder's packets). Returns each encoder's outputs and the clip's LAL keys and
-/// values. Refused past the encoders' longest clip (`max_windows` in the model config).
+/// values. Refused, before any of it is encoded, past the model's length or memory limit
+/// (`max_audio_seconds`, `max_audio_mib`; without them the encoders' `max_windows`).
 pub fn encode_growing(
     built: &BuiltModel,
     pieces: impl IntoIterator<Item = Result<Vec<f32>>>,
@@ -129,7 +131,7 @@ pub fn encode_growing(
         let piece = piece?;
         total += piece.len();
         // Refused as soon as the stream passes the limit, before more of it is read.
-        GrowingClip::check_length(&built.encoders, total)
+        GrowingClip::check_length(&built.model, &built.encoders, total)
             .map_err(|e| InferError::Invalid(e.to_string()))?;
         pending.extend_from_slice(&piece);
         let whole = pending.len() / window * window;

@@ -1,7 +1,8 @@
 //! A clip longer than the encoder's window, as `pal ask` and `pal chat` take it: decoded in
 //! pieces of any size and encoded window by window, it gets the answer the whole clip in memory
-//! gets; a clip past the config's windows is refused naming `max_windows`, and one whose audio
-//! tokens would pass the LLM's context (PLITS) is refused naming both figures.
+//! gets; a clip past the config's windows is refused naming `max_windows`, `max_audio_seconds`
+//! replaces the window count, and a clip whose audio tokens would pass the LLM's context (PLITS)
+//! is refused naming both figures.
 
 use std::path::Path;
 
@@ -12,10 +13,16 @@ use pal_models::audio_llm::{build, BuiltModel};
 
 /// SmolLM2-135M-Instruct + Whisper tiny.en (untrained adapter) routed as `route`.
 fn model(route: &str) -> Option<BuiltModel> {
+    model_with(route, "")
+}
+
+/// [`model`] with `top` (top-level config keys) added.
+fn model_with(route: &str, top: &str) -> Option<BuiltModel> {
     pal_assets::for_test(&pal_assets::SMOLLM2_135M)?;
     pal_assets::for_test(&pal_assets::WHISPER_TINY_EN)?;
     let text = format!(
         r#"
+{top}
 [llm]
 path = "asset:smollm2-135m-instruct"
 
@@ -84,6 +91,35 @@ fn a_long_clip_read_in_pieces_gets_the_whole_clips_answer() {
         error.contains("120 s") && error.contains("max_windows"),
         "{error}"
     );
+}
+
+#[test]
+fn max_audio_seconds_replaces_the_window_count() {
+    let Some(built) = model_with("lal", "max_audio_seconds = 150\nmax_audio_mib = 340") else {
+        return;
+    };
+    let params = GenerationParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    // Five windows, past max_windows = 4: taken, as 150 s allow (its f32 keys and outputs: about
+    // 293 MiB with their room to grow).
+    ask(&built, &[speech(125.0)], QUESTION, &params, |_| {}).unwrap();
+    let error = ask(&built, &[speech(155.0)], QUESTION, &params, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("155 s") && error.contains("max_audio_seconds") && error.contains("340 MiB"),
+        "{error}"
+    );
+    // A memory limit the clip's audio would pass is refused by itself.
+    let Some(small) = model_with("lal", "max_audio_seconds = 150\nmax_audio_mib = 100") else {
+        return;
+    };
+    let error = ask(&small, &[speech(125.0)], QUESTION, &params, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("max_audio_mib"), "{error}");
 }
 
 #[test]

@@ -7,7 +7,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_diff};
 use pal_models::audio_llm::config::LalRope;
-use pal_models::audio_llm::{Attachment, AudioLlm, ClipLal, Example, GrowingClip, Padding, Route};
+use pal_models::audio_llm::{
+    limits, Attachment, AudioLimits, AudioLlm, ClipLal, Example, GrowingClip, Padding, Route,
+};
 use pal_models::encoders::AudioEncoder;
 use pal_models::text::Segment;
 use pal_models::{Llama, LlamaConfig, Weights};
@@ -315,5 +317,103 @@ fn a_bf16_prefix_is_packed_window_by_window() {
         let alone = m.forward(&mut alone).unwrap();
         let d = max_diff(&together.narrow(0, i, 1).unwrap(), &alone);
         assert!(d < 1e-5 * scale, "item {i} in a batch: {d}");
+    }
+}
+
+/// [`FrameEncoder`] that says its rows, so that a clip's memory can be estimated.
+struct CountedFrames;
+
+impl AudioEncoder for CountedFrames {
+    fn id(&self) -> String {
+        FrameEncoder.id()
+    }
+
+    fn dim(&self) -> usize {
+        D_ENC
+    }
+
+    fn encode(&self, samples: &[f32]) -> pal_models::Result<Tensor> {
+        FrameEncoder.encode(samples)
+    }
+
+    fn window_samples(&self) -> Option<usize> {
+        FrameEncoder.window_samples()
+    }
+
+    fn rows_for(&self, samples: usize) -> Option<usize> {
+        Some(samples.div_ceil(HOP))
+    }
+}
+
+#[test]
+fn a_clip_past_its_seconds_or_memory_is_refused_before_it_is_encoded() {
+    let mut m = model(LalRope::None);
+    let encoders: Vec<Box<dyn AudioEncoder>> = vec![Box::new(CountedFrames)];
+    // One second of audio: 4,000 rows.
+    let second = pal_audio::SAMPLE_RATE as usize;
+    m.audio_limits = AudioLimits {
+        max_seconds: Some(1.0),
+        max_bytes: None,
+    };
+    GrowingClip::encode_whole(&m, &encoders, &audio(second, 1)).unwrap();
+    let before = m
+        .lal_prefix_computations
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let message = GrowingClip::encode_whole(&m, &encoders, &audio(second + 40, 1))
+        .map(|_| ())
+        .expect_err("a clip past max_audio_seconds is refused")
+        .to_string();
+    assert!(
+        message.contains("max_audio_seconds") && message.contains("MiB"),
+        "{message}"
+    );
+    let after = m
+        .lal_prefix_computations
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before, after, "refused before any of it is encoded");
+
+    // The memory limit: half of what a second's audio holds.
+    let estimate = limits::audio_bytes(&m, &encoders, second).unwrap();
+    m.audio_limits = AudioLimits {
+        max_seconds: None,
+        max_bytes: Some(estimate / 2),
+    };
+    let message = GrowingClip::encode_whole(&m, &encoders, &audio(second, 1))
+        .map(|_| ())
+        .expect_err("a clip past max_audio_mib is refused")
+        .to_string();
+    assert!(
+        message.contains("max_audio_mib") && message.contains("any length"),
+        "{message}"
+    );
+    // Growing clips are checked as they grow.
+    let mut clip = GrowingClip::new(&m).unwrap();
+    let refused = audio(second, 2)
+        .chunks(40)
+        .map(|w| clip.push(&m, &encoders, w))
+        .find(|r| r.is_err());
+    assert!(
+        refused.is_some(),
+        "a growing clip stops at its memory limit"
+    );
+}
+
+#[test]
+fn the_memory_estimate_bounds_what_a_clip_holds() {
+    // Keys without positions: the tiny model's RoPE table (4,096) is shorter than these clips.
+    let m = model(LalRope::None);
+    let encoders: Vec<Box<dyn AudioEncoder>> = vec![Box::new(CountedFrames)];
+    for windows in [300, 700, 1500] {
+        let samples = audio(40 * windows + 12, 3);
+        let mut clip = GrowingClip::new(&m).unwrap();
+        for w in samples[..40 * windows].chunks(40) {
+            clip.push(&m, &encoders, w).unwrap();
+        }
+        let held = clip.bytes();
+        let estimate = limits::audio_bytes(&m, &encoders, samples.len()).unwrap();
+        assert!(
+            held <= estimate && estimate <= 4 * held,
+            "{windows} windows: holds {held} bytes, estimated {estimate}"
+        );
     }
 }

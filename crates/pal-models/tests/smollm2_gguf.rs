@@ -2,6 +2,8 @@
 //! transformers on the same dequantized weights (golden values from scripts/make_llm_fixtures.py),
 //! and a truncated GGUF is a clear error.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -32,20 +34,7 @@ fn smollm2_gguf_logits_and_tokenizer_match_transformers() {
     let (ids, last, head, json) = golden();
 
     // Tokenizer built from GGUF metadata encodes like transformers' tokenizer.
-    for case in json["encodings"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let expected: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(
-            tokenizer.encode(text).unwrap(),
-            expected,
-            "encoding {text:?}"
-        );
-    }
+    common::assert_encodings(&tokenizer, &json, false);
     let prompt = json["prompt"].as_str().unwrap();
     assert_eq!(
         tokenizer.encode(prompt).unwrap(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use pal_nn::Params;
 
-use crate::audio_llm::config::{Attachment, EncoderKind, ModelConfig};
+use crate::audio_llm::config::{Attachment, EncoderKind, EncoderSpec, ModelConfig};
 use crate::audio_llm::model::AudioLlm;
 use crate::encoders::ast::{Ast, AstEncoder};
 use crate::encoders::audio_encoder::{encode_clip, AudioEncoder};
@@ -122,23 +122,20 @@ pub fn build_encoders(
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let windows = WindowPolicy {
-            max_windows: spec.max_windows,
-        };
         let encoder: Box<dyn AudioEncoder> = match spec.kind {
             EncoderKind::Whisper => {
                 let w = Whisper::from_folder(&path, false, dtype, device)?;
                 let mut e = WhisperAudioEncoder::new(w.encoder, w.config.num_mel_bins, id);
                 e.layer = spec.layer;
                 e.real_length = spec.real_length;
-                e.windows = windows;
+                e.windows = window_policy(config, spec, e.window_samples());
                 Box::new(e)
             }
             EncoderKind::Ast => {
                 let mut e = AstEncoder::new(Ast::from_folder(&path, dtype, device)?, id);
                 e.layer = spec.layer;
                 e.real_length = spec.real_length;
-                e.windows = windows;
+                e.windows = window_policy(config, spec, e.window_samples());
                 Box::new(e)
             }
             EncoderKind::Shards => Box::new(ExternalEncoder::from_shards(&path, &spec.name)?),
@@ -156,6 +153,20 @@ pub fn build_encoders(
         encoders.push(encoder);
     }
     Ok(encoders)
+}
+
+/// The windows an encoder of `spec` takes per clip: its `max_windows`, or, where the config sets
+/// `max_audio_seconds`, as many of its windows (`window` samples) as that fills (the model
+/// checks the seconds themselves, [`crate::audio_llm::limits`]).
+fn window_policy(config: &ModelConfig, spec: &EncoderSpec, window: Option<usize>) -> WindowPolicy {
+    let max_windows = match (config.max_audio_seconds, window) {
+        (Some(seconds), Some(window)) if window > 0 => {
+            let samples = seconds * pal_audio::SAMPLE_RATE as f64;
+            (samples / window as f64).ceil().max(1.0) as usize
+        }
+        _ => spec.max_windows,
+    };
+    WindowPolicy { max_windows }
 }
 
 /// Loads everything a config names (paths relative to `base`) and creates the adapter parameters:
@@ -191,6 +202,7 @@ pub fn build(
     }
     let mut model = AudioLlm::new(llm, &attachments, &params)?;
     model.max_clips = config.max_clips;
+    model.audio_limits = config.audio_limits()?;
     Ok(BuiltModel {
         model,
         encoders,

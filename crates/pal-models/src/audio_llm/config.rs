@@ -6,6 +6,8 @@
 //! seed = 0            # initialisation of the adapter parameters
 //! frozen_ffn = false  # never train FFN weights, even when the LLM is tuned
 //! max_clips = 1       # audio clips one request may hold (each at its own place in the prompt)
+//! max_audio_seconds = 3600   # longest clip (default: each encoder's max_windows windows)
+//! max_audio_mib = 2048       # most memory one clip's audio may hold (default: no limit)
 //!
 //! [llm]
 //! path = "asset:smollm2-135m-instruct"   # a .gguf file, an HF folder, or a fetched asset
@@ -44,6 +46,17 @@ pub struct ModelConfig {
     /// and takes its own place in the prompt (a server refuses requests with more).
     #[serde(default = "one")]
     pub max_clips: usize,
+    /// Longest clip, seconds. Unset, each encoder takes `max_windows` windows (4 x 30 s for
+    /// Whisper); set, it replaces them: a clip of any length up to it is encoded window by
+    /// window, and LAL keeps its keys and values, never its samples (PLITS still refuses a clip
+    /// whose tokens pass the LLM's context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_audio_seconds: Option<f64>,
+    /// Most memory one clip's audio may hold, MiB: its encoder outputs and LAL keys and values,
+    /// estimated from its length before any of it is encoded
+    /// ([`crate::audio_llm::limits::audio_bytes`]). Unset: no limit beyond the length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_audio_mib: Option<f64>,
     /// The backbone.
     pub llm: LlmSpec,
     /// Encoders, in order.
@@ -118,6 +131,23 @@ fn default_max_windows() -> usize {
 }
 
 impl ModelConfig {
+    /// The clip limits `max_audio_seconds` and `max_audio_mib` make; refuses limits that are
+    /// not positive numbers.
+    pub fn audio_limits(&self) -> Result<crate::audio_llm::limits::AudioLimits> {
+        let positive = |name: &str, v: Option<f64>| match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(ModelError::Unsupported(format!(
+                "{name} = {x} in the model config: give a positive number"
+            ))),
+            _ => Ok(v),
+        };
+        let seconds = positive("max_audio_seconds", self.max_audio_seconds)?;
+        let mib = positive("max_audio_mib", self.max_audio_mib)?;
+        Ok(crate::audio_llm::limits::AudioLimits {
+            max_seconds: seconds,
+            max_bytes: mib.map(|m| (m * (1 << 20) as f64) as usize),
+        })
+    }
+
     /// Reads a config file; errors name the file and the offending field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {

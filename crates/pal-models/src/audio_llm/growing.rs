@@ -290,19 +290,14 @@ impl GrowingClip {
             .unwrap_or(30 * pal_audio::SAMPLE_RATE as usize)
     }
 
-    /// Refuses a clip of `samples` (16 kHz) longer than `encoders` take (`max_windows` in the
-    /// model config), naming the limit: checked before any of it is encoded.
-    pub fn check_length(encoders: &[Box<dyn AudioEncoder>], samples: usize) -> Result<()> {
-        let window = Self::window_samples(encoders);
-        match encoders.iter().filter_map(|e| e.max_samples()).min() {
-            Some(limit) if samples > limit => Err(ModelError::Unsupported(format!(
-                "the clip is longer than {:.0} s, the most this model takes ({} windows of {:.0} s: max_windows in its model config)",
-                limit as f64 / pal_audio::SAMPLE_RATE as f64,
-                limit / window,
-                window as f64 / pal_audio::SAMPLE_RATE as f64
-            ))),
-            _ => Ok(()),
-        }
+    /// Refuses a clip of `samples` (16 kHz) longer than `model` takes, in seconds or memory
+    /// ([`crate::audio_llm::limits::check_clip`]): checked before any of it is encoded.
+    pub fn check_length(
+        model: &AudioLlm,
+        encoders: &[Box<dyn AudioEncoder>],
+        samples: usize,
+    ) -> Result<()> {
+        crate::audio_llm::limits::check_clip(model, encoders, samples)
     }
 
     /// A whole clip (16 kHz mono) encoded as it would grow: its whole windows one by one, then
@@ -313,7 +308,7 @@ impl GrowingClip {
         encoders: &[Box<dyn AudioEncoder>],
         samples: &[f32],
     ) -> Result<(Vec<Tensor>, ClipLal)> {
-        Self::check_length(encoders, samples.len())?;
+        Self::check_length(model, encoders, samples.len())?;
         let mut clip = Self::new(model)?;
         let window = Self::window_samples(encoders);
         let whole = samples.len() / window * window;
@@ -332,7 +327,7 @@ impl GrowingClip {
         encoders: &[Box<dyn AudioEncoder>],
         window: &[f32],
     ) -> Result<()> {
-        Self::check_length(encoders, self.samples + window.len())?;
+        Self::check_length(model, encoders, self.samples + window.len())?;
         let (outputs, lal, positions) = self.encode(model, encoders, window)?;
         let frames = self.write_outputs(&outputs)?;
         let rows = self.write(&lal)?;
@@ -482,7 +477,7 @@ impl GrowingClip {
         let mut extra = vec![0; self.buffers.len()];
         let mut tail_frames = vec![0; self.frames.len()];
         if !tail.is_empty() {
-            Self::check_length(encoders, self.samples + tail.len())?;
+            Self::check_length(model, encoders, self.samples + tail.len())?;
             let (outputs, lal, _) = self.encode(model, encoders, tail)?;
             tail_frames = self.write_outputs(&outputs)?;
             extra = self.write(&lal)?;

@@ -205,15 +205,33 @@ impl LalAdapter {
         let (b, na, d_enc) = frames.dims3()?;
         // The frames are constants: the projectors compute weight gradients only.
         let flat = frames.reshape((b * na, d_enc))?;
-        let rope_tables = match self.rope {
-            LalRope::Prefix => Some(llm.rope.at(positions)?),
-            LalRope::None => None,
-        };
+        if self.rope == LalRope::Prefix && positions.elem_count() > 0 {
+            let last = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+            if last >= llm.rope.len() {
+                return Err(crate::error::ModelError::Unsupported(format!(
+                    "the audio's keys take positions up to {last}, past the LLM's {} (rope = \"prefix\"): use a shorter clip, or lal.rope = \"none\" for long ones",
+                    llm.rope.len()
+                )));
+            }
+        }
+        // The global and the local layers' tables (a local layer may have its own RoPE base),
+        // each looked up once.
+        let mut looked_up: [Option<(Tensor, Tensor)>; 2] = [None, None];
         let mut out = Vec::with_capacity(self.layers.len());
         let shape = (b, na, c.num_key_value_heads, c.head_dim);
         let mut flat_with_ones = None;
         for (j, &index) in self.layers.iter().enumerate() {
             let layer = &llm.layers[index];
+            let rope_tables = match self.rope {
+                LalRope::Prefix => {
+                    let slot = usize::from(llm.has_local_rope(index));
+                    if looked_up[slot].is_none() {
+                        looked_up[slot] = Some(llm.rope_of(index).at(positions)?);
+                    }
+                    looked_up[slot].clone()
+                }
+                LalRope::None => None,
+            };
             if let (LalProjection::Linear(projectors), None) = (&self.projector, &self.own_norms) {
                 let projector = &projectors[j];
                 if llm.frozen_layer_nodes

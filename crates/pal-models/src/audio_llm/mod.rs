@@ -6,7 +6,8 @@
 //! - [`batch`]: examples assembled into the LLM's input rows.
 //! - [`model`]: [`AudioLlm`], the LLM with its attached encoders (prepare, loss, logits).
 //! - [`build`]: a model built from its config, or loaded from a run folder.
-//! - [`growing`]: a clip encoded window by window as its audio arrives.
+//! - [`growing`]: a clip encoded window by window as its audio arrives; [`limits`]: how long a
+//!   clip may be, in seconds and memory.
 
 pub mod batch;
 pub mod build;
@@ -14,10 +15,12 @@ pub mod config;
 pub mod connector;
 pub mod growing;
 pub mod lal;
+pub mod limits;
 pub mod model;
 
 pub use batch::{Example, Padding, PreparedBatch};
 pub use build::{build, build_encoders, load_run, write_untrained_run, BuiltModel};
 pub use config::{Attachment, LalConfig, ModelConfig, Route};
 pub use growing::GrowingClip;
+pub use limits::AudioLimits;
 pub use model::{AudioLlm, ClipLal};

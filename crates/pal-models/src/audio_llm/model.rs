@@ -52,6 +52,9 @@ pub struct AudioLlm {
     /// copies beside a bf16 backbone (see [`pal_nn::Params::master_dtype`]). Connector tokens
     /// and LAL rows are cast to the backbone's type where they enter it.
     pub adapter_dtype: DType,
+    /// How long a clip may be, in seconds and memory (the config's `max_audio_seconds` and
+    /// `max_audio_mib`; see [`crate::audio_llm::limits`]).
+    pub audio_limits: crate::audio_llm::limits::AudioLimits,
 }
 
 impl AudioLlm {
@@ -99,6 +102,7 @@ impl AudioLlm {
             encoders,
             lal_prefix_computations: Default::default(),
             max_clips: 1,
+            audio_limits: Default::default(),
             adapter_dtype: params.dtype(),
         })
     }

@@ -28,6 +28,11 @@ pub trait AudioEncoder: Send + Sync {
     fn max_samples(&self) -> Option<usize> {
         None
     }
+    /// How many output rows a clip of `samples` gives, when the encoder can tell without
+    /// encoding it (what [`crate::audio_llm::limits`] estimates a clip's memory from).
+    fn rows_for(&self, _samples: usize) -> Option<usize> {
+        None
+    }
 }
 
 impl AudioEncoder for Box<dyn AudioEncoder> {
@@ -53,6 +58,10 @@ impl AudioEncoder for Box<dyn AudioEncoder> {
 
     fn max_samples(&self) -> Option<usize> {
         self.as_ref().max_samples()
+    }
+
+    fn rows_for(&self, samples: usize) -> Option<usize> {
+        self.as_ref().rows_for(samples)
     }
 }
 

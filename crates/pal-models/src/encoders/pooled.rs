@@ -69,6 +69,10 @@ impl AudioEncoder for PooledEncoder {
     fn max_samples(&self) -> Option<usize> {
         self.inner.max_samples()
     }
+
+    fn rows_for(&self, samples: usize) -> Option<usize> {
+        Some(self.inner.rows_for(samples)?.div_ceil(self.pool))
+    }
 }
 
 #[cfg(test)]

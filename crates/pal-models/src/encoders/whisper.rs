@@ -635,6 +635,21 @@ impl AudioEncoder for WhisperAudioEncoder {
         Some(self.encoder.max_frames() * 160 * self.windows.max_windows)
     }
 
+    /// Per window, one token per 320 samples (two mel frames), or the whole window's tokens
+    /// without `real_length`.
+    fn rows_for(&self, samples: usize) -> Option<usize> {
+        let window = self.encoder.max_frames() * 160;
+        let whole = samples / window;
+        let rest = samples % window;
+        let per_window = window / 320;
+        let tail = match (rest, self.real_length) {
+            (0, _) => 0,
+            (r, true) => r.div_ceil(320),
+            (_, false) => per_window,
+        };
+        Some(whole * per_window + tail)
+    }
+
     fn encode(&self, samples: &[f32]) -> Result<Tensor> {
         Ok(self
             .encode_batch(&[samples])?

@@ -129,8 +129,9 @@ impl GgufFile {
         let mut tensors = HashMap::new();
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
+        let arch = self.architecture()?;
         for name in names {
-            let Some(hf_name) = hf_tensor_name(name) else {
+            let Some(hf_name) = hf_tensor_name(name, &arch) else {
                 continue;
             };
             let q = self
@@ -160,8 +161,9 @@ impl GgufFile {
         let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
         let mut out = HashMap::new();
+        let arch = self.architecture()?;
         for (name, info) in &self.content.tensor_infos {
-            let Some(hf_name) = hf_tensor_name(name) else {
+            let Some(hf_name) = hf_tensor_name(name, &arch) else {
                 continue;
             };
             if matches!(
@@ -216,8 +218,11 @@ fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
     order
 }
 
-/// Hugging Face name of a llama.cpp tensor name; `None` for tensors pal does not use.
-pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+/// Hugging Face name of a llama.cpp tensor name in a file of architecture `arch`; `None` for
+/// tensors pal does not use. (Gemma's norms keep their Gemma names: `ffn_norm` is its
+/// `pre_feedforward_layernorm`, `post_attention_norm` its `post_attention_layernorm`; the GGUF
+/// converter stored them as `1 + w`, the factor they multiply by.)
+pub fn hf_tensor_name(gguf_name: &str, arch: &str) -> Option<String> {
     let direct = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -230,8 +235,12 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (part, kind) = rest.rsplit_once('.')?;
+    let gemma = arch == "gemma3";
     let hf = match part {
         "attn_norm" => "input_layernorm",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",

@@ -1,5 +1,6 @@
-//! The shape and options of a Llama-family model (Llama 3.x, SmolLM2, Qwen2/2.5, Qwen3), read
-//! from a Hugging Face `config.json` or from GGUF metadata, and the RoPE frequencies they imply.
+//! The shape and options of a Llama-family model (Llama 3.x, SmolLM2, Qwen2/2.5, Qwen3, and
+//! Gemma 3 from GGUF), read from a Hugging Face `config.json` or from GGUF metadata, and the RoPE
+//! frequencies they imply.
 
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,38 @@ pub enum RopeScaling {
     },
 }
 
+/// The FFN's gate activation: `down(act(gate) * up)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SiLU (SwiGLU: Llama, Qwen).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (GeGLU: Gemma).
+    GeluTanh,
+}
+
+/// Layers that attend over a sliding window of recent positions, interleaved with global ones
+/// (Gemma 3: five local layers, then one global).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlidingWindow {
+    /// A query at position `p` sees keys at positions `p - window + 1 ..= p` in a local layer.
+    pub window: usize,
+    /// Every `global_every`-th layer (indices `global_every - 1`, `2 * global_every - 1`, ...)
+    /// is global; the others are local.
+    pub global_every: usize,
+    /// RoPE base of the local layers (the global ones use `rope_theta`).
+    pub rope_theta: f64,
+}
+
+impl SlidingWindow {
+    /// Whether layer `index` attends over the window only.
+    pub fn is_local(&self, index: usize) -> bool {
+        self.global_every == 0 || !(index + 1).is_multiple_of(self.global_every)
+    }
+}
+
 /// The shape and options of a Llama-family model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -66,8 +99,22 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections have a bias (Qwen2).
     pub attention_bias: bool,
-    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+    /// Per-head RMSNorm on queries and keys before RoPE (Qwen3, Gemma 3).
     pub qk_norm: bool,
+    /// The FFN's gate activation.
+    #[serde(default)]
+    pub hidden_act: Activation,
+    /// RMSNorm on the attention block's and the FFN's outputs before each residual add, beside
+    /// the usual pre-norms (Gemma 2/3).
+    #[serde(default)]
+    pub sandwich_norms: bool,
+    /// Token embeddings are multiplied by this as they are looked up (Gemma: `sqrt(d)`); inputs
+    /// given as embeddings (PLITS's audio rows) are not.
+    #[serde(default)]
+    pub embedding_scale: Option<f64>,
+    /// Local (sliding-window) layers, if any.
+    #[serde(default)]
+    pub sliding_window: Option<SlidingWindow>,
 }
 
 /// config.json as written by transformers 4.x and 5.x (fields we read).
@@ -120,6 +167,11 @@ impl LlamaConfig {
             "llama" | "mistral" => (raw.attention_bias.unwrap_or(false), false),
             "qwen2" => (true, false),
             "qwen3" => (raw.attention_bias.unwrap_or(false), true),
+            "gemma3" | "gemma3_text" => {
+                return Err(ModelError::Unsupported(
+                    "Gemma 3 loads from its GGUF file (pal fetch gemma3-270m), not yet from a Hugging Face folder".into(),
+                ))
+            }
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "model_type '{other}' is not supported (llama, mistral, qwen2, qwen3 are)"
@@ -165,23 +217,30 @@ impl LlamaConfig {
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             attention_bias,
             qk_norm,
+            hidden_act: Activation::Silu,
+            sandwich_norms: false,
+            embedding_scale: None,
+            sliding_window: None,
         })
     }
 
-    /// The config from a GGUF file's `{arch}.*` metadata keys (llama, qwen2 or qwen3).
+    /// The config from a GGUF file's `{arch}.*` metadata keys (llama, qwen2, qwen3 or gemma3).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.architecture()?;
         let (attention_bias, qk_norm) = match arch.as_str() {
             "llama" => (false, false),
             "qwen2" => (true, false),
-            "qwen3" => (false, true),
+            "qwen3" | "gemma3" => (false, true),
             other => {
                 return Err(ModelError::format(
                     file.path(),
-                    format!("architecture '{other}' is not supported (llama, qwen2, qwen3 are)"),
+                    format!(
+                        "architecture '{other}' is not supported (llama, qwen2, qwen3, gemma3 are)"
+                    ),
                 ))
             }
         };
+        let gemma = arch == "gemma3";
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = file.usize_of(&key("embedding_length"))?;
         let heads = file.usize_of(&key("attention.head_count"))?;
@@ -195,14 +254,33 @@ impl LlamaConfig {
                 factors: factors.to_dtype(DType::F64)?.to_vec1::<f64>()?,
             })
         } else {
-            None
+            match file.string_of(&key("rope.scaling.type")).ok().as_deref() {
+                None | Some("none") => None,
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: file.f64_of(&key("rope.scaling.factor"))?,
+                }),
+                Some(other) => {
+                    return Err(ModelError::format(
+                        file.path(),
+                        format!("rope scaling '{other}' is not supported (linear is)"),
+                    ))
+                }
+            }
         };
+        let layers = file.usize_of(&key("block_count"))?;
+        if gemma && layers == 62 {
+            // Gemma 3 27B scales attention by 1/sqrt(d / heads), not 1/sqrt(head_dim).
+            return Err(ModelError::format(
+                file.path(),
+                "Gemma 3 27B is not supported (its attention scale differs); 270M to 12B are",
+            ));
+        }
         Ok(Self {
             model_type: arch.clone(),
             vocab_size,
             hidden_size,
             intermediate_size: file.usize_of(&key("feed_forward_length"))?,
-            num_hidden_layers: file.usize_of(&key("block_count"))?,
+            num_hidden_layers: layers,
             num_attention_heads: heads,
             num_key_value_heads: file
                 .usize_of(&key("attention.head_count_kv"))
@@ -217,7 +295,38 @@ impl LlamaConfig {
             tie_word_embeddings: !file.has_tensor("output.weight"),
             attention_bias,
             qk_norm,
+            hidden_act: match gemma {
+                true => Activation::GeluTanh,
+                false => Activation::Silu,
+            },
+            sandwich_norms: gemma,
+            embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            // Gemma 3's GGUF stores the window but not the layer pattern or the local RoPE base:
+            // five local layers per global one, base 10,000 (as llama.cpp and transformers read it).
+            sliding_window: match gemma {
+                true => Some(SlidingWindow {
+                    window: file.usize_of(&key("attention.sliding_window"))?,
+                    global_every: 6,
+                    rope_theta: 10_000.0,
+                }),
+                false => None,
+            },
         })
+    }
+
+    /// Inverse RoPE frequencies of layer `index`: the local base for a sliding-window layer.
+    pub fn layer_rope_inv_freq(&self, index: usize) -> Vec<f64> {
+        match &self.sliding_window {
+            Some(w) if w.is_local(index) => {
+                let local = Self {
+                    rope_theta: w.rope_theta,
+                    rope_scaling: None,
+                    ..self.clone()
+                };
+                local.rope_inv_freq()
+            }
+            _ => self.rope_inv_freq(),
+        }
     }
 
     /// Inverse RoPE frequencies (`head_dim / 2` of them), with scaling applied.

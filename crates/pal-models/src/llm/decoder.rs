@@ -1,6 +1,7 @@
 //! The Llama-family decoder: Llama 3.x (rope scaling "llama3"), SmolLM2 (tied embeddings),
-//! Qwen2/Qwen2.5 (q/k/v bias) and Qwen3 (q/k RMSNorm). Weights are named as in Hugging Face
-//! checkpoints (`model.layers.N.self_attn.q_proj.weight`, ...).
+//! Qwen2/Qwen2.5 (q/k/v bias), Qwen3 (q/k RMSNorm) and Gemma 3 (q/k RMSNorm, sandwich norms,
+//! GeGLU, scaled embeddings, local sliding-window layers with their own RoPE base). Weights are
+//! named as in Hugging Face checkpoints (`model.layers.N.self_attn.q_proj.weight`, ...).
 //!
 //! All ops come from `pal-nn`, so the same code runs inference and training: a weight that is a
 //! candle `Var` is trained, any other weight is frozen and gets no gradient. Each layer runs
@@ -34,8 +35,10 @@ pub struct Llama {
     pub norm: Tensor,
     /// Output projection (the embedding matrix when tied).
     pub lm_head: Linear,
-    /// RoPE tables.
+    /// RoPE tables (of every layer, or of the global layers where some are local).
     pub rope: RopeTable,
+    /// RoPE tables of the local (sliding-window) layers, where they have their own base.
+    pub rope_local: Option<RopeTable>,
     /// Rows that went through an FFN since the model was built (instrumentation: LAL's audio must
     /// never reach an FFN).
     pub ffn_rows: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -119,6 +122,11 @@ impl Llama {
                 shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![dh]));
                 shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![dh]));
             }
+            if c.sandwich_norms {
+                for name in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                    shapes.push((format!("{p}.{name}.weight"), vec![d]));
+                }
+            }
         }
         let mut tensors = std::collections::HashMap::new();
         for (name, shape) in shapes {
@@ -154,8 +162,24 @@ impl Llama {
                     Ok(None)
                 }
             };
+            // Sandwich norms (Gemma): `post_attention_layernorm` norms the attention output, and
+            // the FFN's pre-norm is `pre_feedforward_layernorm`.
+            let norm = |name: &str| weights.get(&format!("{p}.{name}.weight"), &[d]);
+            let (pre_ffn, attention_output_norm, ffn_output_norm) = match c.sandwich_norms {
+                true => (
+                    norm("pre_feedforward_layernorm")?,
+                    Some(norm("post_attention_layernorm")?),
+                    Some(norm("post_feedforward_layernorm")?),
+                ),
+                false => (norm("post_attention_layernorm")?, None, None),
+            };
+            let window = c
+                .sliding_window
+                .as_ref()
+                .filter(|w| w.is_local(i))
+                .map(|w| w.window);
             layers.push(DecoderLayer {
-                input_layernorm: weights.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                input_layernorm: norm("input_layernorm")?,
                 q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, d, c.attention_bias)?,
                 k_proj: linear(
                     &format!("{p}.self_attn.k_proj"),
@@ -172,11 +196,13 @@ impl Llama {
                 o_proj: linear(&format!("{p}.self_attn.o_proj"), d, q_dim, false)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
-                post_attention_layernorm: weights
-                    .get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                post_attention_layernorm: pre_ffn,
                 gate_proj: linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
                 up_proj: linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
                 down_proj: linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+                attention_output_norm,
+                ffn_output_norm,
+                window,
             });
         }
         let norm = weights.get("model.norm.weight", &[d])?;
@@ -191,7 +217,22 @@ impl Llama {
             }
         };
         let rope_len = c.max_position_embeddings.max(4096);
-        let rope = RopeTable::new(c, rope_len, weights.dtype(), weights.device())?;
+        let rope = RopeTable::new(
+            &c.rope_inv_freq(),
+            rope_len,
+            weights.dtype(),
+            weights.device(),
+        )?;
+        let rope_local = match &c.sliding_window {
+            Some(w) if w.rope_theta != c.rope_theta || c.rope_scaling.is_some() => {
+                let local = (0..c.num_hidden_layers).find(|&i| w.is_local(i));
+                let inv_freq = local.map(|i| c.layer_rope_inv_freq(i));
+                inv_freq
+                    .map(|f| RopeTable::new(&f, rope_len, weights.dtype(), weights.device()))
+                    .transpose()?
+            }
+            _ => None,
+        };
         Ok(Self {
             config,
             embed_tokens,
@@ -199,6 +240,7 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            rope_local,
             ffn_rows: Default::default(),
             checkpoint_layers: false,
             frozen_layer_nodes: true,
@@ -238,14 +280,36 @@ impl Llama {
         KvCache::new(self.layers.len())
     }
 
-    /// Token embeddings of `tokens` (`(batch, rows)`, u32) as `(batch, rows, d)`.
+    /// The RoPE table of layer `index`: the local one for a sliding-window layer with its own base.
+    pub fn rope_of(&self, index: usize) -> &RopeTable {
+        match (&self.rope_local, self.has_local_rope(index)) {
+            (Some(local), true) => local,
+            _ => &self.rope,
+        }
+    }
+
+    /// Whether layer `index` is a local layer with RoPE tables of its own.
+    pub fn has_local_rope(&self, index: usize) -> bool {
+        self.rope_local.is_some() && self.layers[index].window.is_some()
+    }
+
+    /// Token embeddings of `tokens` (`(batch, rows)`, u32) as `(batch, rows, d)`, scaled by
+    /// [`LlamaConfig::embedding_scale`] where the model has one.
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, n) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self
-            .embed_tokens
-            .index_select(&flat, 0)?
-            .reshape((b, n, self.config.hidden_size))?)
+        let rows =
+            self.embed_tokens
+                .index_select(&flat, 0)?
+                .reshape((b, n, self.config.hidden_size))?;
+        Ok(match self.config.embedding_scale {
+            // Gemma rounds the scale to the model's type before multiplying.
+            Some(scale) => {
+                let scale = Tensor::new(scale as f32, rows.device())?.to_dtype(rows.dtype())?;
+                rows.broadcast_mul(&scale)?
+            }
+            None => rows,
+        })
     }
 
     /// Logits of final hidden states: `(.., d)` to `(.., vocab)`.
@@ -333,8 +397,13 @@ impl Llama {
                 self.rope.len()
             )));
         }
+        let window_part = self.window_mask(&positions, &valid_rows, cache, b, n)?;
         let positions = Tensor::from_vec(positions, (b, n), device)?;
         let (cos, sin) = self.rope.at(&positions)?;
+        let local_rope = match &self.rope_local {
+            Some(table) => Some(table.at(&positions)?),
+            None => None,
+        };
 
         let new_valid =
             Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
@@ -357,19 +426,35 @@ impl Llama {
         };
         let keys = key_valid.dims()[1];
         cache.key_valid = Some(key_valid);
+        // Local layers' mask: the causal (and padding) mask plus the window.
+        let local_mask = match (window_part, &mask) {
+            (Some(w), Some(m)) => Some(
+                m.broadcast_add(&w)?
+                    .clamp(pal_nn::mask_value(DType::F32) as f32, 0f32)?,
+            ),
+            (Some(w), None) => Some(w),
+            (None, _) => None,
+        };
 
         let mut x = embeds.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let local = layer.window.is_some();
+            let mask = match local {
+                true => local_mask.as_ref().or(mask.as_ref()),
+                false => mask.as_ref(),
+            };
+            let (cos, sin) = match (&local_rope, local) {
+                (Some((cos, sin)), true) => (cos, sin),
+                _ => (&cos, &sin),
+            };
             // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
             // (A packed prefix is attended apart, its rows all real: the mask is the text's.)
             let packed = layer_cache.attends_packed();
             let prefix_mask = match &layer_cache.prefix {
-                Some(prefix) if !packed => {
-                    Some(self.prefix_mask(prefix, mask.as_ref(), b, n, keys)?)
-                }
+                Some(prefix) if !packed => Some(self.prefix_mask(prefix, mask, b, n, keys)?),
                 _ => None,
             };
-            let layer_mask = prefix_mask.as_ref().or(mask.as_ref());
+            let layer_mask = prefix_mask.as_ref().or(mask);
             let prefix_trains = layer_cache
                 .prefix
                 .as_ref()
@@ -377,17 +462,17 @@ impl Llama {
             self.ffn_rows.fetch_add(b * n, Ordering::Relaxed);
             let c = &self.config;
             x = if packed {
-                layer.forward(c, &x, &cos, &sin, layer_mask, layer_cache)?
+                layer.forward(c, &x, cos, sin, layer_mask, layer_cache)?
             } else if self.checkpoint_layers && x.track_op() {
-                checkpointed_layer::forward(layer, c, &x, &cos, &sin, layer_mask, layer_cache)?
+                checkpointed_layer::forward(layer, c, &x, cos, sin, layer_mask, layer_cache)?
             } else if self.frozen_layer_nodes
                 && (x.track_op() || prefix_trains)
                 && layer_cache.k.is_none()
-                && frozen_layer::supported(layer)
+                && frozen_layer::supported(layer, c)
             {
-                frozen_layer::forward(layer, c, &x, &cos, &sin, layer_mask, layer_cache)?
+                frozen_layer::forward(layer, c, &x, cos, sin, layer_mask, layer_cache)?
             } else {
-                layer.forward(c, &x, &cos, &sin, layer_mask, layer_cache)?
+                layer.forward(c, &x, cos, sin, layer_mask, layer_cache)?
             };
         }
         Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
@@ -416,9 +501,12 @@ impl Llama {
                 )));
             }
         }
-        let (cos, sin) = self
-            .rope
-            .at(&Tensor::from_vec(positions, (b, 1), device)?)?;
+        let positions = Tensor::from_vec(positions, (b, 1), device)?;
+        let (cos, sin) = self.rope.at(&positions)?;
+        let local_rope = match &self.rope_local {
+            Some(table) => Some(table.at(&positions)?),
+            None => None,
+        };
         let one = Tensor::ones((1, 1), DType::F32, device)?;
         for cache in caches.iter_mut() {
             cache.key_valid = Some(match &cache.key_valid {
@@ -433,10 +521,73 @@ impl Llama {
             self.ffn_rows.fetch_add(b, Ordering::Relaxed);
             let mut layer_caches: Vec<&mut crate::llm::cache::LayerCache> =
                 caches.iter_mut().map(|c| &mut c.layers[index]).collect();
-            x = layer.decode_rows(&self.config, &x, &cos, &sin, &mut layer_caches)?;
+            let (cos, sin) = match (&local_rope, layer.window.is_some()) {
+                (Some((cos, sin)), true) => (cos, sin),
+                _ => (&cos, &sin),
+            };
+            x = layer.decode_rows(&self.config, &x, cos, sin, &mut layer_caches)?;
         }
         let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
         Ok(self.logits(&hidden)?.squeeze(1)?)
+    }
+
+    /// What the local layers' mask adds to the causal one, `(b, 1, n, keys)`: the mask value
+    /// where a key's position is `window` or more before the query's. `None` when no layer is
+    /// local or no query is that far from any key. `positions` are the new rows' (`b * n`);
+    /// the cached keys' positions are counted back from them by the cache's validity (the
+    /// first text row's position is not 0 where LAL audio keys take positions before it).
+    fn window_mask(
+        &self,
+        positions: &[u32],
+        valid_rows: &[Vec<u32>],
+        cache: &KvCache,
+        b: usize,
+        n: usize,
+    ) -> Result<Option<Tensor>> {
+        let Some(window) = self.config.sliding_window.as_ref().map(|w| w.window) else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let cached: Vec<Vec<f32>> = match &cache.key_valid {
+            Some(v) => v.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            None => vec![Vec::new(); b],
+        };
+        let mut key_positions: Vec<Vec<i64>> = Vec::with_capacity(b);
+        for (r, (old, new)) in cached.iter().zip(valid_rows).enumerate() {
+            let cached_real = old.iter().filter(|&&v| v > 0.5).count() as i64;
+            let mut next = positions[r * n] as i64 - cached_real;
+            let mut row = Vec::with_capacity(old.len() + new.len());
+            for is_real in old
+                .iter()
+                .map(|&v| v > 0.5)
+                .chain(new.iter().map(|&v| v > 0))
+            {
+                row.push(next);
+                next += is_real as i64;
+            }
+            key_positions.push(row);
+        }
+        let keys = key_positions.first().map_or(0, |r| r.len());
+        let reach = |q: u32, k: i64| q as i64 - k >= window as i64;
+        let far = (0..b).any(|r| {
+            let first_key = key_positions[r].first().copied().unwrap_or(0);
+            (0..n).any(|i| reach(positions[r * n + i], first_key))
+        });
+        if !far {
+            return Ok(None);
+        }
+        let neg = pal_nn::mask_value(DType::F32) as f32;
+        let mut values = Vec::with_capacity(b * n * keys);
+        for (r, row) in key_positions.iter().enumerate() {
+            for i in 0..n {
+                let q = positions[r * n + i];
+                values.extend(row.iter().map(|&k| if reach(q, k) { neg } else { 0.0 }));
+            }
+        }
+        let mask = Tensor::from_vec(values, (b, 1, n, keys), self.device())?;
+        Ok(Some(mask.to_dtype(self.dtype())?))
     }
 
     /// The mask of a layer with a key prefix: `[prefix validity ; text mask]` along the keys.

@@ -20,12 +20,17 @@ use crate::llm::cache::{KeyValuePrefix, LayerCache};
 use crate::llm::config::LlamaConfig;
 use crate::llm::layer::{DecoderLayer, LayerActivations};
 
-/// Whether `layer` can run as one node: [`DecoderLayer::is_frozen`], and no per-head q/k norms
-/// (Qwen3's, which the written-out backward does not cover).
-pub fn supported(layer: &DecoderLayer) -> bool {
+/// Whether `layer` of a model of `config` can run as one node: [`DecoderLayer::is_frozen`], a
+/// SiLU gate, and none of what the written-out backward does not cover: per-head q/k norms
+/// (Qwen3, Gemma), sandwich norms (Gemma), a sliding window.
+pub fn supported(layer: &DecoderLayer, config: &LlamaConfig) -> bool {
     layer.is_frozen()
+        && config.hidden_act == crate::llm::config::Activation::Silu
         && layer.q_norm.is_none()
         && layer.k_norm.is_none()
+        && layer.attention_output_norm.is_none()
+        && layer.ffn_output_norm.is_none()
+        && layer.window.is_none()
         && layer.linears().iter().all(|l| l.holds_f32())
 }
 

@@ -1,4 +1,5 @@
-//! One Llama decoder layer: its weights, and its forward, written once. Every way the decoder
+//! One Llama-family decoder layer (Gemma 3's too: sandwich norms, GeGLU, a sliding window): its
+//! weights, and its forward, written once. Every way the decoder
 //! runs a layer goes through [`DecoderLayer::forward`]: the plain path (inference, and training
 //! that records every op), the frozen-layer node (which keeps the activations its written-out
 //! backward needs, see [`crate::llm::frozen_layer`]) and the checkpointed node (which reruns it in
@@ -13,7 +14,7 @@ use pal_nn::{
 
 use crate::error::{ModelError, Result};
 use crate::llm::cache::LayerCache;
-use crate::llm::config::LlamaConfig;
+use crate::llm::config::{Activation, LlamaConfig};
 
 /// One decoder layer's weights.
 #[derive(Clone, Debug)]
@@ -40,6 +41,14 @@ pub struct DecoderLayer {
     pub up_proj: Linear,
     /// SwiGLU down projection.
     pub down_proj: Linear,
+    /// RMSNorm on the attention block's output before its residual add (Gemma's
+    /// `post_attention_layernorm`; see [`LlamaConfig::sandwich_norms`]).
+    pub attention_output_norm: Option<Tensor>,
+    /// RMSNorm on the FFN's output before its residual add (Gemma's `post_feedforward_layernorm`).
+    pub ffn_output_norm: Option<Tensor>,
+    /// The sliding window of a local layer (see [`crate::llm::config::SlidingWindow`]): the
+    /// caller's mask holds it in a prefill; decoding attends over the last `window` own keys.
+    pub window: Option<usize>,
 }
 
 /// The linear layers of a decoder layer by their Hugging Face names, in
@@ -120,6 +129,8 @@ impl DecoderLayer {
             Some(&self.post_attention_layernorm),
             self.q_norm.as_ref(),
             self.k_norm.as_ref(),
+            self.attention_output_norm.as_ref(),
+            self.ffn_output_norm.as_ref(),
         ];
         self.linears()
             .iter()
@@ -258,7 +269,7 @@ impl DecoderLayer {
         let attn = attn
             .transpose(1, 2)?
             .reshape((b, n, c.num_attention_heads * c.head_dim))?;
-        let x1 = (x + self.o_proj.forward(&attn)?)?;
+        let x1 = self.attention_residual(c, x, &attn)?;
         let (y, gate, up) = self.ffn(c, &x1, !keep)?;
         let saved = keep.then(|| LayerActivations {
             x: x.clone(),
@@ -287,12 +298,22 @@ impl DecoderLayer {
         Ok(rope(&q, cos, sin)?)
     }
 
-    /// The FFN block on `x1` `(b, n, d)`: `y = x1 + down(silu(gate) * up)`, with gate, up =
-    /// W h2, h2 = rmsnorm(x1). Returns `y`, and `gate` and `up` (which a backward needs).
-    /// `inference`: the gate in one fused pass ([`pal_nn::ops::silu_mul`]); a forward that keeps
-    /// activations for a written-out backward uses candle's `silu` and `mul`, whose rounding that
-    /// backward matches. (An activation-checkpointed layer's untracked forward also takes the
-    /// fused pass; its backward recomputes the layer with candle's ops, 1e-7 apart.)
+    /// `x + o(attn)`, the attention output normed first where the model has sandwich norms.
+    fn attention_residual(&self, c: &LlamaConfig, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let out = self.o_proj.forward(attn)?;
+        Ok(match &self.attention_output_norm {
+            Some(norm) => (x + rms_norm(&out, norm, c.rms_norm_eps)?)?,
+            None => (x + out)?,
+        })
+    }
+
+    /// The FFN block on `x1` `(b, n, d)`: `y = x1 + down(act(gate) * up)`, with gate, up =
+    /// W h2, h2 = rmsnorm(x1) (and the FFN's output normed where the model has sandwich norms).
+    /// Returns `y`, and `gate` and `up` (which a backward needs). `inference`: a SiLU gate in
+    /// one fused pass ([`pal_nn::ops::silu_mul`]); a forward that keeps activations for a
+    /// written-out backward uses candle's `silu` and `mul`, whose rounding that backward
+    /// matches. (An activation-checkpointed layer's untracked forward also takes the fused pass;
+    /// its backward recomputes the layer with candle's ops, 1e-7 apart.)
     fn ffn(
         &self,
         c: &LlamaConfig,
@@ -302,11 +323,16 @@ impl DecoderLayer {
         let h2 = rms_norm(x1, &self.post_attention_layernorm, c.rms_norm_eps)?;
         let gate = self.gate_proj.forward(&h2)?;
         let up = self.up_proj.forward(&h2)?;
-        let gated = match inference {
-            true => pal_nn::ops::silu_mul(&gate, &up)?,
-            false => (gate.silu()? * &up)?,
+        let gated = match (c.hidden_act, inference) {
+            (Activation::Silu, true) => pal_nn::ops::silu_mul(&gate, &up)?,
+            (Activation::Silu, false) => (gate.silu()? * &up)?,
+            (Activation::GeluTanh, _) => (gate.gelu()? * &up)?,
         };
-        let y = (x1 + self.down_proj.forward(&gated)?)?;
+        let out = self.down_proj.forward(&gated)?;
+        let y = match &self.ffn_output_norm {
+            Some(norm) => (x1 + rms_norm(&out, norm, c.rms_norm_eps)?)?,
+            None => (x1 + out)?,
+        };
         Ok((y, gate, up))
     }
 
@@ -337,7 +363,15 @@ impl DecoderLayer {
                 .prefix
                 .as_ref()
                 .and_then(|p| p.packed.as_ref()?.first().cloned());
-            let apart = cache.append_apart(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
+            let mut apart = cache.append_apart(&k_new.narrow(0, i, 1)?, &v_new.narrow(0, i, 1)?)?;
+            if let Some(window) = self.window {
+                // A local layer sees its last `window` positions (one sequence, no padding).
+                let rows = apart.k.dim(2)?;
+                if rows > window {
+                    apart.k = apart.k.narrow(2, rows - window, window)?;
+                    apart.v = apart.v.narrow(2, rows - window, window)?;
+                }
+            }
             keys.push((apart, own_softmax, packed));
         }
         let sequences: Vec<SequenceKeys> = keys
@@ -353,7 +387,7 @@ impl DecoderLayer {
         let attn = decode_attention(&q, &sequences, scale)?
             .transpose(1, 2)?
             .reshape((b, 1, c.num_attention_heads * c.head_dim))?;
-        let x1 = (x + self.o_proj.forward(&attn)?)?;
+        let x1 = self.attention_residual(c, x, &attn)?;
         Ok(self.ffn(c, &x1, true)?.0)
     }
 }

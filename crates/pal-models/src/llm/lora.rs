@@ -69,10 +69,25 @@ impl Llama {
                 &format!("{p}.input_layernorm.weight"),
                 &layer.input_layernorm,
             )?;
+            // Named as in the model's own checkpoints: with sandwich norms (Gemma) the FFN's
+            // pre-norm is `pre_feedforward_layernorm`, the attention output's norm
+            // `post_attention_layernorm`.
+            let pre_ffn = match self.config.sandwich_norms {
+                true => "pre_feedforward_layernorm",
+                false => "post_attention_layernorm",
+            };
             layer.post_attention_layernorm = params.adopt(
-                &format!("{p}.post_attention_layernorm.weight"),
+                &format!("{p}.{pre_ffn}.weight"),
                 &layer.post_attention_layernorm,
             )?;
+            if let Some(n) = &layer.attention_output_norm {
+                layer.attention_output_norm =
+                    Some(params.adopt(&format!("{p}.post_attention_layernorm.weight"), n)?);
+            }
+            if let Some(n) = &layer.ffn_output_norm {
+                layer.ffn_output_norm =
+                    Some(params.adopt(&format!("{p}.post_feedforward_layernorm.weight"), n)?);
+            }
             if let Some(n) = &layer.q_norm {
                 layer.q_norm = Some(params.adopt(&format!("{p}.self_attn.q_norm.weight"), n)?);
             }

@@ -22,7 +22,7 @@ pub mod rope;
 pub mod weight_form;
 
 pub use cache::{KeyValuePrefix, KvCache, LayerCache};
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{Activation, LlamaConfig, RopeScaling, SlidingWindow};
 pub use decoder::Llama;
 pub use layer::DecoderLayer;
 pub use load::load_llm;

@@ -3,7 +3,6 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::llm::config::LlamaConfig;
 
 /// Precomputed RoPE cos/sin, `(positions, head_dim / 2)`.
 #[derive(Clone, Debug)]
@@ -13,9 +12,9 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// Tables for positions `0..len`.
-    pub fn new(config: &LlamaConfig, len: usize, dtype: DType, device: &Device) -> Result<Self> {
-        let inv_freq = config.rope_inv_freq();
+    /// Tables for positions `0..len` of the inverse frequencies `inv_freq` (`head_dim / 2`, see
+    /// [`crate::llm::LlamaConfig::rope_inv_freq`]).
+    pub fn new(inv_freq: &[f64], len: usize, dtype: DType, device: &Device) -> Result<Self> {
         let half = inv_freq.len();
         let mut angles = Vec::with_capacity(len * half);
         for p in 0..len {

@@ -4,8 +4,12 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -164,6 +168,25 @@ impl Tokenizer {
             .map_err(|e| ModelError::Unsupported(format!("tokenizer failed to decode: {e}")))
     }
 
+    /// The token that ends an answer: the stop token the chat template writes after a turn
+    /// (`<end_of_turn>` for Gemma, whose file names `<eos>` as its eos), else the first stop
+    /// token.
+    pub fn answer_end_id(&self) -> Option<u32> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .unwrap_or(crate::text::chat_template::CHATML);
+        self.stop_token_ids
+            .iter()
+            .copied()
+            .find(|&id| {
+                self.inner
+                    .id_to_token(id)
+                    .is_some_and(|t| !t.is_empty() && template.contains(t.as_str()))
+            })
+            .or_else(|| self.stop_token_ids.first().copied())
+    }
+
     /// Id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -191,69 +214,36 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl Tokenizer {
-    /// The tokenizer (GPT-2 style byte-level BPE) and chat template from a GGUF file's metadata.
+    /// The tokenizer and chat template from a GGUF file's metadata: GPT-2 style byte-level BPE
+    /// (`gpt2`: Llama 3, SmolLM2, Qwen) or SentencePiece BPE (`llama`: Gemma).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.string_of("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(ModelError::format(
-                file.path(),
-                format!("tokenizer model '{model}' is not supported from GGUF (gpt2 BPE is); use a Hugging Face folder with tokenizer.json"),
-            ));
-        }
         let tokens = file.strings_of("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = file
-            .strings_of("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
-                (a.to_string(), b.to_string())
-            })
-            .collect();
         let token_types: Vec<i32> = match file.metadata("tokenizer.ggml.token_type") {
             Some(Value::Array(items)) => items.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| ModelError::format(file.path(), format!("BPE vocabulary: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = file
-            .string_of("tokenizer.ggml.pre")
-            .unwrap_or_else(|_| "default".into());
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
-            "llama-bpe" | "llama3" => split_then_bytes(LLAMA3_PATTERN)?,
-            "qwen2" => split_then_bytes(QWEN2_PATTERN)?,
-            "smollm" | "starcoder" => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        let inner = match model.as_str() {
+            "gpt2" => byte_level_bpe(file, &tokens, &token_types)?,
+            "llama" => sentencepiece_bpe(file, &tokens, &token_types)?,
+            other => {
+                return Err(ModelError::format(
+                    file.path(),
+                    format!("tokenizer model '{other}' is not supported from GGUF (gpt2 and llama are); use a Hugging Face folder with tokenizer.json"),
+                ))
             }
-            _ => byte_level.into(),
         };
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched as whole special tokens.
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&token_types)
-            .filter(|(_, ty)| **ty == 3 || **ty == 4)
-            .map(|(t, _)| AddedToken::from(t.clone(), true))
-            .collect();
-        inner
-            .add_special_tokens(special)
-            .map_err(|e| ModelError::format(file.path(), format!("special tokens: {e}")))?;
         let id_text = |key: &str| -> Option<(u32, String)> {
             let id = file.metadata(key)?.to_u32().ok()?;
             Some((id, tokens.get(id as usize)?.clone()))
         };
         let bos = id_text("tokenizer.ggml.bos_token_id");
         let eos = id_text("tokenizer.ggml.eos_token_id");
-        let template = file.string_of("tokenizer.chat_template").ok();
+        // A base model's file carries no template: Gemma's turns where the vocabulary has them.
+        let template = file.string_of("tokenizer.chat_template").ok().or_else(|| {
+            (file.architecture().ok().as_deref() == Some("gemma3"))
+                .then(|| crate::text::chat_template::GEMMA_TURNS.to_string())
+        });
         let eos_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
         Ok(Self::new(
             inner,
@@ -263,6 +253,157 @@ impl Tokenizer {
             template,
         ))
     }
+}
+
+/// GPT-2 style byte-level BPE from a GGUF file's vocabulary and merges; control (3) and
+/// user-defined (4) tokens are matched whole, as special tokens.
+fn byte_level_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    token_types: &[i32],
+) -> Result<tokenizers::Tokenizer> {
+    let merges: Vec<(String, String)> = file
+        .strings_of("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            let (a, b) = m.split_once(' ').unwrap_or((m.as_str(), ""));
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| ModelError::format(file.path(), format!("BPE vocabulary: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let pre = file
+        .string_of("tokenizer.ggml.pre")
+        .unwrap_or_else(|_| "default".into());
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+        "llama-bpe" | "llama3" => split_then_bytes(LLAMA3_PATTERN)?,
+        "qwen2" => split_then_bytes(QWEN2_PATTERN)?,
+        "smollm" | "starcoder" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        _ => byte_level.into(),
+    };
+    inner.with_pre_tokenizer(Some(pre_tokenizer));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    // Control (3) and user-defined (4) tokens are matched as whole special tokens.
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(token_types)
+        .filter(|(_, ty)| **ty == 3 || **ty == 4)
+        .map(|(t, _)| AddedToken::from(t.clone(), true))
+        .collect();
+    inner
+        .add_special_tokens(special)
+        .map_err(|e| ModelError::format(file.path(), format!("special tokens: {e}")))?;
+    Ok(inner)
+}
+
+/// SentencePiece BPE (llama.cpp's `llama` tokenizer model: Gemma) from a GGUF file's vocabulary
+/// and scores: spaces become `▁`, pieces merge pairwise, the merge whose result scores highest
+/// first (so every pair of pieces that joins into a piece is a merge, ranked by that piece's
+/// score), characters outside the vocabulary fall back to `<0xNN>` byte tokens. Control tokens
+/// (3) are special; user-defined ones (4: runs of newlines, tabs, markup) are matched whole but
+/// are text, kept when special tokens are skipped.
+fn sentencepiece_bpe(
+    file: &GgufFile,
+    tokens: &[String],
+    token_types: &[i32],
+) -> Result<tokenizers::Tokenizer> {
+    let scores: Vec<f32> = match file.metadata("tokenizer.ggml.scores") {
+        Some(Value::Array(items)) => items.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+        _ => {
+            return Err(ModelError::format(
+                file.path(),
+                "tokenizer.ggml.scores is missing (a SentencePiece vocabulary needs it)",
+            ))
+        }
+    };
+    if scores.len() != tokens.len() || token_types.len() != tokens.len() {
+        return Err(ModelError::format(
+            file.path(),
+            format!(
+                "tokenizer.ggml: {} tokens, {} scores, {} types",
+                tokens.len(),
+                scores.len(),
+                token_types.len()
+            ),
+        ));
+    }
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    // Normal tokens (1) are what merges make; byte tokens (6) and the rest are not merged.
+    let mergeable = |id: u32| token_types[id as usize] == 1;
+    let mut ranked: Vec<(f32, u32, u32, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !mergeable(id as u32) {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(cut);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                if mergeable(l) && mergeable(r) {
+                    ranked.push((scores[id], l, r, left.to_string(), right.to_string()));
+                }
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|m| (m.3, m.4)).collect();
+    let unk = file
+        .metadata("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|id| tokens.get(id as usize).cloned());
+    let mut bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let bpe = bpe
+        .build()
+        .map_err(|e| ModelError::format(file.path(), format!("BPE vocabulary: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let space =
+        Replace::new(" ", "▁").map_err(|e| ModelError::Unsupported(format!("normalizer: {e}")))?;
+    inner
+        .with_normalizer(Some(space))
+        .map_err(|e| ModelError::Unsupported(format!("normalizer: {e}")))?;
+    let unspace = tokenizers::decoders::DecoderWrapper::Replace(
+        Replace::new("▁", " ").map_err(|e| ModelError::Unsupported(format!("decoder: {e}")))?,
+    );
+    inner.with_decoder(Some(DecoderSequence::new(vec![
+        unspace,
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ])));
+    let added = |ty: i32, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(token_types)
+            .filter(|(_, t)| **t == ty)
+            .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
+            .collect()
+    };
+    inner
+        .add_special_tokens(added(3, true))
+        .map_err(|e| ModelError::format(file.path(), format!("special tokens: {e}")))?;
+    inner
+        .add_tokens(added(4, false))
+        .map_err(|e| ModelError::format(file.path(), format!("user-defined tokens: {e}")))?;
+    Ok(inner)
 }
 
 fn split_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper> {

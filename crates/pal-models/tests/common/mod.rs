@@ -36,3 +36,30 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     max_abs(&(a - b).unwrap())
 }
+
+/// Asserts that `tokenizer` encodes each of a golden file's `encodings` (`{"text", "ids"}`, made
+/// by transformers' tokenizer) to the same ids, and decodes the ids back to the text when
+/// `round_trip` is set.
+pub fn assert_encodings(
+    tokenizer: &pal_models::Tokenizer,
+    golden: &serde_json::Value,
+    round_trip: bool,
+) {
+    for case in golden["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tokenizer.encode(text).unwrap(),
+            expected,
+            "encoding {text:?}"
+        );
+        if round_trip {
+            assert_eq!(tokenizer.decode(&expected, false).unwrap(), text);
+        }
+    }
+}

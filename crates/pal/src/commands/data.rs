@@ -1,6 +1,7 @@
 //! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder;
 //! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips);
-//! `pal data ood`: the out-of-distribution check set for well-formed answers.
+//! `pal data ood`: the out-of-distribution check set for well-formed answers;
+//! `pal data long`: long recordings (digit strings, sound counts) of 30 s to 10 min.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,35 @@ pub enum DataCommand {
     /// The out-of-distribution check set: real and long speech, music, noise, silence and
     /// joined sounds of 1 to 120 s, four questions each, for the well-formedness of answers.
     Ood(OodArgs),
+    /// Long recordings: FSDD digit strings and ESC-10 sound counts spread over 30 s to 10 min of
+    /// faint noise, with held-out validation and test splits and a manifest per length.
+    Long(LongArgs),
+}
+
+/// Arguments of `pal data long`.
+#[derive(Args)]
+pub struct LongArgs {
+    /// The shared data folder (fsdd/, esc10/).
+    #[arg(long)]
+    root: PathBuf,
+    /// Where the manifests and recordings go.
+    #[arg(long, default_value = "data/long")]
+    out: PathBuf,
+    /// Seed of every random draw (the same seed gives the same files).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Recording lengths of the train split, seconds (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "30,120")]
+    train_seconds: Vec<f32>,
+    /// Recording lengths of the validation and test splits, seconds (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "30,120,600")]
+    held_out_seconds: Vec<f32>,
+    /// Recordings per task and length in the train split.
+    #[arg(long, default_value_t = 48)]
+    train_per_length: usize,
+    /// Recordings per task and length in the validation and test splits.
+    #[arg(long, default_value_t = 10)]
+    held_out_per_length: usize,
 }
 
 /// Arguments of `pal data ood`.
@@ -77,6 +107,20 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Shared(args) => {
             let summary = pal_data::shared::build_shared_manifests(&args.root, &args.out)?;
+            print_manifests(&summary);
+            Ok(())
+        }
+        DataCommand::Long(args) => {
+            let summary =
+                pal_data::long_form::build_long_form(&pal_data::long_form::LongFormOptions {
+                    root: args.root,
+                    out: args.out,
+                    seed: args.seed,
+                    train_seconds: args.train_seconds,
+                    held_out_seconds: args.held_out_seconds,
+                    train_per_length: args.train_per_length,
+                    held_out_per_length: args.held_out_per_length,
+                })?;
             print_manifests(&summary);
             Ok(())
         }

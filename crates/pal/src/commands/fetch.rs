@@ -6,7 +6,8 @@ use clap::Args;
 #[derive(Args)]
 pub struct FetchArgs {
     /// Only these assets (default: smollm2-135m-instruct and whisper-tiny.en). Names:
-    /// smollm2-135m-instruct, whisper-tiny.en, whisper-base (Whisper base, 140 MB).
+    /// smollm2-135m-instruct, whisper-tiny.en, whisper-base (Whisper base, 140 MB),
+    /// gemma3-270m (Gemma 3 270M base, Q4_K_M GGUF, 253 MB, under the Gemma Terms of Use).
     names: Vec<String>,
 }
 

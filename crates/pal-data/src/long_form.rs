@@ -1,0 +1,252 @@
+//! Long recordings (`pal data long`): tasks where the answer is spread over minutes of audio,
+//! built from the shared real clips placed in a bed of faint coloured noise, with the held-out
+//! rules of their sources (FSDD by take, ESC-10 by source recording: [`crate::shared`]), so a
+//! test recording holds only test clips.
+//!
+//! - `digit-strings`: 3 to 8 spoken digits, one per equal slot of the recording at a random
+//!   offset in it (so their order is their order in time), "Which digits are spoken, in
+//!   order?", answered with the digits' words: scored by word edit distance (`pal eval`'s WER).
+//! - `sound-counts`: one to four clips of one ESC-10 class among one or two clips of other
+//!   classes, "How many times is a dog heard?", answered with a number word.
+//!
+//! Each split has recordings of every length of its buckets (train: 30 s and 2 min by default;
+//! validation and test: 30 s, 2 min and 10 min), written to `{task}/{split}.jsonl` and, for the
+//! held-out splits, per length to `{task}/{split}-{seconds}s.jsonl`, so that accuracy can be
+//! reported per length. The same seed gives the same manifests and audio bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pal_nn::rng::SplitMix64;
+
+use crate::instruct::{coloured_noise, pick, uniform, RATE};
+use crate::shared::{
+    err, esc10_rows, line, read_csv, write, BuildError, BuildSummary, Esc10Sources,
+};
+
+/// Asked of a digit-string recording.
+pub const DIGITS_QUESTION: &str = "Which digits are spoken, in order?";
+
+/// Number words for digits and counts.
+const NUMBERS: [&str; 10] = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LongFormOptions {
+    /// The shared real-audio folder (`fsdd/`, `esc10/`).
+    pub root: PathBuf,
+    /// Output folder: manifests per task and split, recordings under `audio/`.
+    pub out: PathBuf,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Recording lengths of the train split, seconds.
+    pub train_seconds: Vec<f32>,
+    /// Recording lengths of the validation and test splits, seconds.
+    pub held_out_seconds: Vec<f32>,
+    /// Recordings per task and length in the train split.
+    pub train_per_length: usize,
+    /// Recordings per task and length in the validation and test splits.
+    pub held_out_per_length: usize,
+}
+
+/// One real clip (16 kHz) and its label.
+struct Clip {
+    samples: Vec<f32>,
+    label: String,
+}
+
+/// The question asked of a sound-count recording about `label`.
+pub fn count_question(label: &str) -> String {
+    let article = match label.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    };
+    format!("How many times is {article} {label} heard?")
+}
+
+/// Builds `digit-strings` and `sound-counts` under `options.out`.
+pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildError> {
+    let root = options
+        .root
+        .canonicalize()
+        .map_err(|e| err(&options.root, e))?;
+    std::fs::create_dir_all(&options.out).map_err(|e| err(&options.out, e))?;
+    let out = options
+        .out
+        .canonicalize()
+        .map_err(|e| err(&options.out, e))?;
+    let mut summary = BuildSummary::default();
+    let digits = fsdd_by_split(&root)?;
+    let sounds = esc10_by_split(&root)?;
+    for (t, task) in ["digit-strings", "sound-counts"].into_iter().enumerate() {
+        let dir = out.join("audio").join(task);
+        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+        for (s, split) in ["train", "validation", "test"].into_iter().enumerate() {
+            let (lengths, count) = match split {
+                "train" => (&options.train_seconds, options.train_per_length),
+                _ => (&options.held_out_seconds, options.held_out_per_length),
+            };
+            let mut rng = SplitMix64::new(options.seed ^ (0x10f0 + 16 * t as u64 + s as u64));
+            let mut all = vec![];
+            for &seconds in lengths {
+                let mut lines = vec![];
+                for i in 0..count {
+                    let path = dir.join(format!("{split}-{seconds:.0}s-{i:03}.wav"));
+                    let (samples, question, answer) = match task {
+                        "digit-strings" => digit_string(&mut rng, &digits[split], seconds),
+                        _ => sound_count(&mut rng, &sounds[split], seconds),
+                    }
+                    .map_err(|m| err(&path, m))?;
+                    pal_audio::write_wav(&path, &samples, RATE).map_err(|e| err(&path, e))?;
+                    lines.push(line(&path, &question, &answer));
+                }
+                if split != "train" {
+                    let name = format!("{task}/{split}-{seconds:.0}s.jsonl");
+                    write(&out.join(name), &lines, &mut summary)?;
+                }
+                all.extend(lines);
+            }
+            write(
+                &out.join(format!("{task}/{split}.jsonl")),
+                &all,
+                &mut summary,
+            )?;
+        }
+    }
+    Ok(summary)
+}
+
+/// FSDD's clips by split (the rule of [`crate::shared::build_shared_manifests`]).
+fn fsdd_by_split(root: &Path) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
+    let fsdd = root.join("fsdd");
+    let labels = fsdd.join("labels.csv");
+    let mut by_split: BTreeMap<&'static str, Vec<Clip>> = BTreeMap::new();
+    for (i, row) in read_csv(&labels)?.iter().enumerate() {
+        let take: usize = row["index"]
+            .parse()
+            .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
+        let split = crate::shared::fsdd_split(&row["split"], take);
+        let path = fsdd.join(&row["path"]);
+        let samples = pal_audio::load_audio(&path)
+            .map_err(|e| err(&path, e))?
+            .samples;
+        by_split.entry(split).or_default().push(Clip {
+            samples,
+            label: row["word"].clone(),
+        });
+    }
+    complete(by_split, &labels)
+}
+
+/// ESC-10's clips by split (by source recording, as the `esc10` task splits them).
+fn esc10_by_split(root: &Path) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
+    let rows = esc10_rows(root)?;
+    let sources = Esc10Sources::new(&rows);
+    let mut by_split: BTreeMap<&'static str, Vec<Clip>> = BTreeMap::new();
+    for r in &rows {
+        let path = root.join("esc10").join(&r["path"]);
+        let samples = pal_audio::load_audio(&path)
+            .map_err(|e| err(&path, e))?
+            .samples;
+        by_split.entry(sources.split(r)).or_default().push(Clip {
+            samples,
+            label: r["category"].replace('_', " "),
+        });
+    }
+    complete(by_split, &root.join("esc10/labels.csv"))
+}
+
+/// `by_split` when every split has clips; an error naming `source` otherwise.
+fn complete(
+    by_split: BTreeMap<&'static str, Vec<Clip>>,
+    source: &Path,
+) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
+    for split in ["train", "validation", "test"] {
+        if by_split.get(split).is_none_or(|c| c.is_empty()) {
+            return Err(err(source, format!("no clips for the {split} split")));
+        }
+    }
+    Ok(by_split)
+}
+
+/// A bed of faint coloured noise, `seconds` long, with `clips` placed one per equal slot at a
+/// random offset in it (in order). Errors when a clip is longer than its slot.
+fn recording(rng: &mut SplitMix64, seconds: f32, clips: &[&Clip]) -> Result<Vec<f32>, String> {
+    let colour = pick(rng, 3);
+    let mut bed = coloured_noise(rng, colour, seconds);
+    let level = uniform(rng, 0.005, 0.02) / rms(&bed).max(1e-6);
+    bed.iter_mut().for_each(|s| *s *= level);
+    let slot = bed.len() / clips.len().max(1);
+    for (k, clip) in clips.iter().enumerate() {
+        let room = slot.checked_sub(clip.samples.len()).ok_or_else(|| {
+            format!(
+                "a {:.1} s clip does not fit a {:.1} s slot: make the recording longer",
+                clip.samples.len() as f32 / RATE as f32,
+                slot as f32 / RATE as f32
+            )
+        })?;
+        let at = k * slot + pick(rng, room.max(1));
+        let gain = uniform(rng, 0.5, 1.0) / peak(&clip.samples).max(1e-6);
+        for (b, s) in bed[at..].iter_mut().zip(&clip.samples) {
+            *b += gain * s;
+        }
+    }
+    Ok(bed)
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+fn peak(x: &[f32]) -> f32 {
+    x.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// A digit-string recording: its samples, question and answer.
+fn digit_string(
+    rng: &mut SplitMix64,
+    clips: &[Clip],
+    seconds: f32,
+) -> Result<(Vec<f32>, String, String), String> {
+    let n = 3 + pick(rng, 6);
+    let chosen: Vec<&Clip> = (0..n).map(|_| &clips[pick(rng, clips.len())]).collect();
+    let samples = recording(rng, seconds, &chosen)?;
+    let answer: Vec<&str> = chosen.iter().map(|c| c.label.as_str()).collect();
+    Ok((samples, DIGITS_QUESTION.to_string(), answer.join(" ")))
+}
+
+/// A sound-count recording: its samples, question and answer.
+fn sound_count(
+    rng: &mut SplitMix64,
+    clips: &[Clip],
+    seconds: f32,
+) -> Result<(Vec<f32>, String, String), String> {
+    let mut labels: Vec<&str> = clips.iter().map(|c| c.label.as_str()).collect();
+    labels.sort();
+    labels.dedup();
+    let target = labels[pick(rng, labels.len())];
+    let of = |want: bool| -> Vec<&Clip> {
+        clips
+            .iter()
+            .filter(|c| (c.label == target) == want)
+            .collect()
+    };
+    let (targets, others) = (of(true), of(false));
+    let count = 1 + pick(rng, 4);
+    let mut chosen: Vec<&Clip> = (0..count)
+        .map(|_| targets[pick(rng, targets.len())])
+        .collect();
+    if !others.is_empty() {
+        for _ in 0..1 + pick(rng, 2) {
+            chosen.push(others[pick(rng, others.len())]);
+        }
+    }
+    // A seeded shuffle: targets and others in any order.
+    for i in (1..chosen.len()).rev() {
+        chosen.swap(i, pick(rng, i + 1));
+    }
+    let samples = recording(rng, seconds, &chosen)?;
+    Ok((samples, count_question(target), NUMBERS[count].to_string()))
+}
