@@ -81,6 +81,7 @@ fn grows(built: &BuiltModel) -> bool {
 /// model's length and memory limits either way, [`pal_models::audio_llm::limits`]).
 pub fn encode_samples(built: &BuiltModel, samples: &[f32]) -> Result<(Vec<Tensor>, ClipLal)> {
     if !grows(built) {
+        GrowingClip::check_length(&built.model, &built.encoders, samples.len())?;
         let outputs = built.encode_clip(samples)?;
         let lal = built.model.clip_lal(&outputs)?;
         return Ok((outputs, lal));

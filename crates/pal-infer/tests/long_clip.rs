@@ -109,7 +109,9 @@ fn max_audio_seconds_replaces_the_window_count() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("155 s") && error.contains("max_audio_seconds") && error.contains("340 MiB"),
+        error.contains("155.0 s")
+            && error.contains("max_audio_seconds")
+            && error.contains("340 MiB"),
         "{error}"
     );
     // A memory limit the clip's audio would pass is refused by itself.

@@ -187,7 +187,11 @@ fn encode_equal_lengths(
     let mut out: Vec<Option<Result<Vec<Tensor>, String>>> = vec![None; clips.len()];
     let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, c) in clips.iter().enumerate() {
-        by_length.entry(c.len()).or_default().push(i);
+        // Past the model's seconds or memory: refused before it is encoded, by itself.
+        match GrowingClip::check_length(&bundle.model, &bundle.encoders, c.len()) {
+            Ok(()) => by_length.entry(c.len()).or_default().push(i),
+            Err(e) => out[i] = Some(Err(e.to_string())),
+        }
     }
     for group in by_length.into_values() {
         let samples: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();

@@ -135,3 +135,26 @@ async fn two_clips_are_heard_in_order_and_a_third_is_refused() {
     assert_eq!(param, "messages[0].content[0].text");
     assert!(message.contains(AUDIO_MARKER), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_past_max_audio_seconds_is_refused_naming_the_limit() {
+    let Some(bundle) = load(&format!("max_audio_seconds = 2\n{MODEL_TOML}")) else {
+        return;
+    };
+    let bundle = std::sync::Arc::new(bundle);
+    let (queue, _worker) = engine::start(bundle.clone(), Batching::default());
+    let app = router(state(&bundle, queue, Limits::default(), None));
+    let ask = |wav: Vec<u8>| request(vec![text_part("What is this?"), audio_part(&wav)]);
+    let (status, answer) = send(&app, post("/v1/chat/completions", ask(tone_wav(1.5)))).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    // Shorter than the encoder's window, so encoded with the short clips: refused all the same.
+    let (status, message) = error(&app, post("/v1/chat/completions", ask(tone_wav(3.0)))).await;
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{status}"
+    );
+    assert!(
+        message.contains("max_audio_seconds") && message.contains("3.0 s"),
+        "{message}"
+    );
+}

@@ -2,7 +2,8 @@
 //! encoded: `max_audio_seconds` in the model config (without it, each encoder's `max_windows`
 //! windows), and `max_audio_mib`, the most memory one clip's audio may hold (its encoder outputs
 //! and LAL keys and values), estimated from its length ([`audio_bytes`]). A refusal names the
-//! clip's length and its estimated memory beside both limits.
+//! clip's length (so far, for a clip read as it arrives) and its estimated memory beside both
+//! limits.
 
 use crate::audio_llm::model::AudioLlm;
 use crate::encoders::AudioEncoder;
@@ -94,6 +95,6 @@ pub fn check_clip(
         None => "no memory limit (max_audio_mib unset)".to_string(),
     };
     Err(ModelError::Unsupported(format!(
-        "the clip is {seconds:.0} s long and {held}; this model takes at most {seconds_limit} and {memory_limit} per clip (in its model config)"
+        "the clip reaches {seconds:.1} s and {held}; this model takes at most {seconds_limit} and {memory_limit} per clip (in its model config)"
     )))
 }
