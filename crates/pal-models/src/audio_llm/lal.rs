@@ -214,24 +214,20 @@ impl LalAdapter {
                 )));
             }
         }
-        // The global and the local layers' tables (a local layer may have its own RoPE base),
-        // each looked up once.
-        let mut looked_up: [Option<(Tensor, Tensor)>; 2] = [None, None];
+        // Every RoPE table's cos and sin at the frames' positions, each layer's picked below.
+        let ropes = match self.rope {
+            LalRope::Prefix => Some(llm.ropes_at(positions)?),
+            LalRope::None => None,
+        };
         let mut out = Vec::with_capacity(self.layers.len());
         let shape = (b, na, c.num_key_value_heads, c.head_dim);
         let mut flat_with_ones = None;
         for (j, &index) in self.layers.iter().enumerate() {
             let layer = &llm.layers[index];
-            let rope_tables = match self.rope {
-                LalRope::Prefix => {
-                    let slot = usize::from(llm.has_local_rope(index));
-                    if looked_up[slot].is_none() {
-                        looked_up[slot] = Some(llm.rope_of(index).at(positions)?);
-                    }
-                    looked_up[slot].clone()
-                }
-                LalRope::None => None,
-            };
+            let rope_tables = ropes.as_ref().map(|r| {
+                let (cos, sin) = r.of(layer);
+                (cos.clone(), sin.clone())
+            });
             if let (LalProjection::Linear(projectors), None) = (&self.projector, &self.own_norms) {
                 let projector = &projectors[j];
                 if llm.frozen_layer_nodes

@@ -314,19 +314,16 @@ impl LlamaConfig {
         })
     }
 
-    /// Inverse RoPE frequencies of layer `index`: the local base for a sliding-window layer.
-    pub fn layer_rope_inv_freq(&self, index: usize) -> Vec<f64> {
-        match &self.sliding_window {
-            Some(w) if w.is_local(index) => {
-                let local = Self {
-                    rope_theta: w.rope_theta,
-                    rope_scaling: None,
-                    ..self.clone()
-                };
-                local.rope_inv_freq()
-            }
-            _ => self.rope_inv_freq(),
-        }
+    /// Inverse RoPE frequencies of the local (sliding-window) layers, where the model has them:
+    /// their own base, unscaled.
+    pub fn local_rope_inv_freq(&self) -> Option<Vec<f64>> {
+        let window = self.sliding_window.as_ref()?;
+        let local = Self {
+            rope_theta: window.rope_theta,
+            rope_scaling: None,
+            ..self.clone()
+        };
+        Some(local.rope_inv_freq())
     }
 
     /// Inverse RoPE frequencies (`head_dim / 2` of them), with scaling applied.

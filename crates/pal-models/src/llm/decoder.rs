@@ -22,6 +22,24 @@ use crate::llm::layer::DecoderLayer;
 use crate::llm::rope::RopeTable;
 use crate::llm::{checkpointed_layer, frozen_layer};
 
+/// cos and sin of some positions from each RoPE table of a model ([`Llama::ropes_at`]).
+pub struct LayerRopes {
+    /// From the table of every layer (of the global ones where some are local).
+    pub global: (Tensor, Tensor),
+    /// From the local layers' own table, where they have one.
+    pub local: Option<(Tensor, Tensor)>,
+}
+
+impl LayerRopes {
+    /// The cos and sin `layer` rotates with: the local ones for a sliding-window layer.
+    pub fn of(&self, layer: &DecoderLayer) -> (&Tensor, &Tensor) {
+        match (&self.local, layer.window) {
+            (Some((cos, sin)), Some(_)) => (cos, sin),
+            _ => (&self.global.0, &self.global.1),
+        }
+    }
+}
+
 /// A Llama-family decoder.
 #[derive(Clone, Debug)]
 pub struct Llama {
@@ -223,16 +241,10 @@ impl Llama {
             weights.dtype(),
             weights.device(),
         )?;
-        let rope_local = match &c.sliding_window {
-            Some(w) if w.rope_theta != c.rope_theta || c.rope_scaling.is_some() => {
-                let local = (0..c.num_hidden_layers).find(|&i| w.is_local(i));
-                let inv_freq = local.map(|i| c.layer_rope_inv_freq(i));
-                inv_freq
-                    .map(|f| RopeTable::new(&f, rope_len, weights.dtype(), weights.device()))
-                    .transpose()?
-            }
-            _ => None,
-        };
+        let rope_local = c
+            .local_rope_inv_freq()
+            .map(|f| RopeTable::new(&f, rope_len, weights.dtype(), weights.device()))
+            .transpose()?;
         Ok(Self {
             config,
             embed_tokens,
@@ -280,17 +292,17 @@ impl Llama {
         KvCache::new(self.layers.len())
     }
 
-    /// The RoPE table of layer `index`: the local one for a sliding-window layer with its own base.
-    pub fn rope_of(&self, index: usize) -> &RopeTable {
-        match (&self.rope_local, self.has_local_rope(index)) {
-            (Some(local), true) => local,
-            _ => &self.rope,
-        }
-    }
-
-    /// Whether layer `index` is a local layer with RoPE tables of its own.
-    pub fn has_local_rope(&self, index: usize) -> bool {
-        self.rope_local.is_some() && self.layers[index].window.is_some()
+    /// cos and sin at `positions` (`(batch, rows)`, u32) from every RoPE table the model has,
+    /// each layer's picked by [`LayerRopes::of`].
+    pub fn ropes_at(&self, positions: &Tensor) -> Result<LayerRopes> {
+        Ok(LayerRopes {
+            global: self.rope.at(positions)?,
+            local: self
+                .rope_local
+                .as_ref()
+                .map(|t| t.at(positions))
+                .transpose()?,
+        })
     }
 
     /// Token embeddings of `tokens` (`(batch, rows)`, u32) as `(batch, rows, d)`, scaled by
@@ -398,12 +410,7 @@ impl Llama {
             )));
         }
         let window_part = self.window_mask(&positions, &valid_rows, cache, b, n)?;
-        let positions = Tensor::from_vec(positions, (b, n), device)?;
-        let (cos, sin) = self.rope.at(&positions)?;
-        let local_rope = match &self.rope_local {
-            Some(table) => Some(table.at(&positions)?),
-            None => None,
-        };
+        let ropes = self.ropes_at(&Tensor::from_vec(positions, (b, n), device)?)?;
 
         let new_valid =
             Tensor::from_vec(valid_rows.concat(), (b, n), device)?.to_dtype(DType::F32)?;
@@ -443,10 +450,7 @@ impl Llama {
                 true => local_mask.as_ref().or(mask.as_ref()),
                 false => mask.as_ref(),
             };
-            let (cos, sin) = match (&local_rope, local) {
-                (Some((cos, sin)), true) => (cos, sin),
-                _ => (&cos, &sin),
-            };
+            let (cos, sin) = ropes.of(layer);
             // A layer with a key prefix (LAL) sees `[prefix ; text]` keys.
             // (A packed prefix is attended apart, its rows all real: the mask is the text's.)
             let packed = layer_cache.attends_packed();
@@ -501,12 +505,7 @@ impl Llama {
                 )));
             }
         }
-        let positions = Tensor::from_vec(positions, (b, 1), device)?;
-        let (cos, sin) = self.rope.at(&positions)?;
-        let local_rope = match &self.rope_local {
-            Some(table) => Some(table.at(&positions)?),
-            None => None,
-        };
+        let ropes = self.ropes_at(&Tensor::from_vec(positions, (b, 1), device)?)?;
         let one = Tensor::ones((1, 1), DType::F32, device)?;
         for cache in caches.iter_mut() {
             cache.key_valid = Some(match &cache.key_valid {
@@ -521,10 +520,7 @@ impl Llama {
             self.ffn_rows.fetch_add(b, Ordering::Relaxed);
             let mut layer_caches: Vec<&mut crate::llm::cache::LayerCache> =
                 caches.iter_mut().map(|c| &mut c.layers[index]).collect();
-            let (cos, sin) = match (&local_rope, layer.window.is_some()) {
-                (Some((cos, sin)), true) => (cos, sin),
-                _ => (&cos, &sin),
-            };
+            let (cos, sin) = ropes.of(layer);
             x = layer.decode_rows(&self.config, &x, cos, sin, &mut layer_caches)?;
         }
         let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;

@@ -23,7 +23,7 @@ pub mod weight_form;
 
 pub use cache::{KeyValuePrefix, KvCache, LayerCache};
 pub use config::{Activation, LlamaConfig, RopeScaling, SlidingWindow};
-pub use decoder::Llama;
+pub use decoder::{LayerRopes, Llama};
 pub use layer::DecoderLayer;
 pub use load::load_llm;
 pub use weight_form::{WeightForm, WeightsInUse};
