@@ -114,10 +114,12 @@ fn gemma3_quantized_weights_pick_the_same_next_token() {
         .squeeze(0)
         .unwrap();
     assert_eq!(argmax(&step), argmax(&last));
-    // Activations are quantized to 8 bits in these products: logits move, not by much.
+    // Every type of the file runs on pal's kernels, activations quantized to 16 bits per value:
+    // the logits stay within 1e-2 of the f32 product on the same weights (6.4e-3 measured;
+    // candle's 8-bit activations, which the k-quants took before, moved them by 0.92).
     let d = max_diff(&step, &last);
     eprintln!("quantized logits vs transformers f32: {d}");
-    assert!(d < 2.0, "quantized logits differ by {d}");
+    assert!(d < 1e-2, "quantized logits differ by {d}");
 }
 
 #[test]

@@ -8,10 +8,10 @@ use pal_nn::ops::QuantizedWeight;
 
 /// Largest error relative to the largest output. pal's kernels quantize activations to 16 bits
 /// per block of 32 (scale amax / 32767, about 1.5e-5 of each block's largest value); candle's
-/// k-quant products (Q4K here) to 8 bits.
+/// products (Q5_1 here) to 8 bits.
 fn tolerance(dtype: GgmlDType) -> f32 {
     match dtype {
-        GgmlDType::Q4K => 2e-2,
+        GgmlDType::Q5_1 => 2e-2,
         _ => 1e-3,
     }
 }
@@ -22,11 +22,14 @@ fn quantized_products_match_f32_on_dequantized_weights() -> Result<()> {
     for dtype in [
         GgmlDType::Q4_0,
         GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
         GgmlDType::Q8_0,
         GgmlDType::Q4K,
+        GgmlDType::Q6K,
     ] {
         for (out, inp) in [(72, 256), (40, 576), (24, 1536), (64, 576)] {
-            if dtype == GgmlDType::Q4K && inp % 256 != 0 {
+            if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && inp % 256 != 0 {
                 continue;
             }
             let w = Tensor::randn(0f32, 0.05, (out, inp), &device)?;

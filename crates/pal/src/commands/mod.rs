@@ -28,8 +28,8 @@ pub fn resolve_llm(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct WeightsArg {
     /// `auto`: a GGUF file's quantized weights (a sixth of the bytes per token) for decoding and
-    /// prefill on pal's kernels (Q4_0, Q4_1, Q8_0), for decoding only with the k-quants, and an
-    /// f32 copy for the rest; `f32`: dequantized only; `quantized`: quantized only (least memory).
+    /// prefill on pal's kernels (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K: all of a Q4_K_M file), for
+    /// decoding only with other types, and an f32 copy for the rest; `f32`: dequantized only; `quantized`: quantized only (least memory).
     #[arg(long = "weights", default_value = "auto")]
     pub weights: pal_models::WeightForm,
 }

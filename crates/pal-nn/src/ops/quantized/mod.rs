@@ -2,18 +2,22 @@
 //! inference on the CPU. Decoding reads every weight once per token, so its speed is bounded by
 //! the bytes it reads: a Q4_1 matrix is a sixth of its f32 form.
 //!
-//! Q4_0, Q4_1 and Q8_0 (blocks of 32 weights with an f16 scale) run on the kernels here: the
-//! weights are repacked at load ([`layout`]: tiles of sixteen rows, one row per vector lane, same
-//! bytes as the file), each row of `x` is quantized to 16 bits per value with a scale per block
-//! of 32 (near-exact: 8 bits, as llama.cpp uses, changed SmolLM2's answers), and each tile is
-//! read once and multiplied with up to eight rows of `x` in integers ([`x86`]: AVX-512 VNNI on
-//! 512-bit vectors or AVX2, chosen at run time; a portable loop elsewhere). The other quantized
-//! GGUF types (the k-quants, Q5_0, Q5_1) go through candle's quantized matmul.
+//! Q4_0, Q4_1, Q5_0, Q8_0 (blocks of 32 weights with an f16 scale) and the k-quants Q4_K and
+//! Q6_K (super-blocks of 256 with a scale per 32 or 16 weights), the types a Q4_K_M file mixes,
+//! run on the kernels here: the weights are read block by block ([`file_blocks`]) and repacked
+//! at load ([`layout`]: tiles of sixteen rows, one row per vector lane; the file's bytes for the
+//! 32-value types, a k-quant's scales widened to f32 per block of 32), each row of `x` is
+//! quantized to 16 bits per value with a scale per block of 32 (near-exact: 8 bits, as llama.cpp
+//! uses, changed SmolLM2's answers), and each tile is read once and multiplied with up to eight
+//! rows of `x` in integers ([`x86`]: AVX-512 VNNI on 512-bit vectors or AVX2, chosen at run
+//! time; a portable loop elsewhere). The other quantized GGUF types (Q5_1, Q2_K, Q3_K, Q5_K,
+//! Q8_K) go through candle's quantized matmul.
 //!
-//! For a Q4_1 block with scale `d`, offset `m` and 4-bit values `q`, against an activation block
-//! with scale `a` and 8-bit values `p`: `sum((d q_i + m) a p_i) = d a sum(q_i p_i) + m a sum(p_i)`.
-//! Q4_0 is Q4_1 with `m = -8 d`; Q8_0 has signed values and `m = 0`.
+//! For a block with scale `d`, offset `m` and integer values `q`, against an activation block
+//! with scale `a` and 16-bit values `p`: `sum((d q_i + m) a p_i) = d a sum(q_i p_i) + m a sum(p_i)`.
+//! Q4_0 is `m = -8 d`, Q5_0 `m = -16 d`; Q8_0 and Q6_K have signed values and `m = 0`.
 
+mod file_blocks;
 mod layout;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -64,16 +68,15 @@ impl QuantizedWeight {
             return Ok(None);
         }
         let (rows, cols) = q.shape().dims2()?;
-        let storage = match BlockFormat::of(dtype) {
-            Some(format) if cols % BLOCK == 0 => {
+        let storage = match (BlockFormat::of(dtype), file_blocks::file_block(dtype)) {
+            (Some(format), Some((values, bytes))) if cols % values == 0 => {
                 let file = q.data()?;
-                let row_bytes = cols / BLOCK * format.bytes();
-                if file.len() != rows * row_bytes {
+                if file.len() != rows * cols / values * bytes {
                     candle_core::bail!("{dtype:?} tensor ({rows}, {cols}): {} bytes", file.len());
                 }
                 Storage::Blocks {
                     format,
-                    data: layout::repack(format, &file, rows, cols),
+                    data: layout::repack(dtype, format, &file, rows, cols),
                 }
             }
             _ => Storage::Candle(QMatMul::from_qtensor(q)?),
@@ -122,9 +125,9 @@ impl QuantizedWeight {
     }
 
     /// Whether products of any number of rows are at least as fast here as in f32: true on pal's
-    /// own kernels with SIMD (Q4_0, Q4_1, Q8_0 on AVX2 or AVX-512), whose integer products of
-    /// 16-bit pairs outrun f32 multiply-adds on prefills too; false for candle's kernels (the
-    /// k-quants) and the portable loop, which are for decoding.
+    /// own kernels with SIMD (on AVX2 or AVX-512), whose integer products of 16-bit pairs
+    /// outrun f32 multiply-adds on prefills too; false for candle's kernels and the portable
+    /// loop, which are for decoding.
     pub fn fast_at_any_rows(&self) -> bool {
         matches!(self.storage, Storage::Blocks { .. }) && simd_level() != Simd::None
     }
@@ -140,10 +143,11 @@ impl QuantizedWeight {
                     for (b, bytes) in tile.chunks_exact(tile_block_bytes).enumerate() {
                         let block = layout::tile_block(*format, bytes);
                         for i in 0..TILE.min(self.rows - t * TILE) {
-                            let (d, m) = block.scale_offset[i];
+                            let m = block.offsets[i];
                             let at = (t * TILE + i) * self.cols + b * BLOCK;
-                            for (o, &q) in out[at..at + BLOCK].iter_mut().zip(&block.ints[i]) {
-                                *o = d * q as f32 + m;
+                            let values = out[at..at + BLOCK].iter_mut().zip(&block.ints[i]);
+                            for (v, (o, &q)) in values.enumerate() {
+                                *o = block.scales[i][v / (BLOCK / 2)] * q as f32 + m;
                             }
                         }
                     }
@@ -326,9 +330,21 @@ mod tests {
     #[test]
     fn kernels_agree() -> Result<()> {
         let device = Device::Cpu;
-        let cols = 11 * BLOCK;
         let rows = TILE + 5;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let (values, _) = file_blocks::file_block(dtype).expect("a kernel type");
+            let cols = if values == BLOCK {
+                11 * BLOCK
+            } else {
+                3 * values
+            };
             let f32_weight = Tensor::randn(0f32, 1.0, (rows, cols), &device)?;
             let file = QTensor::quantize(&f32_weight, dtype)?;
             let expected = file.dequantize(&device)?;

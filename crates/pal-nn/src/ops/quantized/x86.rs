@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{BlockFormat, Row, BLOCK, TILE};
+use super::layout::{BlockFormat, Offset, Row, Values, BLOCK, TILE};
 use super::GROUP;
 
 /// The product of rows `0..R` written out row by row (`R` is a constant), so that the
@@ -30,16 +30,18 @@ macro_rules! each_row {
 }
 
 /// The sixteen pair products of one row and block, written out (a loop here kept the weight
-/// vectors on the stack): `$sums[k % $chains] = $product($sums[k % $chains], $w[k], at)`, where
-/// `at` points to pair `k` of the row's block (two 16-bit activations), for `$product` to
-/// broadcast to every lane.
+/// vectors on the stack): `$sums[c] = $product($sums[c], $w[k], at)`, where `at` points to pair
+/// `k` of the row's block (two 16-bit activations), for `$product` to broadcast to every lane.
+/// Pairs of the block's first half (values 0..16) go to chains 0 and 1, of its second half to
+/// chains 2 and 3 (Q6_K scales each half on its own); the order interleaves the four chains.
 macro_rules! pair_products {
-    ($product:expr, $sums:ident, $w:ident, $pairs:ident, $chains:ident) => {
-        pair_products!(@each $product, $sums, $w, $pairs, $chains;
-            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    ($product:expr, $sums:ident, $w:ident, $pairs:ident) => {
+        pair_products!(@each $product, $sums, $w, $pairs;
+            0 8 1 9 2 10 3 11 4 12 5 13 6 14 7 15)
     };
-    (@each $product:expr, $sums:ident, $w:ident, $pairs:ident, $chains:ident; $($k:literal)*) => {
-        $( $sums[$k % $chains] = $product($sums[$k % $chains], $w[$k], $pairs.add($k)); )*
+    (@each $product:expr, $sums:ident, $w:ident, $pairs:ident; $($k:literal)*) => {
+        $( $sums[$k % 2 + 2 * ($k / 8)] =
+            $product($sums[$k % 2 + 2 * ($k / 8)], $w[$k], $pairs.add($k)); )*
     };
 }
 
@@ -91,24 +93,44 @@ pub(super) unsafe fn tile_vnni<const R: usize>(
 ) -> [[f32; TILE]; GROUP] {
     let block_bytes = format.tile_block_bytes();
     let pair_mask = _mm512_set1_epi32(0x000F_000F);
+    let high_mask = _mm512_set1_epi32(0x0010_0010);
+    let scales = |at: *const u8| {
+        if format.f32_scales() {
+            _mm512_loadu_ps(at as *const f32)
+        } else {
+            _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i))
+        }
+    };
+    let scale_bytes = if format.f32_scales() {
+        4 * TILE
+    } else {
+        2 * TILE
+    };
     let mut acc = [_mm512_setzero_ps(); GROUP];
     for b in 0..tile.len() / block_bytes {
         let mut at = tile.as_ptr().add(b * block_bytes);
         prefetch_ahead(at, block_bytes);
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
-        at = at.add(2 * TILE);
-        let m = match format {
-            BlockFormat::Q4_1 => {
-                let m = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
-                at = at.add(2 * TILE);
-                m
+        let d = scales(at);
+        at = at.add(scale_bytes);
+        let d_high = if format.split_scales() {
+            let s = scales(at);
+            at = at.add(scale_bytes);
+            s
+        } else {
+            d
+        };
+        let m = match format.offset() {
+            Offset::Stored => {
+                let s = scales(at);
+                at = at.add(scale_bytes);
+                s
             }
-            BlockFormat::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-            BlockFormat::Q8_0 => _mm512_setzero_ps(),
+            Offset::OfScale(k) => _mm512_mul_ps(d, _mm512_set1_ps(k)),
+            Offset::None => _mm512_setzero_ps(),
         };
         // Vector k: value pair k of the block (values 2k, 2k + 1) for every row of the tile.
         let mut w = [_mm512_setzero_si512(); BLOCK / 2];
-        if format == BlockFormat::Q8_0 {
+        if format.values() == Values::Bytes {
             for (k, wk) in w.iter_mut().enumerate() {
                 *wk = _mm512_cvtepi8_epi16(_mm256_loadu_si256(at.add(32 * k) as *const __m256i));
             }
@@ -120,20 +142,43 @@ pub(super) unsafe fn tile_vnni<const R: usize>(
                 w[4 * s + 2] = _mm512_and_si512(_mm512_srli_epi32::<8>(v), pair_mask);
                 w[4 * s + 3] = _mm512_and_si512(_mm512_srli_epi32::<12>(v), pair_mask);
             }
+            if format.values() == Values::NibblesHigh {
+                // Pair p's fifth bits are bits p and 16 + p of the plane: moved to bits 4, 20.
+                let plane = _mm512_loadu_si512(at.add(256) as *const __m512i);
+                for s in 0..4 {
+                    let h = _mm512_srl_epi32(plane, _mm_cvtsi32_si128(4 * s as i32));
+                    let fifth = [
+                        _mm512_slli_epi32::<4>(h),
+                        _mm512_slli_epi32::<3>(h),
+                        _mm512_slli_epi32::<2>(h),
+                        _mm512_slli_epi32::<1>(h),
+                    ];
+                    for (j, bits) in fifth.into_iter().enumerate() {
+                        let high = _mm512_and_si512(bits, high_mask);
+                        w[4 * s + j] = _mm512_or_si512(w[4 * s + j], high);
+                    }
+                }
+            }
         }
         macro_rules! row {
             ($r:literal) => {
                 if $r < R {
                     let pairs = x[$r].values.as_ptr().add(b * BLOCK) as *const i32;
-                    let mut sums = [_mm512_setzero_si512(); 4];
-                    pair_products!(dpwssd_broadcast, sums, w, pairs, CHAINS);
-                    let sum = _mm512_add_epi32(
-                        _mm512_add_epi32(sums[0], sums[1]),
-                        _mm512_add_epi32(sums[2], sums[3]),
-                    );
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[$r].scales[b]));
-                    acc[$r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[$r]);
-                    if format != BlockFormat::Q8_0 {
+                    let mut sums = [_mm512_setzero_si512(); CHAINS];
+                    pair_products!(dpwssd_broadcast, sums, w, pairs);
+                    let low = _mm512_add_epi32(sums[0], sums[1]);
+                    let high = _mm512_add_epi32(sums[2], sums[3]);
+                    let xs = _mm512_set1_ps(x[$r].scales[b]);
+                    if format.split_scales() {
+                        let (dl, dh) = (_mm512_mul_ps(d, xs), _mm512_mul_ps(d_high, xs));
+                        acc[$r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), dl, acc[$r]);
+                        acc[$r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), dh, acc[$r]);
+                    } else {
+                        let sum = _mm512_add_epi32(low, high);
+                        let scale = _mm512_mul_ps(d, xs);
+                        acc[$r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[$r]);
+                    }
+                    if format.offset() != Offset::None {
                         acc[$r] = _mm512_fmadd_ps(m, _mm512_set1_ps(x[$r].sums[b]), acc[$r]);
                     }
                 }
@@ -159,28 +204,46 @@ pub(super) unsafe fn tile_avx2<const R: usize>(
     const HALF: usize = TILE / 2;
     let block_bytes = format.tile_block_bytes();
     let pair_mask = _mm256_set1_epi32(0x000F_000F);
+    let high_mask = _mm256_set1_epi32(0x0010_0010);
+    let size = if format.f32_scales() { 4 } else { 2 };
+    let scale_bytes = size * TILE;
     let mut out = [[0f32; TILE]; GROUP];
     for h in 0..2 {
+        // This half's eight scales of the sixteen at `at`.
+        let scales = |at: *const u8| {
+            let at = at.add(size * HALF * h);
+            if format.f32_scales() {
+                _mm256_loadu_ps(at as *const f32)
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+            }
+        };
         let mut acc = [_mm256_setzero_ps(); GROUP];
         for b in 0..tile.len() / block_bytes {
             let mut at = tile.as_ptr().add(b * block_bytes);
             if h == 0 {
                 prefetch_ahead(at, block_bytes);
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * HALF * h) as *const __m128i));
-            at = at.add(2 * TILE);
-            let m = match format {
-                BlockFormat::Q4_1 => {
-                    let m =
-                        _mm256_cvtph_ps(_mm_loadu_si128(at.add(2 * HALF * h) as *const __m128i));
-                    at = at.add(2 * TILE);
-                    m
+            let d = scales(at);
+            at = at.add(scale_bytes);
+            let d_high = if format.split_scales() {
+                let s = scales(at);
+                at = at.add(scale_bytes);
+                s
+            } else {
+                d
+            };
+            let m = match format.offset() {
+                Offset::Stored => {
+                    let s = scales(at);
+                    at = at.add(scale_bytes);
+                    s
                 }
-                BlockFormat::Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                BlockFormat::Q8_0 => _mm256_setzero_ps(),
+                Offset::OfScale(k) => _mm256_mul_ps(d, _mm256_set1_ps(k)),
+                Offset::None => _mm256_setzero_ps(),
             };
             let mut w = [_mm256_setzero_si256(); BLOCK / 2];
-            if format == BlockFormat::Q8_0 {
+            if format.values() == Values::Bytes {
                 for (k, wk) in w.iter_mut().enumerate() {
                     let bytes = _mm_loadu_si128(at.add(32 * k + 16 * h) as *const __m128i);
                     *wk = _mm256_cvtepi8_epi16(bytes);
@@ -193,24 +256,46 @@ pub(super) unsafe fn tile_avx2<const R: usize>(
                     w[4 * s + 2] = _mm256_and_si256(_mm256_srli_epi32::<8>(v), pair_mask);
                     w[4 * s + 3] = _mm256_and_si256(_mm256_srli_epi32::<12>(v), pair_mask);
                 }
+                if format.values() == Values::NibblesHigh {
+                    let plane = _mm256_loadu_si256(at.add(256 + 32 * h) as *const __m256i);
+                    for s in 0..4 {
+                        let hs = _mm256_srl_epi32(plane, _mm_cvtsi32_si128(4 * s as i32));
+                        let fifth = [
+                            _mm256_slli_epi32::<4>(hs),
+                            _mm256_slli_epi32::<3>(hs),
+                            _mm256_slli_epi32::<2>(hs),
+                            _mm256_slli_epi32::<1>(hs),
+                        ];
+                        for (j, bits) in fifth.into_iter().enumerate() {
+                            let high = _mm256_and_si256(bits, high_mask);
+                            w[4 * s + j] = _mm256_or_si256(w[4 * s + j], high);
+                        }
+                    }
+                }
             }
             macro_rules! row {
                 ($r:literal) => {
                     if $r < R {
                         let pairs = x[$r].values.as_ptr().add(b * BLOCK) as *const i32;
-                        let mut sums = [_mm256_setzero_si256(); 4];
+                        let mut sums = [_mm256_setzero_si256(); CHAINS];
                         let product = |sum, w, at: *const i32| {
                             let pair = _mm256_set1_epi32(std::ptr::read_unaligned(at));
                             _mm256_add_epi32(sum, _mm256_madd_epi16(w, pair))
                         };
-                        pair_products!(product, sums, w, pairs, CHAINS);
-                        let sum = _mm256_add_epi32(
-                            _mm256_add_epi32(sums[0], sums[1]),
-                            _mm256_add_epi32(sums[2], sums[3]),
-                        );
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[$r].scales[b]));
-                        acc[$r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc[$r]);
-                        if format != BlockFormat::Q8_0 {
+                        pair_products!(product, sums, w, pairs);
+                        let low = _mm256_add_epi32(sums[0], sums[1]);
+                        let high = _mm256_add_epi32(sums[2], sums[3]);
+                        let xs = _mm256_set1_ps(x[$r].scales[b]);
+                        if format.split_scales() {
+                            let (dl, dh) = (_mm256_mul_ps(d, xs), _mm256_mul_ps(d_high, xs));
+                            acc[$r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), dl, acc[$r]);
+                            acc[$r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), dh, acc[$r]);
+                        } else {
+                            let sum = _mm256_add_epi32(low, high);
+                            let scale = _mm256_mul_ps(d, xs);
+                            acc[$r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc[$r]);
+                        }
+                        if format.offset() != Offset::None {
                             acc[$r] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[$r].sums[b]), acc[$r]);
                         }
                     }
