@@ -1,5 +1,6 @@
 //! Builds manifests from the project's shared real-audio folder (`shared/data`): FSDD spoken
-//! digits (official split: takes 0-4 test; takes 5-9 validate), ESC-10 environmental sounds with
+//! digits (official split: takes 0-4 test; takes 5-9 validate; and one speaker-held-out split
+//! per speaker), ESC-10 environmental sounds with
 //! labels and captions (held out by source recording, [`Esc10Sources`]), and the speech samples
 //! with their transcripts (ALSA channel names for training and validation, JFK and Beckett for
 //! testing).
@@ -203,6 +204,58 @@ pub fn fsdd_split(official: &str, take: usize) -> &'static str {
     }
 }
 
+/// The speaker-held-out split of an FSDD clip for the rotation that holds out `held_out`: every
+/// clip of that speaker tests; of the other speakers, what [`fsdd_split`] trains on trains and
+/// what it validates on validates (their official test takes are left out).
+pub fn fsdd_speaker_split(
+    speaker: &str,
+    held_out: &str,
+    official: &str,
+    take: usize,
+) -> Option<&'static str> {
+    match (speaker == held_out, fsdd_split(official, take)) {
+        (true, _) => Some("test"),
+        (false, "test") => None,
+        (false, split) => Some(split),
+    }
+}
+
+/// The take (`index`) of row `i` of FSDD's `labels.csv`.
+fn take(labels: &Path, i: usize, row: &BTreeMap<String, String>) -> Result<usize, BuildError> {
+    row["index"]
+        .parse()
+        .map_err(|e| err(labels, format!("line {}: index: {e}", i + 2)))
+}
+
+/// Writes `out/fsdd-speakers/SPEAKER/{train,validation,test}.jsonl` for each FSDD speaker from
+/// `root` (the shared `data` folder): train and validate on the other speakers, test on every
+/// clip of that one ([`fsdd_speaker_split`]); FSDD's official split has the same six speakers
+/// in train and test, a user's speaker is new. Audio paths are absolute.
+pub fn build_fsdd_speaker_splits(root: &Path, out: &Path) -> Result<BuildSummary, BuildError> {
+    let fsdd = root.canonicalize().map_err(|e| err(root, e))?.join("fsdd");
+    let labels = fsdd.join("labels.csv");
+    let rows = read_csv(&labels)?;
+    let mut speakers: Vec<&str> = rows.iter().map(|r| r["speaker"].as_str()).collect();
+    speakers.sort();
+    speakers.dedup();
+    let mut by_speaker: Vec<Splits> = speakers.iter().map(|_| Splits::default()).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let l = line(&fsdd.join(&row["path"]), DIGIT_QUESTION, &row["word"]);
+        let take = take(&labels, i, row)?;
+        for (held_out, splits) in speakers.iter().zip(&mut by_speaker) {
+            if let Some(split) = fsdd_speaker_split(&row["speaker"], held_out, &row["split"], take)
+            {
+                splits.push(split, l.clone());
+            }
+        }
+    }
+    let mut summary = BuildSummary::default();
+    for (held_out, splits) in speakers.iter().zip(&by_speaker) {
+        splits.write(out, &format!("fsdd-speakers/{held_out}"), &mut summary)?;
+    }
+    Ok(summary)
+}
+
 /// Writes `out/fsdd`, `out/esc10`, `out/esc10-probe`, `out/esc10-captions` and `out/speech`
 /// (each `train.jsonl`, `validation.jsonl` and `test.jsonl`) from `root` (the shared `data`
 /// folder). Audio paths are absolute.
@@ -215,10 +268,7 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
     let labels = fsdd.join("labels.csv");
     for (i, row) in read_csv(&labels)?.iter().enumerate() {
         let l = line(&fsdd.join(&row["path"]), DIGIT_QUESTION, &row["word"]);
-        let take: usize = row["index"]
-            .parse()
-            .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
-        digits.push(fsdd_split(&row["split"], take), l);
+        digits.push(fsdd_split(&row["split"], take(&labels, i, row)?), l);
     }
     digits.write(out, "fsdd", &mut summary)?;
 

@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 /// Data commands.
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// FSDD, ESC-10 and speech-sample manifests with held-out validation and test splits.
+    /// FSDD, ESC-10 and speech-sample manifests with held-out validation and test splits, and
+    /// FSDD held out by speaker (`fsdd-speakers/SPEAKER/`: trained on the five others).
     Shared(SharedArgs),
     /// The multi-task instruction set: the shared real audio plus generated beeps, noises,
     /// chords and espeak-ng speech, each with held-out validation and test splits.
@@ -108,6 +109,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
         DataCommand::Shared(args) => {
             let summary = pal_data::shared::build_shared_manifests(&args.root, &args.out)?;
             print_manifests(&summary);
+            let speakers = pal_data::shared::build_fsdd_speaker_splits(&args.root, &args.out)?;
+            print_manifests(&speakers);
             Ok(())
         }
         DataCommand::Long(args) => {
