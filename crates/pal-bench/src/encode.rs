@@ -66,7 +66,7 @@ impl EncodeBench {
         let encoders = build_encoders(&config, base, DType::F32, &Device::Cpu)
             .with_context(|| format!("loading the encoders of {}", self.model.display()))?;
         let records = pal_data::load_manifest(&self.manifest, false)?.records;
-        let files: Vec<PathBuf> = records.iter().map(|r| r.audio.clone()).collect();
+        let files: Vec<PathBuf> = records.iter().flat_map(|r| r.clips.clone()).collect();
         let mut single_times = vec![];
         let mut batched_times = vec![];
         let mut single_out: Vec<Vec<Tensor>> = vec![];

@@ -70,6 +70,14 @@ pub enum EncodeError {
     /// The output folder holds another job's shards.
     #[error("{0}: {1}")]
     Conflict(PathBuf, String),
+    /// An example about several clips: a shard record holds one.
+    #[error("{origin}: {clips} clips; feature shards hold one clip per example (train on examples about several clips from their manifest)")]
+    SeveralClips {
+        /// `manifest:line`.
+        origin: String,
+        /// How many clips it lists.
+        clips: usize,
+    },
 }
 
 /// A model's frozen encoders and their descriptions for a shard set's index.
@@ -134,6 +142,12 @@ pub fn encode_to_shards<E: AudioEncoder>(
         }
         let absolute = path.canonicalize().unwrap_or_else(|_| path.clone());
         sources.push(json!({"manifest": absolute, "records": manifest.records.len()}));
+        if let Some(r) = manifest.records.iter().find(|r| r.clips.len() != 1) {
+            return Err(EncodeError::SeveralClips {
+                origin: r.origin.clone(),
+                clips: r.clips.len(),
+            });
+        }
         records.extend(manifest.records);
     }
     let options = &job.options;
@@ -159,7 +173,7 @@ pub fn encode_to_shards<E: AudioEncoder>(
     let kept = index.records;
     let mut seconds_done = index.seconds;
     let mut writer = ShardWriter::new(&job.out, index, job.shard_bytes)?;
-    let files: Vec<PathBuf> = records.iter().map(|r| r.audio.clone()).collect();
+    let files: Vec<PathBuf> = records.iter().map(|r| r.clips[0].clone()).collect();
     let mut encoded_now = 0;
     encode_in_order(&files, start, encoders, options, |i, outcome| {
         let record = &records[i];
@@ -169,7 +183,7 @@ pub fn encode_to_shards<E: AudioEncoder>(
                 writer.push(
                     i,
                     ShardRecord {
-                        audio: record.audio.display().to_string(),
+                        audio: record.clips[0].display().to_string(),
                         origin: record.origin.clone(),
                         seconds: clip.seconds,
                         messages: record.messages.clone(),
@@ -183,7 +197,7 @@ pub fn encode_to_shards<E: AudioEncoder>(
                 eprintln!(
                     "warning: skipped {} ({}): {message}",
                     record.origin,
-                    record.audio.display()
+                    record.clips[0].display()
                 );
                 writer.fail(
                     i,
@@ -196,7 +210,7 @@ pub fn encode_to_shards<E: AudioEncoder>(
             Err(message) => {
                 return Err(EncodeError::Clip {
                     origin: record.origin.clone(),
-                    audio: record.audio.clone(),
+                    audio: record.clips[0].clone(),
                     message,
                 })
             }

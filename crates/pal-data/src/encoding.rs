@@ -226,3 +226,56 @@ fn encode_window<E: AudioEncoder>(
     }
     outcomes.into_iter().collect()
 }
+
+/// Per clip of a record, one `(tokens, dim)` tensor per encoder.
+pub type RecordClips = Vec<Vec<Tensor>>;
+
+/// The clips of each record encoded ([`encode_in_order`]), every distinct file once however
+/// many records list it. Per record: its clips' encoder outputs in its order, or the error of
+/// its first clip that failed (naming the file where the record has several). Unless
+/// `keep_going`, the first failure stops the work: `Err((record, message))`.
+pub fn encode_records<E: AudioEncoder>(
+    records: &[&crate::Record],
+    encoders: &[E],
+    options: &EncodeOptions,
+    keep_going: bool,
+) -> Result<Vec<Result<RecordClips, String>>, (usize, String)> {
+    let mut files: Vec<PathBuf> = vec![];
+    let mut index: std::collections::HashMap<&std::path::Path, usize> = Default::default();
+    // The first record of each file (to name it when the file fails).
+    let mut first_record = vec![];
+    for (r, record) in records.iter().enumerate() {
+        for clip in &record.clips {
+            index.entry(clip.as_path()).or_insert_with(|| {
+                files.push(clip.clone());
+                first_record.push(r);
+                files.len() - 1
+            });
+        }
+    }
+    let mut encoded: Vec<Option<Result<Vec<Tensor>, String>>> = vec![None; files.len()];
+    encode_in_order(&files, 0, encoders, options, |i, outcome| match outcome {
+        Err(e) if !keep_going => Err((first_record[i], e)),
+        outcome => {
+            encoded[i] = Some(outcome.map(|clip| clip.audio));
+            Ok(())
+        }
+    })?;
+    Ok(records
+        .iter()
+        .map(|record| {
+            record
+                .clips
+                .iter()
+                .map(|clip| match encoded[index[clip.as_path()]].clone() {
+                    Some(Ok(audio)) => Ok(audio),
+                    Some(Err(e)) if record.clips.len() > 1 => {
+                        Err(format!("{}: {e}", clip.display()))
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Err(format!("{}: not encoded", clip.display())),
+                })
+                .collect()
+        })
+        .collect())
+}

@@ -7,6 +7,17 @@
 //! ```
 //!
 //! The second is the LTU / OpenAQA layout. Audio paths are relative to the manifest's folder.
+//!
+//! An example about several clips lists them, and marks where each goes in the conversation
+//! with `<|pal_audio|>` (in order; a model takes up to its config's `max_clips`):
+//!
+//! ```json
+//! {"audio": ["a.wav", "b.wav"], "messages": [{"role": "user", "content":
+//!   "First clip: <|pal_audio|>\nSecond clip: <|pal_audio|>\nWhich clip has the dog?"},
+//!   {"role": "assistant", "content": "the second"}]}
+//! ```
+//!
+//! One clip needs no marker (it goes at the start of the first user message).
 //! A malformed line or a missing audio file is an error naming the file and line; with
 //! `skip_bad`, such lines are skipped with a warning each and counted, never dropped silently.
 
@@ -15,12 +26,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use pal_models::text::chat_template::Message;
+use pal_models::text::segments::AUDIO_MARKER;
 
 /// One example.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The audio file (resolved against the manifest folder).
-    pub audio: PathBuf,
+    /// The audio files (resolved against the manifest folder), in the order of their markers:
+    /// one, or several.
+    pub clips: Vec<PathBuf>,
     /// The conversation; assistant turns are what training learns.
     pub messages: Vec<Message>,
     /// Where the example comes from, `manifest.jsonl:LINE`.
@@ -53,11 +66,19 @@ pub enum ManifestError {
     Empty(PathBuf),
 }
 
+/// `"audio"`: one file, or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audio {
+    One(String),
+    Several(Vec<String>),
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Line {
     Chat {
-        audio: String,
+        audio: Audio,
         messages: Vec<Message>,
     },
     Instruction {
@@ -76,25 +97,32 @@ pub struct Manifest {
     pub skipped: Vec<ManifestError>,
 }
 
-fn parse_line(text: &str, base: &Path) -> Result<(PathBuf, Vec<Message>), String> {
+fn parse_line(text: &str, base: &Path) -> Result<(Vec<PathBuf>, Vec<Message>), String> {
     let line: Line = serde_json::from_str(text).map_err(|e| {
         // serde's untagged error says little: tell which fields are expected.
         match serde_json::from_str::<serde_json::Value>(text) {
             Err(json) => format!("invalid JSON: {json}"),
             Ok(serde_json::Value::Object(_)) => format!(
-                "expected {{\"audio\", \"messages\": [{{\"role\", \"content\"}}]}} or {{\"audio_id\", \"instruction\", \"output\"}} ({e})"
+                "expected {{\"audio\" (a file or a list), \"messages\": [{{\"role\", \"content\"}}]}} or {{\"audio_id\", \"instruction\", \"output\"}} ({e})"
             ),
             Ok(_) => "a line must be a JSON object".to_string(),
         }
     })?;
     let (audio, messages) = match line {
-        Line::Chat { audio, messages } => (audio, messages),
+        Line::Chat {
+            audio: Audio::One(file),
+            messages,
+        } => (vec![file], messages),
+        Line::Chat {
+            audio: Audio::Several(files),
+            messages,
+        } => (files, messages),
         Line::Instruction {
             audio_id,
             instruction,
             output,
         } => (
-            audio_id,
+            vec![audio_id],
             vec![
                 Message {
                     role: "user".into(),
@@ -122,11 +150,30 @@ fn parse_line(text: &str, base: &Path) -> Result<(PathBuf, Vec<Message>), String
     if !messages.iter().any(|m| m.role == "assistant") {
         return Err("no assistant message: nothing to learn or to compare against".into());
     }
-    let path = base.join(&audio);
-    if !path.is_file() {
-        return Err(format!("audio file {} does not exist", path.display()));
+    if audio.is_empty() {
+        return Err("\"audio\" is an empty list".into());
     }
-    Ok((path, messages))
+    let markers: usize = messages
+        .iter()
+        .map(|m| m.content.matches(AUDIO_MARKER).count())
+        .sum();
+    if (markers > 1 || audio.len() > 1) && markers != audio.len() {
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        return Err(format!(
+            "{} but {} in the messages: mark where each clip goes, in order",
+            plural(audio.len(), "clip"),
+            plural(markers, &format!("{AUDIO_MARKER} marker"))
+        ));
+    }
+    let mut clips = vec![];
+    for file in audio {
+        let path = base.join(&file);
+        if !path.is_file() {
+            return Err(format!("audio file {} does not exist", path.display()));
+        }
+        clips.push(path);
+    }
+    Ok((clips, messages))
 }
 
 /// Reads a manifest. Without `skip_bad`, the first bad line is an error.
@@ -143,8 +190,8 @@ pub fn load_manifest(path: &Path, skip_bad: bool) -> Result<Manifest, ManifestEr
             continue;
         }
         match parse_line(line, base) {
-            Ok((audio, messages)) => records.push(Record {
-                audio,
+            Ok((clips, messages)) => records.push(Record {
+                clips,
                 messages,
                 origin: format!("{}:{}", path.display(), i + 1),
             }),

@@ -20,7 +20,7 @@ fn both_layouts_load_with_paths_relative_to_the_manifest() {
     let (dir, path) = setup(&[GOOD_CHAT, "", GOOD_LTU]);
     let m = load_manifest(&path, false).unwrap();
     assert_eq!(m.records.len(), 2);
-    assert_eq!(m.records[0].audio, dir.path().join("clips/a.wav"));
+    assert_eq!(m.records[0].clips, vec![dir.path().join("clips/a.wav")]);
     assert_eq!(m.records[1].messages[0].role, "user");
     assert_eq!(m.records[1].messages[1].content, "A dog barks.");
     assert!(m.records[1].origin.ends_with("train.jsonl:3"));
@@ -53,6 +53,33 @@ fn each_bad_line_is_named() {
     )
     .contains("no assistant"));
     assert!(line_error(r#"{"audio": "clips/a.wav", "messages": []}"#).contains("empty"));
+}
+
+#[test]
+fn an_example_about_several_clips_marks_where_each_goes() {
+    let two = r#"{"audio": ["clips/a.wav", "clips/b.wav"], "messages": [{"role": "user", "content": "First: <|pal_audio|> Second: <|pal_audio|> Which has the dog?"}, {"role": "assistant", "content": "the second"}]}"#;
+    let (dir, path) = setup(&[GOOD_CHAT, two]);
+    std::fs::write(dir.path().join("clips/b.wav"), b"RIFF").unwrap();
+    let m = load_manifest(&path, false).unwrap();
+    assert_eq!(
+        m.records[1].clips,
+        vec![
+            dir.path().join("clips/a.wav"),
+            dir.path().join("clips/b.wav")
+        ]
+    );
+    // Markers must match the clips, one each, in order.
+    let unmarked = r#"{"audio": ["clips/a.wav", "clips/a.wav"], "messages": [{"role": "user", "content": "Which has the dog?"}, {"role": "assistant", "content": "the second"}]}"#;
+    let msg = line_error(unmarked);
+    assert!(msg.contains("2 clips but 0 <|pal_audio|> markers"), "{msg}");
+    let extra = r#"{"audio": "clips/a.wav", "messages": [{"role": "user", "content": "<|pal_audio|> and <|pal_audio|>?"}, {"role": "assistant", "content": "x"}]}"#;
+    assert!(line_error(extra).contains("1 clip but 2 <|pal_audio|> markers"));
+    let missing = r#"{"audio": ["clips/a.wav", "clips/gone.wav"], "messages": [{"role": "user", "content": "<|pal_audio|> <|pal_audio|>"}, {"role": "assistant", "content": "x"}]}"#;
+    assert!(line_error(missing).contains("gone.wav"));
+    assert!(
+        line_error(r#"{"audio": [], "messages": [{"role": "assistant", "content": "x"}]}"#)
+            .contains("empty list")
+    );
 }
 
 #[test]
@@ -103,11 +130,12 @@ fn instruction_set_is_reproducible_from_its_seed() {
             let text = std::fs::read_to_string(path).unwrap();
             let manifest = pal_data::load_manifest(path, false).unwrap();
             for record in &manifest.records {
-                let audio = pal_audio::load_audio(&record.audio).unwrap();
+                let clip = &record.clips[0];
+                let audio = pal_audio::load_audio(clip).unwrap();
                 assert!(audio.duration() > 0.3);
                 files.push((
-                    record.audio.file_name().unwrap().to_string_lossy().into(),
-                    std::fs::read(&record.audio).unwrap(),
+                    clip.file_name().unwrap().to_string_lossy().into(),
+                    std::fs::read(clip).unwrap(),
                 ));
             }
             // Manifests hold absolute paths into this build's folder; compare them relative.

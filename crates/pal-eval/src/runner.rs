@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use pal_data::encoding::{encode_in_order, EncodeOptions};
-use pal_data::load_manifest;
+use candle_core::Device;
+use pal_data::encoding::{encode_records, EncodeOptions, RecordClips};
+use pal_data::{load_manifest, Record};
 use pal_infer::{generate_with_audio, FinishReason, GenerationParams};
 use pal_models::audio_llm::BuiltModel;
 use pal_models::audio_llm::{Example, Padding};
@@ -122,11 +122,12 @@ pub fn evaluate(
     )
 }
 
-/// A test example: the conversation up to the last assistant message and that message.
+/// A test example: the conversation up to the last assistant message and that message, and
+/// per clip its encoder outputs.
 struct TestCase {
     origin: String,
     messages: Vec<Message>,
-    audio: Vec<Tensor>,
+    clips: RecordClips,
 }
 
 /// The test cases of a manifest (clips encoded in batches) or of a shard set.
@@ -135,23 +136,17 @@ fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, Eval
     match data {
         EvalData::Manifest(path) => {
             let records = load_manifest(path, false)?.records;
-            let files: Vec<PathBuf> = records.iter().map(|r| r.audio.clone()).collect();
-            encode_in_order(
-                &files,
-                0,
-                &built.encoders,
-                &EncodeOptions::default(),
-                |i, outcome| {
-                    let r = &records[i];
-                    let clip = outcome.map_err(|e| EvalError::Example(r.origin.clone(), e))?;
-                    cases.push(TestCase {
-                        origin: r.origin.clone(),
-                        messages: r.messages.clone(),
-                        audio: clip.audio,
-                    });
-                    Ok::<(), EvalError>(())
-                },
-            )?;
+            let records: Vec<&Record> = records.iter().collect();
+            let outputs =
+                encode_records(&records, &built.encoders, &EncodeOptions::default(), false)
+                    .map_err(|(r, e)| EvalError::Example(records[r].origin.clone(), e))?;
+            for (r, clips) in records.iter().zip(outputs) {
+                cases.push(TestCase {
+                    origin: r.origin.clone(),
+                    messages: r.messages.clone(),
+                    clips: clips.map_err(|e| EvalError::Example(r.origin.clone(), e))?,
+                });
+            }
         }
         EvalData::Shards(dir) => {
             let set = FeatureShardSet::open(dir)?;
@@ -174,7 +169,7 @@ fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, Eval
                             record.origin.clone()
                         },
                         messages: record.messages.clone(),
-                        audio: shard.example_audio(i, &Device::Cpu)?,
+                        clips: vec![shard.example_audio(i, &Device::Cpu)?],
                     });
                 }
             }
@@ -217,7 +212,10 @@ pub fn evaluate_with(
             .collect::<Vec<_>>()
             .join(" / ");
         prepared.push((
-            Example::one_clip(segments, case.audio),
+            Example {
+                segments,
+                clips: case.clips,
+            },
             EvalItem {
                 origin: case.origin,
                 question,

@@ -18,7 +18,8 @@ pub fn suite_manifests(suite: PathBuf) -> PyResult<Vec<PathBuf>> {
     pal_eval::probe_external::suite_manifests(&suite).or_py()
 }
 
-/// A manifest's records: `(audio path, messages, origin)` each.
+/// A manifest's records: `(audio path, messages, origin)` each (an external encoder's shards
+/// hold one clip per example: a record about several is an error naming its line).
 #[pyfunction]
 pub fn manifest_records(py: Python<'_>, manifest: PathBuf) -> PyResult<Py<PyList>> {
     let records = py
@@ -26,13 +27,20 @@ pub fn manifest_records(py: Python<'_>, manifest: PathBuf) -> PyResult<Py<PyList
         .or_py()?
         .records;
     let out = PyList::empty(py);
-    for r in records {
+    for mut r in records {
+        if r.clips.len() != 1 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "{}: {} clips; feature shards hold one clip per example",
+                r.origin,
+                r.clips.len()
+            )));
+        }
         let messages: Vec<(String, String)> = r
             .messages
             .into_iter()
             .map(|m| (m.role, m.content))
             .collect();
-        out.append((r.audio, messages, r.origin))?;
+        out.append((r.clips.remove(0), messages, r.origin))?;
     }
     Ok(out.unbind())
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use pal_data::encoding::{encode_in_order, EncodeOptions};
+use candle_core::Device;
+use pal_data::encoding::{encode_records, EncodeOptions, RecordClips};
 use pal_data::stream::StreamPlan;
 use pal_data::{load_manifest, BatchState};
 use pal_models::audio_llm::Example;
@@ -22,11 +22,11 @@ use crate::curriculum::{DataMix, Stage};
 use crate::distributed::Collective;
 use crate::TrainError;
 
-/// An example ready for batching: its segments and encoder outputs.
+/// An example ready for batching: its segments and, per clip, its encoder outputs.
 #[derive(Clone)]
 struct Item {
     segments: Vec<Segment>,
-    audio: Vec<Tensor>,
+    clips: RecordClips,
 }
 
 /// The length a batch is bucketed by: text tokens plus audio tokens.
@@ -49,6 +49,8 @@ pub struct RunContext<'a> {
     pub seed: u64,
     /// Skip bad manifest lines and undecodable clips (each warned and counted).
     pub skip_bad: bool,
+    /// Most clips the model takes in one example (its config's `max_clips`).
+    pub max_clips: usize,
 }
 
 /// A unit of the stream: the stage's manifest examples, or one shard of a set.
@@ -102,10 +104,9 @@ impl StageData {
             let (items, bad) = load_manifest_items(
                 &stage.manifests,
                 base,
-                &template,
-                tokenizer,
+                (&template, tokenizer),
                 encoders,
-                skip_bad,
+                (skip_bad, run.max_clips),
                 seed,
             )?;
             skipped += bad;
@@ -183,10 +184,10 @@ impl StageData {
             .map(|&r| {
                 let (unit, record) = group.members[r];
                 match &self.units[unit] {
-                    Unit::Memory(items) => Ok(Example::one_clip(
-                        items[record].0.segments.clone(),
-                        items[record].0.audio.clone(),
-                    )),
+                    Unit::Memory(items) => Ok(Example {
+                        segments: items[record].0.segments.clone(),
+                        clips: items[record].0.clips.clone(),
+                    }),
                     Unit::Shard { .. } => Ok(Example::one_clip(
                         group.segments[&r].clone(),
                         group.open[&unit].example_audio(record, &Device::Cpu)?,
@@ -259,14 +260,13 @@ fn repeated(count: usize, weight: f64, seed: u64) -> Vec<usize> {
 
 /// The manifests' examples with their encoder outputs and bucket lengths, in mix order. Each
 /// distinct clip is decoded and encoded once (in parallel batches), however often the mix
-/// repeats it.
+/// repeats it or its examples list it.
 fn load_manifest_items<E: AudioEncoder>(
     mixes: &[DataMix],
     base: &Path,
-    template: &ChatTemplate,
-    tokenizer: &Tokenizer,
+    (template, tokenizer): (&ChatTemplate, &Tokenizer),
     encoders: &[E],
-    skip_bad: bool,
+    (skip_bad, max_clips): (bool, usize),
     seed: u64,
 ) -> Result<(Vec<(Item, usize)>, usize), TrainError> {
     let mut skipped = 0;
@@ -278,47 +278,48 @@ fn load_manifest_items<E: AudioEncoder>(
             eprintln!("warning: skipped {bad}");
         }
         skipped += manifest.skipped.len();
-        let records = manifest.records;
+        let mut records = manifest.records;
+        let too_many = |r: &pal_data::Record| r.clips.len() > max_clips;
+        for r in records.iter().filter(|r| too_many(r)) {
+            let message = format!(
+                "{} clips; the model takes at most {max_clips} (max_clips in its config)",
+                r.clips.len()
+            );
+            if !skip_bad {
+                return Err(TrainError::Example(r.origin.clone(), message));
+            }
+            eprintln!("warning: skipped {}: {message}", r.origin);
+            skipped += 1;
+        }
+        records.retain(|r| !too_many(r));
         let chosen = repeated(records.len(), mix.weight, seed);
         let mut distinct: Vec<usize> = chosen.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        let files: Vec<_> = distinct.iter().map(|&r| records[r].audio.clone()).collect();
+        let of_distinct: Vec<&pal_data::Record> = distinct.iter().map(|&r| &records[r]).collect();
+        let outputs = encode_records(&of_distinct, encoders, &EncodeOptions::default(), skip_bad)
+            .map_err(|(r, e)| TrainError::Example(of_distinct[r].origin.clone(), e))?;
         let mut encoded: BTreeMap<usize, Option<(Item, usize)>> = BTreeMap::new();
-        encode_in_order(
-            &files,
-            0,
-            encoders,
-            &EncodeOptions::default(),
-            |i, outcome| {
-                let record = &records[distinct[i]];
-                let item = outcome.and_then(|clip| {
-                    let segments = training_segments(template, tokenizer, &record.messages)
-                        .map_err(|e| e.to_string())?;
-                    let tokens = clip.audio.iter().map(|a| a.dims()[0]).sum();
-                    let length = bucket_length(&segments, tokens);
-                    Ok((
-                        Item {
-                            segments,
-                            audio: clip.audio,
-                        },
-                        length,
-                    ))
-                });
-                match item {
-                    Ok(item) => {
-                        encoded.insert(distinct[i], Some(item));
-                    }
-                    Err(e) if skip_bad => {
-                        eprintln!("warning: skipped {}: {e}", record.origin);
-                        skipped += 1;
-                        encoded.insert(distinct[i], None);
-                    }
-                    Err(e) => return Err(TrainError::Example(record.origin.clone(), e)),
+        for ((&r, record), clips) in distinct.iter().zip(&of_distinct).zip(outputs) {
+            let item = clips.and_then(|clips| {
+                let segments = training_segments(template, tokenizer, &record.messages)
+                    .map_err(|e| e.to_string())?;
+                let tokens = clips.iter().flatten().map(|a| a.dims()[0]).sum();
+                let length = bucket_length(&segments, tokens);
+                Ok((Item { segments, clips }, length))
+            });
+            match item {
+                Ok(item) => {
+                    encoded.insert(r, Some(item));
                 }
-                Ok(())
-            },
-        )?;
+                Err(e) if skip_bad => {
+                    eprintln!("warning: skipped {}: {e}", record.origin);
+                    skipped += 1;
+                    encoded.insert(r, None);
+                }
+                Err(e) => return Err(TrainError::Example(record.origin.clone(), e)),
+            }
+        }
         items.extend(chosen.iter().filter_map(|r| encoded[r].clone()));
     }
     Ok((items, skipped))

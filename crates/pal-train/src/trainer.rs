@@ -353,6 +353,7 @@ pub fn train_ranks(
             base: &base,
             seed: options.seed.unwrap_or(curriculum.seed),
             skip_bad: options.skip_bad,
+            max_clips: model.max_clips,
         };
         let mut data = StageData::load(
             stage,

@@ -395,6 +395,26 @@ fn undecodable_clip_is_named_or_skipped_and_counted() {
         .unwrap()
         .ends_with("train.jsonl:3"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 failures"));
+    // An example about two clips: shards hold one clip per example, so it is refused by line.
+    let pair = r#"{"audio": ["clips/tone0.wav", "clips/tone1.wav"], "messages": [{"role": "user", "content": "<|pal_audio|> <|pal_audio|> Which is higher?"}, {"role": "assistant", "content": "the first"}]}"#;
+    std::fs::write(dir.join("pairs.jsonl"), pair).unwrap();
+    let err = failure(&run(
+        &[
+            "encode",
+            "--model",
+            "model.toml",
+            "--manifest",
+            "pairs.jsonl",
+            "--quiet",
+            "--out",
+            "c",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("pairs.jsonl:1") && err.contains("one clip per example"),
+        "{err}"
+    );
 }
 
 #[test]

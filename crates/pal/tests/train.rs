@@ -419,3 +419,78 @@ fn the_tiny_gpu_check_job_trains_and_repeats_exactly() {
         assert_eq!(differences[route], 0.0, "{route}: {differences}");
     }
 }
+
+/// `dir/pairs.jsonl`: pairs of the tones of [`tone_manifest`], each clip at its marker, asked
+/// which one is higher.
+fn tone_pairs(dir: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let (a, b) = (i, i + 1); // even tones are high, odd ones low
+            let answer = if a % 2 == 0 { "the first" } else { "the second" };
+            format!(
+                r#"{{"audio": ["clips/tone{a}.wav", "clips/tone{b}.wav"], "messages": [{{"role": "user", "content": "First: <|pal_audio|>\nSecond: <|pal_audio|>\nWhich tone is higher?"}}, {{"role": "assistant", "content": "{answer}"}}]}}"#
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("pairs.jsonl"), lines.join("\n")).unwrap();
+}
+
+#[test]
+fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
+    if !models_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = setup(dir.path(), None);
+    tone_pairs(dir.path(), 5);
+    let text = std::fs::read_to_string(&curriculum)
+        .unwrap()
+        .replace("train.jsonl", "pairs.jsonl")
+        .replace("steps = 8", "steps = 3");
+    std::fs::write(&curriculum, text).unwrap();
+    // The model takes one clip: the first example about two is named, before any encoding.
+    let out = pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&curriculum)
+        .output()
+        .unwrap();
+    let err = common::failure(&out);
+    assert!(
+        err.contains("pairs.jsonl:1") && err.contains("2 clips") && err.contains("max_clips"),
+        "{err}"
+    );
+    // With max_clips = 2 the pairs train, and evaluate with both clips heard.
+    let model = std::fs::read_to_string(dir.path().join("model.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("model.toml"),
+        format!("max_clips = 2\n{model}"),
+    )
+    .unwrap();
+    ok(&pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&curriculum)
+        .output()
+        .unwrap());
+    let run = dir.path().join("run");
+    assert_eq!(losses(&run).len(), 3);
+    let json = dir.path().join("eval.jsonl");
+    ok(&pal()
+        .args(["eval", "--max-tokens", "4", "--model"])
+        .arg(&run)
+        .arg("--manifest")
+        .arg(dir.path().join("pairs.jsonl"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap());
+    let items: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 5);
+    assert!(items.iter().all(|i| i["question"]
+        .as_str()
+        .unwrap()
+        .contains("Which tone is higher?")));
+}

@@ -52,10 +52,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let ok = item.correct || (item.reference.split_whitespace().count() > 3 && wer <= 0.25);
         right += ok as usize;
         let clip = record
-            .audio
-            .file_name()
+            .clips
+            .iter()
+            .filter_map(|c| c.file_name())
             .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
+            .collect::<Vec<_>>()
+            .join(" + ");
         println!("{clip}\n  Q: {}\n  A: {}", item.question, item.answer);
         println!(
             "  expected: {} [{}]\n",
