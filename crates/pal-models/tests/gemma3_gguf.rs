@@ -97,12 +97,19 @@ fn gemma3_quantized_weights_pick_the_same_next_token() {
         return;
     };
     let (mut model, _) = load_llm(&path, DType::F32, &Device::Cpu).unwrap();
+    let (ids, last, _, _) = golden();
+    let embedded = model.embed(&ids.unsqueeze(0).unwrap()).unwrap();
     let used =
         pal_models::llm::weight_form::apply(&mut model, &path, WeightForm::Quantized).unwrap();
     for kind in ["Q4K", "Q5_0", "Q6K", "Q8_0"] {
         assert!(used.quantized.contains_key(kind), "{kind} not in {used}");
     }
-    let (ids, last, _, _) = golden();
+    // The 262k-row f32 table is freed: tokens are looked up in the quantized one, to the same
+    // values.
+    assert!(model.embed_quantized.is_some());
+    assert_eq!(model.embed_tokens.stride(), &[0, 0]);
+    let looked_up = model.embed(&ids.unsqueeze(0).unwrap()).unwrap();
+    assert_eq!(max_diff(&looked_up, &embedded), 0.0);
     let ids_vec = ids.to_vec1::<u32>().unwrap();
     let n = ids_vec.len();
     let mut cache = model.new_cache();

@@ -2,7 +2,8 @@
 //! `openai` Python client (`scripts/openai_client_check.py`, run with `$PAL_TEST_PYTHON`, a venv
 //! that has `openai`; `.ci/run` makes one). Its answers equal `pal ask` for the same clip, question
 //! and seed, over chat completions (a clip longer than a window too) and the realtime API; SIGTERM
-//! lets a request in flight finish and then stops the server.
+//! lets a request in flight finish and then stops the server; a 20-minute recording is answered
+//! by both within a stated peak memory.
 
 mod common;
 
@@ -298,4 +299,103 @@ fn a_minute_of_hostile_traffic_changes_no_answer() {
     assert_eq!(report["hostile_5xx"], 0, "{report}");
     // The served model and its caches: well under what the decode bombs would take.
     assert!(report["peak_rss_mb"].as_f64().unwrap() < 3000.0, "{report}");
+}
+
+/// Peak memory a recording of 20 minutes may take in `pal ask`, with the LAL model of
+/// `configs/long-audio/lal-pool2.toml`: SmolLM2 and Whisper (about 0.9 GB), the pooled keys and
+/// values of 15 layers (about 0.37 GB in bf16) and the samples (docs/bench/long-audio.md
+/// measures 1.07 GB at 10 minutes, 1.49 GB at 30; this test 1.33 GB).
+const ASK_MB: f64 = 1600.0;
+/// The same in `pal serve`, which also holds the request (26 MB of base64), its decoded bytes
+/// and, in its audio cache, the clip's keys and values for the next question about it (this
+/// test: 1.79 GB).
+const SERVE_MB: f64 = 2200.0;
+
+/// Peak resident memory of process `pid` so far, MB (`VmHWM`).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb / 1000.0
+}
+
+#[test]
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its peak memory
+fn a_twenty_minute_recording_is_answered_in_bounded_memory() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let config = ModelConfig::load(&repo().join("configs/long-audio/lal-pool2.toml")).unwrap();
+    write_untrained_run(&config, &repo().join("configs/long-audio"), &run).unwrap();
+    // 20 minutes of speech at 8 kHz (half the upload of 16 kHz; pal resamples it).
+    let jfk = pal_audio::load_audio(&repo().join("assets/clips/jfk_16k.wav")).unwrap();
+    let speech = pal_audio::resample(&jfk.samples, jfk.sample_rate, 8_000, "jfk").unwrap();
+    let samples: Vec<f32> = speech.iter().cycle().take(8_000 * 1200).copied().collect();
+    let clip = tmp.path().join("twenty-minutes.wav");
+    pal_audio::write_wav(&clip, &samples, 8_000).unwrap();
+    let question = "What is said in this recording?";
+
+    // pal ask: its peak from the kernel's accounting of the child (wait4).
+    let mut child = pal()
+        .args(["ask", "--max-tokens", "8", "--model"])
+        .arg(&run)
+        .arg("--audio")
+        .arg(&clip)
+        .arg(question)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut answer)
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, whose pid std has not reaped.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "pal ask failed"
+    );
+    let ask_mb = usage.ru_maxrss as f64 / 1000.0;
+    let answer = answer.trim_end_matches('\n').to_string();
+    assert!(!answer.is_empty());
+    assert!(ask_mb < ASK_MB, "pal ask peaked at {ask_mb:.0} MB");
+
+    // pal serve, the same recording over chat completions: the same answer, bounded too.
+    let (mut server, addr) = start_server(
+        &run,
+        &["--max-audio-seconds", "1500", "--max-body-mb", "40"],
+    );
+    let body = chat_body(&clip, question, 8, 0.0);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["choices"][0]["message"]["content"], answer);
+    let serve_mb = peak_rss_mb(server.id());
+    sigterm(&server);
+    assert!(server.wait().unwrap().success());
+    assert!(serve_mb < SERVE_MB, "pal serve peaked at {serve_mb:.0} MB");
+    eprintln!("20 minutes: pal ask peaked at {ask_mb:.0} MB, pal serve at {serve_mb:.0} MB");
 }

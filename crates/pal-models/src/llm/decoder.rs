@@ -47,6 +47,9 @@ pub struct Llama {
     pub config: LlamaConfig,
     /// `(vocab, d)` token embeddings.
     pub embed_tokens: Tensor,
+    /// The embeddings in their file's quantized form, looked up row by row instead of
+    /// `embed_tokens` (`--weights quantized`, which frees the f32 table).
+    pub embed_quantized: Option<std::sync::Arc<pal_nn::ops::QuantizedWeight>>,
     /// Decoder layers.
     pub layers: Vec<DecoderLayer>,
     /// Final RMSNorm.
@@ -248,6 +251,7 @@ impl Llama {
         Ok(Self {
             config,
             embed_tokens,
+            embed_quantized: None,
             layers,
             norm,
             lm_head,
@@ -310,10 +314,13 @@ impl Llama {
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, n) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        let rows =
-            self.embed_tokens
-                .index_select(&flat, 0)?
-                .reshape((b, n, self.config.hidden_size))?;
+        let rows = match &self.embed_quantized {
+            Some(q) => q
+                .rows(&flat.to_vec1::<u32>()?)?
+                .to_device(tokens.device())?,
+            None => self.embed_tokens.index_select(&flat, 0)?,
+        }
+        .reshape((b, n, self.config.hidden_size))?;
         Ok(match self.config.embedding_scale {
             // Gemma rounds the scale to the model's type before multiplying.
             Some(scale) => {

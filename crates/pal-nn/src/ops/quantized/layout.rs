@@ -264,6 +264,15 @@ pub(super) struct TileBlock {
     pub ints: [[i32; BLOCK]; TILE],
 }
 
+impl TileBlock {
+    /// Row `i`'s 32 values in f32 (`scale * int + offset`), into `out`.
+    pub fn values(&self, i: usize, out: &mut [f32]) {
+        for (v, (o, &q)) in out.iter_mut().zip(&self.ints[i]).enumerate() {
+            *o = self.scales[i][v / (BLOCK / 2)] * q as f32 + self.offsets[i];
+        }
+    }
+}
+
 /// Decodes one block index of a tile (`format.tile_block_bytes()` bytes).
 pub(super) fn tile_block(format: BlockFormat, bytes: &[u8]) -> TileBlock {
     let size = format.scale_size();

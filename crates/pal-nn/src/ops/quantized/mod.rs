@@ -143,12 +143,8 @@ impl QuantizedWeight {
                     for (b, bytes) in tile.chunks_exact(tile_block_bytes).enumerate() {
                         let block = layout::tile_block(*format, bytes);
                         for i in 0..TILE.min(self.rows - t * TILE) {
-                            let m = block.offsets[i];
                             let at = (t * TILE + i) * self.cols + b * BLOCK;
-                            let values = out[at..at + BLOCK].iter_mut().zip(&block.ints[i]);
-                            for (v, (o, &q)) in values.enumerate() {
-                                *o = block.scales[i][v / (BLOCK / 2)] * q as f32 + m;
-                            }
+                            block.values(i, &mut out[at..at + BLOCK]);
                         }
                     }
                 }
@@ -157,6 +153,37 @@ impl QuantizedWeight {
             Storage::Candle(QMatMul::QTensor(q)) => q.dequantize(&Device::Cpu),
             Storage::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32),
         }
+    }
+
+    /// Whether [`Self::rows`] reads rows without dequantizing the whole matrix (pal's tiles).
+    pub fn reads_rows(&self) -> bool {
+        matches!(self.storage, Storage::Blocks { .. })
+    }
+
+    /// Rows `ids` of the weight in f32, `(ids.len(), cols)`: an embedding lookup, with the values
+    /// [`Self::dequantize`] gives. Only the tiles' blocks of those rows are read where
+    /// [`Self::reads_rows`]; otherwise the whole matrix is dequantized first.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let Storage::Blocks { format, data } = &self.storage else {
+            let all = self.dequantize()?;
+            let ids = Tensor::new(ids, &Device::Cpu)?;
+            return all.index_select(&ids, 0);
+        };
+        let blocks = self.cols / BLOCK;
+        let tile_block_bytes = format.tile_block_bytes();
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (row, &id) in out.chunks_exact_mut(self.cols).zip(ids) {
+            let id = id as usize;
+            if id >= self.rows {
+                candle_core::bail!("row {id} of a {}x{} weight", self.rows, self.cols);
+            }
+            let (t, lane) = (id / TILE, id % TILE);
+            let tile = &data[t * blocks * tile_block_bytes..(t + 1) * blocks * tile_block_bytes];
+            for (b, bytes) in tile.chunks_exact(tile_block_bytes).enumerate() {
+                layout::tile_block(*format, bytes).values(lane, &mut row[b * BLOCK..][..BLOCK]);
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)
     }
 
     /// `x W^T` for `x` `(..., cols)` in f32 on the CPU: `(..., rows)`. No gradient.
