@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod batching;
+pub mod clip_pairs;
 pub mod encode_shards;
 pub mod encoding;
 pub mod instruct;

@@ -22,6 +22,29 @@ pub enum DataCommand {
     /// Long recordings: FSDD digit strings and ESC-10 sound counts spread over 30 s to 10 min of
     /// faint noise, with held-out validation and test splits and a manifest per length.
     Long(LongArgs),
+    /// Questions about two clips (which has the dog, same digit, which is louder, what is in
+    /// each), for models with `max_clips = 2`, with held-out validation and test splits.
+    Pairs(PairsArgs),
+}
+
+/// Arguments of `pal data pairs`.
+#[derive(Args)]
+pub struct PairsArgs {
+    /// The shared data folder (fsdd/, esc10/).
+    #[arg(long)]
+    root: PathBuf,
+    /// Where the manifests (and the `louder` pairs' audio) go.
+    #[arg(long, default_value = "data/pairs")]
+    out: PathBuf,
+    /// Seed of every random draw (the same seed gives the same files).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Pairs per task in the train split.
+    #[arg(long, default_value_t = 400)]
+    train: usize,
+    /// Pairs per task in each of the validation and test splits.
+    #[arg(long, default_value_t = 100)]
+    held_out: usize,
 }
 
 /// Arguments of `pal data long`.
@@ -111,6 +134,18 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             print_manifests(&summary);
             let speakers = pal_data::shared::build_fsdd_speaker_splits(&args.root, &args.out)?;
             print_manifests(&speakers);
+            Ok(())
+        }
+        DataCommand::Pairs(args) => {
+            let summary =
+                pal_data::clip_pairs::build_clip_pairs(&pal_data::clip_pairs::PairOptions {
+                    root: args.root,
+                    out: args.out,
+                    seed: args.seed,
+                    train: args.train,
+                    held_out: args.held_out,
+                })?;
+            print_manifests(&summary);
             Ok(())
         }
         DataCommand::Long(args) => {
