@@ -78,6 +78,24 @@ pub(super) enum Offset {
 }
 
 impl BlockFormat {
+    /// The format as a number, for kernels compiled per format (a const generic).
+    pub(super) const fn id(self) -> u8 {
+        self as u8
+    }
+
+    /// The format of [`Self::id`].
+    #[inline(always)]
+    pub(super) fn from_id(id: u8) -> Self {
+        [
+            Self::Q4_0,
+            Self::Q4_1,
+            Self::Q5_0,
+            Self::Q8_0,
+            Self::Q4K,
+            Self::Q6K,
+        ][id as usize]
+    }
+
     /// The format of a GGUF type, if the kernels take it.
     pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
         match dtype {

@@ -318,24 +318,37 @@ fn tile_rows(
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! by_rows {
-            ($($kernel:ident)::+) => {
+            ($($kernel:ident)::+, $f:expr) => {
                 match n {
-                    1 => $($kernel)::+::<1>(format, tile, x),
-                    2 => $($kernel)::+::<2>(format, tile, x),
-                    3 => $($kernel)::+::<3>(format, tile, x),
-                    4 => $($kernel)::+::<4>(format, tile, x),
-                    5 => $($kernel)::+::<5>(format, tile, x),
-                    6 => $($kernel)::+::<6>(format, tile, x),
-                    7 => $($kernel)::+::<7>(format, tile, x),
-                    _ => $($kernel)::+::<8>(format, tile, x),
+                    1 => $($kernel)::+::<1, $f>(tile, x),
+                    2 => $($kernel)::+::<2, $f>(tile, x),
+                    3 => $($kernel)::+::<3, $f>(tile, x),
+                    4 => $($kernel)::+::<4, $f>(tile, x),
+                    5 => $($kernel)::+::<5, $f>(tile, x),
+                    6 => $($kernel)::+::<6, $f>(tile, x),
+                    7 => $($kernel)::+::<7, $f>(tile, x),
+                    _ => $($kernel)::+::<8, $f>(tile, x),
+                }
+            };
+        }
+        // Each format's kernel compiled on its own (its constant choices folded away).
+        macro_rules! by_format {
+            ($($kernel:ident)::+) => {
+                match format {
+                    BlockFormat::Q4_0 => by_rows!($($kernel)::+, { BlockFormat::Q4_0.id() }),
+                    BlockFormat::Q4_1 => by_rows!($($kernel)::+, { BlockFormat::Q4_1.id() }),
+                    BlockFormat::Q5_0 => by_rows!($($kernel)::+, { BlockFormat::Q5_0.id() }),
+                    BlockFormat::Q8_0 => by_rows!($($kernel)::+, { BlockFormat::Q8_0.id() }),
+                    BlockFormat::Q4K => by_rows!($($kernel)::+, { BlockFormat::Q4K.id() }),
+                    BlockFormat::Q6K => by_rows!($($kernel)::+, { BlockFormat::Q6K.id() }),
                 }
             };
         }
         // SAFETY: the CPU has the instructions each kernel is compiled for (`simd` comes from
         // `simd_level`); `tile` is a whole tile and every row of `x` holds its blocks.
         match simd {
-            Simd::Vnni => return unsafe { by_rows!(x86::tile_vnni) },
-            Simd::Avx2 => return unsafe { by_rows!(x86::tile_avx2) },
+            Simd::Vnni => return unsafe { by_format!(x86::tile_vnni) },
+            Simd::Avx2 => return unsafe { by_format!(x86::tile_avx2) },
             Simd::None => {}
         }
     }
