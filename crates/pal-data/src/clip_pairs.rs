@@ -213,11 +213,19 @@ fn each_clip(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
 
 fn same_digit(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
     let a = &clips[pick(rng, clips.len())];
-    let same = pick(rng, 2) == 0;
-    let candidates: Vec<&Source> = clips
-        .iter()
-        .filter(|c| (c.label == a.label) == same && c.path != a.path)
-        .collect();
+    let of = |same: bool| -> Vec<&Source> {
+        clips
+            .iter()
+            .filter(|c| (c.label == a.label) == same && c.path != a.path)
+            .collect()
+    };
+    // Another take of the same digit half the time (always different where there is none).
+    let mut same = pick(rng, 2) == 0;
+    let mut candidates = of(same);
+    if candidates.is_empty() {
+        same = !same;
+        candidates = of(same);
+    }
     let b = candidates[pick(rng, candidates.len())];
     Pair {
         clips: [a.path.clone(), b.path.clone()],
