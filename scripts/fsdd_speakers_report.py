@@ -9,23 +9,11 @@ another training run); over the six rotations, a t-interval over the rotations' 
 rotation is one trained model on one new speaker: the spread of speakers and of training).
 """
 import json
-import math
 import platform
 import sys
 from pathlib import Path
 
-# Two-sided 95% t quantiles by degrees of freedom.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def wilson(correct, n, z=1.96):
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
+from intervals import mean_t_interval, wilson
 
 def cpu():
     for line in open("/proc/cpuinfo"):
@@ -65,10 +53,7 @@ def main():
         print(f"| the 5 others | {s} (new speaker) | {n} | {100 * correct / n:.1f}% "
               f"| {100 * lo:.1f} to {100 * hi:.1f} | {100 * well / n:.1f}% |")
     k = len(accuracies)
-    mean = sum(accuracies) / k
-    sd = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (k - 1))
-    half = T95.get(k - 1, 1.96) * sd / math.sqrt(k)
-    lo, hi = max(0.0, mean - half), min(1.0, mean + half)
+    mean, (lo, hi) = mean_t_interval(accuracies)
     official = results["official"][0] / results["official"][1]
     print(f"\nHeld out by speaker, mean over the {k} rotations: **{100 * mean:.1f}%** "
           f"(95% t-interval over rotations {100 * lo:.1f} to {100 * hi:.1f}; lowest "

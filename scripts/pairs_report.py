@@ -8,11 +8,11 @@ Each seed is one trained model: the interval is a t-interval over seeds (clipped
 items' own spread is not in it.
 """
 import json
-import math
 import sys
 from pathlib import Path
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+from intervals import mean_t_interval
+
 TASKS = [
     ("which-has", "Which clip has the dog, the first or the second?", "50%"),
     ("same-digit", "Are the two spoken digits the same?", "50%"),
@@ -23,16 +23,6 @@ TASKS = [
 
 def items(path):
     return [json.loads(line) for line in open(path)]
-
-
-def mean_ci(values):
-    k = len(values)
-    mean = sum(values) / k
-    if k < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
-    half = T95.get(k - 1, 1.96) * sd / math.sqrt(k)
-    return mean, (max(0.0, mean - half), min(1.0, mean + half))
 
 
 def main():
@@ -58,7 +48,7 @@ def main():
         for seed in seeds:
             rows = items(seed / f"eval-{task}.jsonl")
             accs.append(sum(r["correct"] for r in rows) / len(rows))
-        mean, ci = mean_ci(accs)
+        mean, ci = mean_t_interval(accs)
         interval = f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f}" if ci else f"n = {len(accs)}"
         per = ", ".join(f"{100 * a:.0f}" for a in accs)
         print(f"| {task} | {question} | {chance} | {100 * mean:.1f}% | {interval} | {per} |")
@@ -71,7 +61,7 @@ def main():
         both = [a["correct"] and b["correct"] for a, b in zip(plain, swapped)]
         follows.append(sum(both) / len(both))
         same_answer.append(1 - sum(moved) / len(moved))
-    mean, ci = mean_ci(follows)
+    mean, ci = mean_t_interval(follows)
     interval = f" (95% interval {100 * ci[0]:.1f} to {100 * ci[1]:.1f})" if ci else ""
     print(f"\nSwapping the two clips of each which-has test pair (and so the right answer): "
           f"{100 * mean:.1f}% of pairs are answered right both ways{interval}; "

@@ -15,15 +15,15 @@
 //!
 //! The same seed gives the same manifests and audio bytes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pal_nn::rng::SplitMix64;
 use serde_json::json;
 
-use crate::instruct::{pick, uniform, RATE};
+use crate::instruct::{pick, rms, uniform, RATE};
 use crate::shared::{
-    err, esc10_rows, fsdd_split, read_csv, write, BuildError, BuildSummary, Esc10Sources, SPLITS,
+    err, esc10_clips_by_split, fsdd_clips_by_split, write, BuildError, BuildSummary, ClipsBySplit,
+    LabelledClip, SPLITS,
 };
 
 /// How each clip is introduced in a pair's question.
@@ -57,12 +57,6 @@ pub struct PairOptions {
     pub held_out: usize,
 }
 
-/// A clip of the shared data and its label.
-struct Source {
-    path: PathBuf,
-    label: String,
-}
-
 /// One pair: its two files, question and answer.
 struct Pair {
     clips: [PathBuf; 2],
@@ -81,8 +75,8 @@ pub fn build_clip_pairs(options: &PairOptions) -> Result<BuildSummary, BuildErro
         .out
         .canonicalize()
         .map_err(|e| err(&options.out, e))?;
-    let digits = fsdd_sources(&root)?;
-    let sounds = esc10_sources(&root)?;
+    let digits = two_labels_each(fsdd_clips_by_split(&root)?, &root.join("fsdd/labels.csv"))?;
+    let sounds = two_labels_each(esc10_clips_by_split(&root)?, &root.join("esc10/labels.csv"))?;
     let louder_dir = out.join("audio/louder");
     std::fs::create_dir_all(&louder_dir).map_err(|e| err(&louder_dir, e))?;
     let mut summary = BuildSummary::default();
@@ -127,48 +121,11 @@ fn pair_line(pair: &Pair) -> String {
     .to_string()
 }
 
-/// FSDD's clips by split ([`fsdd_split`]), labelled with their digit's word.
-fn fsdd_sources(root: &Path) -> Result<BTreeMap<&'static str, Vec<Source>>, BuildError> {
-    let fsdd = root.join("fsdd");
-    let labels = fsdd.join("labels.csv");
-    let mut by_split: BTreeMap<&'static str, Vec<Source>> = BTreeMap::new();
-    for (i, row) in read_csv(&labels)?.iter().enumerate() {
-        let take: usize = row["index"]
-            .parse()
-            .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
-        by_split
-            .entry(fsdd_split(&row["split"], take))
-            .or_default()
-            .push(Source {
-                path: fsdd.join(&row["path"]),
-                label: row["word"].clone(),
-            });
-    }
-    complete(by_split, &labels)
-}
-
-/// ESC-10's clips by split (by source recording, as the `esc10` task splits them).
-fn esc10_sources(root: &Path) -> Result<BTreeMap<&'static str, Vec<Source>>, BuildError> {
-    let rows = esc10_rows(root)?;
-    let sources = Esc10Sources::new(&rows);
-    let mut by_split: BTreeMap<&'static str, Vec<Source>> = BTreeMap::new();
-    for r in &rows {
-        by_split.entry(sources.split(r)).or_default().push(Source {
-            path: root.join("esc10").join(&r["path"]),
-            label: r["category"].replace('_', " "),
-        });
-    }
-    complete(by_split, &root.join("esc10/labels.csv"))
-}
-
 /// `by_split` when every split has clips of at least two labels; an error naming `source`
 /// otherwise.
-fn complete(
-    by_split: BTreeMap<&'static str, Vec<Source>>,
-    source: &Path,
-) -> Result<BTreeMap<&'static str, Vec<Source>>, BuildError> {
+fn two_labels_each(by_split: ClipsBySplit, source: &Path) -> Result<ClipsBySplit, BuildError> {
     for split in SPLITS {
-        let clips = by_split.get(split).map_or(&[][..], Vec::as_slice);
+        let clips = &by_split[split];
         if !clips.iter().any(|c| c.label != clips[0].label) {
             return Err(err(
                 source,
@@ -180,9 +137,9 @@ fn complete(
 }
 
 /// Two clips of different labels, in a random order.
-fn two_labels<'a>(rng: &mut SplitMix64, clips: &'a [Source]) -> [&'a Source; 2] {
+fn two_labels<'a>(rng: &mut SplitMix64, clips: &'a [LabelledClip]) -> [&'a LabelledClip; 2] {
     let a = &clips[pick(rng, clips.len())];
-    let others: Vec<&Source> = clips.iter().filter(|c| c.label != a.label).collect();
+    let others: Vec<&LabelledClip> = clips.iter().filter(|c| c.label != a.label).collect();
     let b = others[pick(rng, others.len())];
     match pick(rng, 2) {
         0 => [a, b],
@@ -192,7 +149,7 @@ fn two_labels<'a>(rng: &mut SplitMix64, clips: &'a [Source]) -> [&'a Source; 2] 
 
 const ORDINALS: [&str; 2] = ["the first", "the second"];
 
-fn which_has(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
+fn which_has(rng: &mut SplitMix64, clips: &[LabelledClip]) -> Pair {
     let pair = two_labels(rng, clips);
     let asked = pick(rng, 2);
     Pair {
@@ -202,7 +159,7 @@ fn which_has(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
     }
 }
 
-fn each_clip(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
+fn each_clip(rng: &mut SplitMix64, clips: &[LabelledClip]) -> Pair {
     let pair = two_labels(rng, clips);
     Pair {
         clips: pair.map(|c| c.path.clone()),
@@ -211,9 +168,9 @@ fn each_clip(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
     }
 }
 
-fn same_digit(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
+fn same_digit(rng: &mut SplitMix64, clips: &[LabelledClip]) -> Pair {
     let a = &clips[pick(rng, clips.len())];
-    let of = |same: bool| -> Vec<&Source> {
+    let of = |same: bool| -> Vec<&LabelledClip> {
         clips
             .iter()
             .filter(|c| (c.label == a.label) == same && c.path != a.path)
@@ -236,7 +193,7 @@ fn same_digit(rng: &mut SplitMix64, clips: &[Source]) -> Pair {
 
 /// Two FSDD clips written as `{stem}-a.wav` and `{stem}-b.wav`, RMS-normalised, one 8 to 16 dB
 /// below the other.
-fn louder(rng: &mut SplitMix64, clips: &[Source], stem: &Path) -> Result<Pair, BuildError> {
+fn louder(rng: &mut SplitMix64, clips: &[LabelledClip], stem: &Path) -> Result<Pair, BuildError> {
     let chosen = [
         &clips[pick(rng, clips.len())],
         &clips[pick(rng, clips.len())],
@@ -248,9 +205,7 @@ fn louder(rng: &mut SplitMix64, clips: &[Source], stem: &Path) -> Result<Pair, B
     for (k, source) in chosen.iter().enumerate() {
         let mut samples =
             crate::encoding::decode_clip(&source.path).map_err(|e| err(&source.path, e))?;
-        let rms = (samples.iter().map(|v| v * v).sum::<f32>() / samples.len().max(1) as f32)
-            .sqrt()
-            .max(1e-6);
+        let rms = rms(&samples).max(1e-6);
         let target = match k == loud {
             true => base,
             false => base * 10f32.powf(-drop_db / 20.0),

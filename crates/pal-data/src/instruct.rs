@@ -57,6 +57,16 @@ pub(crate) fn pick(rng: &mut SplitMix64, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
 }
 
+/// Root mean square of samples.
+pub(crate) fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// Largest absolute sample.
+pub(crate) fn peak(x: &[f32]) -> f32 {
+    x.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
 /// Gaussian-ish noise (sum of uniforms) for backgrounds.
 pub(crate) fn noise_sample(rng: &mut SplitMix64) -> f32 {
     ((0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0) as f32

@@ -15,13 +15,14 @@
 //! reported per length. The same seed gives the same manifests and audio bytes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pal_nn::rng::SplitMix64;
 
-use crate::instruct::{coloured_noise, pick, uniform, RATE};
+use crate::instruct::{coloured_noise, peak, pick, rms, uniform, RATE};
 use crate::shared::{
-    err, esc10_rows, line, read_csv, write, BuildError, BuildSummary, Esc10Sources,
+    err, esc10_clips_by_split, fsdd_clips_by_split, line, write, BuildError, BuildSummary,
+    ClipsBySplit,
 };
 
 /// Asked of a digit-string recording.
@@ -78,8 +79,8 @@ pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildE
         .canonicalize()
         .map_err(|e| err(&options.out, e))?;
     let mut summary = BuildSummary::default();
-    let digits = fsdd_by_split(&root)?;
-    let sounds = esc10_by_split(&root)?;
+    let digits = load(fsdd_clips_by_split(&root)?)?;
+    let sounds = load(esc10_clips_by_split(&root)?)?;
     for (t, task) in ["digit-strings", "sound-counts"].into_iter().enumerate() {
         let dir = out.join("audio").join(task);
         std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
@@ -118,57 +119,27 @@ pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildE
     Ok(summary)
 }
 
-/// FSDD's clips by split (the rule of [`crate::shared::build_shared_manifests`]).
-fn fsdd_by_split(root: &Path) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
-    let fsdd = root.join("fsdd");
-    let labels = fsdd.join("labels.csv");
-    let mut by_split: BTreeMap<&'static str, Vec<Clip>> = BTreeMap::new();
-    for (i, row) in read_csv(&labels)?.iter().enumerate() {
-        let take: usize = row["index"]
-            .parse()
-            .map_err(|e| err(&labels, format!("line {}: index: {e}", i + 2)))?;
-        let split = crate::shared::fsdd_split(&row["split"], take);
-        let path = fsdd.join(&row["path"]);
-        let samples = pal_audio::load_audio(&path)
-            .map_err(|e| err(&path, e))?
-            .samples;
-        by_split.entry(split).or_default().push(Clip {
-            samples,
-            label: row["word"].clone(),
-        });
-    }
-    complete(by_split, &labels)
-}
-
-/// ESC-10's clips by split (by source recording, as the `esc10` task splits them).
-fn esc10_by_split(root: &Path) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
-    let rows = esc10_rows(root)?;
-    let sources = Esc10Sources::new(&rows);
-    let mut by_split: BTreeMap<&'static str, Vec<Clip>> = BTreeMap::new();
-    for r in &rows {
-        let path = root.join("esc10").join(&r["path"]);
-        let samples = pal_audio::load_audio(&path)
-            .map_err(|e| err(&path, e))?
-            .samples;
-        by_split.entry(sources.split(r)).or_default().push(Clip {
-            samples,
-            label: r["category"].replace('_', " "),
-        });
-    }
-    complete(by_split, &root.join("esc10/labels.csv"))
-}
-
-/// `by_split` when every split has clips; an error naming `source` otherwise.
-fn complete(
-    by_split: BTreeMap<&'static str, Vec<Clip>>,
-    source: &Path,
-) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
-    for split in ["train", "validation", "test"] {
-        if by_split.get(split).is_none_or(|c| c.is_empty()) {
-            return Err(err(source, format!("no clips for the {split} split")));
-        }
-    }
-    Ok(by_split)
+/// The samples of `clips` (as [`crate::shared::fsdd_clips_by_split`] and
+/// [`crate::shared::esc10_clips_by_split`] list them), with their labels.
+fn load(clips: ClipsBySplit) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
+    clips
+        .into_iter()
+        .map(|(split, clips)| {
+            let loaded = clips
+                .into_iter()
+                .map(|c| {
+                    let samples = pal_audio::load_audio(&c.path)
+                        .map_err(|e| err(&c.path, e))?
+                        .samples;
+                    Ok(Clip {
+                        samples,
+                        label: c.label,
+                    })
+                })
+                .collect::<Result<Vec<Clip>, BuildError>>()?;
+            Ok((split, loaded))
+        })
+        .collect()
 }
 
 /// A bed of faint coloured noise, `seconds` long, with `clips` placed one per equal slot at a
@@ -194,14 +165,6 @@ fn recording(rng: &mut SplitMix64, seconds: f32, clips: &[&Clip]) -> Result<Vec<
         }
     }
     Ok(bed)
-}
-
-fn rms(x: &[f32]) -> f32 {
-    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
-}
-
-fn peak(x: &[f32]) -> f32 {
-    x.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 /// A digit-string recording: its samples, question and answer.

@@ -220,6 +220,65 @@ pub fn fsdd_speaker_split(
     }
 }
 
+/// A clip of the shared data and its label.
+pub struct LabelledClip {
+    /// The audio file.
+    pub path: PathBuf,
+    /// Its label: the digit's word (FSDD), the class with spaces (ESC-10).
+    pub label: String,
+}
+
+/// Labelled clips by split.
+pub type ClipsBySplit = BTreeMap<&'static str, Vec<LabelledClip>>;
+
+/// FSDD's clips of `root` (the shared `data` folder) by split ([`fsdd_split`]), labelled with
+/// their digit's word, in `labels.csv` order; an error naming the file when a split has none.
+pub fn fsdd_clips_by_split(root: &Path) -> Result<ClipsBySplit, BuildError> {
+    let fsdd = root.join("fsdd");
+    let labels = fsdd.join("labels.csv");
+    let mut by_split = ClipsBySplit::new();
+    for (i, row) in read_csv(&labels)?.iter().enumerate() {
+        let split = fsdd_split(&row["split"], take(&labels, i, row)?);
+        by_split.entry(split).or_default().push(LabelledClip {
+            path: fsdd.join(&row["path"]),
+            label: row["word"].clone(),
+        });
+    }
+    every_split_has_clips(by_split, &labels)
+}
+
+/// ESC-10's clips of `root` by split (by source recording, as the `esc10` task splits them),
+/// labelled with their class (`_` as spaces), in `labels.csv` order; an error naming the file
+/// when a split has none.
+pub fn esc10_clips_by_split(root: &Path) -> Result<ClipsBySplit, BuildError> {
+    let rows = esc10_rows(root)?;
+    let sources = Esc10Sources::new(&rows);
+    let mut by_split = ClipsBySplit::new();
+    for r in &rows {
+        by_split
+            .entry(sources.split(r))
+            .or_default()
+            .push(LabelledClip {
+                path: root.join("esc10").join(&r["path"]),
+                label: r["category"].replace('_', " "),
+            });
+    }
+    every_split_has_clips(by_split, &root.join("esc10/labels.csv"))
+}
+
+/// `by_split` when every split has clips; an error naming `source` otherwise.
+fn every_split_has_clips(
+    by_split: ClipsBySplit,
+    source: &Path,
+) -> Result<ClipsBySplit, BuildError> {
+    for split in SPLITS {
+        if by_split.get(split).is_none_or(|c| c.is_empty()) {
+            return Err(err(source, format!("no clips for the {split} split")));
+        }
+    }
+    Ok(by_split)
+}
+
 /// The take (`index`) of row `i` of FSDD's `labels.csv`.
 fn take(labels: &Path, i: usize, row: &BTreeMap<String, String>) -> Result<usize, BuildError> {
     row["index"]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::shared;
+use common::{lines, shared};
 use pal_data::clip_pairs::{build_clip_pairs, PairOptions, PAIR_PROMPT, PAIR_TASKS};
 
 fn options(root: &Path, out: &Path) -> PairOptions {
@@ -21,13 +21,11 @@ fn options(root: &Path, out: &Path) -> PairOptions {
 
 /// Each line's two files, question and answer.
 fn pairs(path: &Path) -> Vec<([PathBuf; 2], String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    lines(path)
+        .into_iter()
+        .map(|v| {
             let files = v["audio"].as_array().unwrap();
-            assert_eq!(files.len(), 2, "{l}");
+            assert_eq!(files.len(), 2, "{v}");
             let file = |i: usize| PathBuf::from(files[i].as_str().unwrap());
             let text = |i: usize| v["messages"][i]["content"].as_str().unwrap().to_string();
             ([file(0), file(1)], text(0), text(1))

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use pal_data::shared::build_fsdd_speaker_splits;
 
+mod common;
+
 const SPEAKERS: [&str; 3] = ["ann", "bob", "cy"];
 const TAKES: usize = 12;
 
@@ -29,11 +31,9 @@ fn fake_fsdd(root: &Path) {
 
 /// The file names (`DIGIT_SPEAKER_TAKE.wav`) of a manifest.
 fn clips(path: &Path) -> BTreeSet<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    common::lines(path)
+        .iter()
+        .map(|v| {
             let audio = v["audio"].as_str().unwrap();
             Path::new(audio)
                 .file_name()

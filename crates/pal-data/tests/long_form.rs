@@ -9,7 +9,7 @@ use pal_data::long_form::{build_long_form, count_question, LongFormOptions, DIGI
 
 mod common;
 
-use common::{shared, RATE};
+use common::{lines, shared, RATE};
 
 fn options(root: &Path, out: &Path) -> LongFormOptions {
     LongFormOptions {
@@ -21,14 +21,6 @@ fn options(root: &Path, out: &Path) -> LongFormOptions {
         train_per_length: 4,
         held_out_per_length: 3,
     }
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

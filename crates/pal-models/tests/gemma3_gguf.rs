@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use common::max_diff;
 use pal_models::llm::{Activation, WeightForm};
@@ -14,16 +12,7 @@ use pal_models::load_llm;
 use pal_models::text::{ChatTemplate, Message};
 
 fn golden() -> (Tensor, Tensor, Tensor, serde_json::Value) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut t = candle_core::safetensors::load(dir.join("gemma3-golden.safetensors"), &Device::Cpu)
-        .unwrap();
-    let json = std::fs::read_to_string(dir.join("gemma3-golden.json")).unwrap();
-    (
-        t.remove("input_ids").unwrap().to_dtype(DType::U32).unwrap(),
-        t.remove("last_logits").unwrap(),
-        t.remove("rows_logits").unwrap(),
-        serde_json::from_str(&json).unwrap(),
-    )
+    common::golden("gemma3", "rows_logits")
 }
 
 fn argmax(t: &Tensor) -> u32 {

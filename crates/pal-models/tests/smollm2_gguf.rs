@@ -4,23 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use pal_models::load_llm;
 
 fn golden() -> (Tensor, Tensor, Tensor, serde_json::Value) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut t =
-        candle_core::safetensors::load(dir.join("smollm2-golden.safetensors"), &Device::Cpu)
-            .unwrap();
-    let json = std::fs::read_to_string(dir.join("smollm2-golden.json")).unwrap();
-    (
-        t.remove("input_ids").unwrap().to_dtype(DType::U32).unwrap(),
-        t.remove("last_logits").unwrap(),
-        t.remove("head_logits").unwrap(),
-        serde_json::from_str(&json).unwrap(),
-    )
+    common::golden("smollm2", "head_logits")
 }
 
 #[test]

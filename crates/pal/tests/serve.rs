@@ -147,19 +147,7 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
         .samples;
     let samples: Vec<f32> = speech.iter().cycle().take(16_000 * 45).copied().collect();
     pal_audio::write_wav(&long, &samples, 16_000).unwrap();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    let body = chat_body(&long, question, 16, 0.0);
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let json: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let json = ok_json(send_chat(&addr, &chat_body(&long, question, 16, 0.0)));
     let expected = ask(
         &run,
         &long,
@@ -172,22 +160,33 @@ fn openai_client_gets_what_pal_ask_answers_and_sigterm_is_graceful() {
     );
 
     // A request in flight when SIGTERM arrives is answered in full; then the server exits 0.
-    let body = chat_body(&clip, question, 48, 0.8);
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let stream = send_chat(&addr, &chat_body(&clip, question, 48, 0.8));
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&server);
+    assert_eq!(ok_json(stream)["object"], "chat.completion");
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Sends a chat-completions request with `body` to the server at `addr`; read the answer from
+/// the returned connection ([`ok_json`]).
+fn send_chat(addr: &str, body: &str) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
         "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    sigterm(&server);
+    stream
+}
+
+/// The response on `stream`, which must be a 200, as JSON.
+fn ok_json(mut stream: std::net::TcpStream) -> serde_json::Value {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("\"chat.completion\""), "{response}");
-    let status = server.wait().unwrap();
-    assert!(status.success(), "{status}");
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
 
 /// A chat-completions body asking `question` about the WAV file `clip` (seed 1).
@@ -379,19 +378,7 @@ fn a_twenty_minute_recording_is_answered_in_bounded_memory() {
         &run,
         &["--max-audio-seconds", "1500", "--max-body-mb", "40"],
     );
-    let body = chat_body(&clip, question, 8, 0.0);
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let json: serde_json::Value =
-        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let json = ok_json(send_chat(&addr, &chat_body(&clip, question, 8, 0.0)));
     assert_eq!(json["choices"][0]["message"]["content"], answer);
     let serve_mb = peak_rss_mb(server.id());
     sigterm(&server);

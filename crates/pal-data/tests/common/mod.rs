@@ -42,3 +42,12 @@ pub fn shared(root: &Path) {
     }
     std::fs::write(root.join("esc10/labels.csv"), rows).unwrap();
 }
+
+/// The lines of a JSONL manifest, parsed.
+pub fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -12,6 +12,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A golden file pair `tests/fixtures/NAME-golden.{safetensors,json}` made by
+/// `scripts/make_llm_fixtures.py`: the prompt's ids (u32), the last position's logits, the
+/// tensor named `rows` (more positions' logits), and the JSON (prompt, tokenizer encodings).
+pub fn golden(name: &str, rows: &str) -> (Tensor, Tensor, Tensor, serde_json::Value) {
+    let path = |ext: &str| fixture(&format!("{name}-golden.{ext}"));
+    let mut t =
+        candle_core::safetensors::load(path("safetensors"), &candle_core::Device::Cpu).unwrap();
+    let json = std::fs::read_to_string(path("json")).unwrap();
+    (
+        t.remove("input_ids").unwrap().to_dtype(DType::U32).unwrap(),
+        t.remove("last_logits").unwrap(),
+        t.remove(rows).unwrap(),
+        serde_json::from_str(&json).unwrap(),
+    )
+}
+
 /// The repository root (shipped configs, adapters).
 pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
