@@ -120,7 +120,7 @@ pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildE
 }
 
 /// The samples of `clips` (as [`crate::shared::fsdd_clips_by_split`] and
-/// [`crate::shared::esc10_clips_by_split`] list them), with their labels.
+/// [`crate::shared::esc10_clips_by_split`] list them) at 16 kHz mono, with their labels.
 fn load(clips: ClipsBySplit) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildError> {
     clips
         .into_iter()
@@ -128,9 +128,9 @@ fn load(clips: ClipsBySplit) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildE
             let loaded = clips
                 .into_iter()
                 .map(|c| {
-                    let samples = pal_audio::load_audio(&c.path)
-                        .map_err(|e| err(&c.path, e))?
-                        .samples;
+                    // At 16 kHz, the recording's rate (FSDD's files are 8 kHz).
+                    let samples =
+                        crate::encoding::decode_clip(&c.path).map_err(|e| err(&c.path, e))?;
                     Ok(Clip {
                         samples,
                         label: c.label,

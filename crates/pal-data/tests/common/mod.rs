@@ -5,14 +5,22 @@ use std::path::Path;
 
 pub const RATE: u32 = 16_000;
 
-/// A tone of `hz` for `seconds`: each clip's pitch tells it apart.
+/// FSDD's sample rate (its WAV files are 8 kHz; ESC-10's are 16 kHz).
+pub const FSDD_RATE: u32 = 8_000;
+
+/// A tone of `hz` for `seconds` at 16 kHz: each clip's pitch tells it apart.
 pub fn tone(hz: f32, seconds: f32) -> Vec<f32> {
-    (0..(seconds * RATE as f32) as usize)
-        .map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / RATE as f32).sin())
+    tone_at(hz, seconds, RATE)
+}
+
+/// A tone of `hz` for `seconds` at `rate` Hz.
+pub fn tone_at(hz: f32, seconds: f32, rate: u32) -> Vec<f32> {
+    (0..(seconds * rate as f32) as usize)
+        .map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin())
         .collect()
 }
 
-/// `fsdd/` with digits 0-2 of one speaker (takes 0-1 official test, 2-4 train, 5-7 validation)
+/// `fsdd/` (8 kHz, as FSDD's files are) with digits 0-2 of one speaker (takes 0-1 official test, 2-4 train, 5-7 validation)
 /// and `esc10/` with two classes of five source recordings each (source 2 tests, 4 validates).
 pub fn shared(root: &Path) {
     let fsdd = root.join("fsdd/recordings");
@@ -22,7 +30,8 @@ pub fn shared(root: &Path) {
         for take in 0..8 {
             let name = format!("{digit}_ann_{take}.wav");
             let hz = 300.0 + 200.0 * digit as f32 + 20.0 * take as f32;
-            pal_audio::write_wav(&fsdd.join(&name), &tone(hz, 0.4), RATE).unwrap();
+            let samples = tone_at(hz, 0.4, FSDD_RATE);
+            pal_audio::write_wav(&fsdd.join(&name), &samples, FSDD_RATE).unwrap();
             let split = if take < 2 { "test" } else { "train" };
             let word = ["zero", "one", "two"][digit];
             labels += &format!("recordings/{name},{digit},{word},ann,{take},{split}\n");
