@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::instruct::{pick, rms, uniform, RATE};
 use crate::shared::{
-    err, esc10_clips_by_split, fsdd_clips_by_split, write, BuildError, BuildSummary, ClipsBySplit,
-    LabelledClip, SPLITS,
+    absolute_root_and_out, err, esc10_clips_by_split, fsdd_clips_by_split, write, BuildError,
+    BuildSummary, ClipsBySplit, LabelledClip, SPLITS,
 };
 
 /// How each clip is introduced in a pair's question.
@@ -66,15 +66,7 @@ struct Pair {
 
 /// Builds the four tasks under `options.out`.
 pub fn build_clip_pairs(options: &PairOptions) -> Result<BuildSummary, BuildError> {
-    let root = options
-        .root
-        .canonicalize()
-        .map_err(|e| err(&options.root, e))?;
-    std::fs::create_dir_all(&options.out).map_err(|e| err(&options.out, e))?;
-    let out = options
-        .out
-        .canonicalize()
-        .map_err(|e| err(&options.out, e))?;
+    let (root, out) = absolute_root_and_out(&options.root, &options.out)?;
     let digits = two_labels_each(fsdd_clips_by_split(&root)?, &root.join("fsdd/labels.csv"))?;
     let sounds = two_labels_each(esc10_clips_by_split(&root)?, &root.join("esc10/labels.csv"))?;
     let louder_dir = out.join("audio/louder");

@@ -21,8 +21,8 @@ use pal_nn::rng::SplitMix64;
 
 use crate::instruct::{coloured_noise, peak, pick, rms, uniform, RATE};
 use crate::shared::{
-    err, esc10_clips_by_split, fsdd_clips_by_split, line, write, BuildError, BuildSummary,
-    ClipsBySplit,
+    absolute_root_and_out, err, esc10_clips_by_split, fsdd_clips_by_split, line, write, BuildError,
+    BuildSummary, ClipsBySplit,
 };
 
 /// Asked of a digit-string recording.
@@ -69,15 +69,7 @@ pub fn count_question(label: &str) -> String {
 
 /// Builds `digit-strings` and `sound-counts` under `options.out`.
 pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildError> {
-    let root = options
-        .root
-        .canonicalize()
-        .map_err(|e| err(&options.root, e))?;
-    std::fs::create_dir_all(&options.out).map_err(|e| err(&options.out, e))?;
-    let out = options
-        .out
-        .canonicalize()
-        .map_err(|e| err(&options.out, e))?;
+    let (root, out) = absolute_root_and_out(&options.root, &options.out)?;
     let mut summary = BuildSummary::default();
     let digits = load(fsdd_clips_by_split(&root)?)?;
     let sounds = load(esc10_clips_by_split(&root)?)?;

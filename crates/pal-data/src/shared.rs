@@ -85,6 +85,18 @@ pub(crate) fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>, Bui
         .collect()
 }
 
+/// `root` (the shared `data` folder) and `out` (created) as absolute paths, for manifests that
+/// hold absolute audio paths; errors name the folder.
+pub(crate) fn absolute_root_and_out(
+    root: &Path,
+    out: &Path,
+) -> Result<(PathBuf, PathBuf), BuildError> {
+    let root = root.canonicalize().map_err(|e| err(root, e))?;
+    std::fs::create_dir_all(out).map_err(|e| err(out, e))?;
+    let out = out.canonicalize().map_err(|e| err(out, e))?;
+    Ok((root, out))
+}
+
 pub(crate) fn line(audio: &Path, question: &str, answer: &str) -> String {
     json!({"audio": audio, "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}).to_string()
 }
