@@ -8,6 +8,10 @@
 //!   order?", answered with the digits' words: scored by word edit distance (`pal eval`'s WER).
 //! - `sound-counts`: one to four clips of one ESC-10 class among one or two clips of other
 //!   classes, "How many times is a dog heard?", answered with a number word.
+//! - `first-heard`: one to three clips of one ESC-10 class among one or two of other classes,
+//!   "When is a dog first heard?", answered "at 42 seconds": the onset of the first such clip
+//!   (its first 10 ms louder than a tenth of the clip's loudest), rounded to the second. `pal
+//!   eval` judges an answer right within 2 s of it (`pal_eval::metrics::TIME_TOLERANCE_SECONDS`).
 //!
 //! Each split has recordings of every length of its buckets (train: 30 s and 2 min by default;
 //! validation and test: 30 s, 2 min and 10 min), written to `{task}/{split}.jsonl` and, for the
@@ -60,20 +64,37 @@ struct Clip {
 
 /// The question asked of a sound-count recording about `label`.
 pub fn count_question(label: &str) -> String {
-    let article = match label.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        true => "an",
-        false => "a",
-    };
-    format!("How many times is {article} {label} heard?")
+    format!("How many times is {} {label} heard?", article(label))
 }
 
-/// Builds `digit-strings` and `sound-counts` under `options.out`.
+/// The question asked of a first-heard recording about `label`.
+pub fn first_heard_question(label: &str) -> String {
+    format!("When is {} {label} first heard?", article(label))
+}
+
+/// The answer of a first-heard recording whose event starts `seconds` in.
+pub fn first_heard_answer(seconds: f32) -> String {
+    format!("at {:.0} seconds", seconds)
+}
+
+/// "a" or "an" before `label`.
+fn article(label: &str) -> &'static str {
+    match label.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    }
+}
+
+/// The tasks, in the order they are built (each draws from its own seeded stream).
+pub const TASKS: [&str; 3] = ["digit-strings", "sound-counts", "first-heard"];
+
+/// Builds every task of [`TASKS`] under `options.out`.
 pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildError> {
     let (root, out) = absolute_root_and_out(&options.root, &options.out)?;
     let mut summary = BuildSummary::default();
     let digits = load(fsdd_clips_by_split(&root)?)?;
     let sounds = load(esc10_clips_by_split(&root)?)?;
-    for (t, task) in ["digit-strings", "sound-counts"].into_iter().enumerate() {
+    for (t, task) in TASKS.into_iter().enumerate() {
         let dir = out.join("audio").join(task);
         std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
         for (s, split) in ["train", "validation", "test"].into_iter().enumerate() {
@@ -89,7 +110,8 @@ pub fn build_long_form(options: &LongFormOptions) -> Result<BuildSummary, BuildE
                     let path = dir.join(format!("{split}-{seconds:.0}s-{i:03}.wav"));
                     let (samples, question, answer) = match task {
                         "digit-strings" => digit_string(&mut rng, &digits[split], seconds),
-                        _ => sound_count(&mut rng, &sounds[split], seconds),
+                        "sound-counts" => sound_count(&mut rng, &sounds[split], seconds),
+                        _ => first_heard(&mut rng, &sounds[split], seconds),
                     }
                     .map_err(|m| err(&path, m))?;
                     pal_audio::write_wav(&path, &samples, RATE).map_err(|e| err(&path, e))?;
@@ -135,13 +157,19 @@ fn load(clips: ClipsBySplit) -> Result<BTreeMap<&'static str, Vec<Clip>>, BuildE
 }
 
 /// A bed of faint coloured noise, `seconds` long, with `clips` placed one per equal slot at a
-/// random offset in it (in order). Errors when a clip is longer than its slot.
-fn recording(rng: &mut SplitMix64, seconds: f32, clips: &[&Clip]) -> Result<Vec<f32>, String> {
+/// random offset in it (in order), and the sample where each clip starts. Errors when a clip is
+/// longer than its slot.
+fn recording(
+    rng: &mut SplitMix64,
+    seconds: f32,
+    clips: &[&Clip],
+) -> Result<(Vec<f32>, Vec<usize>), String> {
     let colour = pick(rng, 3);
     let mut bed = coloured_noise(rng, colour, seconds);
     let level = uniform(rng, 0.005, 0.02) / rms(&bed).max(1e-6);
     bed.iter_mut().for_each(|s| *s *= level);
     let slot = bed.len() / clips.len().max(1);
+    let mut starts = vec![];
     for (k, clip) in clips.iter().enumerate() {
         let room = slot.checked_sub(clip.samples.len()).ok_or_else(|| {
             format!(
@@ -155,8 +183,18 @@ fn recording(rng: &mut SplitMix64, seconds: f32, clips: &[&Clip]) -> Result<Vec<
         for (b, s) in bed[at..].iter_mut().zip(&clip.samples) {
             *b += gain * s;
         }
+        starts.push(at);
     }
-    Ok(bed)
+    Ok((bed, starts))
+}
+
+/// Where a clip's sound starts, in samples: its first 10 ms chunk whose RMS is at least a tenth
+/// of its loudest chunk's.
+fn onset(samples: &[f32]) -> usize {
+    let chunk = RATE as usize / 100;
+    let levels: Vec<f32> = samples.chunks(chunk).map(rms).collect();
+    let loudest = levels.iter().cloned().fold(0.0, f32::max);
+    levels.iter().position(|&l| l >= 0.1 * loudest).unwrap_or(0) * chunk
 }
 
 /// A digit-string recording: its samples, question and answer.
@@ -167,7 +205,7 @@ fn digit_string(
 ) -> Result<(Vec<f32>, String, String), String> {
     let n = 3 + pick(rng, 6);
     let chosen: Vec<&Clip> = (0..n).map(|_| &clips[pick(rng, clips.len())]).collect();
-    let samples = recording(rng, seconds, &chosen)?;
+    let (samples, _) = recording(rng, seconds, &chosen)?;
     let answer: Vec<&str> = chosen.iter().map(|c| c.label.as_str()).collect();
     Ok((samples, DIGITS_QUESTION.to_string(), answer.join(" ")))
 }
@@ -178,6 +216,39 @@ fn sound_count(
     clips: &[Clip],
     seconds: f32,
 ) -> Result<(Vec<f32>, String, String), String> {
+    let (target, count, chosen) = targets_among_others(rng, clips, 4);
+    let (samples, _) = recording(rng, seconds, &chosen)?;
+    Ok((samples, count_question(target), NUMBERS[count].to_string()))
+}
+
+/// A first-heard recording: its samples, question and answer.
+fn first_heard(
+    rng: &mut SplitMix64,
+    clips: &[Clip],
+    seconds: f32,
+) -> Result<(Vec<f32>, String, String), String> {
+    let (target, _, chosen) = targets_among_others(rng, clips, 3);
+    let (samples, starts) = recording(rng, seconds, &chosen)?;
+    // Clips are placed in order, so the first of the target's clips is heard first.
+    let first = chosen
+        .iter()
+        .position(|c| c.label == target)
+        .expect("a target clip is placed");
+    let at = (starts[first] + onset(&chosen[first].samples)) as f32 / RATE as f32;
+    Ok((
+        samples,
+        first_heard_question(target),
+        first_heard_answer(at),
+    ))
+}
+
+/// A label drawn at random, one to `most` of its clips (how many: the second value) and one or
+/// two clips of other labels, in a seeded random order.
+fn targets_among_others<'a>(
+    rng: &mut SplitMix64,
+    clips: &'a [Clip],
+    most: usize,
+) -> (&'a str, usize, Vec<&'a Clip>) {
     let mut labels: Vec<&str> = clips.iter().map(|c| c.label.as_str()).collect();
     labels.sort();
     labels.dedup();
@@ -189,7 +260,7 @@ fn sound_count(
             .collect()
     };
     let (targets, others) = (of(true), of(false));
-    let count = 1 + pick(rng, 4);
+    let count = 1 + pick(rng, most);
     let mut chosen: Vec<&Clip> = (0..count)
         .map(|_| targets[pick(rng, targets.len())])
         .collect();
@@ -202,6 +273,18 @@ fn sound_count(
     for i in (1..chosen.len()).rev() {
         chosen.swap(i, pick(rng, i + 1));
     }
-    let samples = recording(rng, seconds, &chosen)?;
-    Ok((samples, count_question(target), NUMBERS[count].to_string()))
+    (target, count, chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onset_is_the_first_chunk_a_tenth_as_loud_as_the_loudest() {
+        let mut clip = vec![0.001f32; 4800];
+        clip.extend((0..8000).map(|i| (i as f32 * 0.2).sin()));
+        assert_eq!(onset(&clip), 4800);
+        assert_eq!(onset(&[]), 0);
+    }
 }

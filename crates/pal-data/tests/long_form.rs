@@ -1,11 +1,14 @@
 //! `pal data long` on a small shared folder made here: every recording has its length, holds
-//! only clips of its own split, and its answer says what was placed in it; the same seed gives
-//! the same bytes; a recording too short for its clips is an error naming the file.
+//! only clips of its own split, and its answer says what was placed in it (the first-heard
+//! answer is when the asked-about sound starts); the same seed gives the same bytes; a recording
+//! too short for its clips is an error naming the file.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use pal_data::long_form::{build_long_form, count_question, LongFormOptions, DIGITS_QUESTION};
+use pal_data::long_form::{
+    build_long_form, count_question, first_heard_question, LongFormOptions, DIGITS_QUESTION,
+};
 
 mod common;
 
@@ -78,7 +81,7 @@ fn held_out_recordings_hold_held_out_clips_only() {
         .collect();
     for item in lines(&out.join("digit-strings/test.jsonl")) {
         let audio = pal_audio::load_audio(Path::new(item["audio"].as_str().unwrap())).unwrap();
-        let pitches = dominant_pitches(&audio.samples);
+        let pitches: Vec<u32> = loud_runs(&audio.samples).iter().map(|r| r.1).collect();
         let placed = item["messages"][1]["content"]
             .as_str()
             .unwrap()
@@ -96,9 +99,48 @@ fn held_out_recordings_hold_held_out_clips_only() {
     }
 }
 
-/// The pitch of each stretch louder than the noise bed (runs of loud 10 ms chunks of at least
-/// 0.2 s, their edges left out), by zero crossings.
-fn dominant_pitches(x: &[f32]) -> Vec<u32> {
+#[test]
+fn first_heard_answers_are_when_the_sound_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("shared"), dir.path().join("long"));
+    shared(&root);
+    build_long_form(&options(&root, &out)).unwrap();
+    let mut seen = 0;
+    for split in ["train", "validation", "test"] {
+        for item in lines(&out.join(format!("first-heard/{split}.jsonl"))) {
+            let question = item["messages"][0]["content"].as_str().unwrap();
+            let answer = item["messages"][1]["content"].as_str().unwrap();
+            // The fake ESC-10 dogs are 600-640 Hz tones, the roosters 800-840 Hz, sounding from
+            // their first sample.
+            let (lo, hi) = match question {
+                q if q == first_heard_question("dog") => (590, 650),
+                q if q == first_heard_question("rooster") => (790, 850),
+                q => panic!("{q}"),
+            };
+            let audio = pal_audio::load_audio(Path::new(item["audio"].as_str().unwrap())).unwrap();
+            let first = loud_runs(&audio.samples)
+                .into_iter()
+                .find(|r| (lo..hi).contains(&r.1))
+                .expect("the asked-about sound is in the recording");
+            let said: f32 = answer
+                .strip_prefix("at ")
+                .and_then(|a| a.strip_suffix(" seconds"))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{answer}"));
+            assert!(
+                (said - first.0).abs() <= 0.52,
+                "{answer}: starts at {} s",
+                first.0
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 4 + 6 + 6);
+}
+
+/// Each stretch louder than the noise bed (runs of loud 10 ms chunks of at least 0.2 s): where
+/// it starts (seconds) and its pitch (by zero crossings, its edges left out).
+fn loud_runs(x: &[f32]) -> Vec<(f32, u32)> {
     let chunk = RATE as usize / 100;
     let loud: Vec<bool> = x
         .chunks(chunk)
@@ -117,7 +159,8 @@ fn dominant_pitches(x: &[f32]) -> Vec<u32> {
                 .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
                 .count();
             let seconds = inner.len() as f32 / RATE as f32;
-            pitches.push((crossings as f32 / 2.0 / seconds).round() as u32);
+            let pitch = (crossings as f32 / 2.0 / seconds).round() as u32;
+            pitches.push(((start * chunk) as f32 / RATE as f32, pitch));
         }
         start = end + 1;
     }

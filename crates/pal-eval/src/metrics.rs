@@ -1,5 +1,6 @@
 //! Scoring of closed answers: normalised exact match, or a label-set match (the answer names
-//! exactly one label of the task, and it is the reference).
+//! exactly one label of the task, and it is the reference); of times, within a stated tolerance;
+//! of transcripts and captions, WER, BLEU-4 and CIDEr-D.
 
 /// Lowercase, punctuation removed, whitespace collapsed.
 pub fn normalize(text: &str) -> String {
@@ -42,9 +43,115 @@ pub fn closed_answer_correct(answer: &str, reference: &str, labels: &[String]) -
     distinct.len() == 1 && *distinct[0] == r
 }
 
+/// How far a time answer may be from its reference and still be right, seconds (as wide as an
+/// ESC-10 clip's half: the time an event is "first heard" is a judgement within its clip).
+pub const TIME_TOLERANCE_SECONDS: f64 = 2.0;
+
+/// Seconds per unit word, or `None` for a word that is not a unit of time.
+fn unit_seconds(word: &str) -> Option<f64> {
+    match word {
+        "s" | "sec" | "secs" | "second" | "seconds" => Some(1.0),
+        "m" | "min" | "mins" | "minute" | "minutes" => Some(60.0),
+        "h" | "hr" | "hrs" | "hour" | "hours" => Some(3600.0),
+        _ => None,
+    }
+}
+
+/// The time `text` names, in seconds: its first run of numbers with units ("at 72 seconds",
+/// "1 minute 12 seconds", "72s", "1 min and 12 s"), a clock time ("1:12", "1:01:12"), or, where
+/// the text holds one number and no unit, that number as seconds. Numbers in digits only.
+pub fn seconds_named(text: &str) -> Option<f64> {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '.' && c != ':'))
+        .map(|w| w.trim_end_matches('.'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let number = |w: &str| -> Option<f64> {
+        (w.starts_with(|c: char| c.is_ascii_digit()) && !w.ends_with('.'))
+            .then(|| w.parse::<f64>().ok())
+            .flatten()
+    };
+    let mut total: Option<f64> = None;
+    let mut bare = vec![];
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        if w.contains(':') && total.is_none() {
+            let parts: Option<Vec<f64>> = w.split(':').map(number).collect();
+            if let Some(parts) = parts.filter(|p| (2..=3).contains(&p.len())) {
+                return Some(parts.iter().fold(0.0, |t, p| 60.0 * t + p));
+            }
+        }
+        // "72s": the number and its unit in one word.
+        let digits = w.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let (n, unit, used) = match (number(digits), &w[digits.len()..]) {
+            (Some(n), "") => (Some(n), words.get(i + 1).and_then(|u| unit_seconds(u)), 2),
+            (Some(n), suffix) => (Some(n), unit_seconds(suffix), 1),
+            (None, _) => (None, None, 1),
+        };
+        match (n, unit) {
+            (Some(n), Some(scale)) => {
+                total = Some(total.unwrap_or(0.0) + n * scale);
+                i += used;
+                continue;
+            }
+            (Some(n), None) if total.is_none() => bare.push(n),
+            _ if total.is_some() && w != "and" => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    total.or_else(|| (bare.len() == 1).then(|| bare[0]))
+}
+
+/// Whether `reference` is a time answer: it names a time in seconds ("at 42 seconds").
+pub fn is_time_reference(reference: &str) -> bool {
+    let lower = reference.to_lowercase();
+    (lower.contains("second") || lower.contains("minute")) && seconds_named(reference).is_some()
+}
+
+/// Whether `answer` names a time within [`TIME_TOLERANCE_SECONDS`] of the one `reference` names.
+pub fn time_answer_correct(answer: &str, reference: &str) -> bool {
+    match (seconds_named(answer), seconds_named(reference)) {
+        (Some(a), Some(r)) => (a - r).abs() <= TIME_TOLERANCE_SECONDS + 1e-9,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_read_in_the_forms_answers_take() {
+        let cases = [
+            ("at 42 seconds", Some(42.0)),
+            ("At 42 seconds.", Some(42.0)),
+            ("42s", Some(42.0)),
+            ("after 1 minute 12 seconds", Some(72.0)),
+            ("1 min and 12 s", Some(72.0)),
+            ("at 1:12", Some(72.0)),
+            ("1:01:12", Some(3672.0)),
+            ("42", Some(42.0)),
+            ("at 7.5 seconds", Some(7.5)),
+            ("at 42 seconds, then at 50 seconds", Some(42.0)),
+            ("between 40 and 50", None),
+            ("a dog barks", None),
+            ("at forty seconds", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(seconds_named(text), want, "{text}");
+        }
+        assert!(is_time_reference("at 42 seconds"));
+        assert!(!is_time_reference("seven"));
+        assert!(!is_time_reference("3"));
+        assert!(time_answer_correct("at 44 seconds", "at 42 seconds"));
+        assert!(time_answer_correct("at 40 seconds", "at 42 seconds"));
+        assert!(!time_answer_correct("at 45 seconds", "at 42 seconds"));
+        assert!(!time_answer_correct("a dog", "at 42 seconds"));
+    }
 
     fn digits() -> Vec<String> {
         [

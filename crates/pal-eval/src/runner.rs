@@ -17,7 +17,10 @@ use pal_models::text::segments::prompt_segments;
 use pal_models::text::Segment;
 use serde::Serialize;
 
-use crate::metrics::{bleu4, cider_d, closed_answer_correct, word_error_rate};
+use crate::metrics::{
+    bleu4, cider_d, closed_answer_correct, is_time_reference, time_answer_correct, word_error_rate,
+    TIME_TOLERANCE_SECONDS,
+};
 use crate::wellformed::WordList;
 
 /// One judged example.
@@ -56,8 +59,23 @@ pub struct EvalReport {
     pub cider_d: f64,
     /// The share of well-formed answers ([`crate::wellformed`]), when judged.
     pub well_formed: Option<f64>,
+    /// How answers were judged right: "labels" ([`closed_answer_correct`]), or, where every
+    /// reference names a time ("at 42 seconds"), "time within 2 s" ([`time_answer_correct`]).
+    pub judged_by: String,
     /// Every example.
     pub items: Vec<EvalItem>,
+}
+
+impl EvalReport {
+    /// The summary of the report on `data` without its items, as `pal eval --json` writes it
+    /// beside them and the Python `evaluate` returns it.
+    pub fn summary(&self, data: &EvalData) -> serde_json::Value {
+        serde_json::json!({
+            "data": data.to_string(), "total": self.total, "correct": self.correct,
+            "accuracy": self.accuracy, "wer": self.wer, "bleu4": self.bleu4,
+            "cider_d": self.cider_d, "well_formed": self.well_formed, "judged_by": self.judged_by,
+        })
+    }
 }
 
 /// Errors of an evaluation.
@@ -180,7 +198,8 @@ fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, Eval
 
 /// Evaluates `built` on a manifest or shard set: the question is every message before the last
 /// assistant message, the reference is that message. Closed answers are judged by
-/// [`closed_answer_correct`] with the data's distinct references as the label set. With
+/// [`closed_answer_correct`] with the data's distinct references as the label set, or, where
+/// every reference names a time, by [`time_answer_correct`]. With
 /// `words`, generated answers are also judged for well-formedness ([`crate::wellformed`]).
 pub fn evaluate_with(
     built: &BuiltModel,
@@ -230,6 +249,11 @@ pub fn evaluate_with(
         max_tokens,
         ..Default::default()
     };
+    let by_time = !labels.is_empty() && labels.iter().all(|l| is_time_reference(l));
+    let judge = |answer: &str, reference: &str| match by_time {
+        true => time_answer_correct(answer, reference),
+        false => closed_answer_correct(answer, reference, &labels),
+    };
     let mut items = vec![];
     if scoring == Scoring::LogLikelihood {
         // Each label as the answer, ended by the end-of-turn token: the most likely wins.
@@ -263,7 +287,7 @@ pub fn evaluate_with(
                 .unwrap_or(0);
             let mut item = item.clone();
             item.answer = labels[best].clone();
-            item.correct = closed_answer_correct(&item.answer, &item.reference, &labels);
+            item.correct = judge(&item.answer, &item.reference);
             items.push(item);
         }
     }
@@ -279,7 +303,7 @@ pub fn evaluate_with(
         )?;
         for ((_, item), answer) in chunk.iter().zip(answers) {
             let mut item = item.clone();
-            item.correct = closed_answer_correct(&answer.text, &item.reference, &labels);
+            item.correct = judge(&answer.text, &item.reference);
             let ended = answer.finish_reason == FinishReason::Stop;
             item.well_formed = words.map(|w| w.is_well_formed(&answer.text, ended));
             item.answer = answer.text;
@@ -311,6 +335,10 @@ pub fn evaluate_with(
         wer,
         bleu4: bleu,
         cider_d: cider,
+        judged_by: match by_time {
+            true => format!("time within {TIME_TOLERANCE_SECONDS} s"),
+            false => "labels".to_string(),
+        },
         items,
     })
 }

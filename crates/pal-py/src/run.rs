@@ -196,11 +196,7 @@ pub fn evaluate(
             )?)
         })
         .or_py()?;
-    let summary = serde_json::json!({
-        "data": data.to_string(), "total": report.total, "correct": report.correct,
-        "accuracy": report.accuracy, "wer": report.wer, "bleu4": report.bleu4,
-        "cider_d": report.cider_d, "well_formed": report.well_formed,
-    });
+    let summary = report.summary(&data);
     let items = PyList::empty(py);
     for item in &report.items {
         items.append(pythonize::pythonize(py, item)?)?;

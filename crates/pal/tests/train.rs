@@ -494,3 +494,56 @@ fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
         .unwrap()
         .contains("Which tone is higher?")));
 }
+
+#[test]
+fn time_answers_are_judged_by_the_time_they_name() {
+    if !models_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = setup(dir.path(), None);
+    let text = std::fs::read_to_string(&curriculum)
+        .unwrap()
+        .replace("steps = 8", "steps = 2");
+    std::fs::write(&curriculum, text).unwrap();
+    ok(&pal()
+        .args(["train", "--quiet", "--config"])
+        .arg(&curriculum)
+        .output()
+        .unwrap());
+    // Every reference names a time, as `pal data long`'s first-heard task answers.
+    let lines: Vec<String> = (0..4)
+        .map(|i| {
+            format!(
+                r#"{{"audio": "clips/tone{i}.wav", "messages": [{{"role": "user", "content": "When is the tone first heard?"}}, {{"role": "assistant", "content": "at {} seconds"}}]}}"#,
+                10 * i
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("times.jsonl"), lines.join("\n")).unwrap();
+    let json = dir.path().join("times-eval.jsonl");
+    let out = pal()
+        .args(["eval", "--max-tokens", "6", "--model"])
+        .arg(dir.path().join("run"))
+        .arg("--manifest")
+        .arg(dir.path().join("times.jsonl"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("judged right by time within 2 s"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.with_extension("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["judged_by"], "time within 2 s");
+    for line in std::fs::read_to_string(&json).unwrap().lines() {
+        let item: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (answer, reference) = (item["answer"].as_str().unwrap(), item["reference"].as_str().unwrap());
+        assert_eq!(
+            item["correct"].as_bool().unwrap(),
+            pal_eval::metrics::time_answer_correct(answer, reference),
+            "{answer} / {reference}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder;
 //! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips);
 //! `pal data ood`: the out-of-distribution check set for well-formed answers;
-//! `pal data long`: long recordings (digit strings, sound counts) of 30 s to 10 min.
+//! `pal data long`: long recordings (digit strings, sound counts, first heard) of 30 s to 10 min.
 
 use std::path::PathBuf;
 
@@ -19,8 +19,9 @@ pub enum DataCommand {
     /// The out-of-distribution check set: real and long speech, music, noise, silence and
     /// joined sounds of 1 to 120 s, four questions each, for the well-formedness of answers.
     Ood(OodArgs),
-    /// Long recordings: FSDD digit strings and ESC-10 sound counts spread over 30 s to 10 min of
-    /// faint noise, with held-out validation and test splits and a manifest per length.
+    /// Long recordings: FSDD digit strings, ESC-10 sound counts and when a sound is first heard,
+    /// spread over 30 s to 10 min of faint noise, with held-out validation and test splits and a
+    /// manifest per length.
     Long(LongArgs),
     /// Questions about two clips (which has the dog, same digit, which is louder, what is in
     /// each), for models with `max_clips = 2`, with held-out validation and test splits.

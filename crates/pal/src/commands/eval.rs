@@ -77,11 +77,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         for item in &report.items {
             writeln!(f, "{}", serde_json::to_string(item)?)?;
         }
-        let summary = serde_json::json!({
-            "data": data.to_string(), "total": report.total, "correct": report.correct,
-            "accuracy": report.accuracy, "wer": report.wer, "bleu4": report.bleu4, "cider_d": report.cider_d,
-            "well_formed": report.well_formed,
-        });
+        let summary = report.summary(&data);
         std::fs::write(
             path.with_extension("summary.json"),
             serde_json::to_string_pretty(&summary)?,
@@ -105,5 +101,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         report.cider_d,
         well_formed
     );
+    if report.judged_by != "labels" {
+        println!("answers judged right by {}", report.judged_by);
+    }
     Ok(())
 }
