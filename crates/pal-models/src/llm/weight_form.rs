@@ -1,14 +1,15 @@
 //! The form a frozen LLM's linear weights are held in at inference (`--weights`). Decoding
 //! multiplies one row per sequence by every weight, so its speed is the bytes it reads: a GGUF
 //! file's Q4_1 weights are a sixth of their f32 form. A prefill of many rows is compute-bound:
-//! pal's own kernels (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K with AVX2 or AVX-512) are faster than
-//! f32 there too, candle's (the other types) are not.
+//! pal's own kernels (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) are faster than f32 there too with
+//! AVX-512 VNNI; with AVX2 only, and on candle's kernels (the other types), f32 is faster.
 //!
 //! - `f32`: every weight dequantized to f32 (what training uses).
-//! - `auto` (the default): a GGUF file's quantized weights as stored, for every product pal's
-//!   kernels take, and for products of up to [`DECODE_ROWS`] rows (decoding) with candle's; f32
-//!   for the rest (a prefill on another type). The f32 copy stays, for training through the
-//!   frozen layers. A safetensors model stays in its f32 form.
+//! - `auto` (the default): a GGUF file's quantized weights as stored, for every product where
+//!   pal's kernels run with AVX-512 VNNI, and for products of up to [`DECODE_ROWS`] rows
+//!   (decoding) otherwise; f32 for the rest (a prefill with AVX2 only, or on candle's types).
+//!   The f32 copy stays, for training through the frozen layers. A safetensors model stays in
+//!   its f32 form.
 //! - `quantized`: the quantized weights for every product, and no f32 copy of them, token
 //!   embeddings looked up in the quantized table: the least memory. A safetensors model is
 //!   quantized to Q8_0 at load.

@@ -30,16 +30,47 @@ pub(super) struct Block32 {
     pub ints: [i8; BLOCK],
 }
 
-/// Values and bytes of one of the file's blocks of `dtype`, if the kernels take the type.
-pub(super) fn file_block(dtype: GgmlDType) -> Option<(usize, usize)> {
-    match dtype {
-        GgmlDType::Q4_0 => Some((32, 18)),
-        GgmlDType::Q4_1 => Some((32, 20)),
-        GgmlDType::Q5_0 => Some((32, 22)),
-        GgmlDType::Q8_0 => Some((32, 34)),
-        GgmlDType::Q4K => Some((256, 144)),
-        GgmlDType::Q6K => Some((256, 210)),
-        _ => None,
+/// The block formats the kernels multiply directly: the file's type, repacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BlockFormat {
+    /// f16 scale, 4-bit values (value `d (q - 8)`).
+    Q4_0,
+    /// f16 scale, f16 offset, 4-bit values (value `d q + m`).
+    Q4_1,
+    /// f16 scale, 5-bit values as 4-bit ones and a plane of high bits (value `d (q - 16)`).
+    Q5_0,
+    /// f16 scale, signed bytes (value `d q`).
+    Q8_0,
+    /// Q4_K, one block of 32 at a time: f32 scale, f32 offset, 4-bit values (`d q + m`).
+    Q4K,
+    /// Q6_K, one block of 32 at a time: an f32 scale per 16 values, signed bytes (`d q`).
+    Q6K,
+}
+
+impl BlockFormat {
+    /// The format of a GGUF type, if the kernels take it.
+    pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q6K => Some(Self::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Values and bytes of one of the file's blocks of this format.
+    pub(super) fn file_block(self) -> (usize, usize) {
+        match self {
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q8_0 => (32, 34),
+            Self::Q4K => (256, 144),
+            Self::Q6K => (256, 210),
+        }
     }
 }
 
@@ -47,16 +78,16 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// The blocks of 32 of one file row of `dtype` (whole file blocks, as [`file_block`] sizes
-/// them), appended to `out`.
-pub(super) fn read_row(dtype: GgmlDType, row: &[u8], out: &mut Vec<Block32>) {
-    let (_, bytes) = file_block(dtype).expect("a type the kernels take");
+/// The blocks of 32 of one file row of `format` (whole file blocks, as
+/// [`BlockFormat::file_block`] sizes them), appended to `out`.
+pub(super) fn read_row(format: BlockFormat, row: &[u8], out: &mut Vec<Block32>) {
+    let (_, bytes) = format.file_block();
     for block in row.chunks_exact(bytes) {
-        match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 => {
-                out.push(small_4bit(dtype, block))
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0 => {
+                out.push(small_4bit(format, block))
             }
-            GgmlDType::Q8_0 => {
+            BlockFormat::Q8_0 => {
                 let d = f16_at(block, 0);
                 out.push(Block32 {
                     scales: [d, d],
@@ -64,19 +95,18 @@ pub(super) fn read_row(dtype: GgmlDType, row: &[u8], out: &mut Vec<Block32>) {
                     ints: std::array::from_fn(|i| block[2 + i] as i8),
                 });
             }
-            GgmlDType::Q4K => q4k(block, out),
-            GgmlDType::Q6K => q6k(block, out),
-            _ => unreachable!("file_block lists the types"),
+            BlockFormat::Q4K => q4k(block, out),
+            BlockFormat::Q6K => q6k(block, out),
         }
     }
 }
 
 /// A Q4_0, Q4_1 or Q5_0 block.
-fn small_4bit(dtype: GgmlDType, block: &[u8]) -> Block32 {
+fn small_4bit(format: BlockFormat, block: &[u8]) -> Block32 {
     let d = f16_at(block, 0);
-    let (offset, high, nibbles) = match dtype {
-        GgmlDType::Q4_0 => (d * -8.0, 0, &block[2..18]),
-        GgmlDType::Q4_1 => (f16_at(block, 2), 0, &block[4..20]),
+    let (offset, high, nibbles) = match format {
+        BlockFormat::Q4_0 => (d * -8.0, 0, &block[2..18]),
+        BlockFormat::Q4_1 => (f16_at(block, 2), 0, &block[4..20]),
         _ => {
             let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
             (d * -16.0, high, &block[6..22])

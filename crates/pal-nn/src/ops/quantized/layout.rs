@@ -29,30 +29,12 @@
 //!
 //! [`file_blocks`]: super::file_blocks
 
-use candle_core::quantized::GgmlDType;
-
+pub(super) use super::file_blocks::BlockFormat;
 pub(super) use super::file_blocks::BLOCK;
 use super::file_blocks::{self, Block32};
 
 /// Weight rows per tile: one per 32-bit lane of a 512-bit vector.
 pub(super) const TILE: usize = 16;
-
-/// The block formats the kernels multiply directly: the file's type, repacked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum BlockFormat {
-    /// f16 scale, 4-bit values (value `d (q - 8)`).
-    Q4_0,
-    /// f16 scale, f16 offset, 4-bit values (value `d q + m`).
-    Q4_1,
-    /// f16 scale, 5-bit values as 4-bit ones and a plane of high bits (value `d (q - 16)`).
-    Q5_0,
-    /// f16 scale, signed bytes (value `d q`).
-    Q8_0,
-    /// Q4_K, one block of 32 at a time: f32 scale, f32 offset, 4-bit values (`d q + m`).
-    Q4K,
-    /// Q6_K, one block of 32 at a time: an f32 scale per 16 values, signed bytes (`d q`).
-    Q6K,
-}
 
 /// How a format stores its values (per row and block).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,19 +76,6 @@ impl BlockFormat {
             Self::Q4K,
             Self::Q6K,
         ][id as usize]
-    }
-
-    /// The format of a GGUF type, if the kernels take it.
-    pub(super) fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q4_0 => Some(Self::Q4_0),
-            GgmlDType::Q4_1 => Some(Self::Q4_1),
-            GgmlDType::Q5_0 => Some(Self::Q5_0),
-            GgmlDType::Q8_0 => Some(Self::Q8_0),
-            GgmlDType::Q4K => Some(Self::Q4K),
-            GgmlDType::Q6K => Some(Self::Q6K),
-            _ => None,
-        }
     }
 
     /// Whether scales (and a stored offset) are f32 rather than the file's f16: a k-quant's are
@@ -188,13 +157,7 @@ fn push_scale(format: BlockFormat, value: f32, out: &mut Vec<u8>) {
 
 /// A file matrix of `dtype` with `rows` rows of `cols` values, repacked into tiles (see the
 /// module docs).
-pub(super) fn repack(
-    dtype: GgmlDType,
-    format: BlockFormat,
-    file: &[u8],
-    rows: usize,
-    cols: usize,
-) -> Vec<u8> {
+pub(super) fn repack(format: BlockFormat, file: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let blocks = cols / BLOCK;
     let row_bytes = file.len() / rows.max(1);
     let zero = Block32 {
@@ -211,7 +174,7 @@ pub(super) fn repack(
             match t * TILE + i {
                 row if row < rows => {
                     let bytes = &file[row * row_bytes..(row + 1) * row_bytes];
-                    file_blocks::read_row(dtype, bytes, decoded);
+                    file_blocks::read_row(format, bytes, decoded);
                 }
                 _ => decoded.resize(blocks, zero),
             }

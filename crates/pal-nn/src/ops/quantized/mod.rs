@@ -68,15 +68,16 @@ impl QuantizedWeight {
             return Ok(None);
         }
         let (rows, cols) = q.shape().dims2()?;
-        let storage = match (BlockFormat::of(dtype), file_blocks::file_block(dtype)) {
-            (Some(format), Some((values, bytes))) if cols % values == 0 => {
+        let format = BlockFormat::of(dtype).map(|f| (f, f.file_block()));
+        let storage = match format {
+            Some((format, (values, bytes))) if cols % values == 0 => {
                 let file = q.data()?;
                 if file.len() != rows * cols / values * bytes {
                     candle_core::bail!("{dtype:?} tensor ({rows}, {cols}): {} bytes", file.len());
                 }
                 Storage::Blocks {
                     format,
-                    data: layout::repack(dtype, format, &file, rows, cols),
+                    data: layout::repack(format, &file, rows, cols),
                 }
             }
             _ => Storage::Candle(QMatMul::from_qtensor(q)?),
@@ -125,11 +126,12 @@ impl QuantizedWeight {
     }
 
     /// Whether products of any number of rows are at least as fast here as in f32: true on pal's
-    /// own kernels with SIMD (on AVX2 or AVX-512), whose integer products of 16-bit pairs
-    /// outrun f32 multiply-adds on prefills too; false for candle's kernels and the portable
-    /// loop, which are for decoding.
+    /// own kernels with AVX-512 VNNI, whose integer products of 16-bit pairs outrun f32
+    /// multiply-adds on prefills too; false with AVX2 only (there `vpmaddwd` and an add per
+    /// product lose to f32 GEMM on a prefill: docs/bench/zen3/), for candle's kernels and for the
+    /// portable loop, which are for decoding.
     pub fn fast_at_any_rows(&self) -> bool {
-        matches!(self.storage, Storage::Blocks { .. }) && simd_level() != Simd::None
+        matches!(self.storage, Storage::Blocks { .. }) && simd_level() == Simd::Vnni
     }
 
     /// The weight in f32 `(rows, cols)` (tests, and comparisons against the f32 path).
@@ -379,7 +381,8 @@ mod tests {
             GgmlDType::Q4K,
             GgmlDType::Q6K,
         ] {
-            let (values, _) = file_blocks::file_block(dtype).expect("a kernel type");
+            let format = BlockFormat::of(dtype).expect("a kernel type");
+            let (values, _) = format.file_block();
             let cols = if values == BLOCK {
                 11 * BLOCK
             } else {
