@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
 use pal_models::WeightForm;
 use serde::{Deserialize, Serialize};
 
@@ -177,8 +178,9 @@ pub fn prompt_ids(s: usize, len: usize, vocab: usize) -> Vec<u32> {
 /// One measurement in this process: pal in the job's weight form at every batch size.
 pub fn run_child(job: &LlmChildJob) -> anyhow::Result<EngineResult> {
     let form: WeightForm = job.form.parse().map_err(anyhow::Error::msg)?;
-    let (mut model, _tokenizer) = crate::load_llm(&job.llm)?;
-    let used = pal_models::llm::weight_form::apply(&mut model, &job.llm, form)?;
+    let (model, _tokenizer, used) =
+        pal_models::load_llm_held(&job.llm, DType::F32, &Device::Cpu, form)
+            .with_context(|| format!("loading {}", job.llm.display()))?;
     let vocab = model.config.vocab_size;
     let mut throughput = vec![];
     for &b in &job.batches {

@@ -18,5 +18,5 @@ pub mod text;
 
 pub use error::{ModelError, Result};
 pub use formats::weights::Weights;
-pub use llm::{load_llm, KvCache, Llama, LlamaConfig, WeightForm, WeightsInUse};
+pub use llm::{load_llm, load_llm_held, KvCache, Llama, LlamaConfig, WeightForm, WeightsInUse};
 pub use text::Tokenizer;

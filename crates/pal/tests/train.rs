@@ -533,13 +533,17 @@ fn time_answers_are_judged_by_the_time_they_name() {
         .unwrap();
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("judged right by time within 2 s"));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json.with_extension("summary.json")).unwrap())
-            .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(json.with_extension("summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(summary["judged_by"], "time within 2 s");
     for line in std::fs::read_to_string(&json).unwrap().lines() {
         let item: serde_json::Value = serde_json::from_str(line).unwrap();
-        let (answer, reference) = (item["answer"].as_str().unwrap(), item["reference"].as_str().unwrap());
+        let (answer, reference) = (
+            item["answer"].as_str().unwrap(),
+            item["reference"].as_str().unwrap(),
+        );
         assert_eq!(
             item["correct"].as_bool().unwrap(),
             pal_eval::metrics::time_answer_correct(answer, reference),

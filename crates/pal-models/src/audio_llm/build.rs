@@ -15,8 +15,8 @@ use crate::encoders::pooled::PooledEncoder;
 use crate::encoders::whisper::{Whisper, WhisperAudioEncoder};
 use crate::encoders::windows::WindowPolicy;
 use crate::error::{ModelError, Result};
-use crate::llm::load::load_llm;
-use crate::llm::weight_form::{self, WeightForm, WeightsInUse};
+use crate::llm::load::load_llm_held;
+use crate::llm::weight_form::WeightForm;
 use crate::text::tokenizer::Tokenizer;
 
 /// Resolves `asset:NAME` to the fetched asset and relative paths against `base`.
@@ -60,12 +60,6 @@ impl BuiltModel {
     /// `audio` of one [`crate::audio_llm::Example`].
     pub fn encode_clip(&self, samples: &[f32]) -> Result<Vec<Tensor>> {
         encode_clip(&self.encoders, samples)
-    }
-
-    /// Holds the frozen LLM's linear weights in `form` for inference (see
-    /// [`crate::llm::weight_form`]).
-    pub fn hold_weights(&mut self, form: WeightForm) -> Result<WeightsInUse> {
-        weight_form::apply(&mut self.model.llm, &self.llm_path, form)
     }
 
     /// Packs the frozen LLM's linear weights in bf16 when `precision` asks for bf16 products
@@ -178,8 +172,20 @@ pub fn build(
     dtype: DType,
     device: &Device,
 ) -> Result<BuiltModel> {
+    build_held(config, base, dtype, device, WeightForm::F32)
+}
+
+/// [`build`] with the LLM's frozen linear weights held in `form` as they load
+/// ([`crate::llm::load_llm_held`]).
+pub fn build_held(
+    config: &ModelConfig,
+    base: &Path,
+    dtype: DType,
+    device: &Device,
+    form: WeightForm,
+) -> Result<BuiltModel> {
     let llm_path = resolve_path(&config.llm.path, base)?;
-    let (llm, tokenizer) = load_llm(&llm_path, dtype, device)?;
+    let (llm, tokenizer, _) = load_llm_held(&llm_path, dtype, device, form)?;
     let encoders = build_encoders(config, base, dtype, device)?;
     let attachments: Vec<Attachment> = config
         .encoders
@@ -224,8 +230,7 @@ pub fn load_run_for_inference(
     dtype: pal_nn::ComputeDtype,
 ) -> Result<BuiltModel> {
     let precision = dtype.precision(device);
-    let mut built = load_run(dir, precision.dtype, &device.open()?)?;
-    built.hold_weights(weights)?;
+    let mut built = load_run_held(dir, precision.dtype, &device.open()?, weights)?;
     if weights == WeightForm::F32 {
         built.hold_precision(precision)?;
     }
@@ -236,8 +241,18 @@ pub fn load_run_for_inference(
 /// Loads a run folder (`model.toml` + `adapter.safetensors`, as `pal train` writes them): the
 /// model with its trained adapter, the backbone in `dtype`.
 pub fn load_run(dir: &Path, dtype: DType, device: &Device) -> Result<BuiltModel> {
+    load_run_held(dir, dtype, device, WeightForm::F32)
+}
+
+/// [`load_run`] with the LLM's frozen linear weights held in `form` as they load.
+pub fn load_run_held(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    form: WeightForm,
+) -> Result<BuiltModel> {
     let config = ModelConfig::load(&dir.join("model.toml"))?;
-    let built = build(&config, dir, dtype, device)?;
+    let built = build_held(&config, dir, dtype, device, form)?;
     let adapter = dir.join("adapter.safetensors");
     if !adapter.exists() {
         return Err(ModelError::NotFound(adapter));

@@ -115,6 +115,15 @@ impl GgufFile {
             .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))
     }
 
+    /// The stored type and shape of the tensor with Hugging Face name `hf_name`, if present.
+    pub fn stored_type(&self, hf_name: &str) -> Result<Option<(GgmlDType, Vec<usize>)>> {
+        let arch = self.architecture()?;
+        Ok(self.content.tensor_infos.iter().find_map(|(name, info)| {
+            (hf_tensor_name(name, &arch).as_deref() == Some(hf_name))
+                .then(|| (info.ggml_dtype, info.shape.dims().to_vec()))
+        }))
+    }
+
     /// All tensors, dequantized to `dtype` and renamed to Hugging Face names. With
     /// `rotary_heads = Some((query heads, key/value heads))` (the `llama` architecture), q/k
     /// projections are un-permuted from llama.cpp's rotary layout back to the Hugging Face one.
@@ -124,9 +133,26 @@ impl GgufFile {
         dtype: DType,
         device: &Device,
     ) -> Result<Weights> {
+        Ok(self
+            .weights_beside_quantized(rotary_heads, dtype, device, |_, _| false)?
+            .0)
+    }
+
+    /// [`Self::weights`] for a model that will hold some matrices as stored (`--weights
+    /// quantized`): each matrix in a quantized type for which `as_stored(name, type)` is true is
+    /// read once and returned as stored (rows un-permuted as [`Self::quantized_tensors`] does),
+    /// and the weights hold a zero-stride stand-in of its shape in its place, so that its f32
+    /// form never exists. Whoever asks must put the stored form in every stand-in's place.
+    pub fn weights_beside_quantized(
+        &self,
+        rotary_heads: Option<(usize, usize)>,
+        dtype: DType,
+        device: &Device,
+        as_stored: impl Fn(&str, GgmlDType) -> bool,
+    ) -> Result<(Weights, HashMap<String, QTensor>)> {
         let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
-        let mut tensors = HashMap::new();
+        let (mut tensors, mut stored) = (HashMap::new(), HashMap::new());
         let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
         names.sort();
         let arch = self.architecture()?;
@@ -134,19 +160,33 @@ impl GgufFile {
             let Some(hf_name) = hf_tensor_name(name, &arch) else {
                 continue;
             };
+            let bad = |e: candle_core::Error| {
+                ModelError::format(&self.path, format!("tensor '{name}': {e}"))
+            };
+            let info = &self.content.tensor_infos[name];
+            let quantized = !matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            );
+            if quantized && info.shape.rank() == 2 && as_stored(&hf_name, info.ggml_dtype) {
+                let q = self.read_stored(&mut reader, name, &hf_name, rotary_heads)?;
+                let stand_in = Tensor::zeros((), dtype, device)?.broadcast_as(q.shape())?;
+                tensors.insert(hf_name.clone(), stand_in);
+                stored.insert(hf_name, q);
+                continue;
+            }
             let q = self
                 .content
                 .tensor(&mut reader, name, &Device::Cpu)
-                .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
-            let mut t = q
-                .dequantize(&Device::Cpu)
-                .map_err(|e| ModelError::format(&self.path, format!("tensor '{name}': {e}")))?;
+                .map_err(bad)?;
+            let mut t = q.dequantize(&Device::Cpu).map_err(bad)?;
             if let Some(heads) = permuted_heads(&hf_name, rotary_heads) {
                 t = unpermute_rotary(&t, heads)?;
             }
             tensors.insert(hf_name, t.to_dtype(dtype)?.to_device(device)?);
         }
-        Ok(Weights::from_tensors(&self.path, tensors, dtype, device))
+        let weights = Weights::from_tensors(&self.path, tensors, dtype, device);
+        Ok((weights, stored))
     }
 }
 
@@ -172,21 +212,33 @@ impl GgufFile {
             ) {
                 continue;
             }
-            let bad = |e: candle_core::Error| {
-                ModelError::format(&self.path, format!("tensor '{name}': {e}"))
-            };
-            let mut q = self
-                .content
-                .tensor(&mut reader, name, &Device::Cpu)
-                .map_err(bad)?;
-            if let Some(heads) = permuted_heads(&hf_name, rotary_heads) {
-                let rows = q.shape().dims()[0];
-                q = pal_nn::ops::QuantizedWeight::permute_rows(q, &unpermuted_rows(rows, heads))
-                    .map_err(bad)?;
-            }
+            let q = self.read_stored(&mut reader, name, &hf_name, rotary_heads)?;
             out.insert(hf_name, q);
         }
         Ok(out)
+    }
+
+    /// Tensor `name` (Hugging Face name `hf_name`) as stored, its rows un-permuted where
+    /// llama.cpp permuted them ([`permuted_heads`]).
+    fn read_stored(
+        &self,
+        reader: &mut BufReader<File>,
+        name: &str,
+        hf_name: &str,
+        rotary_heads: Option<(usize, usize)>,
+    ) -> Result<QTensor> {
+        let bad =
+            |e: candle_core::Error| ModelError::format(&self.path, format!("tensor '{name}': {e}"));
+        let mut q = self
+            .content
+            .tensor(reader, name, &Device::Cpu)
+            .map_err(bad)?;
+        if let Some(heads) = permuted_heads(hf_name, rotary_heads) {
+            let rows = q.shape().dims()[0];
+            q = pal_nn::ops::QuantizedWeight::permute_rows(q, &unpermuted_rows(rows, heads))
+                .map_err(bad)?;
+        }
+        Ok(q)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::weights::Weights;
 use crate::llm::config::LlamaConfig;
 use crate::llm::decoder::Llama;
+use crate::llm::weight_form::{self, WeightForm, WeightsInUse};
 use crate::text::tokenizer::Tokenizer;
 
 /// Loads an LLM and its tokenizer from a Hugging Face model folder (config.json, safetensors,
@@ -35,4 +36,45 @@ pub fn load_llm(path: &Path, dtype: DType, device: &Device) -> Result<(Llama, To
             message: "expected a model folder (config.json + safetensors) or a .gguf file".into(),
         })
     }
+}
+
+/// [`load_llm`] with the frozen linear weights then held in `form` ([`weight_form`]). For
+/// `quantized` from a GGUF file, every matrix it holds quantized is read as stored and never
+/// dequantized, so that loading takes little more memory than the model then holds (the f32
+/// forms of Gemma 3 270M's weights alone are 1.1 GB; its quantized ones 0.3 GB).
+pub fn load_llm_held(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    form: WeightForm,
+) -> Result<(Llama, Tokenizer, WeightsInUse)> {
+    let gguf = !path.is_dir() && path.extension().is_some_and(|e| e == "gguf");
+    let quantized_first = gguf && form == WeightForm::Quantized && dtype == DType::F32;
+    let file = match quantized_first && device.is_cpu() {
+        true => Some(GgufFile::open(path)?),
+        false => None,
+    };
+    // Token embeddings are looked up in the quantized table only where its rows can be read
+    // alone (pal's kernel types); otherwise the model needs their f32 form: load as usual.
+    let embeddings = match &file {
+        Some(f) => f.stored_type("model.embed_tokens.weight")?,
+        None => None,
+    };
+    let rows_readable = embeddings.is_some_and(|(ty, shape)| {
+        shape.len() == 2 && pal_nn::ops::QuantizedWeight::reads_rows_of(ty, shape[1])
+    });
+    let Some(file) = file.filter(|_| rows_readable) else {
+        let (mut llm, tokenizer) = load_llm(path, dtype, device)?;
+        let used = weight_form::apply(&mut llm, path, form)?;
+        return Ok((llm, tokenizer, used));
+    };
+    let config = LlamaConfig::from_gguf(&file)?;
+    let rotary_heads = config.gguf_rotary_heads();
+    let (weights, stored) =
+        file.weights_beside_quantized(rotary_heads, dtype, device, |_, _| true)?;
+    let mut llm = Llama::load(config, &weights)?;
+    drop(weights);
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let used = weight_form::hold(&mut llm, Some(stored), path, form)?;
+    Ok((llm, tokenizer, used))
 }

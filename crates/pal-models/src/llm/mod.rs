@@ -25,5 +25,5 @@ pub use cache::{KeyValuePrefix, KvCache, LayerCache};
 pub use config::{Activation, LlamaConfig, RopeScaling, SlidingWindow};
 pub use decoder::{LayerRopes, Llama};
 pub use layer::DecoderLayer;
-pub use load::load_llm;
+pub use load::{load_llm, load_llm_held};
 pub use weight_form::{WeightForm, WeightsInUse};

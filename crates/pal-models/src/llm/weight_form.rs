@@ -14,7 +14,7 @@
 //!   embeddings looked up in the quantized table: the least memory. A safetensors model is
 //!   quantized to Q8_0 at load.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,21 +113,34 @@ impl std::fmt::Display for WeightsInUse {
 /// `.gguf` file or model folder the model was loaded from). Trainable or LoRA-less weights alike
 /// keep their f32 tensor unless the form is `quantized`; a trainable weight is never quantized.
 pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<WeightsInUse> {
+    if left_as_is(llm, form) {
+        return Ok(WeightsInUse {
+            form,
+            ..Default::default()
+        });
+    }
+    let from_file = if source.extension().is_some_and(|e| e == "gguf") {
+        let file = GgufFile::open(source)?;
+        Some(file.quantized_tensors(llm.config.gguf_rotary_heads())?)
+    } else {
+        None
+    };
+    hold(llm, from_file, source, form)
+}
+
+/// [`apply`] with the file's quantized tensors already read (`from_file`, by Hugging Face name;
+/// `None` for a safetensors model). Each tensor it holds is taken out of `from_file`.
+pub(crate) fn hold(
+    llm: &mut Llama,
+    mut from_file: Option<HashMap<String, QTensor>>,
+    source: &Path,
+    form: WeightForm,
+) -> Result<WeightsInUse> {
     let mut used = WeightsInUse {
         form,
         ..Default::default()
     };
-    if form == WeightForm::F32 || !llm.device().is_cpu() || llm.dtype() != DType::F32 {
-        return Ok(used);
-    }
-    let mut from_file: Option<std::collections::HashMap<String, QTensor>> =
-        if source.extension().is_some_and(|e| e == "gguf") {
-            let file = GgufFile::open(source)?;
-            Some(file.quantized_tensors(llm.config.gguf_rotary_heads())?)
-        } else {
-            None
-        };
-    if from_file.is_none() && form == WeightForm::Auto {
+    if left_as_is(llm, form) || (from_file.is_none() && form == WeightForm::Auto) {
         return Ok(used);
     }
     let mut attach = |name: &str, linear: &mut pal_nn::Linear| -> Result<()> {
@@ -204,7 +217,47 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
         quantized_embeddings(llm, from_file.as_mut(), source)?;
         release_freed_memory();
     }
+    every_stand_in_held(llm, source)?;
     Ok(used)
+}
+
+/// Whether `form` leaves `llm`'s weights as they are: f32 asked for, or a model that is not f32
+/// on the CPU.
+fn left_as_is(llm: &Llama, form: WeightForm) -> bool {
+    form == WeightForm::F32 || !llm.device().is_cpu() || llm.dtype() != DType::F32
+}
+
+/// Whether `t` is a zero-stride stand-in for a weight held in another form (one value broadcast).
+fn is_stand_in(t: &Tensor) -> bool {
+    t.elem_count() > 1 && t.stride().iter().all(|&s| s == 0)
+}
+
+/// An error naming the first weight that is a stand-in ([`GgufFile::weights_beside_quantized`])
+/// with no quantized form in its place: it would multiply by zeros.
+fn every_stand_in_held(llm: &mut Llama, source: &Path) -> Result<()> {
+    let unheld = |name: String| {
+        ModelError::format(
+            source,
+            format!("{name}: loaded for a quantized form that does not hold it"),
+        )
+    };
+    for (i, layer) in llm.layers.iter_mut().enumerate() {
+        for name in LINEAR_NAMES {
+            let linear = layer
+                .linear_mut(name)
+                .expect("every LoRA target is a linear layer");
+            if is_stand_in(&linear.weight) && linear.quantized.is_none() {
+                return Err(unheld(format!("layer {i} {name}")));
+            }
+        }
+    }
+    if is_stand_in(&llm.lm_head.weight) && llm.lm_head.quantized.is_none() {
+        return Err(unheld("the output layer".into()));
+    }
+    if is_stand_in(&llm.embed_tokens) && llm.embed_quantized.is_none() {
+        return Err(unheld("the token embeddings".into()));
+    }
+    Ok(())
 }
 
 /// Looks token embeddings up in the file's quantized table (the output layer's, when tied), and
@@ -213,7 +266,7 @@ pub fn apply(llm: &mut Llama, source: &Path, form: WeightForm) -> Result<Weights
 /// whole table per lookup).
 fn quantized_embeddings(
     llm: &mut Llama,
-    from_file: Option<&mut std::collections::HashMap<String, QTensor>>,
+    from_file: Option<&mut HashMap<String, QTensor>>,
     source: &Path,
 ) -> Result<()> {
     let table = match llm.config.tie_word_embeddings {

@@ -117,10 +117,10 @@ pub fn run(mut args: ChatArgs) -> anyhow::Result<()> {
     }
     let path = super::resolve_llm(args.llm)?;
     let device = args.device.device.open()?;
-    let (mut model, tokenizer) =
-        pal_models::load_llm(&path, args.device.precision().dtype, &device)
+    let dtype = args.device.precision().dtype;
+    let (model, tokenizer, _) =
+        pal_models::load_llm_held(&path, dtype, &device, args.weights.weights)
             .with_context(|| format!("loading the LLM from {}", path.display()))?;
-    pal_models::llm::weight_form::apply(&mut model, &path, args.weights.weights)?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
     let params = args.sampling.params();
     let mut messages: Vec<Message> = args

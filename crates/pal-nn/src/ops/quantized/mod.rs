@@ -68,9 +68,9 @@ impl QuantizedWeight {
             return Ok(None);
         }
         let (rows, cols) = q.shape().dims2()?;
-        let format = BlockFormat::of(dtype).map(|f| (f, f.file_block()));
-        let storage = match format {
-            Some((format, (values, bytes))) if cols % values == 0 => {
+        let storage = match BlockFormat::of(dtype) {
+            Some(format) if Self::reads_rows_of(dtype, cols) => {
+                let (values, bytes) = format.file_block();
                 let file = q.data()?;
                 if file.len() != rows * cols / values * bytes {
                     candle_core::bail!("{dtype:?} tensor ({rows}, {cols}): {} bytes", file.len());
@@ -160,6 +160,12 @@ impl QuantizedWeight {
     /// Whether [`Self::rows`] reads rows without dequantizing the whole matrix (pal's tiles).
     pub fn reads_rows(&self) -> bool {
         matches!(self.storage, Storage::Blocks { .. })
+    }
+
+    /// Whether a matrix of `dtype` with `cols` columns would be held in pal's tiles, so that
+    /// [`Self::reads_rows`] (before it is read).
+    pub fn reads_rows_of(dtype: GgmlDType, cols: usize) -> bool {
+        BlockFormat::of(dtype).is_some_and(|f| cols.is_multiple_of(f.file_block().0))
     }
 
     /// Rows `ids` of the weight in f32, `(ids.len(), cols)`: an embedding lookup, with the values
