@@ -31,6 +31,7 @@ allocator settings as pal's (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_).
 """
 import argparse
 import json
+import math
 import mmap
 import resource
 import statistics
@@ -42,8 +43,9 @@ import torch.nn.functional as F
 
 # SmolLM2-135M shapes.
 SMOLLM2 = dict(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, theta=100000.0, eps=1e-5)
-# Llama-3.2-1B shapes (its RoPE scaling changes only the table's values, not the time).
-LLAMA32_1B = dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, theta=500000.0, eps=1e-5)
+# Llama-3.2-1B shapes, with its "llama3" RoPE scaling (as pal's config of these shapes has it).
+LLAMA32_1B = dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, theta=500000.0, eps=1e-5,
+                  rope_llama3=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original=8192))
 
 LOSS_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-3
@@ -75,8 +77,18 @@ def rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
-def rope_table(positions, head_dim, theta, dtype=torch.float32):
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+def rope_table(positions, head_dim, theta, dtype=torch.float32, llama3=None):
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if llama3 is not None:
+        # Wavelengths below original / high_freq_factor keep their frequency, those above
+        # original / low_freq_factor are divided by the factor, and those between blend the two.
+        old, factor = llama3["original"], llama3["factor"]
+        low, high = llama3["low_freq_factor"], llama3["high_freq_factor"]
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv / factor + smooth * inv
+        inv = torch.where(wavelen < old / high, inv, torch.where(wavelen > old / low, inv / factor, blended))
+    inv = inv.to(torch.float32).to(positions.device)
     freqs = positions[..., None].float() * inv
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)  # (b, 1, n, head_dim)
@@ -121,7 +133,7 @@ class Llama(torch.nn.Module):
         """x: (b, n, d) input embeddings; prefixes: {layer: (k, v)} with (b, kv_heads, Na, hd)."""
         c, hd = self.c, self.head_dim
         b, n, _ = x.shape
-        cos, sin = rope_table(positions, hd, c["theta"], x.dtype)
+        cos, sin = rope_table(positions, hd, c["theta"], x.dtype, c.get("rope_llama3"))
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         for i, layer in enumerate(self.layers):
             h = self.norm_of(x, layer.input_layernorm)
@@ -185,7 +197,7 @@ def make_step(mode, model, adapter, frames, ids, autocast=False):
             targets = ids
         else:
             positions = torch.arange(na, device=ids.device).expand(b, -1)
-            cos, sin = rope_table(positions, model.head_dim, c["theta"], dtype)
+            cos, sin = rope_table(positions, model.head_dim, c["theta"], dtype, c.get("rope_llama3"))
             prefixes = {}
             for i, proj in zip(adapter.lal_layers, adapter.proj):
                 layer = model.layers[i]
