@@ -7,9 +7,9 @@
 //!   offset in it (so their order is their order in time), "Which digits are spoken, in
 //!   order?", answered with the digits' words: scored by word edit distance (`pal eval`'s WER).
 //! - `sound-counts`: one to four clips of one ESC-10 class among one or two clips of other
-//!   classes, "How many times is a dog heard?", answered with a number word.
+//!   classes, "How many times do you hear a dog?", answered with a number word.
 //! - `first-heard`: one to three clips of one ESC-10 class among one or two of other classes,
-//!   "When is a dog first heard?", answered "at 42 seconds": the onset of the first such clip
+//!   "When do you first hear a dog?", answered "at 42 seconds": the onset of the first such clip
 //!   (its first 10 ms louder than a tenth of the clip's loudest), rounded to the second. `pal
 //!   eval` judges an answer right within 2 s of it (`pal_eval::metrics::TIME_TOLERANCE_SECONDS`).
 //!
@@ -25,8 +25,8 @@ use pal_nn::rng::SplitMix64;
 
 use crate::instruct::{coloured_noise, peak, pick, rms, uniform, RATE};
 use crate::shared::{
-    absolute_root_and_out, err, esc10_clips_by_split, fsdd_clips_by_split, line, write, BuildError,
-    BuildSummary, ClipsBySplit,
+    absolute_root_and_out, err, esc10_clips_by_split, fsdd_clips_by_split, line, sound_name, write,
+    BuildError, BuildSummary, ClipsBySplit,
 };
 
 /// Asked of a digit-string recording.
@@ -62,26 +62,21 @@ struct Clip {
     label: String,
 }
 
-/// The question asked of a sound-count recording about `label`.
+/// The question asked of a sound-count recording about `label` (an ESC-10 class).
 pub fn count_question(label: &str) -> String {
-    format!("How many times is {} {label} heard?", article(label))
+    format!("How many times do you hear {}?", sound_name(label))
 }
 
-/// The question asked of a first-heard recording about `label`.
+/// The question asked of a first-heard recording about `label` (an ESC-10 class).
 pub fn first_heard_question(label: &str) -> String {
-    format!("When is {} {label} first heard?", article(label))
+    format!("When do you first hear {}?", sound_name(label))
 }
 
-/// The answer of a first-heard recording whose event starts `seconds` in.
+/// The answer of a first-heard recording whose event starts `seconds` in, to the second.
 pub fn first_heard_answer(seconds: f32) -> String {
-    format!("at {:.0} seconds", seconds)
-}
-
-/// "a" or "an" before `label`.
-fn article(label: &str) -> &'static str {
-    match label.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        true => "an",
-        false => "a",
+    match seconds.round() as u64 {
+        1 => "at 1 second".to_string(),
+        s => format!("at {s} seconds"),
     }
 }
 

@@ -27,6 +27,25 @@ pub fn caption(category: &str) -> &'static str {
     }
 }
 
+/// How a question names an ESC-10 class: "a dog", "rain", "a crying baby" (another label: its
+/// words, with "a" before it).
+pub fn sound_name(category: &str) -> String {
+    let name = match category {
+        "dog" => "a dog",
+        "rooster" => "a rooster",
+        "rain" => "rain",
+        "sea_waves" => "sea waves",
+        "crackling_fire" => "a crackling fire",
+        "crying_baby" => "a crying baby",
+        "sneezing" => "sneezing",
+        "clock_tick" => "a ticking clock",
+        "helicopter" => "a helicopter",
+        "chainsaw" => "a chainsaw",
+        other => return format!("a {}", other.replace('_', " ")),
+    };
+    name.to_string()
+}
+
 /// Files written and example counts.
 #[derive(Debug, Default)]
 pub struct BuildSummary {
