@@ -3,6 +3,8 @@
 //! logits, bit for bit, as one loaded in f32 and then held quantized. SmolLM2 (a `llama` file,
 //! whose q/k rows llama.cpp permuted) and Gemma 3 (k-quants, a 262k-row tied table).
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -34,14 +36,7 @@ fn same_model_either_way(path: &Path) {
         next_logits(&loaded_f32, &ids),
         next_logits(&held_first, &ids),
     );
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_diff(&a, &b);
     assert_eq!(diff, 0.0, "{}", path.display());
 }
 
