@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Matrix products beside torch.matmul, on the same shapes, threads and machine, in one run:
+"""Matrix products beside torch.matmul, on the same shapes, threads and machine:
 pal's f32 product and its bf16 products against a packed frozen weight (every kernel the CPU
 has), against torch f32 (MKL on Intel) and torch bf16 (oneDNN; AMX where the CPU has it).
 Writes docs/bench/matmul.{json,md} (`--out PREFIX`: PREFIX.{json,md}).
@@ -8,13 +8,17 @@ Writes docs/bench/matmul.{json,md} (`--out PREFIX`: PREFIX.{json,md}).
 
 The torch side is timed like pal's: the product of an f32 input with the weight's transpose
 (bf16: both operands bf16, as autocast casts them), warmed up, then enough rounds for about 20
-GFLOP.
+GFLOP. Both sides run under pal's allocator settings (glibc keeps freed memory, as the `pal`
+binary sets it: a product's output of tens of MiB is otherwise mapped and zeroed afresh each
+time), and the two alternate shape by shape for `--rounds` rounds; each cell is the median.
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -48,22 +52,44 @@ def torch_rate(m, k, n, dtype):
         return gflop * rounds / (time.perf_counter() - start)
 
 
+# pal's allocator settings (pal_bench::allocator_env): glibc reads them at process start.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def pal_rate(example, env, m, k, n):
+    out = subprocess.run([example, "--json", f"{m},{k},{n}"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def main():
+    if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, **ALLOCATOR_ENV))
     p = argparse.ArgumentParser()
     p.add_argument("--example", required=True, help="pal's matmul_shapes example, built --release")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default="docs/bench/matmul")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of the two sides per shape")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, CANDLE_NUM_THREADS=str(args.threads), RAYON_NUM_THREADS=str(args.threads))
-    lines = subprocess.run([args.example, "--json"], env=env, check=True, capture_output=True,
-                           text=True).stdout.splitlines()
+    shapes = [(r["m"], r["k"], r["n"]) for r in map(json.loads, subprocess.run(
+        [args.example, "--json", "--shapes"], env=env, check=True, capture_output=True,
+        text=True).stdout.splitlines())]
     rows = []
-    for line in lines:
-        r = json.loads(line)
-        r["torch_f32"] = torch_rate(r["m"], r["k"], r["n"], "f32")
-        r["torch_bf16"] = torch_rate(r["m"], r["k"], r["n"], "bf16")
-        rows.append(r)
+    for m, k, n in shapes:
+        runs = []
+        for _ in range(args.rounds):
+            r = pal_rate(args.example, env, m, k, n)
+            r["torch_f32"] = torch_rate(m, k, n, "f32")
+            r["torch_bf16"] = torch_rate(m, k, n, "bf16")
+            runs.append(r)
+        med = lambda f: statistics.median(f(r) for r in runs)
+        row = {"m": m, "k": k, "n": n, "rounds": args.rounds,
+               "pal_bf16": {kn: med(lambda r: r["pal_bf16"][kn]) for kn in runs[0]["pal_bf16"]}}
+        for key in ("candle_f32", "pal_f32", "torch_f32", "torch_bf16"):
+            row[key] = med(lambda r: r[key])
+        rows.append(row)
     model, flags = cpu()
     report = {"cpu": model, "flags": flags, "threads": args.threads, "torch": torch.__version__,
               "onednn": torch.backends.mkldnn.is_available(), "rows": rows}
@@ -72,8 +98,11 @@ def main():
     kernels = sorted({k for r in rows for k in r["pal_bf16"]})
     out = [f"# Matrix products beside torch.matmul\n",
            f"`python scripts/bench_matmul.py --example target/release/examples/matmul_shapes --threads {args.threads}"
+           + (f" --rounds {args.rounds}" if args.rounds != 3 else "")
            + (f" --out {args.out}`" if args.out != "docs/bench/matmul" else "`"),
-           f"(one run; pal's side: `cargo run --release -p pal-nn --example matmul_shapes`).\n",
+           f"(pal's side: `cargo run --release -p pal-nn --example matmul_shapes`; the two sides "
+           f"alternate shape by shape, {args.rounds} rounds, medians; both under pal's allocator "
+           f"settings, {' '.join(f'{k}={v}' for k, v in ALLOCATOR_ENV.items())}).\n",
            f"CPU: {model}; flags: {flags}; {args.threads} threads; torch {torch.__version__} "
            f"(f32 through MKL, bf16 through oneDNN).\n",
            "GFLOP/s of `x W^T` (x f32 `m x k`, W `n x k`). pal bf16: the weight packed once in bf16 "

@@ -5,7 +5,13 @@
 //! rounded and packed inside the timed product). GFLOP/s; `--json` prints one JSON line per
 //! shape for `scripts/bench_matmul.py`.
 //!
-//!     cargo run --release -p pal-nn --example matmul_shapes [-- --json] [M,K,N ...]
+//! `--shapes` prints the shapes it would time (JSON lines) and times nothing. The `pal` binary
+//! keeps freed memory in the process (`mallopt`); give this example the same allocator with
+//! glibc's variables, as `scripts/bench_matmul.py` does, or each product's output is mapped and
+//! zeroed afresh:
+//!
+//!     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 \
+//!         cargo run --release -p pal-nn --example matmul_shapes [-- --json] [M,K,N ...]
 
 use std::time::Instant;
 
@@ -42,6 +48,12 @@ fn main() -> candle_core::Result<()> {
     } else {
         shapes
     };
+    if args.iter().any(|a| a == "--shapes") {
+        for (m, k, n) in shapes {
+            println!("{{\"m\": {m}, \"k\": {k}, \"n\": {n}}}");
+        }
+        return Ok(());
+    }
     let kernels: Vec<Bf16Kernel> = [Bf16Kernel::Avx512, Bf16Kernel::Amx]
         .into_iter()
         .filter(|k| k.available())
