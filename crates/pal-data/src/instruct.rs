@@ -1,6 +1,7 @@
 //! The multi-task audio instruction set (`pal data instruct`): real clips (FSDD digits, ESC-10
 //! sounds, speech samples; see [`crate::shared`]) and generated ones (beeps with pitch and count, coloured noises,
-//! major/minor chords, espeak-ng speech with its text), each task with `train`, `validation`
+//! major/minor chords, espeak-ng speech with its text; instruments, languages and unknown sounds
+//! from [`crate::vocabulary`]), each task with `train`, `validation`
 //! and `test` splits, disjoint by the same rule: FSDD by take (its official test split; takes 5-9
 //! validate), ESC-10 by source recording, the generated clips by their own draws, espeak-ng by
 //! voice and by sentence ([`Part`]); and `speech-sound`, the speech clips asked the sound
@@ -180,7 +181,7 @@ impl Part {
         }
     }
 
-    fn residues(self) -> &'static [usize] {
+    pub(crate) fn residues(self) -> &'static [usize] {
         match self {
             Part::Train => &[2, 3],
             Part::Validation => &[1],
@@ -258,7 +259,7 @@ pub(crate) fn espeak(text: &str, voice: &str, speed: u32, path: &Path) -> Result
 /// One generated task: for every split, `make(rng, i, wav)` writes clip `i` to `wav` and returns
 /// its (question, answer) pairs; the manifests go to `out/{name}/{split}.jsonl` and the clips to
 /// `out/audio/{name}/`. Split `s` draws from the stream `seed ^ (salt + s)`.
-fn generated_task(
+pub(crate) fn generated_task(
     out: &Path,
     name: &str,
     seed: u64,
@@ -395,6 +396,15 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
             eprintln!("warning: espeak-ng is not installed; the espeak speech task is skipped");
         }
     }
+
+    // Instruments, languages, and sounds outside every label set.
+    crate::vocabulary::build_vocabulary_tasks(
+        &out,
+        options.seed,
+        &splits,
+        options.espeak && espeak_available(),
+        &mut summary,
+    )?;
 
     if let Some(root) = &options.root {
         let real = crate::shared::build_shared_manifests(root, &out)?;
