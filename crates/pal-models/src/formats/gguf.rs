@@ -134,21 +134,22 @@ impl GgufFile {
         device: &Device,
     ) -> Result<Weights> {
         Ok(self
-            .weights_beside_quantized(rotary_heads, dtype, device, |_, _| false)?
+            .weights_beside_quantized(rotary_heads, dtype, device, false)?
             .0)
     }
 
-    /// [`Self::weights`] for a model that will hold some matrices as stored (`--weights
-    /// quantized`): each matrix in a quantized type for which `as_stored(name, type)` is true is
-    /// read once and returned as stored (rows un-permuted as [`Self::quantized_tensors`] does),
-    /// and the weights hold a zero-stride stand-in of its shape in its place, so that its f32
-    /// form never exists. Whoever asks must put the stored form in every stand-in's place.
+    /// [`Self::weights`] for a model that will hold its quantized matrices as stored (`--weights
+    /// quantized`): with `as_stored`, each matrix in a quantized type is read once and returned
+    /// as stored (rows un-permuted as [`Self::quantized_tensors`] does), and the weights hold a
+    /// zero-stride stand-in of its shape in its place, so that its f32 form never exists.
+    /// Whoever asks must put the stored form in every stand-in's place. Without, every weight
+    /// is dequantized (as [`Self::weights`]).
     pub fn weights_beside_quantized(
         &self,
         rotary_heads: Option<(usize, usize)>,
         dtype: DType,
         device: &Device,
-        as_stored: impl Fn(&str, GgmlDType) -> bool,
+        as_stored: bool,
     ) -> Result<(Weights, HashMap<String, QTensor>)> {
         let file = File::open(&self.path).map_err(|e| ModelError::io(&self.path, e))?;
         let mut reader = BufReader::new(file);
@@ -168,7 +169,7 @@ impl GgufFile {
                 info.ggml_dtype,
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
             );
-            if quantized && info.shape.rank() == 2 && as_stored(&hf_name, info.ggml_dtype) {
+            if quantized && info.shape.rank() == 2 && as_stored {
                 let q = self.read_stored(&mut reader, name, &hf_name, rotary_heads)?;
                 let stand_in = Tensor::zeros((), dtype, device)?.broadcast_as(q.shape())?;
                 tensors.insert(hf_name.clone(), stand_in);

@@ -70,8 +70,7 @@ pub fn load_llm_held(
     };
     let config = LlamaConfig::from_gguf(&file)?;
     let rotary_heads = config.gguf_rotary_heads();
-    let (weights, stored) =
-        file.weights_beside_quantized(rotary_heads, dtype, device, |_, _| true)?;
+    let (weights, stored) = file.weights_beside_quantized(rotary_heads, dtype, device, true)?;
     let mut llm = Llama::load(config, &weights)?;
     drop(weights);
     let tokenizer = Tokenizer::from_gguf(&file)?;
