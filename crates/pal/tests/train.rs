@@ -493,6 +493,25 @@ fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
         .as_str()
         .unwrap()
         .contains("Which tone is higher?")));
+    // The same run told to take one clip: `pal eval` names the first example about two.
+    let config = std::fs::read_to_string(run.join("model.toml")).unwrap();
+    std::fs::write(
+        run.join("model.toml"),
+        config.replace("max_clips = 2", "max_clips = 1"),
+    )
+    .unwrap();
+    let out = pal()
+        .args(["eval", "--model"])
+        .arg(&run)
+        .arg("--manifest")
+        .arg(dir.path().join("pairs.jsonl"))
+        .output()
+        .unwrap();
+    let err = common::failure(&out);
+    assert!(
+        err.contains("pairs.jsonl:1") && err.contains("2 clips") && err.contains("max_clips"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -44,9 +44,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let built = super::load_run(&model, args.weights, args.device)
         .with_context(|| format!("loading {} (run `pal fetch` first)", model.display()))?;
     let records = pal_data::load_manifest(&clips, false)?.records;
-    let report = pal_eval::evaluate(&built, &clips, 8, 64)?;
+    // Questions about more clips than the model takes are left out, and said to be.
+    let takes = built.model.max_clips;
+    let kept: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].clips.len() <= takes)
+        .collect();
+    let scratch = tempfile::tempdir()?;
+    let manifest = if kept.len() == records.len() {
+        clips.clone()
+    } else {
+        taken_only(&clips, &records, &kept, scratch.path())?
+    };
+    let records: Vec<_> = kept.iter().map(|&i| &records[i]).collect();
+    let report = pal_eval::evaluate(&built, &manifest, 8, 64)?;
     let mut right = 0;
-    for (item, record) in report.items.iter().zip(&records) {
+    for (item, record) in report.items.iter().zip(records) {
         // Closed answers must match; a transcript is right within 25% word error rate.
         let wer = pal_eval::metrics::word_error_rate(&[(&item.reference, &item.answer)]);
         let ok = item.correct || (item.reference.split_whitespace().count() > 3 && wer <= 0.25);
@@ -66,5 +78,50 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!("{right}/{} answers right", report.items.len());
+    let left_out = records_total(&clips)? - report.items.len();
+    if left_out > 0 {
+        println!(
+            "({left_out} question(s) about more clips than this model takes, {takes}, left out)"
+        );
+    }
     Ok(())
+}
+
+/// Non-empty lines of a manifest.
+fn records_total(manifest: &Path) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
+/// A copy of `manifest` in `dir` holding only the examples `kept` (indices of `records`, the
+/// manifest's examples in order), their clips by absolute path.
+fn taken_only(
+    manifest: &Path,
+    records: &[pal_data::Record],
+    kept: &[usize],
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = String::new();
+    for &i in kept {
+        let mut example: serde_json::Value = serde_json::from_str(lines[i])
+            .with_context(|| format!("{}: line {}", manifest.display(), i + 1))?;
+        let paths: Vec<String> = records[i]
+            .clips
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect();
+        example["audio"] = match paths.as_slice() {
+            [one] => serde_json::json!(one),
+            many => serde_json::json!(many),
+        };
+        out.push_str(&example.to_string());
+        out.push('\n');
+    }
+    let path = dir.join("demo.jsonl");
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
