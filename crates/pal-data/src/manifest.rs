@@ -40,6 +40,19 @@ pub struct Record {
     pub origin: String,
 }
 
+impl Record {
+    /// Why a model that takes at most `max_clips` clips cannot take this example, if it cannot
+    /// (training and evaluation refuse it, naming [`Self::origin`]).
+    pub fn too_many_clips(&self, max_clips: usize) -> Option<String> {
+        (self.clips.len() > max_clips).then(|| {
+            format!(
+                "{} clips; the model takes at most {max_clips} (max_clips in its config)",
+                self.clips.len()
+            )
+        })
+    }
+}
+
 /// A manifest problem, always with file and line.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

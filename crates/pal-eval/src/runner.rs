@@ -156,15 +156,10 @@ fn test_cases(built: &BuiltModel, data: &EvalData) -> Result<Vec<TestCase>, Eval
             let records = load_manifest(path, false)?.records;
             let records: Vec<&Record> = records.iter().collect();
             // Before any clip is encoded: an example about more clips than the model takes.
-            let takes = built.model.max_clips;
-            if let Some(r) = records.iter().find(|r| r.clips.len() > takes) {
-                return Err(EvalError::Example(
-                    r.origin.clone(),
-                    format!(
-                        "{} clips; this model takes at most {takes} (max_clips in its config)",
-                        r.clips.len()
-                    ),
-                ));
+            for r in &records {
+                if let Some(message) = r.too_many_clips(built.model.max_clips) {
+                    return Err(EvalError::Example(r.origin.clone(), message));
+                }
             }
             let outputs =
                 encode_records(&records, &built.encoders, &EncodeOptions::default(), false)

@@ -279,19 +279,17 @@ fn load_manifest_items<E: AudioEncoder>(
         }
         skipped += manifest.skipped.len();
         let mut records = manifest.records;
-        let too_many = |r: &pal_data::Record| r.clips.len() > max_clips;
-        for r in records.iter().filter(|r| too_many(r)) {
-            let message = format!(
-                "{} clips; the model takes at most {max_clips} (max_clips in its config)",
-                r.clips.len()
-            );
+        for r in &records {
+            let Some(message) = r.too_many_clips(max_clips) else {
+                continue;
+            };
             if !skip_bad {
                 return Err(TrainError::Example(r.origin.clone(), message));
             }
             eprintln!("warning: skipped {}: {message}", r.origin);
             skipped += 1;
         }
-        records.retain(|r| !too_many(r));
+        records.retain(|r| r.too_many_clips(max_clips).is_none());
         let chosen = repeated(records.len(), mix.weight, seed);
         let mut distinct: Vec<usize> = chosen.clone();
         distinct.sort_unstable();

@@ -435,6 +435,15 @@ fn tone_pairs(dir: &Path, n: usize) {
     std::fs::write(dir.join("pairs.jsonl"), lines.join("\n")).unwrap();
 }
 
+/// That `out` failed naming `pairs.jsonl`'s first example, its two clips and `max_clips`.
+fn names_the_first_two_clip_example(out: &std::process::Output) {
+    let err = common::failure(out);
+    assert!(
+        err.contains("pairs.jsonl:1") && err.contains("2 clips") && err.contains("max_clips"),
+        "{err}"
+    );
+}
+
 #[test]
 fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
     if !models_present() {
@@ -454,11 +463,7 @@ fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
         .arg(&curriculum)
         .output()
         .unwrap();
-    let err = common::failure(&out);
-    assert!(
-        err.contains("pairs.jsonl:1") && err.contains("2 clips") && err.contains("max_clips"),
-        "{err}"
-    );
+    names_the_first_two_clip_example(&out);
     // With max_clips = 2 the pairs train, and evaluate with both clips heard.
     let model = std::fs::read_to_string(dir.path().join("model.toml")).unwrap();
     std::fs::write(
@@ -507,11 +512,7 @@ fn examples_about_two_clips_train_and_evaluate_and_too_many_are_named() {
         .arg(dir.path().join("pairs.jsonl"))
         .output()
         .unwrap();
-    let err = common::failure(&out);
-    assert!(
-        err.contains("pairs.jsonl:1") && err.contains("2 clips") && err.contains("max_clips"),
-        "{err}"
-    );
+    names_the_first_two_clip_example(&out);
 }
 
 #[test]

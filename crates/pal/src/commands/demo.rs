@@ -46,19 +46,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let records = pal_data::load_manifest(&clips, false)?.records;
     // Questions about more clips than the model takes are left out, and said to be.
     let takes = built.model.max_clips;
-    let kept: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].clips.len() <= takes)
+    let total = records.len();
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.too_many_clips(takes).is_none())
         .collect();
     let scratch = tempfile::tempdir()?;
-    let manifest = if kept.len() == records.len() {
+    let manifest = if records.len() == total {
         clips.clone()
     } else {
-        taken_only(&clips, &records, &kept, scratch.path())?
+        manifest_of(&records, scratch.path())?
     };
-    let records: Vec<_> = kept.iter().map(|&i| &records[i]).collect();
     let report = pal_eval::evaluate(&built, &manifest, 8, 64)?;
     let mut right = 0;
-    for (item, record) in report.items.iter().zip(records) {
+    for (item, record) in report.items.iter().zip(&records) {
         // Closed answers must match; a transcript is right within 25% word error rate.
         let wer = pal_eval::metrics::word_error_rate(&[(&item.reference, &item.answer)]);
         let ok = item.correct || (item.reference.split_whitespace().count() > 3 && wer <= 0.25);
@@ -78,7 +79,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!("{right}/{} answers right", report.items.len());
-    let left_out = records_total(&clips)? - report.items.len();
+    let left_out = total - records.len();
     if left_out > 0 {
         println!(
             "({left_out} question(s) about more clips than this model takes, {takes}, left out)"
@@ -87,38 +88,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Non-empty lines of a manifest.
-fn records_total(manifest: &Path) -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string(manifest)
-        .with_context(|| format!("reading {}", manifest.display()))?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).count())
-}
-
-/// A copy of `manifest` in `dir` holding only the examples `kept` (indices of `records`, the
-/// manifest's examples in order), their clips by absolute path.
-fn taken_only(
-    manifest: &Path,
-    records: &[pal_data::Record],
-    kept: &[usize],
-    dir: &Path,
-) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(manifest)
-        .with_context(|| format!("reading {}", manifest.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+/// `records` written as a manifest in `dir`, their clips by absolute path (the manifest's
+/// folder is not theirs).
+fn manifest_of(records: &[pal_data::Record], dir: &Path) -> anyhow::Result<PathBuf> {
     let mut out = String::new();
-    for &i in kept {
-        let mut example: serde_json::Value = serde_json::from_str(lines[i])
-            .with_context(|| format!("{}: line {}", manifest.display(), i + 1))?;
-        let paths: Vec<String> = records[i]
+    for record in records {
+        let paths = record
             .clips
             .iter()
-            .map(|c| c.display().to_string())
-            .collect();
-        example["audio"] = match paths.as_slice() {
+            .map(|c| std::path::absolute(c).map(|p| p.display().to_string()))
+            .collect::<std::io::Result<Vec<String>>>()?;
+        let audio = match paths.as_slice() {
             [one] => serde_json::json!(one),
             many => serde_json::json!(many),
         };
-        out.push_str(&example.to_string());
+        out.push_str(&serde_json::json!({"audio": audio, "messages": record.messages}).to_string());
         out.push('\n');
     }
     let path = dir.join("demo.jsonl");
