@@ -109,8 +109,9 @@ def main():
             rows["demo"] = m[-1] if m else "?"
         results[run] = rows
 
-    names = [t[0] for t in TASKS if any(t[0] in results[r] for r in args.runs)
-             or os.path.exists(t[1].format(args.split))]
+    manifests = {name: pattern.format(args.split) for name, pattern, _, _ in TASKS}
+    manifests["ood"] = "data/ood/test.jsonl"
+    names = [name for name, _, _, _ in TASKS if os.path.exists(manifests[name])]
     names += ["ood"] if args.split == "test" else []
     lines.append("| task | examples | " + " | ".join(f"{r}: score / well-formed" for r in args.runs) + " |")
     lines.append("|---|---|" + "---|" * len(args.runs))
@@ -119,8 +120,7 @@ def main():
         for run in args.runs:
             row = results[run].get(name)
             if row is None:
-                cells.append("not taken" if os.path.exists(dict((t[0], t[1]) for t in TASKS).get(
-                    name, "data/ood/test.jsonl").format(args.split)) else "-")
+                cells.append("not taken" if os.path.exists(manifests[name]) else "-")
                 continue
             summary, items, metric = row
             n = summary["total"]

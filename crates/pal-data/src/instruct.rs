@@ -181,6 +181,14 @@ impl Part {
         }
     }
 
+    /// The part whose residues hold `sum mod 4` (the rule every generated split is drawn by).
+    pub fn of_sum(sum: usize) -> Part {
+        [Part::Train, Part::Validation, Part::Test]
+            .into_iter()
+            .find(|p| p.residues().contains(&(sum % 4)))
+            .expect("the residues cover 0..4")
+    }
+
     pub(crate) fn residues(self) -> &'static [usize] {
         match self {
             Part::Train => &[2, 3],
