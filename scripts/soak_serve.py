@@ -127,13 +127,36 @@ class Normal:
         while time.time() < until:
             request = self.requests[i % len(self.requests)]
             i += 1
-            start = time.time()
-            try:
-                answer, error = run_normal(self.client, request), None
-            except Exception as e:  # noqa: BLE001 - every failure is counted
-                answer, error = None, f"{type(e).__name__}: {e}"
-            with self.lock:
-                self.results.append((request[0], time.time() - start, answer, error))
+            self.ask(request)
+
+    def ask(self, request):
+        start = time.time()
+        try:
+            answer, error = run_normal(self.client, request), None
+        except Exception as e:  # noqa: BLE001 - every failure is counted
+            answer, error = None, f"{type(e).__name__}: {e}"
+        with self.lock:
+            self.results.append((request[0], time.time() - start, answer, error))
+
+    def run_each_once(self):
+        """Asks every request once (two at a time), however long that takes, so that every
+        answer of the soak has a quiet answer to be compared with."""
+        pending = list(self.requests)
+
+        def worker():
+            while True:
+                with self.lock:
+                    if not pending:
+                        return
+                    request = pending.pop(0)
+                self.ask(request)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return self.results
 
     def run(self, seconds):
         until = time.time() + seconds
@@ -299,7 +322,10 @@ def main():
     sampler.start()
     requests = normal_requests()
 
-    quiet = Normal(base_url, requests).run(quiet_seconds)
+    quiet_start = time.time()
+    quiet_run = Normal(base_url, requests)
+    quiet_run.run_each_once()
+    quiet = quiet_run.run(max(0.0, quiet_seconds - (time.time() - quiet_start)))
     reference = {}
     for name, _, answer, error in quiet:
         if error is None:
@@ -341,16 +367,19 @@ def main():
                if error is None and reference.get(name) == answer)
     differing = sorted({name for name, _, answer, error in soak.results
                         if error is None and name in reference and reference[name] != answer})
+    unreferenced = sorted({name for name, _, _, error in soak.results
+                           if error is None and name not in reference})
     in_soak = [m for t, m in memory if quiet_end <= t <= until]
     half = len(in_soak) // 2
     report = {
         "cpu": cpu_info(),
         "seconds": args.seconds,
-        "quiet_seconds": quiet_seconds,
+        "quiet_seconds": quiet_end - quiet_start,
         "quiet": summary(quiet),
         "soak": summary(soak.results),
         "answers_identical_to_quiet": same,
         "answers_differing": differing,
+        "answers_without_quiet_answer": unreferenced,
         "hostile": hostile,
         "hostile_5xx": sum(n for statuses in hostile.values() for s, n in statuses.items()
                            if s.isdigit() and int(s) >= 500),
@@ -367,6 +396,8 @@ def main():
         failures.append("normal requests failed")
     if differing:
         failures.append(f"answers differ from the quiet run: {differing}")
+    if unreferenced:
+        failures.append(f"answers with no quiet answer to compare: {unreferenced}")
     if report["hostile_5xx"]:
         failures.append("hostile requests got 5xx")
     if not alive or code != 0:
