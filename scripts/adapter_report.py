@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Every held-out task of an adapter on one split, as a markdown table: `pal eval` on each task's
 SPLIT manifest (`pal data instruct` into data/instruct, `pal data pairs` into data/pairs), by
-question where a task asks several, with the share of well-formed answers; with `--split test`
-also the out-of-distribution check set (`pal data ood` into data/ood: read with the test splits,
-never for choices) and `pal demo`. Results are kept in RUN/report-SPLIT/ (delete to rerun).
+question where a task asks several, with the share of well-formed answers, and the
+out-of-distribution check set of the same split (`pal data ood` into data/ood: `validation.jsonl`
+is the twin to make choices on, `test.jsonl` is read with the test splits), by clip kind; with
+`--split test` also `pal demo`. Results are kept in RUN/report-SPLIT/ (delete to rerun).
 
     python3 scripts/adapter_report.py RUN [RUN ...] --split validation [--out PAGE.md]
 
@@ -75,6 +76,31 @@ def cell(summary, metric, items):
     return text, (f"{100 * sum(wf) / len(wf):.1f}%" if wf else "-")
 
 
+def ood_by_kind(manifest, by_run):
+    """The check set's well-formed answers by clip kind (the clip's name up to its first '-')
+    and by question (the unrelated questions together)."""
+    kinds = []
+    for line in open(manifest):
+        clip = os.path.basename(json.loads(line)["audio"])
+        kinds.append(clip.split("-")[0] if not clip.startswith("near-") else "near-silence")
+    standard = {"What sound is this?": "sound?", "Describe the sound.": "describe",
+                "What is said?": "said?"}
+    columns = sorted(set(kinds)) + ["sound?", "describe", "said?", "unrelated"]
+    lines = ["\nThe check set's well-formed answers by clip kind and question:\n",
+             "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for run, row in by_run.items():
+        if row is None:
+            continue
+        counts = defaultdict(lambda: [0, 0])
+        for item in row[1]:
+            line = int(item["origin"].rsplit(":", 1)[1])
+            for key in (kinds[line - 1], standard.get(item["question"], "unrelated")):
+                counts[key][0] += int(item["well_formed"])
+                counts[key][1] += 1
+        lines.append(f"| {run} | " + " | ".join(f"{counts[c][0]}/{counts[c][1]}" for c in columns) + " |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="+", help="run folders (model.toml + adapter.safetensors)")
@@ -96,11 +122,12 @@ def main():
             result = evaluate(run, name, manifest, tokens, out)
             if result is not None:
                 rows[name] = result + (metric,)
+        ood = f"data/ood/{args.split}.jsonl"
+        if os.path.exists(ood):
+            result = evaluate(run, "ood", ood, 96, out)
+            if result is not None:
+                rows["ood"] = result + ("well_formed",)
         if args.split == "test":
-            if os.path.exists("data/ood/test.jsonl"):
-                result = evaluate(run, "ood", "data/ood/test.jsonl", 96, out)
-                if result is not None:
-                    rows["ood"] = result + ("well_formed",)
             demo = os.path.join(out, "demo.txt")
             if not os.path.exists(demo):
                 with open(demo, "w") as f:
@@ -110,9 +137,9 @@ def main():
         results[run] = rows
 
     manifests = {name: pattern.format(args.split) for name, pattern, _, _ in TASKS}
-    manifests["ood"] = "data/ood/test.jsonl"
+    manifests["ood"] = f"data/ood/{args.split}.jsonl"
     names = [name for name, _, _, _ in TASKS if os.path.exists(manifests[name])]
-    names += ["ood"] if args.split == "test" else []
+    names += ["ood"] if os.path.exists(manifests["ood"]) else []
     lines.append("| task | examples | " + " | ".join(f"{r}: score / well-formed" for r in args.runs) + " |")
     lines.append("|---|---|" + "---|" * len(args.runs))
     for name in names:
@@ -152,6 +179,8 @@ def main():
             cells = [f"{100 * sum(v) / len(v):.1f}% ({sum(v)}/{len(v)})" if (v := by_run.get(r)) else "-"
                      for r in args.runs]
             lines.append(f"| {name} | {q} | " + " | ".join(cells) + " |")
+    if "ood" in names:
+        lines += ood_by_kind(manifests["ood"], {r: results[r].get("ood") for r in args.runs})
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -240,7 +240,7 @@ pub(crate) fn sentence(rng: &mut SplitMix64, part: Part) -> String {
 
 /// espeak-ng voices: these for training, one held out for validation and one for testing.
 const TRAIN_VOICES: [&str; 4] = ["en-us", "en-gb", "en-gb-scotland", "en-029"];
-const VALIDATION_VOICE: &str = "en-gb-x-gbcwmd";
+pub(crate) const VALIDATION_VOICE: &str = "en-gb-x-gbcwmd";
 pub(crate) const TEST_VOICE: &str = "en-gb-x-rp";
 
 /// Whether `espeak-ng` runs here.
@@ -419,6 +419,7 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
         summary.manifests.extend(real.manifests);
     }
     speech_as_sound(&out, &mut summary)?;
+    crate::text_questions::build_text_questions(&out, options.seed, &mut summary)?;
     Ok(summary)
 }
 
@@ -428,25 +429,7 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
 /// speech manifests already written; absent when there are none.
 fn speech_as_sound(out: &Path, summary: &mut BuildSummary) -> Result<(), BuildError> {
     for split in ["train", "validation", "test"] {
-        let mut clips: Vec<PathBuf> = vec![];
-        for task in ["espeak", "speech"] {
-            let manifest = out.join(format!("{task}/{split}.jsonl"));
-            let Ok(text) = std::fs::read_to_string(&manifest) else {
-                continue;
-            };
-            for (i, l) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let v: serde_json::Value = serde_json::from_str(l)
-                    .map_err(|e| err(&manifest, format!("line {}: {e}", i + 1)))?;
-                let audio = v["audio"]
-                    .as_str()
-                    .ok_or_else(|| err(&manifest, format!("line {}: no \"audio\" path", i + 1)))?;
-                clips.push(PathBuf::from(audio));
-            }
-        }
+        let clips = crate::text_questions::clips_of(out, split, &["espeak", "speech"])?;
         if clips.is_empty() {
             continue;
         }

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod ood;
 pub mod shared;
 pub mod stream;
+pub mod text_questions;
 pub mod vocabulary;
 
 pub use batching::{BatchOrder, BatchState};

@@ -382,18 +382,32 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
     probe.write(out, "esc10-probe", &mut summary)?;
 
     let speech = root.join("speech_samples");
-    let clips = [
-        ("jfk_16k.wav", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
-        ("beckett_16k.wav", "Ever tried, ever failed. No matter, try again. Fail again. Fail better."),
-    ];
     let mut said = Splits::default();
-    for (f, t) in clips {
+    for (f, t) in REAL_SPEECH {
         said.push("test", line(&speech.join(f), SPEECH_QUESTION, t));
     }
 
-    // The ALSA channel names ("Front_Center.wav" says "Front, center."): every fourth from the
-    // fourth validates, the others train.
-    let alsa = speech.join("alsa");
+    for (split, clips) in alsa_speech_by_split(&root)? {
+        for clip in clips {
+            said.push(split, line(&clip.path, SPEECH_QUESTION, &clip.label));
+        }
+    }
+    said.write(out, "speech", &mut summary)?;
+    Ok(summary)
+}
+
+/// The real speech of `speech_samples/` with its transcript: JFK and Beckett, read only by test
+/// splits (the `speech` task's and the check set's).
+pub(crate) const REAL_SPEECH: [(&str, &str); 2] = [
+    ("jfk_16k.wav", "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."),
+    ("beckett_16k.wav", "Ever tried, ever failed. No matter, try again. Fail again. Fail better."),
+];
+
+/// The ALSA channel names of `root/speech_samples/alsa` (`Front_Center.wav` says "Front,
+/// center."), labelled with what is said, by split: every fourth (in name order) from the fourth
+/// validates, the others train; none tests (JFK and Beckett test).
+pub fn alsa_speech_by_split(root: &Path) -> Result<ClipsBySplit, BuildError> {
+    let alsa = root.join("speech_samples/alsa");
     let mut names: Vec<String> = std::fs::read_dir(&alsa)
         .map_err(|e| err(&alsa, e))?
         .filter_map(|e| e.ok())
@@ -401,12 +415,15 @@ pub fn build_shared_manifests(root: &Path, out: &Path) -> Result<BuildSummary, B
         .filter(|n| n.ends_with(".wav") && n != "Noise.wav")
         .collect();
     names.sort();
+    let mut by_split = ClipsBySplit::new();
     for (i, name) in names.iter().enumerate() {
         let words: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
         let text = format!("{}, {}.", words[0], words[1..].join(" ").to_lowercase());
         let split = if i % 4 == 3 { "validation" } else { "train" };
-        said.push(split, line(&alsa.join(name), SPEECH_QUESTION, &text));
+        by_split.entry(split).or_default().push(LabelledClip {
+            path: alsa.join(name),
+            label: text,
+        });
     }
-    said.write(out, "speech", &mut summary)?;
-    Ok(summary)
+    Ok(by_split)
 }

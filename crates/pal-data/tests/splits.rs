@@ -174,26 +174,59 @@ fn no_held_out_clip_or_sentence_is_trained_on() {
         }
     }
 
-    // The check set: its real sources and sentences are in no training split of any task.
+    // The check set and its validation twin: their real sources and sentences are in no
+    // training split of any task, and the two share no source, clip or sentence.
     let trained: BTreeSet<u64> = tasks.iter().flat_map(|t| of(&clips, t, "train")).collect();
-    let sources = std::fs::read_to_string(ood.join("sources.txt")).unwrap();
-    assert!(sources.lines().count() >= 3, "{sources}");
-    for source in sources.lines() {
-        let hash = content(Path::new(source), &mut cache);
-        assert!(
-            !trained.contains(&hash),
-            "the check set uses {source}, a training clip"
-        );
-    }
     let train_sentences = said("train");
-    for (_, answer) in manifest(&ood.join("test.jsonl")) {
-        for sentence in sentences(&answer) {
+    let mut parts = vec![];
+    for part in ["test", "validation"] {
+        let sources = std::fs::read_to_string(ood.join(format!("{part}-sources.txt"))).unwrap();
+        assert!(sources.lines().count() >= 3, "{part}: {sources}");
+        for source in sources.lines() {
+            let hash = content(Path::new(source), &mut cache);
             assert!(
-                !train_sentences.contains(&sentence),
-                "the check set says '{sentence}', a training sentence"
+                !trained.contains(&hash),
+                "the check set's {part} part uses {source}, a training clip"
             );
         }
+        let lines = manifest(&ood.join(format!("{part}.jsonl")));
+        assert!(lines.len() >= 60, "{part}: {} questions", lines.len());
+        let mut clips_here = BTreeSet::new();
+        for (audio, answer) in lines {
+            clips_here.insert(content(&audio, &mut cache));
+            for sentence in sentences(&answer) {
+                assert!(
+                    !train_sentences.contains(&sentence),
+                    "the check set's {part} part says '{sentence}', a training sentence"
+                );
+            }
+        }
+        let sources: BTreeSet<String> = sources.lines().map(str::to_string).collect();
+        parts.push((sources, clips_here));
     }
+    let (test, validation) = (&parts[0], &parts[1]);
+    let shared: Vec<_> = test.0.intersection(&validation.0).collect();
+    assert!(shared.is_empty(), "sources in both check sets: {shared:?}");
+    assert_eq!(
+        test.1.intersection(&validation.1).count(),
+        0,
+        "a clip in both check sets"
+    );
+    // What is said in the clips (the espeak passages, the transcripts) is never in both.
+    let transcripts = |part: &str| -> BTreeSet<String> {
+        let text = std::fs::read_to_string(ood.join(format!("{part}.jsonl"))).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["messages"][0]["content"] == pal_data::shared::SPEECH_QUESTION)
+            .flat_map(|v| sentences(v["messages"][1]["content"].as_str().unwrap()))
+            .filter(|s| s != "nothing is said")
+            .collect()
+    };
+    let both: Vec<_> = transcripts("test")
+        .intersection(&transcripts("validation"))
+        .cloned()
+        .collect();
+    assert!(both.is_empty(), "said in both check sets: {both:?}");
 
     // Every training config in configs/: what it trains on holds no clip of the held-out splits
     // of the tasks it trains on.

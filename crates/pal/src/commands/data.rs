@@ -77,10 +77,11 @@ pub struct LongArgs {
 /// Arguments of `pal data ood`.
 #[derive(Args)]
 pub struct OodArgs {
-    /// The shared data folder (speech_samples/, esc10/).
+    /// The shared data folder (speech_samples/, esc10/, fsdd/).
     #[arg(long)]
     root: PathBuf,
-    /// Where the manifest (`test.jsonl`) and the clips go.
+    /// Where the check set (`test.jsonl`), its validation twin (`validation.jsonl`) and their
+    /// clips go.
     #[arg(long, default_value = "data/ood")]
     out: PathBuf,
     /// Seed of every random draw (the same seed gives the same files).
