@@ -81,13 +81,24 @@ fn ood_check_set_is_reproducible() {
             .arg(out)
             .output()
             .unwrap());
-        std::fs::read_to_string(out.join("test.jsonl")).unwrap()
+        let read = |part: &str| std::fs::read_to_string(out.join(format!("{part}.jsonl"))).unwrap();
+        (read("test"), read("validation"))
     };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let (ma, mb) = (build(&a), build(&b));
+    let ((ma, va), (mb, vb)) = (build(&a), build(&b));
     assert_eq!(
         ma.replace(a.to_str().unwrap(), ""),
         mb.replace(b.to_str().unwrap(), "")
+    );
+    // The validation twin: as reproducible, other clips (splits.rs checks they share none).
+    assert_eq!(
+        va.replace(a.to_str().unwrap(), ""),
+        vb.replace(b.to_str().unwrap(), "")
+    );
+    assert!(
+        va.lines().count() >= 60,
+        "{} validation questions",
+        va.lines().count()
     );
     let mut clips: Vec<String> = vec![];
     for (i, line) in ma.lines().enumerate() {
