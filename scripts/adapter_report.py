@@ -36,6 +36,7 @@ TASKS = [
     ("instruments", "data/instruct/instruments/{}.jsonl", 24, "accuracy"),
     ("languages", "data/instruct/languages/{}.jsonl", 24, "accuracy"),
     ("unknown", "data/instruct/unknown/{}.jsonl", 32, "accuracy"),
+    ("text-questions", "data/instruct/text-questions/{}.jsonl", 48, "accuracy"),
     ("which-has", "data/pairs/which-has/{}.jsonl", 32, "accuracy"),
     ("same-digit", "data/pairs/same-digit/{}.jsonl", 32, "accuracy"),
     ("louder", "data/pairs/louder/{}.jsonl", 32, "accuracy"),
