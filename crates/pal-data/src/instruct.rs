@@ -419,7 +419,6 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
         summary.manifests.extend(real.manifests);
     }
     speech_as_sound(&out, &mut summary)?;
-    crate::text_questions::build_text_questions(&out, options.seed, &mut summary)?;
     Ok(summary)
 }
 

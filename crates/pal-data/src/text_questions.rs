@@ -1,7 +1,9 @@
-//! The `text-questions` task: clips of the other tasks asked a question that is not about the
-//! clip ("What is the capital of Italy?"), answered as the LLM answers it without audio. It
-//! teaches an adapter that a clip must not change what the LLM says to a question the clip
-//! has nothing to do with (the out-of-distribution check set asks one such question per clip:
+//! The `text-questions` task (`pal data text-questions`): clips of the other tasks asked a
+//! question that is not about the clip ("What is the capital of Italy?"), answered as the frozen
+//! LLM answers it without audio (the reference is the LLM's own greedy answer, given by the
+//! caller). Scored by exact agreement, it measures whether a clip changes what the LLM says to a
+//! question the clip has nothing to do with; trained on, it asks an adapter to leave such
+//! answers alone (the out-of-distribution check set asks one such question per clip:
 //! [`crate::ood`]). The questions are split by their index as every generated split is
 //! ([`Part::of_sum`]): no validation or test question is ever trained on, and none of the check
 //! set's questions is among them.
@@ -13,69 +15,56 @@ use pal_nn::rng::SplitMix64;
 use crate::instruct::{pick, Part};
 use crate::shared::{err, line, write, BuildError, BuildSummary, SPLITS};
 
-/// Questions unrelated to any clip, with a short answer. The `i`-th is in the split
-/// `Part::of_sum(i)`.
-pub const TEXT_QUESTIONS: [(&str, &str); 48] = [
-    ("What is the capital of Italy?", "Rome."),
-    ("What is three plus four?", "Seven."),
-    ("Name a colour of the rainbow.", "Red."),
-    ("How many days are in a week?", "Seven."),
-    ("What is the capital of Japan?", "Tokyo."),
-    ("What do bees make?", "Honey."),
-    (
-        "Say thank you in one short sentence.",
-        "Thank you very much!",
-    ),
-    ("What is frozen water called?", "Ice."),
-    ("Which planet do we live on?", "Earth."),
-    ("Name a vegetable.", "A carrot."),
-    ("How many legs does a spider have?", "Eight."),
-    ("What is the opposite of hot?", "Cold."),
-    ("What is the capital of Spain?", "Madrid."),
-    ("What is ten minus six?", "Four."),
-    ("Which animal is known as man's best friend?", "The dog."),
-    ("What do cows drink?", "Water."),
-    ("How many months are in a year?", "Twelve."),
-    ("Name a season of the year.", "Summer."),
-    ("What colour is grass?", "Green."),
-    ("What is the largest ocean on Earth?", "The Pacific Ocean."),
-    ("What is the capital of Germany?", "Berlin."),
-    (
-        "Say goodbye in one short sentence.",
-        "Goodbye, see you soon!",
-    ),
-    ("What is two times five?", "Ten."),
-    (
-        "Which star gives the Earth light during the day?",
-        "The Sun.",
-    ),
-    ("What is the capital of England?", "London."),
-    ("Name a musical instrument with strings.", "The guitar."),
-    ("How many hours are in a day?", "Twenty-four."),
-    ("What do plants need from the sun?", "Light."),
-    ("What is the opposite of up?", "Down."),
-    ("Name a bird.", "A robin."),
-    ("What is nine plus one?", "Ten."),
-    ("What do we call a baby cat?", "A kitten."),
-    ("What is the capital of Canada?", "Ottawa."),
-    ("Which month comes after January?", "February."),
-    ("What colour is snow?", "White."),
-    ("Name a tool for writing.", "A pencil."),
-    ("How many wheels does a bicycle have?", "Two."),
-    ("What is the opposite of big?", "Small."),
-    ("What is the capital of Egypt?", "Cairo."),
-    ("Which day comes after Monday?", "Tuesday."),
-    ("What do fish live in?", "Water."),
-    (
-        "Say hi to a friend in one short sentence.",
-        "Hi, how are you?",
-    ),
-    ("What is five plus five?", "Ten."),
-    ("Name a shape with three sides.", "A triangle."),
-    ("What is the capital of Russia?", "Moscow."),
-    ("What colour is a banana?", "Yellow."),
-    ("How many minutes are in an hour?", "Sixty."),
-    ("Name something you wear on your feet.", "Shoes."),
+/// Questions unrelated to any clip. The `i`-th is in the split `Part::of_sum(i)`.
+pub const TEXT_QUESTIONS: [&str; 48] = [
+    "What is the capital of Italy?",
+    "What is three plus four?",
+    "Name a colour of the rainbow.",
+    "How many days are in a week?",
+    "What is the capital of Japan?",
+    "What do bees make?",
+    "Say thank you in one short sentence.",
+    "What is frozen water called?",
+    "Which planet do we live on?",
+    "Name a vegetable.",
+    "How many legs does a spider have?",
+    "What is the opposite of hot?",
+    "What is the capital of Spain?",
+    "What is ten minus six?",
+    "Which animal is known as man's best friend?",
+    "What do cows drink?",
+    "How many months are in a year?",
+    "Name a season of the year.",
+    "What colour is grass?",
+    "What is the largest ocean on Earth?",
+    "What is the capital of Germany?",
+    "Say goodbye in one short sentence.",
+    "What is two times five?",
+    "Which star gives the Earth light during the day?",
+    "What is the capital of England?",
+    "Name a musical instrument with strings.",
+    "How many hours are in a day?",
+    "What do plants need from the sun?",
+    "What is the opposite of up?",
+    "Name a bird.",
+    "What is nine plus one?",
+    "What do we call a baby cat?",
+    "What is the capital of Canada?",
+    "Which month comes after January?",
+    "What colour is snow?",
+    "Name a tool for writing.",
+    "How many wheels does a bicycle have?",
+    "What is the opposite of big?",
+    "What is the capital of Egypt?",
+    "Which day comes after Monday?",
+    "What do fish live in?",
+    "Say hi to a friend in one short sentence.",
+    "What is five plus five?",
+    "Name a shape with three sides.",
+    "What is the capital of Russia?",
+    "What colour is a banana?",
+    "How many minutes are in an hour?",
+    "Name something you wear on your feet.",
 ];
 
 /// The tasks whose clips are asked the questions (each clip once, in its own split).
@@ -93,11 +82,7 @@ const CLIP_TASKS: [&str; 10] = [
 ];
 
 /// The audio paths of `out/TASK/SPLIT.jsonl` (a task not built is skipped), each once.
-pub(crate) fn clips_of(
-    out: &Path,
-    split: &str,
-    tasks: &[&str],
-) -> Result<Vec<PathBuf>, BuildError> {
+pub fn clips_of(out: &Path, split: &str, tasks: &[&str]) -> Result<Vec<PathBuf>, BuildError> {
     let mut clips: Vec<PathBuf> = vec![];
     for task in tasks {
         let manifest = out.join(format!("{task}/{split}.jsonl"));
@@ -123,24 +108,66 @@ pub(crate) fn clips_of(
     Ok(clips)
 }
 
-/// Writes `out/text-questions/{train,validation,test}.jsonl` from the clips of the tasks already
-/// written under `out`: each clip asked one of its split's questions, drawn from `seed`.
-pub(crate) fn build_text_questions(
-    out: &Path,
+/// What [`build_text_questions`] wrote, and the questions it left out because the LLM's answer
+/// did not end within its token limit (a reference that runs on teaches running on).
+pub struct TextQuestionsSummary {
+    /// The manifests written.
+    pub summary: BuildSummary,
+    /// Questions left out.
+    pub left_out: Vec<&'static str>,
+}
+
+/// Writes `instruct/text-questions/{train,validation,test}.jsonl` from the clips of the tasks
+/// already written under `instruct` (`pal data instruct`): each clip asked one of its split's
+/// questions, drawn from `seed`, with the LLM's own answer as the reference. `answers` gets every
+/// question at once and returns, for each, the LLM's answer without audio, or `None` where it did
+/// not end (that question is left out).
+pub fn build_text_questions(
+    instruct: &Path,
     seed: u64,
-    summary: &mut BuildSummary,
-) -> Result<(), BuildError> {
+    answers: impl FnOnce(&[&str]) -> Result<Vec<Option<String>>, BuildError>,
+) -> Result<TextQuestionsSummary, BuildError> {
+    let answered = answers(&TEXT_QUESTIONS)?;
+    if answered.len() != TEXT_QUESTIONS.len() {
+        return Err(err(
+            instruct,
+            format!(
+                "{} answers to {} questions",
+                answered.len(),
+                TEXT_QUESTIONS.len()
+            ),
+        ));
+    }
+    let mut summary = BuildSummary::default();
+    let mut left_out = vec![];
     for (s, split) in SPLITS.iter().enumerate() {
         let part = Part::of_split(split);
-        let questions: Vec<(&str, &str)> = TEXT_QUESTIONS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Part::of_sum(*i) == part)
-            .map(|(_, q)| *q)
-            .collect();
-        let clips = clips_of(out, split, &CLIP_TASKS)?;
+        let mut questions: Vec<(&str, &str)> = vec![];
+        for (i, question) in TEXT_QUESTIONS.iter().enumerate() {
+            if Part::of_sum(i) != part {
+                continue;
+            }
+            match &answered[i] {
+                Some(answer) if !answer.trim().is_empty() => {
+                    questions.push((question, answer.trim()))
+                }
+                _ => left_out.push(*question),
+            }
+        }
+        let clips = clips_of(instruct, split, &CLIP_TASKS)?;
         if clips.is_empty() {
-            continue;
+            return Err(err(
+                instruct,
+                format!(
+                    "no {split} clips: build the instruction set here first (pal data instruct)"
+                ),
+            ));
+        }
+        if questions.is_empty() {
+            return Err(err(
+                instruct,
+                format!("no {split} question has an answer that ends"),
+            ));
         }
         let mut rng = SplitMix64::new(seed ^ (0x7e47 + s as u64));
         let lines: Vec<String> = clips
@@ -151,12 +178,12 @@ pub(crate) fn build_text_questions(
             })
             .collect();
         write(
-            &out.join(format!("text-questions/{split}.jsonl")),
+            &instruct.join(format!("text-questions/{split}.jsonl")),
             &lines,
-            summary,
+            &mut summary,
         )?;
     }
-    Ok(())
+    Ok(TextQuestionsSummary { summary, left_out })
 }
 
 #[cfg(test)]
@@ -166,7 +193,7 @@ mod tests {
     #[test]
     fn every_split_has_questions_and_none_is_in_two_or_in_the_check_set() {
         let mut seen = std::collections::BTreeSet::new();
-        for (q, _) in TEXT_QUESTIONS {
+        for q in TEXT_QUESTIONS {
             assert!(seen.insert(q), "'{q}' is listed twice");
         }
         for part in [Part::Train, Part::Validation, Part::Test] {
@@ -184,5 +211,52 @@ mod tests {
                 "the check set asks '{q}', a text question"
             );
         }
+    }
+
+    #[test]
+    fn references_are_the_answers_given_and_questions_stay_in_their_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        for split in SPLITS {
+            let lines: Vec<String> = (0..20)
+                .map(|i| line(&tmp.path().join(format!("{split}-{i}.wav")), "q", "a"))
+                .collect();
+            std::fs::create_dir_all(tmp.path().join("esc10")).unwrap();
+            std::fs::write(
+                tmp.path().join(format!("esc10/{split}.jsonl")),
+                lines.join("\n"),
+            )
+            .unwrap();
+        }
+        // The LLM's answer is the question's index; the first question's does not end.
+        let built = build_text_questions(tmp.path(), 0, |questions| {
+            Ok((0..questions.len())
+                .map(|i| (i > 0).then(|| format!("answer {i}")))
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(built.left_out, vec![TEXT_QUESTIONS[0]]);
+        for split in SPLITS {
+            let path = tmp.path().join(format!("text-questions/{split}.jsonl"));
+            let text = std::fs::read_to_string(path).unwrap();
+            assert_eq!(text.lines().count(), 20, "{split}: one question per clip");
+            for l in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let question = v["messages"][0]["content"].as_str().unwrap();
+                let i = TEXT_QUESTIONS.iter().position(|q| *q == question).unwrap();
+                assert_eq!(
+                    Part::of_sum(i),
+                    Part::of_split(split),
+                    "{question} in {split}"
+                );
+                assert_eq!(v["messages"][1]["content"], format!("answer {i}"));
+                assert!(v["audio"].as_str().unwrap().contains(split));
+            }
+        }
+        // Without the instruction set, a clear error naming the folder.
+        let empty = tempfile::tempdir().unwrap();
+        let e = build_text_questions(empty.path(), 0, |q| Ok(vec![None; q.len()]))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("pal data instruct"), "{e}");
     }
 }

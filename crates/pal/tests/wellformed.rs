@@ -147,6 +147,57 @@ fn ood_check_set_names_a_wrong_root() {
     );
 }
 
+/// `pal data text-questions`: the instruction set's clips asked questions unrelated to them,
+/// with SmolLM2's own answers as references, the same on every run; without the instruction
+/// set, an error saying to build it.
+#[test]
+fn text_questions_take_the_llms_own_answers() {
+    if !models_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let instruct = tmp.path().join("instruct");
+    ok(&pal()
+        .args([
+            "data",
+            "instruct",
+            "--generated",
+            "8",
+            "--no-espeak",
+            "--out",
+        ])
+        .arg(&instruct)
+        .output()
+        .unwrap());
+    let build = || {
+        ok(&pal()
+            .args(["data", "text-questions", "--instruct"])
+            .arg(&instruct)
+            .output()
+            .unwrap());
+        std::fs::read_to_string(instruct.join("text-questions/validation.jsonl")).unwrap()
+    };
+    let first = build();
+    assert_eq!(first, build(), "two runs differ");
+    let mut answered = std::collections::BTreeMap::new();
+    for line in first.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let question = v["messages"][0]["content"].as_str().unwrap().to_string();
+        let answer = v["messages"][1]["content"].as_str().unwrap().to_string();
+        assert!(!answer.is_empty(), "{question}");
+        // One reference per question: the LLM's greedy answer.
+        assert_eq!(answered.entry(question).or_insert(answer.clone()), &answer);
+    }
+    assert!(answered.len() >= 3, "{answered:?}");
+    let out = pal()
+        .args(["data", "text-questions", "--instruct"])
+        .arg(tmp.path().join("nothing"))
+        .output()
+        .unwrap();
+    let message = common::failure(&out);
+    assert!(message.contains("pal data instruct"), "{message}");
+}
+
 /// Runs `pal probe attention` and returns its JSON report.
 fn probe_attention(run: &Path, out: &Path) -> serde_json::Value {
     ok(&pal()

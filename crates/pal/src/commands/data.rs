@@ -1,7 +1,9 @@
 //! `pal data shared --root DIR --out DIR`: manifests from the shared real-audio folder;
 //! `pal data instruct`: the multi-task instruction set (shared audio plus generated clips);
 //! `pal data ood`: the out-of-distribution check set for well-formed answers;
-//! `pal data long`: long recordings (digit strings, sound counts, first heard) of 30 s to 10 min.
+//! `pal data long`: long recordings (digit strings, sound counts, first heard) of 30 s to 10 min;
+//! `pal data text-questions`: the instruction set's clips asked questions unrelated to them, with
+//! the LLM's own answers as references.
 
 use std::path::PathBuf;
 
@@ -26,6 +28,33 @@ pub enum DataCommand {
     /// Questions about two clips (which has the dog, same digit, which is louder, what is in
     /// each), for models with `max_clips = 2`, with held-out validation and test splits.
     Pairs(PairsArgs),
+    /// The instruction set's clips (of `pal data instruct`, in its folder) asked questions
+    /// unrelated to them, each answered by the LLM without audio: the reference a clip must not
+    /// change (`TASK = text-questions`, with held-out validation and test questions).
+    TextQuestions(TextQuestionsArgs),
+}
+
+/// Arguments of `pal data text-questions`.
+#[derive(Args)]
+pub struct TextQuestionsArgs {
+    /// The instruction set's folder (`pal data instruct --out`); `text-questions/` is written
+    /// in it.
+    #[arg(long, default_value = "data/instruct")]
+    instruct: PathBuf,
+    /// The LLM that answers (HF folder or GGUF; default: the fetched SmolLM2-135M-Instruct):
+    /// the one the adapters to be trained or evaluated attach to.
+    #[arg(long)]
+    llm: Option<PathBuf>,
+    /// Most tokens of an answer; a question whose answer runs longer is left out.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: usize,
+    /// Seed of the draw of a question per clip.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    weights: super::WeightsArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Arguments of `pal data pairs`.
@@ -164,6 +193,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             print_manifests(&summary);
             Ok(())
         }
+        DataCommand::TextQuestions(args) => text_questions(args),
         DataCommand::Ood(args) => {
             let summary = pal_data::ood::build_ood_set(&args.root, &args.out, args.seed)?;
             print_manifests(&summary);
@@ -182,4 +212,56 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `pal data text-questions`: every question answered greedily by the LLM in one batch, in its
+/// chat template, without audio.
+fn text_questions(args: TextQuestionsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let path = super::resolve_llm(args.llm)?;
+    let device = args.device.device.open()?;
+    let (model, tokenizer, _) = pal_models::load_llm_held(
+        &path,
+        args.device.precision().dtype,
+        &device,
+        args.weights.weights,
+    )
+    .with_context(|| format!("loading the LLM from {}", path.display()))?;
+    let template = pal_infer::ChatTemplate::for_tokenizer(&tokenizer)?;
+    let params = pal_infer::GenerationParams {
+        max_tokens: args.max_tokens,
+        ..Default::default()
+    };
+    let answer = |questions: &[&str]| -> anyhow::Result<Vec<Option<String>>> {
+        let prompts = questions
+            .iter()
+            .map(|q| {
+                let prompt = template.render(&[pal_infer::Message::new("user", *q)], true)?;
+                Ok(tokenizer.encode(&prompt)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let generated = pal_infer::generate(&model, &tokenizer, &prompts, &params, |_, _| {})?;
+        // An answer that did not end is no reference: its question is left out.
+        Ok(generated
+            .into_iter()
+            .map(|g| (g.finish_reason == pal_infer::FinishReason::Stop).then_some(g.text))
+            .collect())
+    };
+    let built =
+        pal_data::text_questions::build_text_questions(&args.instruct, args.seed, |questions| {
+            answer(questions).map_err(|e| pal_data::shared::BuildError {
+                path: path.clone(),
+                message: format!("answering the text questions: {e:#}"),
+            })
+        })?;
+    print_manifests(&built.summary);
+    if !built.left_out.is_empty() {
+        eprintln!(
+            "left out {} questions whose answer did not end within {} tokens: {:?}",
+            built.left_out.len(),
+            args.max_tokens,
+            built.left_out
+        );
+    }
+    Ok(())
 }
