@@ -4,12 +4,15 @@
 //! clips: real speech (JFK and Beckett, and the two joined and repeated to 60 and 120 s), long
 //! espeak-ng passages (about 10, 30 and 60 s, in the held-out test voice and sentences), generated
 //! melodies and chord progressions, coloured noise, silence and near-silence, and ESC-10 sounds
-//! joined or looped; 1 to 120 s. No clip is built from audio any training split reads: the real
-//! clips are held out of every training split (JFK and Beckett; ESC-10 sources held out of both
-//! `esc10` and `esc10-probe`), and `sources.txt` beside the manifest lists them. The questions: "What sound
-//! is this?", "Describe the sound.", "What is said?" and one unrelated to audio. Everything is
-//! drawn from one seed. The references are what a good answer would say; only well-formedness is
-//! the point here, accuracy on this set means little.
+//! joined or looped; 1 to 120 s. Its validation twin (`validation.jsonl`), for choices, has the
+//! same kinds from other sources: the ALSA clips and FSDD takes that validate, the validation
+//! voice and sentences, other lengths, other ESC-10 recordings, other unrelated questions. No
+//! clip is built from audio any training split reads (JFK and Beckett are held out of every
+//! training split; ESC-10 sources of both `esc10` and `esc10-probe`), and
+//! `test-sources.txt` and `validation-sources.txt` list the real files each part reads. The
+//! questions: "What sound is this?", "Describe the sound.", "What is said?" and one unrelated to
+//! audio. Everything is drawn from one seed. The references are what a good answer would say;
+//! only well-formedness is the point here, accuracy on this set means little.
 
 use std::f32::consts::PI;
 use std::path::{Path, PathBuf};
