@@ -428,7 +428,7 @@ pub fn build_instruction_set(options: &InstructOptions) -> Result<BuildSummary, 
 /// speech manifests already written; absent when there are none.
 fn speech_as_sound(out: &Path, summary: &mut BuildSummary) -> Result<(), BuildError> {
     for split in ["train", "validation", "test"] {
-        let clips = crate::text_questions::clips_of(out, split, &["espeak", "speech"])?;
+        let clips = crate::shared::clips_of(out, split, &["espeak", "speech"])?;
         if clips.is_empty() {
             continue;
         }

@@ -427,3 +427,30 @@ pub fn alsa_speech_by_split(root: &Path) -> Result<ClipsBySplit, BuildError> {
     }
     Ok(by_split)
 }
+
+/// The audio paths of `out/TASK/SPLIT.jsonl` (a task not built is skipped), each once.
+pub fn clips_of(out: &Path, split: &str, tasks: &[&str]) -> Result<Vec<PathBuf>, BuildError> {
+    let mut clips: Vec<PathBuf> = vec![];
+    for task in tasks {
+        let manifest = out.join(format!("{task}/{split}.jsonl"));
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        for (i, l) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| err(&manifest, format!("line {}: {e}", i + 1)))?;
+            let audio = v["audio"]
+                .as_str()
+                .ok_or_else(|| err(&manifest, format!("line {}: no \"audio\" path", i + 1)))?;
+            let audio = PathBuf::from(audio);
+            if !clips.contains(&audio) {
+                clips.push(audio);
+            }
+        }
+    }
+    Ok(clips)
+}

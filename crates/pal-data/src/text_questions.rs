@@ -8,12 +8,12 @@
 //! ([`Part::of_sum`]): no validation or test question is ever trained on, and none of the check
 //! set's questions is among them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pal_nn::rng::SplitMix64;
 
 use crate::instruct::{pick, Part};
-use crate::shared::{err, line, write, BuildError, BuildSummary, SPLITS};
+use crate::shared::{clips_of, err, line, write, BuildError, BuildSummary, SPLITS};
 
 /// Questions unrelated to any clip. The `i`-th is in the split `Part::of_sum(i)`.
 pub const TEXT_QUESTIONS: [&str; 48] = [
@@ -80,33 +80,6 @@ const CLIP_TASKS: [&str; 10] = [
     "languages",
     "unknown",
 ];
-
-/// The audio paths of `out/TASK/SPLIT.jsonl` (a task not built is skipped), each once.
-pub fn clips_of(out: &Path, split: &str, tasks: &[&str]) -> Result<Vec<PathBuf>, BuildError> {
-    let mut clips: Vec<PathBuf> = vec![];
-    for task in tasks {
-        let manifest = out.join(format!("{task}/{split}.jsonl"));
-        let Ok(text) = std::fs::read_to_string(&manifest) else {
-            continue;
-        };
-        for (i, l) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .map_err(|e| err(&manifest, format!("line {}: {e}", i + 1)))?;
-            let audio = v["audio"]
-                .as_str()
-                .ok_or_else(|| err(&manifest, format!("line {}: no \"audio\" path", i + 1)))?;
-            let audio = PathBuf::from(audio);
-            if !clips.contains(&audio) {
-                clips.push(audio);
-            }
-        }
-    }
-    Ok(clips)
-}
 
 /// What [`build_text_questions`] wrote, and the questions it left out because the LLM's answer
 /// did not end within its token limit (a reference that runs on teaches running on).
