@@ -63,8 +63,8 @@ pub struct SelfTest {
     pub device: String,
     /// The checks, in order.
     pub checks: Vec<Check>,
-    /// The CPU's bf16 product kernels, each checked (`portable` always; `avx512-bf16`, `amx`
-    /// where the CPU has them).
+    /// The CPU's bf16 product kernels, each checked (`portable` always; `avx2`, `avx512-bf16`,
+    /// `amx` where the CPU has them).
     pub bf16_kernels: Vec<String>,
 }
 

@@ -119,34 +119,43 @@ pub struct Precision {
     /// Whether the frozen backbone's products run in bf16 on the CPU's kernels
     /// ([`crate::ops::bf16`]), its tensors staying f32.
     pub bf16_products: bool,
+    /// Whether inference holds LAL prefixes (a clip's audio keys and values) packed in bf16 and
+    /// attends over them on the CPU's bf16 kernel ([`crate::ops::bf16::prefix`]): half the
+    /// memory of f32 and half the bytes each decoded token reads, which bound a long
+    /// recording's cost. Wherever a bf16 kernel exists (AVX2's included) unless `--dtype f32`.
+    pub bf16_prefix: bool,
 }
 
 impl ComputeDtype {
     /// Every type, in the order their names are listed.
     pub const ALL: [Self; 3] = [Self::Auto, Self::F32, Self::Bf16];
 
-    /// What this means on `device`. On the CPU, `bf16` means bf16 products on a bf16 kernel
-    /// (without one, f32: widened bf16 would be slower and no more exact), and `auto` means
-    /// bf16 products where they are faster than f32: on AMX (pal's AVX512-BF16 kernel is not,
-    /// on the CPUs measured: `docs/bench/matmul.md`).
+    /// What this means on `device`. On the CPU, `bf16` means bf16 products on a bf16 product
+    /// instruction (AVX512-BF16 or AMX; without one, f32: widened bf16 would be slower and no
+    /// more exact), and `auto` means bf16 products where they are faster than f32: on AMX
+    /// (pal's AVX512-BF16 kernel is not, on the CPUs measured: `docs/bench/matmul.md`). Both
+    /// hold LAL prefixes in bf16 wherever a bf16 kernel exists ([`Precision::bf16_prefix`]).
     pub fn precision(self, device: ComputeDevice) -> Precision {
-        use crate::ops::bf16::{cpu, Bf16Kernel};
-        let kernel = match self {
+        use crate::ops::bf16::{cpu, prefix, Bf16Kernel};
+        let products = match self {
             Self::Auto => cpu::chosen() == Bf16Kernel::Amx,
-            _ => cpu::chosen() > Bf16Kernel::Portable,
+            _ => cpu::chosen() >= Bf16Kernel::Avx512,
         };
         match (self, device) {
             (Self::F32, _) | (Self::Auto, ComputeDevice::Cuda) => Precision {
                 dtype: DType::F32,
                 bf16_products: false,
+                bf16_prefix: false,
             },
             (Self::Bf16, ComputeDevice::Cuda) => Precision {
                 dtype: DType::BF16,
                 bf16_products: false,
+                bf16_prefix: false,
             },
             (Self::Bf16 | Self::Auto, ComputeDevice::Cpu) => Precision {
                 dtype: DType::F32,
-                bf16_products: kernel,
+                bf16_products: products,
+                bf16_prefix: prefix::available(),
             },
         }
     }

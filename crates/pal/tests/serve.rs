@@ -304,14 +304,14 @@ fn a_minute_of_hostile_traffic_changes_no_answer() {
 /// The bounds on `pal ask`'s and `pal serve`'s peak memory for twenty minutes of audio through
 /// `configs/long-audio/lal-pool2.toml`: SmolLM2 and Whisper (about 0.9 GB), the pooled keys and
 /// values of 15 layers (30,000 rows of 384 values: 0.35 GB in bf16, where pal's attention over
-/// prefixes runs in bf16 (AMX), 0.69 GB in f32 elsewhere) and the samples. `pal serve` also holds
-/// the request (26 MB of base64), its decoded bytes and, in its audio cache, the clip's keys and
-/// values for the next question about it. Measured: 1.33 and 1.79 GB with bf16 keys (Intel
-/// Xeon), 1.87 and 2.71 GB with f32 keys (AMD EPYC); docs/bench/long-audio.md measures
-/// 1.07 GB at 10 minutes and 1.49 GB at 30.
+/// prefixes runs in bf16 (any x86-64 CPU with AVX2), 0.69 GB in f32 elsewhere) and the samples.
+/// `pal serve` also holds the request (26 MB of base64), its decoded bytes and, in its audio
+/// cache, the clip's keys and values for the next question about it. Measured: 1.33 and 1.79 GB
+/// with bf16 keys (Intel Xeon, AMX), 1.32 and 1.80 GB (AMD EPYC, AVX2); docs/bench/long-audio.md
+/// measures the other lengths.
 fn peak_bounds_mb() -> (f64, f64) {
     let precision = pal_nn::ComputeDtype::Auto.precision(pal_nn::ComputeDevice::Cpu);
-    match precision.bf16_products && pal_nn::ops::bf16::prefix::available() {
+    match precision.bf16_prefix {
         true => (1600.0, 2200.0),
         false => (2200.0, 3000.0),
     }

@@ -220,9 +220,9 @@ pub fn build_held(
 
 /// A run folder loaded for inference as `--weights`, `--device` and `--dtype` say: the LLM's
 /// frozen linear weights held in `weights`, and, with f32 weights, their bf16 products for
-/// prefill where `dtype` asks for them (quantized forms take prefill otherwise). Where `dtype`
-/// means bf16 products on the CPU, attention over LAL prefixes runs in bf16 too, whatever the
-/// weights' form ([`crate::llm::Llama::bf16_prefix`]).
+/// prefill where `dtype` asks for them (quantized forms take prefill otherwise). Attention over
+/// LAL prefixes runs in bf16 where `dtype` says so ([`pal_nn::Precision::bf16_prefix`]),
+/// whatever the weights' form ([`crate::llm::Llama::bf16_prefix`]).
 pub fn load_run_for_inference(
     dir: &Path,
     weights: WeightForm,
@@ -234,7 +234,8 @@ pub fn load_run_for_inference(
     if weights == WeightForm::F32 {
         built.hold_precision(precision)?;
     }
-    built.model.llm.bf16_prefix = precision.bf16_products && pal_nn::ops::bf16::prefix::available();
+    built.model.llm.bf16_prefix = precision.bf16_prefix;
+    built.model.keeps_graph = false;
     Ok(built)
 }
 

@@ -55,6 +55,11 @@ pub struct AudioLlm {
     /// How long a clip may be, in seconds and memory (the config's `max_audio_seconds` and
     /// `max_audio_mib`; see [`crate::audio_llm::limits`]).
     pub audio_limits: crate::audio_llm::limits::AudioLimits,
+    /// Whether the adapter's computations keep their autograd graph for a backward (training:
+    /// the default). [`crate::audio_llm::build::load_run_for_inference`] turns it off, so that
+    /// a long clip's PAL summary, attended chunk by chunk, lets each chunk's keys and values go
+    /// (see [`crate::audio_llm::connector::SUMMARY_CHUNK`]).
+    pub keeps_graph: bool,
 }
 
 impl AudioLlm {
@@ -104,6 +109,7 @@ impl AudioLlm {
             max_clips: 1,
             audio_limits: Default::default(),
             adapter_dtype: params.dtype(),
+            keeps_graph: true,
         })
     }
 
@@ -255,7 +261,8 @@ impl AudioLlm {
                     Ok(made.get_or_init(|| frames).clone())
                 };
                 if let Some(conn) = &enc.in_sequence {
-                    let (tokens, tok_valid) = conn.forward(&batch_frames()?, &valid)?;
+                    let (tokens, tok_valid) =
+                        conn.forward(&batch_frames()?, &valid, self.keeps_graph)?;
                     let tok_valid = tok_valid.to_vec2::<f32>()?;
                     for (i, row) in tok_valid.iter().enumerate() {
                         // (Nothing for an example without clip `c`.)

@@ -71,8 +71,9 @@ pub struct Llama {
     /// On by default; off records every op of the layer (the reference the tests compare with).
     pub frozen_layer_nodes: bool,
     /// Attention over a LAL prefix runs in bf16 on the CPU's bf16 kernel, the prefix packed
-    /// once as its keys are computed ([`pal_nn::ops::bf16::prefix`]): set for inference under a
-    /// bf16 precision where the CPU has such a kernel (see
+    /// once as its keys are computed ([`pal_nn::ops::bf16::prefix`]): set for inference where
+    /// the precision says so ([`pal_nn::Precision::bf16_prefix`]: any x86-64 CPU with AVX2 unless
+    /// `--dtype f32`; see
     /// [`crate::audio_llm::build::load_run_for_inference`]; training never sets it: attention
     /// over a packed prefix carries no gradient). Off, the prefix is attended in f32.
     pub bf16_prefix: bool,

@@ -43,8 +43,10 @@ pub struct DeviceArgs {
     pub device: pal_nn::ComputeDevice,
     /// `auto`, `f32` or `bf16`. On the CPU, `bf16` runs the frozen backbone's products in bf16
     /// (AMX or AVX512-BF16, f32 accumulation; activations, adapter and loss stay f32), and
-    /// `auto` does so where the CPU has AMX, f32 elsewhere. On a GPU, `bf16` holds the
-    /// frozen LLM and encoders in bf16 (the adapter in f32 master copies), `auto` means f32.
+    /// `auto` does so where the CPU has AMX, f32 elsewhere; both hold a clip's LAL keys and
+    /// values in bf16 at inference on any x86-64 CPU with AVX2 (`f32` keeps them f32). On a GPU,
+    /// `bf16` holds the frozen LLM and encoders in bf16 (the adapter in f32 master copies),
+    /// `auto` means f32.
     #[arg(long, default_value = "auto")]
     pub dtype: pal_nn::ComputeDtype,
 }

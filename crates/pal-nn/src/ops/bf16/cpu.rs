@@ -1,7 +1,9 @@
 //! Which bf16 product this CPU runs, found once: AMX (`tdpbf16ps` on 16x16 tiles) when the CPU
 //! has it and the OS grants this process the tile state, else AVX512-BF16 (`vdpbf16ps`), else
-//! none (bf16 products fall back to f32). `PAL_BF16_KERNEL=amx|avx512|portable` picks a slower
-//! one (for tests and `pal selftest`); a faster one than the CPU has is never used.
+//! AVX2 with FMA (bf16 widened to f32 in registers: no faster than f32 where arithmetic bounds
+//! the product, but half the bytes where memory does, as in attention over a long LAL prefix),
+//! else none. `PAL_BF16_KERNEL=amx|avx512|avx2|portable` picks a slower one (for tests and `pal
+//! selftest`); a faster one than the CPU has is never used.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -12,6 +14,9 @@ pub enum Bf16Kernel {
     /// Widened to f32 and multiplied there (any CPU): the reference the others are checked
     /// against, and the fallback.
     Portable,
+    /// AVX2 and FMA (x86-64 CPUs since 2013-2015): bf16 widened to f32 in registers, f32
+    /// fused multiply-adds.
+    Avx2,
     /// AVX512-BF16 `vdpbf16ps` (Intel Cooper Lake and later, AMD Zen 4 and later).
     Avx512,
     /// AMX `tdpbf16ps` on tiles (Intel Sapphire Rapids and later).
@@ -20,12 +25,13 @@ pub enum Bf16Kernel {
 
 impl Bf16Kernel {
     /// Every kernel, slowest first.
-    pub const ALL: [Self; 3] = [Self::Portable, Self::Avx512, Self::Amx];
+    pub const ALL: [Self; 4] = [Self::Portable, Self::Avx2, Self::Avx512, Self::Amx];
 
     /// Its name (`PAL_BF16_KERNEL`, `pal selftest`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
+            Self::Avx2 => "avx2",
             Self::Avx512 => "avx512-bf16",
             Self::Amx => "amx",
         }
@@ -90,6 +96,10 @@ fn detect() -> Bf16Kernel {
     }
     if avx512_bf16 {
         Bf16Kernel::Avx512
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        Bf16Kernel::Avx2
     } else {
         Bf16Kernel::Portable
     }

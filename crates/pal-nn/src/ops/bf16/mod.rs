@@ -9,6 +9,8 @@
 //! (a tile pads them to 32): a product's precision never depends on the batch it is in, so a
 //! data-parallel run trains what one process does.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod cpu;
 pub mod pack;
 pub mod prefix;
@@ -164,6 +166,7 @@ unsafe fn blocks(
                                 .add((row_pair - m0) * 32 * ldc + (pair - first) * 32),
                             ldc,
                             k0 > 0,
+                            m.saturating_sub(row_pair * 32),
                         );
                     }
                 }
@@ -207,11 +210,11 @@ impl Blocks {
         Self { kernel }
     }
 
-    /// A 32 x 32 block: see [`x86::Block`].
+    /// A 32 x 32 block of which the first `live_rows` rows matter: see [`x86::Block`].
     ///
     /// # Safety
     /// As [`x86::amx_block`].
-    #[allow(unused_variables)]
+    #[allow(unused_variables, clippy::too_many_arguments)]
     pub(crate) unsafe fn run(
         &self,
         a: [*const u16; 2],
@@ -220,6 +223,7 @@ impl Blocks {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        live_rows: usize,
     ) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -230,28 +234,36 @@ impl Blocks {
                 c,
                 ldc,
                 accumulate,
+                live_rows,
             };
             match self.kernel {
                 Bf16Kernel::Amx => x86::amx_block(&block),
-                _ => x86::avx512_block(&block),
+                Bf16Kernel::Avx512 => x86::avx512_block(&block),
+                _ => avx2::avx2_block(&block),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("only the portable bf16 kernel exists off x86-64")
     }
 
-    /// A 32 x 32 block written at `c`: the sum of the products of `parts` (`(a, b, k_tiles)`
-    /// each, as [`Self::run`]'s).
+    /// A 32 x 32 block written at `c` (its first `live_rows` rows matter): the sum of the
+    /// products of `parts` (`(a, b, k_tiles)` each, as [`Self::run`]'s).
     ///
     /// # Safety
     /// As [`Self::run`], for every part.
-    pub(crate) unsafe fn run_sum(&self, parts: &[BlockPart], c: *mut f32, ldc: usize) {
+    pub(crate) unsafe fn run_sum(
+        &self,
+        parts: &[BlockPart],
+        c: *mut f32,
+        ldc: usize,
+        live_rows: usize,
+    ) {
         #[cfg(target_arch = "x86_64")]
         if self.kernel == Bf16Kernel::Amx {
             return x86::amx_block_sum(parts, c, ldc);
         }
         for (i, &(a, b, k_tiles)) in parts.iter().enumerate() {
-            self.run(a, b, k_tiles, c, ldc, i > 0);
+            self.run(a, b, k_tiles, c, ldc, i > 0, live_rows);
         }
     }
 }

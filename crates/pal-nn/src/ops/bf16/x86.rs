@@ -111,6 +111,9 @@ pub struct Block {
     pub ldc: usize,
     /// Add to the outputs instead of writing them.
     pub accumulate: bool,
+    /// Rows that matter (the others, padding, may be computed or not and hold anything): AMX
+    /// computes all 32, AVX512 whole groups of 8, AVX2 groups of 4.
+    pub live_rows: usize,
 }
 
 /// A [`Block`] with AMX. Tiles 0-3 hold the block, 4-5 the activations, 6-7 the weights.
@@ -127,6 +130,7 @@ pub unsafe fn amx_block(block: &Block) {
         c,
         ldc,
         accumulate,
+        ..
     } = *block;
     let ld = ldc * 4;
     if accumulate {
@@ -231,6 +235,7 @@ pub unsafe fn avx512_block(block: &Block) {
         c,
         ldc,
         accumulate,
+        live_rows,
     } = *block;
     for half in 0..2 {
         let a = if half == 0 { a0 } else { a1 };
@@ -238,6 +243,9 @@ pub unsafe fn avx512_block(block: &Block) {
             // Rows `8 group .. 8 group + 8` of this activation tile.
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
             let row0 = half * 16 + group * 8;
+            if row0 >= live_rows {
+                return;
+            }
             if accumulate {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let out = c.add((row0 + r) * ldc);

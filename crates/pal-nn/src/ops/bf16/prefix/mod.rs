@@ -409,6 +409,7 @@ fn prefix_attention_on(
                                         .add(row_pair * 32 * SCORE_STRIDE + seg.column + 32 * p),
                                     SCORE_STRIDE,
                                     false,
+                                    m.saturating_sub(row_pair * 32),
                                 );
                             }
                         }
@@ -423,7 +424,7 @@ fn prefix_attention_on(
                             .as_mut_ptr();
                         if r < m {
                             (max[r], sum[r]) =
-                                softmax_row(scores[r * SCORE_STRIDE..].as_ptr(), &real, at);
+                                softmax_row(kernel, scores[r * SCORE_STRIDE..].as_ptr(), &real, at);
                         } else {
                             // Padding rows: no weight.
                             for t in 0..p_tiles {
@@ -446,6 +447,7 @@ fn prefix_attention_on(
                                 &parts,
                                 out.as_mut_ptr().add(row_pair * 32 * ldc + pair * 32),
                                 ldc,
+                                m.saturating_sub(row_pair * 32),
                             );
                         }
                     }
@@ -563,11 +565,19 @@ fn combine(
 /// [`super::x86::softmax_row_avx512`].
 ///
 /// # Safety
-/// As there; a bf16 kernel other than the portable one is available (every such CPU has the
-/// instructions it needs).
-unsafe fn softmax_row(row: *const f32, real: &[u8], out: *mut u16) -> (f32, f32) {
+/// As there; `kernel` is available and not the portable one (every CPU that has it has the
+/// instructions its softmax needs).
+unsafe fn softmax_row(
+    kernel: Bf16Kernel,
+    row: *const f32,
+    real: &[u8],
+    out: *mut u16,
+) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    return super::x86::softmax_row_avx512(row, real, out);
+    return match kernel {
+        Bf16Kernel::Avx2 => super::avx2::softmax_row_avx2(row, real, out),
+        _ => super::x86::softmax_row_avx512(row, real, out),
+    };
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("only the portable bf16 kernel exists off x86-64")
 }

@@ -97,86 +97,12 @@ fn prefix_attention_is_attention_over_the_runs() {
         eprintln!("no bf16 kernel on this CPU: nothing to check");
         return;
     }
-    let (kv_heads, head_dim, m) = (2, 64, 37);
-    let run_rows = [45, 7, 1100, 130];
-    let total: usize = run_rows.iter().sum();
-    let k = values(kv_heads * total * head_dim, 1);
-    let v = values(kv_heads * total * head_dim, 2);
-    // Each head's rows, split into runs.
-    let mut runs = vec![];
-    let mut first = 0;
-    for &rows in &run_rows {
-        let take = |x: &[f32]| -> Vec<f32> {
-            (0..kv_heads)
-                .flat_map(|h| {
-                    x[(h * total + first) * head_dim..(h * total + first + rows) * head_dim]
-                        .to_vec()
-                })
-                .collect()
-        };
-        runs.push(Arc::new(PackedRun::new(
-            &take(&k),
-            &take(&v),
-            kv_heads,
-            rows,
-            head_dim,
-        )));
-        first += rows;
-    }
-    let prefix = PackedPrefix { runs };
-    assert_eq!(prefix.rows(), total);
-    let q = values(kv_heads * m * head_dim, 3);
-    for n in [0, 5] {
-        let mut own_scores = values(kv_heads * m * n, 4);
-        if n > 0 {
-            own_scores[n - 1] = f32::NEG_INFINITY;
-        }
-        let own_values = values(kv_heads * n * head_dim, 5);
-        let own = OwnKeys {
-            scores: &own_scores,
-            values: &own_values,
-            n,
-        };
-        let kernels = [Bf16Kernel::Avx512, Bf16Kernel::Amx];
-        for (kernel, apart) in kernels
-            .into_iter()
-            .filter(|k| k.available())
-            .flat_map(|k| [(k, false), (k, true)])
-        {
-            let query = PrefixQuery {
-                q: &q,
-                m,
-                prefix: &prefix,
-                own,
-                prefix_own_softmax: apart,
-            };
-            let shape = (kv_heads, head_dim);
-            let got = prefix_attention_on(kernel, &[query], shape, 0.125).remove(0);
-            for h in 0..kv_heads {
-                let want = reference(
-                    &q[h * m * head_dim..(h + 1) * m * head_dim],
-                    (m, head_dim),
-                    &k[h * total * head_dim..(h + 1) * total * head_dim],
-                    &v[h * total * head_dim..(h + 1) * total * head_dim],
-                    (
-                        &own_scores[h * m * n..(h + 1) * m * n],
-                        &own_values[h * n * head_dim..(h + 1) * n * head_dim],
-                        n,
-                    ),
-                    0.125,
-                    apart,
-                );
-                let got = &got[h * m * head_dim..(h + 1) * m * head_dim];
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() < 2e-3,
-                        "{kernel:?} n {n} apart {apart}: {g} vs {w}"
-                    );
-                }
-            }
-        }
+    for m in [3, 37] {
+        check_prefix_attention(m);
     }
     // No prefix at all: attention over the own keys alone.
+    let (kv_heads, head_dim, m) = (2, 64, 37);
+    let q = values(kv_heads * m * head_dim, 3);
     let (n, own_scores, own_values) = (
         3,
         values(kv_heads * m * 3, 6),
@@ -207,9 +133,6 @@ fn prefix_attention_is_attention_over_the_runs() {
             }
         }
     }
-    let two = prefix.first_rows(52).expect("two runs");
-    assert_eq!(two.runs.len(), 2);
-    assert!(prefix.first_rows(50).is_none());
 }
 
 /// Several queries at once (decoding sequences over prefixes of their own, of different
@@ -265,4 +188,90 @@ fn queries_together_are_each_as_alone() {
             prefix_attention_batch(std::slice::from_ref(query), (kv_heads, head_dim), 0.125);
         assert_eq!(together[i], alone[0], "query {i}");
     }
+}
+
+/// [`prefix_attention_is_attention_over_the_runs`] for `m` query rows (3: a decoding step's
+/// three query heads per key head; 37: a question, rows in two tile pairs) on every kernel.
+fn check_prefix_attention(m: usize) {
+    let (kv_heads, head_dim) = (2, 64);
+    let run_rows = [45, 7, 1100, 130];
+    let total: usize = run_rows.iter().sum();
+    let k = values(kv_heads * total * head_dim, 1);
+    let v = values(kv_heads * total * head_dim, 2);
+    // Each head's rows, split into runs.
+    let mut runs = vec![];
+    let mut first = 0;
+    for &rows in &run_rows {
+        let take = |x: &[f32]| -> Vec<f32> {
+            (0..kv_heads)
+                .flat_map(|h| {
+                    x[(h * total + first) * head_dim..(h * total + first + rows) * head_dim]
+                        .to_vec()
+                })
+                .collect()
+        };
+        runs.push(Arc::new(PackedRun::new(
+            &take(&k),
+            &take(&v),
+            kv_heads,
+            rows,
+            head_dim,
+        )));
+        first += rows;
+    }
+    let prefix = PackedPrefix { runs };
+    assert_eq!(prefix.rows(), total);
+    let q = values(kv_heads * m * head_dim, 3);
+    for n in [0, 5] {
+        let mut own_scores = values(kv_heads * m * n, 4);
+        if n > 0 {
+            own_scores[n - 1] = f32::NEG_INFINITY;
+        }
+        let own_values = values(kv_heads * n * head_dim, 5);
+        let own = OwnKeys {
+            scores: &own_scores,
+            values: &own_values,
+            n,
+        };
+        for (kernel, apart) in Bf16Kernel::ALL
+            .into_iter()
+            .filter(|&k| k != Bf16Kernel::Portable && k.available())
+            .flat_map(|k| [(k, false), (k, true)])
+        {
+            let query = PrefixQuery {
+                q: &q,
+                m,
+                prefix: &prefix,
+                own,
+                prefix_own_softmax: apart,
+            };
+            let shape = (kv_heads, head_dim);
+            let got = prefix_attention_on(kernel, &[query], shape, 0.125).remove(0);
+            for h in 0..kv_heads {
+                let want = reference(
+                    &q[h * m * head_dim..(h + 1) * m * head_dim],
+                    (m, head_dim),
+                    &k[h * total * head_dim..(h + 1) * total * head_dim],
+                    &v[h * total * head_dim..(h + 1) * total * head_dim],
+                    (
+                        &own_scores[h * m * n..(h + 1) * m * n],
+                        &own_values[h * n * head_dim..(h + 1) * n * head_dim],
+                        n,
+                    ),
+                    0.125,
+                    apart,
+                );
+                let got = &got[h * m * head_dim..(h + 1) * m * head_dim];
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() < 2e-3,
+                        "{kernel:?} m {m} n {n} apart {apart}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+    let two = prefix.first_rows(52).expect("two runs");
+    assert_eq!(two.runs.len(), 2);
+    assert!(prefix.first_rows(50).is_none());
 }
