@@ -11,6 +11,7 @@ Writes crates/pal-models/tests/fixtures/:
                                         + golden.safetensors (input_ids, attention_mask, logits)
   smollm2-golden.safetensors, smollm2-golden.json   (with --gguf) logits and token ids from the
                                         real SmolLM2-135M-Instruct GGUF, dequantized by transformers
+  tiny-gemma3/                          a tiny random Gemma 3 (text) folder and its logits
   gemma3-golden.safetensors, gemma3-golden.json     (with --gemma3-gguf) the same from the real
                                         Gemma 3 270M Q4_K_M GGUF (`pal fetch gemma3-270m`)
 """
@@ -43,29 +44,53 @@ def tiny_models():
 
 def make_tiny():
     torch.manual_seed(0)
-    # Batch of 3 with right padding (pad id 0, masked out).
+    for name, model in tiny_models():
+        write_tiny(name, model)
+
+
+def write_tiny(name, model):
+    """Saves `model` as a Hugging Face folder under fixtures/NAME with its logits on a batch of 3
+    with right padding (pad id 0, masked out)."""
     input_ids = torch.tensor([[5, 17, 33, 2, 90, 41, 7],
                               [8, 9, 10, 11, 0, 0, 0],
                               [60, 61, 0, 0, 0, 0, 0]])
     attention_mask = (torch.arange(7)[None, :] < torch.tensor([[7], [4], [2]])).long()
-    for name, model in tiny_models():
-        model = model.float().eval()
-        # Random init leaves norms at one: perturb them so the parity test sees their weights.
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if "norm" in pname:
-                    p.add_(0.1 * torch.randn_like(p))
-        out_dir = os.path.join(ROOT, name)
-        model.save_pretrained(out_dir, safe_serialization=True)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        save_file({"input_ids": input_ids.to(torch.int64), "attention_mask": attention_mask,
-                   "logits": logits.contiguous()}, os.path.join(out_dir, "golden.safetensors"))
-        for extra in ("generation_config.json",):
-            path = os.path.join(out_dir, extra)
-            if os.path.exists(path):
-                os.remove(path)
-        print("wrote", out_dir)
+    model = model.float().eval()
+    # Random init leaves norms at one (Gemma's at zero, of its 1 + w): perturb them so the
+    # parity test sees their weights.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir = os.path.join(ROOT, name)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids.to(torch.int64), "attention_mask": attention_mask,
+               "logits": logits.contiguous()}, os.path.join(out_dir, "golden.safetensors"))
+    for extra in ("generation_config.json",):
+        path = os.path.join(out_dir, extra)
+        if os.path.exists(path):
+            os.remove(path)
+    print("wrote", out_dir)
+
+
+def make_tiny_gemma3():
+    """A tiny random Gemma 3 (text-only, as transformers writes it): norms stored as w of
+    (1 + w), q/k norms, before and after norms around attention and FFN, GELU-tanh, embeddings
+    scaled by sqrt(d), tied output, and two sliding-window layers (window 4, shorter than the
+    batch's 7 positions, RoPE base 10,000) before a global one (base 1,000,000)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+        max_position_embeddings=128, rms_norm_eps=1e-6, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        tie_word_embeddings=True, pad_token_id=0)
+    write_tiny("tiny-gemma3", Gemma3ForCausalLM(config))
 
 
 def make_smollm2(gguf_path):
@@ -124,9 +149,14 @@ if __name__ == "__main__":
     parser.add_argument("--gguf", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--gemma3-gguf", help="path of gemma-3-270m-q4_k_m.gguf")
     parser.add_argument("--only-gemma3", action="store_true", help="skip the other fixtures")
+    parser.add_argument("--only-tiny-gemma3", action="store_true",
+                        help="write only the tiny Gemma 3 folder")
     args = parser.parse_args()
-    if not args.only_gemma3:
+    if args.only_tiny_gemma3:
+        make_tiny_gemma3()
+    elif not args.only_gemma3:
         make_tiny()
+        make_tiny_gemma3()
     if args.gguf:
         make_smollm2(args.gguf)
     if args.gemma3_gguf:

@@ -1,4 +1,4 @@
-//! Parity with transformers on tiny random Llama, Qwen2 and Qwen3 models (fixtures made by
+//! Parity with transformers on tiny random Llama, Qwen2, Qwen3 and Gemma 3 models (fixtures made by
 //! `scripts/make_llm_fixtures.py`), KV-cache consistency, and clear errors on bad model files.
 
 mod common;
@@ -6,13 +6,10 @@ mod common;
 use common::{fixture, max_diff};
 
 use candle_core::{DType, Device, Tensor};
-use pal_models::{load_llm, Llama, LlamaConfig, ModelError, Weights};
+use pal_models::{load_llm, Llama, LlamaConfig, ModelError};
 
 fn load_tiny(name: &str) -> Llama {
-    let dir = fixture(name);
-    let config = LlamaConfig::from_hf_folder(&dir).unwrap();
-    let weights = Weights::from_hf_folder(&dir, DType::F32, &Device::Cpu).unwrap();
-    Llama::load(config, &weights).unwrap()
+    Llama::from_hf_folder(&fixture(name), DType::F32, &Device::Cpu).unwrap()
 }
 
 struct Golden {
@@ -67,6 +64,23 @@ fn tiny_qwen2_with_qkv_bias_matches_transformers() {
     let model = load_tiny("tiny-qwen2");
     assert!(model.config.attention_bias && model.config.tie_word_embeddings);
     check_parity("tiny-qwen2");
+}
+
+/// Gemma 3 from the folder transformers writes: its norms stored as `w` of `1 + w`, sandwich
+/// norms, GELU-tanh, embeddings scaled by `sqrt(d)`, and sliding-window layers (window 4) over
+/// a batch of 7 positions.
+#[test]
+fn tiny_gemma3_from_its_hugging_face_folder_matches_transformers() {
+    let model = load_tiny("tiny-gemma3");
+    let c = &model.config;
+    assert_eq!(c.model_type, "gemma3");
+    assert!(c.sandwich_norms && c.qk_norm && c.tie_word_embeddings);
+    assert_eq!(c.hidden_act, pal_models::llm::Activation::GeluTanh);
+    assert_eq!(c.embedding_scale, Some(8.0));
+    let window = c.sliding_window.as_ref().unwrap();
+    assert_eq!((window.window, window.global_every), (4, 3));
+    assert_eq!((c.rope_theta, window.rope_theta), (1e6, 1e4));
+    check_parity("tiny-gemma3");
 }
 
 #[test]
@@ -213,4 +227,35 @@ fn unsupported_model_type_is_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("gpt_neox"));
+}
+
+/// What pal cannot compute for a Gemma 3 config is refused by name: the image-text checkpoints,
+/// logit soft-capping, bidirectional attention (EmbeddingGemma), another attention scale, and
+/// layers in another pattern.
+#[test]
+fn gemma3_configs_pal_cannot_run_are_refused_by_name() {
+    let text = std::fs::read_to_string(fixture("tiny-gemma3").join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| -> String {
+        let mut c = config.clone();
+        edit(&mut c);
+        LlamaConfig::from_hf_json(&c.to_string())
+            .expect_err("refused")
+            .to_string()
+    };
+    let msg = refused(&|c| c["model_type"] = "gemma3".into());
+    assert!(msg.contains("gemma3_text"), "{msg}");
+    let msg = refused(&|c| c["final_logit_softcapping"] = 30.0.into());
+    assert!(msg.contains("final_logit_softcapping"), "{msg}");
+    let msg = refused(&|c| c["use_bidirectional_attention"] = true.into());
+    assert!(msg.contains("use_bidirectional_attention"), "{msg}");
+    let msg = refused(&|c| c["query_pre_attn_scalar"] = 64.into());
+    assert!(msg.contains("query_pre_attn_scalar"), "{msg}");
+    let msg = refused(&|c| {
+        c["layer_types"] =
+            serde_json::json!(["full_attention", "sliding_attention", "sliding_attention"])
+    });
+    assert!(msg.contains("layer_types"), "{msg}");
+    // The folder's own config loads.
+    assert!(LlamaConfig::from_hf_json(&text).is_ok());
 }

@@ -14,6 +14,9 @@ pub struct Weights {
     source: Source,
     dtype: DType,
     device: Device,
+    /// Added to every RMSNorm weight (`*norm.weight`) as it is read: see
+    /// [`Weights::with_norm_shift`].
+    norm_shift: f64,
 }
 
 enum Source {
@@ -82,6 +85,7 @@ impl Weights {
             source: Source::Safetensors { files, file_of },
             dtype,
             device: device.clone(),
+            norm_shift: 0.0,
         })
     }
 
@@ -99,7 +103,16 @@ impl Weights {
             },
             dtype,
             device: device.clone(),
+            norm_shift: 0.0,
         }
+    }
+
+    /// These weights with `shift` added to every RMSNorm weight (a tensor named `*norm.weight`)
+    /// as it is read: a Hugging Face Gemma checkpoint stores `w` of `x_normed * (1 + w)`
+    /// ([`crate::llm::LlamaConfig::hf_norm_shift`]).
+    pub fn with_norm_shift(mut self, shift: f64) -> Self {
+        self.norm_shift = shift;
+        self
     }
 
     /// The file or folder the weights come from.
@@ -165,7 +178,11 @@ impl Weights {
                 found: tensor.dims().to_vec(),
             });
         }
-        Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
+        let tensor = tensor.to_dtype(self.dtype)?.to_device(&self.device)?;
+        match self.norm_shift != 0.0 && name.ends_with("norm.weight") {
+            true => Ok((tensor + self.norm_shift)?),
+            false => Ok(tensor),
+        }
     }
 
     /// The tensor `name` if present (checked against `shape`), else `None`.

@@ -136,6 +136,16 @@ struct HfConfig {
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     hidden_act: Option<String>,
+    // Gemma 3 (`gemma3_text`).
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    sliding_window: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    use_bidirectional_attention: Option<bool>,
 }
 
 impl LlamaConfig {
@@ -162,31 +172,47 @@ impl LlamaConfig {
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let raw: HfConfig = serde_json::from_str(text)
             .map_err(|e| ModelError::Unsupported(format!("invalid config.json: {e}")))?;
-        let model_type = raw.model_type.unwrap_or_else(|| "llama".into());
+        let model_type = raw.model_type.clone().unwrap_or_else(|| "llama".into());
+        let gemma = model_type == "gemma3_text";
         let (attention_bias, qk_norm) = match model_type.as_str() {
             "llama" | "mistral" => (raw.attention_bias.unwrap_or(false), false),
             "qwen2" => (true, false),
             "qwen3" => (raw.attention_bias.unwrap_or(false), true),
-            "gemma3" | "gemma3_text" => {
+            "gemma3_text" => (raw.attention_bias.unwrap_or(false), true),
+            "gemma3" => {
                 return Err(ModelError::Unsupported(
-                    "Gemma 3 loads from its GGUF file (pal fetch gemma3-270m), not yet from a Hugging Face folder".into(),
+                    "Gemma 3's image-text checkpoints (model_type 'gemma3': 4B and up) are not supported; its text-only ones (model_type 'gemma3_text': 270M, 1B) are".into(),
                 ))
             }
             other => {
                 return Err(ModelError::Unsupported(format!(
-                    "model_type '{other}' is not supported (llama, mistral, qwen2, qwen3 are)"
+                    "model_type '{other}' is not supported (llama, mistral, qwen2, qwen3, gemma3_text are)"
                 )))
             }
         };
-        if let Some(act) = raw.hidden_act.as_deref() {
-            if act != "silu" {
+        let activation = raw
+            .hidden_activation
+            .as_deref()
+            .or(raw.hidden_act.as_deref());
+        let hidden_act = match (gemma, activation) {
+            (false, None | Some("silu")) => Activation::Silu,
+            (true, None | Some("gelu_pytorch_tanh")) => Activation::GeluTanh,
+            (_, Some(other)) => {
                 return Err(ModelError::Unsupported(format!(
-                    "hidden_act '{act}' (only silu)"
-                )));
+                    "hidden activation '{other}' (silu; gelu_pytorch_tanh for Gemma 3)"
+                )))
             }
-        }
-        // transformers 5 writes `rope_parameters` (with rope_theta inside), 4.x `rope_scaling`.
-        let rope = raw.rope_parameters.or(raw.rope_scaling);
+        };
+        // transformers 5 writes `rope_parameters` (with rope_theta inside), 4.x `rope_scaling`;
+        // for Gemma 3, 5 writes one per layer type (`full_attention`, `sliding_attention`).
+        let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
+        let (rope, local_rope) = match rope {
+            Some(r) if r.get("full_attention").is_some() => (
+                r.get("full_attention").cloned(),
+                r.get("sliding_attention").cloned(),
+            ),
+            other => (other, None),
+        };
         let rope_theta = raw
             .rope_theta
             .or_else(|| {
@@ -199,29 +225,48 @@ impl LlamaConfig {
             Some(r) => parse_rope_scaling(&r)?,
             None => None,
         };
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        let sliding_window = match gemma {
+            true => Some(gemma_layers(&raw, head_dim, local_rope.as_ref())?),
+            false => None,
+        };
         Ok(Self {
-            model_type,
+            model_type: match gemma {
+                // As its GGUF names it: one name for the family, whatever file it came from.
+                true => "gemma3".into(),
+                false => model_type,
+            },
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
-            head_dim: raw
-                .head_dim
-                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            head_dim,
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             attention_bias,
             qk_norm,
-            hidden_act: Activation::Silu,
-            sandwich_norms: false,
-            embedding_scale: None,
-            sliding_window: None,
+            hidden_act,
+            sandwich_norms: gemma,
+            embedding_scale: gemma.then(|| (raw.hidden_size as f64).sqrt()),
+            sliding_window,
         })
+    }
+
+    /// What a Hugging Face checkpoint's RMSNorm weights lack, added as they load: Gemma stores
+    /// `w` of its `x_normed * (1 + w)` (its GGUF converter adds the one; other families store the
+    /// scale itself).
+    pub fn hf_norm_shift(&self) -> f64 {
+        match self.model_type.as_str() {
+            "gemma3" => 1.0,
+            _ => 0.0,
+        }
     }
 
     /// The config from a GGUF file's `{arch}.*` metadata keys (llama, qwen2, qwen3 or gemma3).
@@ -364,6 +409,74 @@ impl LlamaConfig {
             }
         }
     }
+}
+
+/// Gemma 3's local and global layers from its `config.json`: a window, its pattern (one global
+/// layer after every five local ones, from `layer_types` or `sliding_window_pattern`) and the
+/// local layers' RoPE base; refused where the model needs what pal does not compute (an
+/// attention scale other than `1/sqrt(head_dim)`, logit soft-capping, bidirectional attention)
+/// or where the layers follow another pattern.
+fn gemma_layers(
+    raw: &HfConfig,
+    head_dim: usize,
+    local_rope: Option<&serde_json::Value>,
+) -> Result<SlidingWindow> {
+    let unsupported = |m: String| Err(ModelError::Unsupported(m));
+    if let Some(scalar) = raw.query_pre_attn_scalar {
+        if scalar != head_dim as f64 {
+            return unsupported(format!(
+                "query_pre_attn_scalar {scalar} (pal scales attention by 1/sqrt(head_dim), head_dim {head_dim})"
+            ));
+        }
+    }
+    for (name, value) in [
+        ("final_logit_softcapping", raw.final_logit_softcapping),
+        ("attn_logit_softcapping", raw.attn_logit_softcapping),
+    ] {
+        if let Some(v) = value {
+            return unsupported(format!("{name} {v} (pal does not soft-cap logits)"));
+        }
+    }
+    if raw.use_bidirectional_attention == Some(true) {
+        return unsupported(
+            "use_bidirectional_attention (an embedding model: pal's decoder is causal)".into(),
+        );
+    }
+    let Some(window) = raw.sliding_window else {
+        return unsupported("Gemma 3's config.json has no 'sliding_window'".into());
+    };
+    let rope_theta = raw
+        .rope_local_base_freq
+        .or_else(|| local_rope?.get("rope_theta")?.as_f64())
+        .unwrap_or(10_000.0);
+    let Some(types) = &raw.layer_types else {
+        return Ok(SlidingWindow {
+            window,
+            global_every: raw.sliding_window_pattern.unwrap_or(6),
+            rope_theta,
+        });
+    };
+    let layers = SlidingWindow {
+        window,
+        global_every: types
+            .iter()
+            .position(|t| t == "full_attention")
+            .map_or(0, |i| i + 1),
+        rope_theta,
+    };
+    let follows = types.len() == raw.num_hidden_layers
+        && types.iter().enumerate().all(|(i, t)| match t.as_str() {
+            "sliding_attention" => layers.is_local(i),
+            "full_attention" => !layers.is_local(i),
+            _ => false,
+        });
+    if !follows {
+        return unsupported(format!(
+            "layer_types {types:?}: pal takes one full_attention layer after every n sliding_attention ones, for each of the {} layers",
+            raw.num_hidden_layers
+        ));
+    }
+    Ok(layers)
 }
 
 fn parse_rope_scaling(value: &serde_json::Value) -> Result<Option<RopeScaling>> {

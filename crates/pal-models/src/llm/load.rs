@@ -12,14 +12,27 @@ use crate::llm::decoder::Llama;
 use crate::llm::weight_form::{self, WeightForm, WeightsInUse};
 use crate::text::tokenizer::Tokenizer;
 
+impl Llama {
+    /// The LLM of a Hugging Face model folder (config.json and safetensors), weights in `dtype`.
+    pub fn from_hf_folder(folder: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = LlamaConfig::from_hf_folder(folder)?;
+        let weights =
+            Weights::from_hf_folder(folder, dtype, device)?.with_norm_shift(config.hf_norm_shift());
+        Llama::load(config, &weights)
+    }
+}
+
 /// Loads an LLM and its tokenizer from a Hugging Face model folder (config.json, safetensors,
 /// tokenizer.json) or a GGUF file (weights dequantized to `dtype`).
 pub fn load_llm(path: &Path, dtype: DType, device: &Device) -> Result<(Llama, Tokenizer)> {
     if path.is_dir() {
-        let config = LlamaConfig::from_hf_folder(path)?;
-        let weights = Weights::from_hf_folder(path, dtype, device)?;
-        let llama = Llama::load(config, &weights)?;
-        let tokenizer = Tokenizer::from_hf_folder(path)?;
+        let llama = Llama::from_hf_folder(path, dtype, device)?;
+        let gemma = llama.config.model_type == "gemma3";
+        let mut tokenizer = Tokenizer::from_hf_folder(path)?;
+        if gemma && tokenizer.chat_template.is_none() {
+            // A base model's folder may carry no template: Gemma's turns, as from its GGUF.
+            tokenizer.chat_template = Some(crate::text::chat_template::GEMMA_TURNS.to_string());
+        }
         Ok((llama, tokenizer))
     } else if path.extension().is_some_and(|e| e == "gguf") {
         let file = GgufFile::open(path)?;
