@@ -25,6 +25,8 @@ pub struct AudioBench {
 /// The report (`PREFIX.json`).
 #[derive(Debug, Serialize)]
 pub struct AudioReport {
+    /// The CPU: model name and the flags that decide pal's kernels.
+    pub cpu: String,
     /// Clip length.
     pub clip_seconds: f64,
     /// Runs per measurement.
@@ -101,6 +103,7 @@ impl AudioBench {
             ));
         }
         Ok(AudioReport {
+            cpu: crate::report::cpu_description(),
             clip_seconds: secs,
             repeats: self.repeats,
             whisper: folder.file_name().map(|n| n.to_string_lossy().to_string()),
@@ -112,10 +115,12 @@ impl AudioBench {
 }
 
 impl AudioReport {
-    /// The report as markdown.
-    pub fn markdown(&self) -> String {
+    /// The report as markdown, `command` the command line that made it.
+    pub fn markdown(&self, command: &str) -> String {
         let mut md = format!(
-            "# Audio front-end benchmark\n\n{} s clip, median of {} runs, {} threads, Whisper `{}`.\n\n| stage | seconds of audio per second |\n|---|---|\n",
+            "# Audio front-end benchmark\n\n`{}`\n\nCPU: {}. {} s clip, median of {} runs, {} threads, Whisper `{}`.\n\n| stage | seconds of audio per second |\n|---|---|\n",
+            command,
+            self.cpu,
             self.clip_seconds,
             self.repeats,
             self.threads,

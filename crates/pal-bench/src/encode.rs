@@ -30,6 +30,8 @@ pub struct EncodeBench {
 /// The report (`PREFIX.json`).
 #[derive(Debug, Serialize)]
 pub struct EncodeReport {
+    /// The CPU: model name and the flags that decide pal's kernels.
+    pub cpu: String,
     /// The manifest.
     pub manifest: String,
     /// Clips encoded per pass.
@@ -104,6 +106,7 @@ impl EncodeBench {
         let single = n / median(single_times);
         let batched = n / median(batched_times);
         Ok(EncodeReport {
+            cpu: crate::report::cpu_description(),
             manifest: self.manifest.display().to_string(),
             clips: files.len(),
             audio_seconds,
@@ -127,7 +130,7 @@ impl EncodeReport {
         format!(
             "# Encoding throughput: one clip at a time against `pal encode`'s batched path\n\n\
              `{command}`\n\n\
-             {} clips ({:.1} min of audio) from `{}`, encoders `{}`, {} compute threads; the batched path \
+             CPU: {}. {} clips ({:.1} min of audio) from `{}`, encoders `{}`, {} compute threads; the batched path \
              decodes on {} extra threads and encodes length-sorted batches of up to {} clips. \
              Both paths in one run, alternating, median of {} passes each.\n\n\
              | path | clips/s |\n|---|---|\n\
@@ -136,6 +139,7 @@ impl EncodeReport {
              | speed-up | {:.2}x |\n\n\
              The two paths' outputs differ by at most {:.2e} (largest output magnitude {:.1}): the \
              padding is masked, the rest is f32 rounding of differently-shaped products.\n",
+            self.cpu,
             self.clips,
             self.audio_seconds / 60.0,
             self.manifest,

@@ -233,7 +233,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 repeats: args.repeats,
             }
             .run()?;
-            write(&args.out, &report, &report.markdown())?;
+            write(&args.out, &report, &report.markdown(&command_line()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         BenchCommand::Encode(args) => {
