@@ -27,11 +27,12 @@ impl Llama {
 pub fn load_llm(path: &Path, dtype: DType, device: &Device) -> Result<(Llama, Tokenizer)> {
     if path.is_dir() {
         let llama = Llama::from_hf_folder(path, dtype, device)?;
-        let gemma = llama.config.model_type == "gemma3";
         let mut tokenizer = Tokenizer::from_hf_folder(path)?;
-        if gemma && tokenizer.chat_template.is_none() {
-            // A base model's folder may carry no template: Gemma's turns, as from its GGUF.
-            tokenizer.chat_template = Some(crate::text::chat_template::GEMMA_TURNS.to_string());
+        if tokenizer.chat_template.is_none() {
+            // A base model's folder may carry no template: its family's, as from its GGUF.
+            tokenizer.chat_template =
+                crate::text::chat_template::family_template(&llama.config.model_type)
+                    .map(str::to_string);
         }
         Ok((llama, tokenizer))
     } else if path.extension().is_some_and(|e| e == "gguf") {

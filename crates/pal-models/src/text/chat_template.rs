@@ -10,10 +10,17 @@ use crate::error::{ModelError, Result};
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// Gemma's turns (`<start_of_turn>user ... <end_of_turn>`, the model's turn named `model`, a
-/// system message folded into the first user turn), used for a Gemma 3 GGUF that ships no
-/// template (the base model): pal trains adapters on the base model in the format its
+/// system message folded into the first user turn), used for a Gemma 3 GGUF file or folder that
+/// ships no template (the base model): pal trains adapters on the base model in the format its
 /// instruction-tuned sibling reads, whose control tokens are in the same vocabulary.
 pub const GEMMA_TURNS: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// The template a model of family `model_type` (as [`crate::llm::LlamaConfig`] names it) gets
+/// when its file or folder ships none: Gemma's turns for Gemma 3; none for the others (the
+/// renderer then falls back to ChatML).
+pub fn family_template(model_type: &str) -> Option<&'static str> {
+    (model_type == "gemma3").then_some(GEMMA_TURNS)
+}
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -239,10 +239,10 @@ impl Tokenizer {
         };
         let bos = id_text("tokenizer.ggml.bos_token_id");
         let eos = id_text("tokenizer.ggml.eos_token_id");
-        // A base model's file carries no template: Gemma's turns where the vocabulary has them.
+        // A base model's file carries no template: its family's, where pal has one.
         let template = file.string_of("tokenizer.chat_template").ok().or_else(|| {
-            (file.architecture().ok().as_deref() == Some("gemma3"))
-                .then(|| crate::text::chat_template::GEMMA_TURNS.to_string())
+            let arch = file.architecture().ok()?;
+            crate::text::chat_template::family_template(&arch).map(str::to_string)
         });
         let eos_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
         Ok(Self::new(
