@@ -14,15 +14,30 @@ const HOP: usize = 160;
 pub struct WhisperMel {
     n_mels: usize,
     filters: Vec<f64>,
+    /// Per mel bin, the frequency bins its filter is non-zero over (from its first non-zero
+    /// weight to its last): a filter spans a few of the 201 bins, and the zeros outside would
+    /// add nothing to its sum.
+    spans: Vec<std::ops::Range<usize>>,
     window: Vec<f64>,
 }
 
 impl WhisperMel {
     /// An extractor with `n_mels` bins (80 for Whisper up to v2, 128 for v3).
     pub fn new(n_mels: usize) -> Self {
+        let filters = slaney_mel_filters(n_mels, N_FFT, 16_000, 0.0, 8_000.0);
+        let n_bins = N_FFT / 2 + 1;
+        let spans = filters
+            .chunks(n_bins)
+            .map(|row| {
+                let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|&w| w != 0.0).map_or(0, |l| l + 1);
+                first..last.max(first)
+            })
+            .collect();
         Self {
             n_mels,
-            filters: slaney_mel_filters(n_mels, N_FFT, 16_000, 0.0, 8_000.0),
+            filters,
+            spans,
             window: hann(N_FFT, true),
         }
     }
@@ -68,9 +83,13 @@ impl WhisperMel {
                 *f = reflect(start + k as isize) * self.window[k];
             }
             fft.compute(&frame, &mut power);
-            for m in 0..self.n_mels {
+            for (m, span) in self.spans.iter().enumerate() {
                 let row = &self.filters[m * n_bins..(m + 1) * n_bins];
-                let energy: f64 = row.iter().zip(&power).map(|(w, p)| w * p).sum();
+                let energy: f64 = row[span.clone()]
+                    .iter()
+                    .zip(&power[span.clone()])
+                    .map(|(w, p)| w * p)
+                    .sum();
                 out[m * frames + t] = energy.max(1e-10).log10();
             }
         }
@@ -129,4 +148,33 @@ fn slaney_mel_filters(
         }
     }
     filters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each filter's span holds all its non-zero weights, so its sum over the span is the sum
+    /// over all 201 bins bit for bit (the features do not move).
+    #[test]
+    fn filter_spans_give_the_full_sums() {
+        let n_bins = N_FFT / 2 + 1;
+        let power: Vec<f64> = (0..n_bins)
+            .map(|i| ((i * 7919) % 997) as f64 / 13.0)
+            .collect();
+        for n_mels in [80, 128] {
+            let mel = WhisperMel::new(n_mels);
+            for (m, span) in mel.spans.iter().enumerate() {
+                let row = &mel.filters[m * n_bins..(m + 1) * n_bins];
+                let full: f64 = row.iter().zip(&power).map(|(w, p)| w * p).sum();
+                let spanned: f64 = row[span.clone()]
+                    .iter()
+                    .zip(&power[span.clone()])
+                    .map(|(w, p)| w * p)
+                    .sum();
+                assert_eq!(full.to_bits(), spanned.to_bits(), "mel bin {m} of {n_mels}");
+                assert!(span.len() < n_bins / 4, "mel bin {m} spans {span:?}");
+            }
+        }
+    }
 }

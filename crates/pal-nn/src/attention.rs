@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::ops::bf16::prefix::{prefix_attention, OwnKeys, PackedPrefix};
 use crate::ops::{
     batched_matmul, decode_attention_cpu, decode_packed, packed_inputs, scaled_masked_softmax,
-    softmax_backward, SequenceKeys,
+    scaled_masked_softmax_over, softmax_backward, SequenceKeys,
 };
 
 /// A large negative value for masked scores, finite so that fully masked rows stay finite.
@@ -100,7 +100,7 @@ pub fn attention_split(
         None => None,
     };
     let probs = match own_softmax {
-        0 => scaled_masked_softmax(&scores, mask.as_ref(), scale)?,
+        0 => scaled_masked_softmax_over(scores, mask.as_ref(), scale)?,
         p if p < k_rows => {
             let part = |start: usize, len: usize| -> Result<Tensor> {
                 let m = mask.as_ref().map(|m| m.narrow(2, start, len)).transpose()?;
@@ -156,7 +156,7 @@ pub fn attention_apart(
         None => None,
     };
     let probs = if own_softmax == 0 {
-        scaled_masked_softmax(&scores, mask.as_ref(), scale)?
+        scaled_masked_softmax_over(scores, mask.as_ref(), scale)?
     } else {
         let part = |start: usize, len: usize| -> Result<Tensor> {
             let m = mask.as_ref().map(|m| m.narrow(2, start, len)).transpose()?;

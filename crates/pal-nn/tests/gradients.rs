@@ -3,8 +3,8 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use pal_nn::gradcheck::{check_gradients, pseudo_random};
 use pal_nn::ops::{
-    constant_input_linear, cross_entropy, frozen_linear, layer_norm, rms_norm, rms_norm_input_grad,
-    rope, scaled_masked_softmax, softmax_last_dim,
+    constant_input_linear, cross_entropy, frozen_linear, gelu_erf, layer_norm, rms_norm,
+    rms_norm_input_grad, rope, scaled_masked_softmax, softmax_last_dim,
 };
 use pal_nn::{
     attention, attention_backward, attention_split, attention_split_backward, causal_mask, Linear,
@@ -80,6 +80,12 @@ fn layer_norm_gradients_match_finite_differences() {
         |xs| layer_norm(&xs[0], &xs[1], &xs[2], 1e-5),
         &[x, w, b],
     );
+}
+
+#[test]
+fn gelu_erf_gradients_match_finite_differences() {
+    let x = (rand(&[3, 9], 9) * 4.0).unwrap();
+    assert_grads("gelu_erf", |xs| gelu_erf(&xs[0]), &[x]);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! through `pal-nn`; each loads from weights or is created trainable in [`Params`].
 
 use candle_core::Tensor;
-use pal_nn::ops::layer_norm;
+use pal_nn::ops::{gelu_erf, layer_norm};
 use pal_nn::{attention, Init, Linear, Params};
 
 use crate::error::Result;
@@ -129,6 +129,6 @@ impl GeluFfn {
 
     /// Applies the FFN.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)?)
+        Ok(self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)?)
     }
 }

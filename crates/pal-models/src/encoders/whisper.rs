@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use pal_audio::WhisperMel;
 use pal_nn::causal_mask;
+use pal_nn::ops::gelu_erf;
 use serde::Deserialize;
 
 use crate::encoders::audio_encoder::AudioEncoder;
@@ -225,17 +226,17 @@ impl WhisperEncoder {
             }
             _ => None,
         };
-        let mut x = mel
-            .conv1d(&self.conv1.0, 1, 1, 1, 1)?
-            .broadcast_add(&self.conv1.1.reshape((1, (), 1))?)?
-            .gelu_erf()?;
+        let mut x = gelu_erf(
+            &mel.conv1d(&self.conv1.0, 1, 1, 1, 1)?
+                .broadcast_add(&self.conv1.1.reshape((1, (), 1))?)?,
+        )?;
         if let Some((frame_mask, _)) = &masks {
             x = x.broadcast_mul(frame_mask)?;
         }
-        let x = x
-            .conv1d(&self.conv2.0, 1, 2, 1, 1)?
-            .broadcast_add(&self.conv2.1.reshape((1, (), 1))?)?
-            .gelu_erf()?;
+        let x = gelu_erf(
+            &x.conv1d(&self.conv2.0, 1, 2, 1, 1)?
+                .broadcast_add(&self.conv2.1.reshape((1, (), 1))?)?,
+        )?;
         let x = x.transpose(1, 2)?;
         let tokens = x.dims()[1];
         let mut x = x.broadcast_add(&self.embed_positions.narrow(0, 0, tokens)?)?;

@@ -49,8 +49,28 @@ struct CrossEntropyRows {
     targets: Vec<u32>,
 }
 
-/// `(max, log sum exp(x - max))` of a row.
-fn row_lse<T: WithDType + Exp>(row: &[T]) -> (T, T) {
+vectorized! {
+    /// `(max, log sum exp(x - max))` of a row.
+    fn row_lse[T: WithDType + Exp](row: &[T]) -> (T, T) = row_lse_body
+}
+
+vectorized! {
+    /// `g * softmax(row)`, into `out`.
+    fn softmax_times_row[T: WithDType + Exp](out: &mut [T], row: &[T], g: T)
+        = softmax_times_row_body
+}
+
+#[inline(always)]
+fn softmax_times_row_body<T: WithDType + Exp>(out: &mut [T], row: &[T], g: T) {
+    let (max, lse) = row_lse_body(row);
+    let shift = max + lse;
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v - shift).exp_fast() * g;
+    }
+}
+
+#[inline(always)]
+fn row_lse_body<T: WithDType + Exp>(row: &[T]) -> (T, T) {
     let max = lane_max(row);
     let mut lanes = [T::zero(); 8];
     let chunks = row.chunks_exact(8);
@@ -81,11 +101,7 @@ fn gradients<T: WithDType + Exp>(x: &[T], g: &[T], vocab: usize, targets: &[u32]
     let mut out = vec![T::zero(); x.len()];
     par_rows(&mut out, vocab, |r, o| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        let (max, lse) = row_lse(row);
-        let shift = max + lse;
-        for (o, &v) in o.iter_mut().zip(row) {
-            *o = (v - shift).exp_fast() * g[r];
-        }
+        softmax_times_row(o, row, g[r]);
         o[targets[r] as usize] -= g[r];
     });
     out

@@ -44,11 +44,21 @@ impl CustomOp2 for SiluMul {
         super::par_rows(&mut out, row_len, |row, out| {
             let at = row * row_len;
             let (gate, up) = (&gate[at..at + out.len()], &up[at..at + out.len()]);
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp_fast()) * u;
-            }
+            silu_mul_row(out, gate, up)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+vectorized! {
+    /// `silu(gate) * up` of one row, into `out`.
+    fn silu_mul_row[](out: &mut [f32], gate: &[f32], up: &[f32]) = silu_mul_row_body
+}
+
+#[inline(always)]
+fn silu_mul_row_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp_fast()) * u;
     }
 }
 
