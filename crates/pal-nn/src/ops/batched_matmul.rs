@@ -112,7 +112,7 @@ unsafe fn small_block<T: candle_core::WithDType>(
     if b_row == 1 && a_col == 1 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         // SAFETY: T is f32 (checked above); the caller's contract covers the rows.
         super::few_rows::dot_products(
-            super::few_rows::avx2_fma(),
+            super::avx2_fma(),
             (m, n, k),
             (a as *const f32, a_row),
             (b as *const f32, b_col),
@@ -123,7 +123,7 @@ unsafe fn small_block<T: candle_core::WithDType>(
     if b_col == 1 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         // SAFETY: T is f32 (checked above); the caller's contract covers the rows.
         super::few_rows::row_updates(
-            super::few_rows::avx2_fma(),
+            super::avx2_fma(),
             (m, n, k),
             (a as *const f32, a_row, a_col),
             (b as *const f32, b_row),

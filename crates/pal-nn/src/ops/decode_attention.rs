@@ -10,7 +10,8 @@
 
 use candle_core::{CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
 
-use super::few_rows::{avx2_fma, dot_products, row_updates};
+use super::avx2_fma;
+use super::few_rows::{dot_products, row_updates};
 use super::softmax::softmax_in_place;
 use super::SharedMut;
 

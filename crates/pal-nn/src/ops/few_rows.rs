@@ -9,6 +9,8 @@
 
 use candle_core::Layout;
 
+use super::avx2_fma;
+
 /// Most rows this kernel takes; larger products go to gemm.
 pub(crate) const MAX_ROWS: usize = 16;
 
@@ -237,15 +239,6 @@ unsafe fn columns_avx512<const R: usize, const V: usize>(
 fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Whether the CPU has AVX2 and FMA (checked once per product, not per dot product).
-pub(crate) fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -13,7 +13,7 @@ macro_rules! vectorized {
         $(#[$m])*
         $vis fn $name<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if $crate::ops::few_rows::avx2_fma() {
+            if $crate::ops::avx2_fma() {
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
@@ -25,6 +25,7 @@ macro_rules! vectorized {
         }
     };
 }
+
 mod batched_matmul;
 pub mod bf16;
 mod constant_input_linear;
@@ -56,6 +57,16 @@ pub(crate) use softmax::scaled_masked_softmax_over;
 pub use softmax::{scaled_masked_softmax, softmax_backward, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+
+/// Whether the CPU has AVX2 and FMA: the vectorized copies of [`vectorized!`] and the small
+/// products' kernels (checked once per product or row, not per element).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// Threads of candle's CPU pool, read once: candle's `get_num_threads` reads the environment
 /// and `/proc/cpuinfo` on every call, which costs more than a decoding step's small products.
